@@ -1,0 +1,325 @@
+package router
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/meshd/meshd/config"
+)
+
+// Headers is the read side of gRPC metadata; metadata.MD satisfies it.
+type Headers interface {
+	Get(key string) []string
+}
+
+// Route is one compiled routing rule. It is immutable.
+type Route struct {
+	// Name is the route's config name.
+	Name string
+	// Index is the route's position in the file (0-based).
+	Index int
+	// Match is the route's selector as configured.
+	Match config.Match
+	// Timeout is the call's total budget at meshd (0: none).
+	Timeout time.Duration
+	// MaxGRPCTimeout caps a client-supplied deadline (0: no cap).
+	MaxGRPCTimeout time.Duration
+	// Retry is the retry policy, nil when calls are not retried.
+	Retry *config.Retry
+	// Clusters are the weighted targets; a single-cluster route has one.
+	Clusters []config.WeightedCluster
+
+	headers []headerMatcher
+	cum     []uint32 // cumulative weights for PickCluster
+	total   uint32
+}
+
+// PickCluster returns the cluster for one call; rnd is a uniformly random
+// number (math/rand/v2.Uint32). A single-cluster route ignores it.
+func (r *Route) PickCluster(rnd uint32) string {
+	if len(r.Clusters) == 1 {
+		return r.Clusters[0].Name
+	}
+	x := rnd % r.total
+	for i, c := range r.cum {
+		if x < c {
+			return r.Clusters[i].Name
+		}
+	}
+	return r.Clusters[len(r.Clusters)-1].Name
+}
+
+// Table is an immutable, ordered set of routes.
+type Table struct {
+	routes    []*Route
+	byMethod  map[string][]int // exact method → route indexes, ascending
+	byService map[string][]int // service → route indexes, ascending
+	prefixes  []int            // prefix routes, ascending
+}
+
+// New compiles routes (already validated by config) into a Table.
+func New(routes []config.Route) (*Table, error) {
+	t := &Table{byMethod: map[string][]int{}, byService: map[string][]int{}}
+	for i, rc := range routes {
+		r := &Route{
+			Name:           rc.Name,
+			Index:          i,
+			Match:          rc.Match,
+			Timeout:        rc.Timeout.D(),
+			MaxGRPCTimeout: rc.MaxGRPCTimeout.D(),
+			Retry:          rc.Retry,
+			Clusters:       rc.Clusters,
+		}
+		if len(r.Clusters) == 0 && rc.Cluster != "" {
+			r.Clusters = []config.WeightedCluster{{Name: rc.Cluster, Weight: 1}}
+		}
+		if len(r.Clusters) == 0 {
+			return nil, fmt.Errorf("router: route %q has no cluster", rc.Name)
+		}
+		for _, c := range r.Clusters {
+			w := c.Weight
+			if w == 0 {
+				w = 1
+			}
+			r.total += w
+			r.cum = append(r.cum, r.total)
+		}
+		for _, h := range rc.Match.Headers {
+			m, err := compileHeader(h)
+			if err != nil {
+				return nil, fmt.Errorf("router: route %q: %w", rc.Name, err)
+			}
+			r.headers = append(r.headers, m)
+		}
+		switch {
+		case rc.Match.Method != "":
+			t.byMethod[rc.Match.Method] = append(t.byMethod[rc.Match.Method], i)
+		case rc.Match.Service != "":
+			t.byService[rc.Match.Service] = append(t.byService[rc.Match.Service], i)
+		case rc.Match.Prefix != "":
+			t.prefixes = append(t.prefixes, i)
+		default:
+			return nil, fmt.Errorf("router: route %q has no method, service or prefix", rc.Name)
+		}
+		t.routes = append(t.routes, r)
+	}
+	return t, nil
+}
+
+// Routes returns the routes in file order. The slice must not be modified.
+func (t *Table) Routes() []*Route { return t.routes }
+
+// serviceOf returns "pkg.Svc" of "/pkg.Svc/Method" without allocating.
+func serviceOf(method string) string {
+	if len(method) < 2 || method[0] != '/' {
+		return ""
+	}
+	s := method[1:]
+	if i := strings.IndexByte(s, '/'); i >= 0 {
+		return s[:i]
+	}
+	return ""
+}
+
+// Lookup returns the first route, in file order, that matches method and md,
+// or nil. md may be nil. It does not allocate or lock.
+func (t *Table) Lookup(method string, md Headers) *Route {
+	best := -1
+	if idx, ok := t.byMethod[method]; ok {
+		best = t.first(idx, best, md)
+	}
+	if idx, ok := t.byService[serviceOf(method)]; ok {
+		best = t.first(idx, best, md)
+	}
+	for _, i := range t.prefixes {
+		if best >= 0 && i > best {
+			break
+		}
+		if strings.HasPrefix(method, t.routes[i].Match.Prefix) && t.routes[i].headersMatch(md) {
+			best = i
+			break
+		}
+	}
+	if best < 0 {
+		return nil
+	}
+	return t.routes[best]
+}
+
+// first returns the lowest index in idx (ascending) whose headers match and
+// which beats best, else best.
+func (t *Table) first(idx []int, best int, md Headers) int {
+	for _, i := range idx {
+		if best >= 0 && i > best {
+			return best
+		}
+		if t.routes[i].headersMatch(md) {
+			return i
+		}
+	}
+	return best
+}
+
+func (r *Route) headersMatch(md Headers) bool {
+	for i := range r.headers {
+		if !r.headers[i].match(md) {
+			return false
+		}
+	}
+	return true
+}
+
+// pathMatches reports whether the route's method/service/prefix selects
+// method, ignoring headers.
+func (r *Route) pathMatches(method string) bool {
+	switch {
+	case r.Match.Method != "":
+		return r.Match.Method == method
+	case r.Match.Service != "":
+		return r.Match.Service == serviceOf(method)
+	default:
+		return strings.HasPrefix(method, r.Match.Prefix)
+	}
+}
+
+// Verdict is why one route did or did not take a call, for `route explain`.
+type Verdict struct {
+	Route   *Route
+	Matched bool
+	// Reason says what failed ("method differs", "header x-tenant: want exact
+	// \"acme\", got [\"other\"]"), or "matched".
+	Reason string
+}
+
+// Explain evaluates every route against the call in file order and says why
+// each did or did not match; the first Matched verdict is the route Lookup
+// returns. It allocates freely: it is for operators, not the data path.
+func (t *Table) Explain(method string, md Headers) []Verdict {
+	out := make([]Verdict, 0, len(t.routes))
+	for _, r := range t.routes {
+		v := Verdict{Route: r}
+		switch {
+		case !r.pathMatches(method):
+			v.Reason = pathReason(r, method)
+		default:
+			v.Matched, v.Reason = true, "matched"
+			for i := range r.headers {
+				if !r.headers[i].match(md) {
+					v.Matched = false
+					v.Reason = "header " + r.headers[i].describe(md)
+					break
+				}
+			}
+		}
+		out = append(out, v)
+	}
+	return out
+}
+
+func pathReason(r *Route, method string) string {
+	switch {
+	case r.Match.Method != "":
+		return fmt.Sprintf("method %s is not %s", method, r.Match.Method)
+	case r.Match.Service != "":
+		return fmt.Sprintf("service %q is not %q", serviceOf(method), r.Match.Service)
+	default:
+		return fmt.Sprintf("path %s lacks prefix %s", method, r.Match.Prefix)
+	}
+}
+
+// headerMatcher is one compiled metadata condition.
+type headerMatcher struct {
+	name    string
+	kind    byte // 'e' exact, 'r' regex, 'p' prefix, '?' present
+	value   string
+	present bool
+	re      *regexp.Regexp
+	invert  bool
+}
+
+func compileHeader(h config.HeaderMatch) (headerMatcher, error) {
+	if err := h.Check(); err != nil {
+		return headerMatcher{}, fmt.Errorf("header %q: %w", h.Name, err)
+	}
+	m := headerMatcher{name: h.Name, invert: h.Invert}
+	switch {
+	case h.Exact != nil:
+		m.kind, m.value = 'e', *h.Exact
+	case h.Prefix != nil:
+		m.kind, m.value = 'p', *h.Prefix
+	case h.Present != nil:
+		m.kind, m.present = '?', *h.Present
+	case h.Regex != nil:
+		re, err := regexp.Compile("^(?:" + *h.Regex + ")$")
+		if err != nil {
+			return headerMatcher{}, fmt.Errorf("header %q: %w", h.Name, err)
+		}
+		m.kind, m.value, m.re = 'r', *h.Regex, re
+	}
+	return m, nil
+}
+
+// NewHeaderMatcher compiles one condition; it exists for fuzzing and for
+// callers that match metadata outside a route.
+func NewHeaderMatcher(h config.HeaderMatch) (func(Headers) bool, error) {
+	m, err := compileHeader(h)
+	if err != nil {
+		return nil, fmt.Errorf("router: %w", err)
+	}
+	return m.match, nil
+}
+
+func (m *headerMatcher) match(md Headers) bool {
+	var vals []string
+	if md != nil {
+		vals = md.Get(m.name)
+	}
+	return m.test(vals) != m.invert
+}
+
+func (m *headerMatcher) test(vals []string) bool {
+	if m.kind == '?' {
+		return (len(vals) > 0) == m.present
+	}
+	for _, v := range vals {
+		switch m.kind {
+		case 'e':
+			if v == m.value {
+				return true
+			}
+		case 'p':
+			if strings.HasPrefix(v, m.value) {
+				return true
+			}
+		case 'r':
+			if m.re.MatchString(v) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func (m *headerMatcher) describe(md Headers) string {
+	var vals []string
+	if md != nil {
+		vals = md.Get(m.name)
+	}
+	var want string
+	switch m.kind {
+	case 'e':
+		want = fmt.Sprintf("exact %q", m.value)
+	case 'p':
+		want = fmt.Sprintf("prefix %q", m.value)
+	case 'r':
+		want = fmt.Sprintf("regex %q", m.value)
+	case '?':
+		want = fmt.Sprintf("present=%v", m.present)
+	}
+	if m.invert {
+		want = "not " + want
+	}
+	return fmt.Sprintf("%s: want %s, got %q", m.name, want, vals)
+}
