@@ -1,0 +1,162 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc/metadata"
+
+	"github.com/meshd/meshd/config"
+	"github.com/meshd/meshd/router"
+)
+
+// headerFlags collects repeated -H key=value flags.
+type headerFlags []string
+
+func (h *headerFlags) String() string     { return strings.Join(*h, ",") }
+func (h *headerFlags) Set(v string) error { *h = append(*h, v); return nil }
+
+func cmdExplain(args []string, stdout io.Writer) error {
+	fs := newFlags("route explain", stdout)
+	file := fs.String("config", "", "config file")
+	adminAddr := fs.String("admin", "", "admin address of a running meshd, for live endpoint health")
+	var hdrs headerFlags
+	fs.Var(&hdrs, "H", "request metadata key=value (repeatable)")
+	// Flags may come before or after the method.
+	var method string
+	rest := args
+	for {
+		if err := fs.Parse(rest); err != nil {
+			return errUsage
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		if method != "" {
+			return fmt.Errorf("meshd route explain: one method only: %w", errUsage)
+		}
+		method, rest = fs.Arg(0), fs.Args()[1:]
+	}
+	if *file == "" || method == "" {
+		return fmt.Errorf("meshd route explain -config FILE /pkg.Service/Method [-H key=value]: %w", errUsage)
+	}
+	cfg, err := config.Load(*file)
+	if err != nil {
+		return err
+	}
+	md := metadata.MD{}
+	for _, h := range hdrs {
+		k, v, ok := strings.Cut(h, "=")
+		if !ok {
+			return fmt.Errorf("meshd route explain: -H %q: want key=value: %w", h, errUsage)
+		}
+		md.Append(strings.ToLower(k), v)
+	}
+	table, err := router.New(cfg.Routes)
+	if err != nil {
+		return err
+	}
+	return explain(stdout, cfg, table, method, md, *adminAddr)
+}
+
+func explain(w io.Writer, cfg *config.Config, table *router.Table, method string, md metadata.MD, adminAddr string) error {
+	fmt.Fprintf(w, "call %s", method)
+	if len(md) > 0 {
+		fmt.Fprintf(w, " with metadata %v", map[string][]string(md))
+	}
+	fmt.Fprintln(w)
+	if !config.ValidMethod(method) {
+		fmt.Fprintf(w, "  note: %q is not a full method name (/package.Service/Method)\n", method)
+	}
+	var chosen *router.Route
+	for _, v := range table.Explain(method, md) {
+		mark := "  -"
+		if v.Matched && chosen == nil {
+			chosen = v.Route
+			mark = "  ✔"
+		} else if v.Matched {
+			mark = "  ·"
+			v.Reason = "would match, but an earlier route won"
+		}
+		fmt.Fprintf(w, "%s route %d %q: %s\n", mark, v.Route.Index, v.Route.Name, v.Reason)
+	}
+	if chosen == nil {
+		fmt.Fprintln(w, "result: no route matches: meshd answers UNIMPLEMENTED")
+		return nil
+	}
+	fmt.Fprintf(w, "result: route %q\n", chosen.Name)
+	var total uint32
+	for _, c := range chosen.Clusters {
+		total += c.Weight
+	}
+	for _, c := range chosen.Clusters {
+		cl := cfg.Cluster(c.Name)
+		src := "static"
+		if cl.Consul != nil {
+			src = "consul service " + cl.Consul.Service
+		}
+		fmt.Fprintf(w, "  cluster %q (%d%%): lb %s, endpoints from %s\n", c.Name, c.Weight*100/total, cl.LB, src)
+	}
+	if chosen.Timeout > 0 {
+		fmt.Fprintf(w, "  timeout: %s (the tighter of this and the client's deadline)\n", chosen.Timeout)
+	} else {
+		fmt.Fprintln(w, "  timeout: none at meshd (the client's deadline applies)")
+	}
+	if chosen.MaxGRPCTimeout > 0 {
+		fmt.Fprintf(w, "  max_grpc_timeout: %s\n", chosen.MaxGRPCTimeout)
+	}
+	if r := chosen.Retry; r != nil {
+		names := make([]string, len(r.RetryOn))
+		for i, c := range r.RetryOn {
+			names[i] = config.CodeName(c.C())
+		}
+		fmt.Fprintf(w, "  retry: %d attempts on %s, per try %s\n", r.Attempts, strings.Join(names, ","), r.PerTryTimeout.D())
+	} else {
+		fmt.Fprintln(w, "  retry: none (calls that never reached a backend are still retried transparently)")
+	}
+	if adminAddr != "" {
+		return liveEndpoints(w, adminAddr, chosen)
+	}
+	return nil
+}
+
+// liveEndpoints prints the endpoints of the chosen clusters as the running
+// meshd at adminAddr sees them.
+func liveEndpoints(w io.Writer, adminAddr string, r *router.Route) error {
+	client := &http.Client{Timeout: 5 * time.Second}
+	resp, err := client.Get("http://" + adminAddr + "/clusters")
+	if err != nil {
+		return fmt.Errorf("meshd route explain: admin: %w", err)
+	}
+	defer resp.Body.Close()
+	var clusters map[string]struct {
+		Status struct {
+			Endpoints []struct {
+				Address     string `json:"Address"`
+				State       string `json:"State"`
+				Source      string `json:"Source"`
+				Reason      string `json:"Reason"`
+				Outstanding int64  `json:"Outstanding"`
+			} `json:"Endpoints"`
+		} `json:"status"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&clusters); err != nil {
+		return fmt.Errorf("meshd route explain: admin /clusters: %w", err)
+	}
+	for _, c := range r.Clusters {
+		cl, ok := clusters[c.Name]
+		if !ok {
+			fmt.Fprintf(w, "  live %q: not loaded in the running meshd\n", c.Name)
+			continue
+		}
+		fmt.Fprintf(w, "  live %q: %d endpoint(s)\n", c.Name, len(cl.Status.Endpoints))
+		for _, e := range cl.Status.Endpoints {
+			fmt.Fprintf(w, "    %-22s %-9s %s %s (in flight %d)\n", e.Address, e.State, e.Source, e.Reason, e.Outstanding)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,198 @@
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"log/slog"
+	"os"
+	"reflect"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/meshd/meshd/balancer"
+	"github.com/meshd/meshd/config"
+	"github.com/meshd/meshd/discovery"
+	"github.com/meshd/meshd/proxy"
+)
+
+// resolver is what a cluster's endpoints come from.
+type resolver interface {
+	Watch(ctx context.Context, update func([]discovery.Endpoint)) error
+}
+
+// statusReporter is implemented by resolvers that can be unhealthy (Consul).
+type statusReporter interface {
+	Status() discovery.WatchStatus
+}
+
+// clusterRun is one live cluster and the discovery loop feeding it.
+type clusterRun struct {
+	cfg      config.Cluster // as loaded, for change detection on reload
+	maxMsg   int
+	cl       *balancer.Cluster
+	resolver resolver
+	cancel   context.CancelFunc
+	done     chan struct{}
+}
+
+// sameAs reports whether the run can serve cfg unchanged.
+func (r *clusterRun) sameAs(cfg config.Cluster, maxMsg int) bool {
+	return r.maxMsg == maxMsg && reflect.DeepEqual(r.cfg, cfg)
+}
+
+// stop ends the discovery loop and closes the cluster's connections.
+func (r *clusterRun) stop() {
+	r.cancel()
+	<-r.done
+	r.cl.Close()
+}
+
+// outstanding is the number of calls in flight on the cluster.
+func (r *clusterRun) outstanding() int64 {
+	var n int64
+	for _, e := range r.cl.Status().Endpoints {
+		n += e.Outstanding
+	}
+	return n
+}
+
+// balancerOptions translates a cluster's config section.
+func balancerOptions(c config.Cluster, log *slog.Logger) balancer.Options {
+	fc := make([]codes.Code, len(c.Outlier.FailureCodes))
+	for i, x := range c.Outlier.FailureCodes {
+		fc[i] = x.C()
+	}
+	consecutive := c.Outlier.ConsecutiveFailures
+	if consecutive < 0 {
+		consecutive = 0 // negative in config means disabled
+	}
+	return balancer.Options{
+		Name:       c.Name,
+		Policy:     c.LB,
+		HashHeader: c.HashHeader,
+		Health: balancer.HealthOptions{
+			Service:        c.Health.Service,
+			Disabled:       c.Health.Disabled,
+			MissingServing: c.Health.Missing != "ejected",
+			CheckInterval:  c.Health.CheckInterval.D(),
+		},
+		Outlier: balancer.OutlierOptions{
+			ConsecutiveFailures: consecutive,
+			BaseEjectionTime:    c.Outlier.BaseEjectionTime.D(),
+			MaxEjectionTime:     c.Outlier.MaxEjectionTime.D(),
+			MaxEjectionPercent:  *c.Outlier.MaxEjectionPercent,
+			FailureCodes:        fc,
+		},
+		AllDown: c.AllDown,
+		Logger:  log.With("component", "balancer", "cluster", c.Name),
+	}
+}
+
+// upstreamCreds builds the transport credentials for a cluster.
+func upstreamCreds(t *config.UpstreamTLS) (credentials.TransportCredentials, error) {
+	if t == nil {
+		return insecure.NewCredentials(), nil
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: t.ServerName, NextProtos: []string{"h2"}}
+	if t.CAFile != "" {
+		pem, err := os.ReadFile(t.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("read ca_file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("ca_file %s: no PEM certificates", t.CAFile)
+		}
+		tc.RootCAs = pool
+	}
+	if t.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("load client certificate: %w", err)
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	}
+	return credentials.NewTLS(tc), nil
+}
+
+// newClusterRun builds a cluster and starts its discovery loop.
+func (s *Server) newClusterRun(c config.Cluster, maxMsg int, consul *api.Client) (*clusterRun, error) {
+	creds, err := upstreamCreds(c.TLS)
+	if err != nil {
+		return nil, fmt.Errorf("cluster %q: tls: %w", c.Name, err)
+	}
+	dopts := append(proxy.DialOptions(maxMsg), grpc.WithTransportCredentials(creds))
+	if s.clientStats != nil {
+		dopts = append(dopts, grpc.WithStatsHandler(s.clientStats))
+	}
+	dial := func(ep discovery.Endpoint) (*grpc.ClientConn, error) {
+		return grpc.NewClient(ep.Address, dopts...)
+	}
+	cl, err := balancer.NewCluster(balancerOptions(c, s.log), dial)
+	if err != nil {
+		return nil, fmt.Errorf("cluster %q: %w", c.Name, err)
+	}
+	var res resolver
+	if c.Consul != nil {
+		if consul == nil {
+			cl.Close()
+			return nil, fmt.Errorf("cluster %q: no consul client", c.Name)
+		}
+		res = discovery.NewConsul(consul, discovery.ConsulQuery{
+			Service:     c.Consul.Service,
+			Tag:         c.Consul.Tag,
+			Datacenter:  c.Consul.Datacenter,
+			PassingOnly: *c.Consul.PassingOnly,
+		}, discovery.WithLogger(s.log.With("component", "discovery", "cluster", c.Name, "service", c.Consul.Service)))
+	} else {
+		eps := make([]discovery.Endpoint, len(c.Endpoints))
+		for i, e := range c.Endpoints {
+			eps[i] = discovery.Endpoint{ID: e.Address, Address: e.Address, Weight: e.Weight}
+		}
+		res = discovery.NewStatic(eps)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &clusterRun{cfg: c, maxMsg: maxMsg, cl: cl, resolver: res, cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(r.done)
+		// Watch returns ctx.Err() when stopped; anything else is logged
+		// here, by the loop's owner.
+		if err := res.Watch(ctx, cl.Update); err != nil && ctx.Err() == nil {
+			s.log.Error("discovery stopped", "cluster", c.Name, "err", err)
+		}
+	}()
+	return r, nil
+}
+
+// retire closes a cluster that a reload dropped, once its in-flight calls
+// end or the drain timeout passes. It runs on a goroutine the Server owns.
+func (s *Server) retire(r *clusterRun, drain time.Duration) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		deadline := time.NewTimer(drain)
+		defer deadline.Stop()
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		for r.outstanding() > 0 {
+			select {
+			case <-deadline.C:
+				s.log.Warn("closing retired cluster with calls in flight", "cluster", r.cfg.Name, "outstanding", r.outstanding())
+				r.stop()
+				return
+			case <-tick.C:
+			case <-s.stopping:
+				r.stop()
+				return
+			}
+		}
+		r.stop()
+	}()
+}
