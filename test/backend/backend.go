@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -193,7 +194,7 @@ func (b *Backend) begin(ctx context.Context, setHeader func(metadata.MD) error, 
 	trailersOnly := first(md, "x-trailers-only") == "1"
 	if !trailersOnly {
 		hdr := metadata.Pairs("x-backend", b.Name)
-		tr := metadata.Pairs("x-backend", b.Name)
+		tr := metadata.Pairs("x-backend", b.Name, "x-seen-keys", seenKeys(md))
 		for k, v := range md {
 			if strings.HasPrefix(k, "x-echo-") {
 				hdr[k] = v
@@ -232,13 +233,28 @@ func (b *Backend) begin(ctx context.Context, setHeader func(metadata.MD) error, 
 		if err != nil {
 			return status.Error(codes.InvalidArgument, err.Error())
 		}
-		st := status.New(code, first(md, "x-fail-message"))
+		msg := first(md, "x-fail-message")
+		if m := first(md, "x-fail-message-bin"); m != "" {
+			msg = m // unicode messages cannot travel in ASCII metadata
+		}
+		st := status.New(code, msg)
 		if first(md, "x-fail-details") == "1" {
 			st, _ = st.WithDetails(&errdetails.ErrorInfo{Reason: "TEST", Domain: "meshd.test", Metadata: map[string]string{"backend": b.Name}})
 		}
 		return st.Err()
 	}
 	return nil
+}
+
+// seenKeys lists the request's metadata keys, sorted, so a test can check
+// what a proxy added or dropped.
+func seenKeys(md metadata.MD) string {
+	keys := make([]string, 0, len(md))
+	for k := range md {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return strings.Join(keys, ",")
 }
 
 func first(md metadata.MD, k string) string {

@@ -7,9 +7,11 @@
 //	x-delay          a Go duration to wait (context-aware) before answering
 //	x-header-first   "1": send response headers before the delay
 //	x-fail           a status code number or name to answer with
-//	x-fail-message   the status message for x-fail
+//	x-fail-message   the status message for x-fail (x-fail-message-bin for unicode)
 //	x-fail-details   "1": attach a status detail (google.rpc.ErrorInfo)
 //	x-trailers-only  "1": answer with no response headers at all
+//
+// The trailer x-seen-keys lists the request metadata keys the backend got.
 //
 // Every response (except trailers-only) carries header x-backend: NAME so a
 // test can see which backend answered.

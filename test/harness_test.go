@@ -1,0 +1,186 @@
+package test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	testpb "google.golang.org/grpc/interop/grpc_testing"
+
+	"github.com/meshd/meshd/config"
+	"github.com/meshd/meshd/server"
+	"github.com/meshd/meshd/test/backend"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// engines are the data paths every end-to-end test runs against.
+var engines = []string{"grpc"}
+
+// mesh is one in-process meshd.
+type mesh struct {
+	srv   *server.Server
+	Addr  string // main listener
+	Admin string
+	stop  context.CancelFunc
+	done  chan error
+}
+
+// startMesh runs meshd with the YAML config; the listener and admin
+// addresses in it may be 127.0.0.1:0. It stops (drains) at test cleanup.
+func startMesh(t testing.TB, yaml string) *mesh {
+	t.Helper()
+	cfg, err := config.Parse([]byte(yaml), "test.yaml")
+	if err != nil {
+		t.Fatalf("config: %v\n%s", err, yaml)
+	}
+	logOut := io.Discard
+	if os.Getenv("MESHD_TEST_LOG") != "" {
+		logOut = os.Stderr
+	}
+	srv, err := server.New(cfg, server.WithLogger(slog.New(slog.NewTextHandler(logOut, nil))))
+	if err != nil {
+		t.Fatalf("server.New: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	m := &mesh{srv: srv, stop: cancel, done: make(chan error, 1)}
+	go func() { m.done <- srv.Run(ctx) }()
+	select {
+	case <-srv.Serving():
+	case err := <-m.done:
+		cancel()
+		t.Fatalf("meshd did not start: %v", err)
+	case <-time.After(10 * time.Second):
+		cancel()
+		t.Fatal("meshd did not start within 10s")
+	}
+	for _, a := range srv.ListenerAddrs() {
+		m.Addr = a
+		break
+	}
+	m.Admin = srv.AdminAddr()
+	t.Cleanup(func() { m.Stop(t) })
+	return m
+}
+
+// Stop drains meshd and waits for Run to return.
+func (m *mesh) Stop(t testing.TB) {
+	m.stop()
+	select {
+	case err, ok := <-m.done:
+		if ok && err != nil {
+			t.Errorf("meshd Run: %v", err)
+		}
+		close(m.done)
+	case <-time.After(30 * time.Second):
+		t.Error("meshd did not stop within 30s")
+	}
+}
+
+// dial returns a client connection to meshd (or any address).
+func dial(t testing.TB, addr string, opts ...grpc.DialOption) *grpc.ClientConn {
+	t.Helper()
+	opts = append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, opts...)
+	cc, err := grpc.NewClient(addr, opts...)
+	if err != nil {
+		t.Fatalf("dial %s: %v", addr, err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return cc
+}
+
+// startBackends starts n backends named prefix-0..n-1, stopped at cleanup.
+func startBackends(t testing.TB, prefix string, n int, opts ...backend.Option) []*backend.Backend {
+	t.Helper()
+	bs := make([]*backend.Backend, n)
+	for i := range bs {
+		b, err := backend.Start(fmt.Sprintf("%s-%d", prefix, i), opts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b.Health != nil {
+			b.SetServing(true)
+		}
+		t.Cleanup(b.Stop)
+		bs[i] = b
+	}
+	return bs
+}
+
+// addrs lists the backends' addresses as a YAML flow sequence.
+func addrs(bs []*backend.Backend) string {
+	s := make([]string, len(bs))
+	for i, b := range bs {
+		s[i] = b.Addr
+	}
+	return "[" + strings.Join(s, ", ") + "]"
+}
+
+// simpleConfig routes everything to one cluster of the given backends.
+func simpleConfig(engine string, bs []*backend.Backend, extraCluster string) string {
+	return fmt.Sprintf(`
+engine: %s
+admin: {address: 127.0.0.1:0}
+listeners: [{name: main, address: 127.0.0.1:0}]
+drain_timeout: 5s
+routes:
+  - name: all
+    match: {prefix: /}
+    cluster: backends
+clusters:
+  - name: backends
+    endpoints: %s
+%s`, engine, addrs(bs), extraCluster)
+}
+
+// waitFor polls cond until it holds or the timeout passes.
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(5 * time.Millisecond) // polling interval, not a wait for state
+	}
+}
+
+// waitServing waits until calls through meshd succeed (endpoints are
+// admitted only after their first SERVING).
+func waitServing(t testing.TB, cc *grpc.ClientConn) {
+	t.Helper()
+	c := testpb.NewTestServiceClient(cc)
+	waitFor(t, 10*time.Second, "meshd to serve", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_, err := c.EmptyCall(ctx, &testpb.Empty{})
+		return err == nil
+	})
+}
+
+// adminGet fetches an admin path and returns status and body.
+func adminGet(t testing.TB, addr, path string) (int, string) {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + path)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil && !errors.Is(err, io.EOF) {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	return resp.StatusCode, string(b)
+}
