@@ -501,4 +501,3 @@ func TestRoundRobinPerCall(t *testing.T) {
 		})
 	}
 }
-
