@@ -104,11 +104,36 @@ func (v *validator) listeners() {
 			if t.CertFile == "" || t.KeyFile == "" {
 				v.add(p+".tls", "cert_file and key_file are both required")
 			}
-			v.file(p+".tls.cert_file", t.CertFile)
-			v.file(p+".tls.key_file", t.KeyFile)
-			v.file(p+".tls.client_ca_file", t.ClientCAFile)
 		}
 	}
+}
+
+// CheckFiles reports every referenced file (certificates, keys, CAs) that
+// cannot be read. It is separate from Validate so that a config can be
+// checked on a machine other than the one it will run on; `meshd validate`
+// and meshd itself run both.
+func (c *Config) CheckFiles() error {
+	v := &validator{c: c}
+	for i, l := range c.Listeners {
+		if t := l.TLS; t != nil {
+			p := fmt.Sprintf("listeners[%d].tls", i)
+			v.file(p+".cert_file", t.CertFile)
+			v.file(p+".key_file", t.KeyFile)
+			v.file(p+".client_ca_file", t.ClientCAFile)
+		}
+	}
+	for i, cl := range c.Clusters {
+		if t := cl.TLS; t != nil {
+			p := fmt.Sprintf("clusters[%d].tls", i)
+			v.file(p+".ca_file", t.CAFile)
+			v.file(p+".cert_file", t.CertFile)
+			v.file(p+".key_file", t.KeyFile)
+		}
+	}
+	if len(v.errs) == 0 {
+		return nil
+	}
+	return v.errs
 }
 
 func (v *validator) file(path, name string) {
@@ -176,9 +201,6 @@ func (v *validator) clusters() map[string]bool {
 			if (t.CertFile == "") != (t.KeyFile == "") {
 				v.add(p+".tls", "cert_file and key_file go together")
 			}
-			v.file(p+".tls.ca_file", t.CAFile)
-			v.file(p+".tls.cert_file", t.CertFile)
-			v.file(p+".tls.key_file", t.KeyFile)
 		}
 	}
 	return names
@@ -328,9 +350,6 @@ func (c *Config) applyDefaults() {
 	}
 	for i := range c.Routes {
 		r := &c.Routes[i]
-		if r.Cluster != "" {
-			r.Clusters = []WeightedCluster{{Name: r.Cluster, Weight: 1}}
-		}
 		if r.Retry != nil && len(r.Retry.RetryOn) == 0 {
 			r.Retry.RetryOn = []Code{Code(codes.Unavailable)}
 		}

@@ -114,6 +114,9 @@ func (s *Server) reload(cfg *config.Config) error {
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("server: invalid config: %w", err)
 	}
+	if err := cfg.CheckFiles(); err != nil {
+		return fmt.Errorf("server: %w", err)
+	}
 	old := s.cfg.Load()
 	if old != nil && s.started.Load() && !reflect.DeepEqual(old.Listeners, cfg.Listeners) {
 		return errors.New("server: listeners changed: restart meshd to apply listener changes")

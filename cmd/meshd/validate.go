@@ -20,6 +20,9 @@ func cmdValidate(args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if err := cfg.CheckFiles(); err != nil {
+		return err
+	}
 	fmt.Fprintf(stdout, "%s: ok: %s\n", *file, cfg.Summary())
 	return nil
 }

@@ -1,0 +1,53 @@
+# meshd: the README's two commands are `make demo` and `make test`.
+# Both install what they need (Consul, built once into $HOME/.cache/meshd).
+
+GO        ?= go
+export GOTOOLCHAIN ?= local
+BIN       := bin
+MESHD     := $(BIN)/meshd
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   := -s -w -X main.version=$(VERSION)
+DEMO_ARGS ?=
+
+.PHONY: all build demo test test-go lint fuzz-smoke bench bench-smoke consul clean
+
+all: build
+
+build:
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(MESHD) ./cmd/meshd
+
+consul:
+	@scripts/install-consul.sh >/dev/null
+
+# The demo: real backends, a real Consul agent and meshd, traffic through it.
+# It exits by itself after a short run; `make demo DEMO_ARGS=-keep` keeps it up.
+demo: build consul
+	$(GO) run ./cmd/meshdemo -meshd $(MESHD) -consul "$$(scripts/install-consul.sh)" $(DEMO_ARGS)
+
+# The whole test suite, as CI runs it.
+test: consul lint test-go fuzz-smoke bench-smoke
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+test-go:
+	MESHD_CONSUL_BIN="$$(scripts/install-consul.sh)" $(GO) test -race -count=1 -timeout 30m ./...
+
+# A few seconds per fuzz target so the targets cannot rot; real fuzzing runs
+# longer by hand (see README).
+fuzz-smoke:
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime 5s ./config/
+	$(GO) test -run '^$$' -fuzz '^FuzzLookup$$' -fuzztime 5s ./router/
+	$(GO) test -run '^$$' -fuzz '^FuzzHeaderMatcher$$' -fuzztime 5s ./router/
+
+# Benchmarks run once each in CI (no timing is asserted: this only keeps them
+# compiling and running). `make bench` runs them properly.
+bench-smoke:
+	$(GO) test -run '^$$' -bench . -benchtime 1x ./...
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./... | tee bench.out
+
+clean:
+	rm -rf $(BIN)
