@@ -1,0 +1,353 @@
+package discovery
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// Defaults of the Consul watch loop.
+const (
+	// DefaultWaitTime is how long one blocking query may wait for a change.
+	// Consul's own default and cap is 5m/10m; a long wait keeps an idle watch
+	// at one request per five minutes.
+	DefaultWaitTime = 5 * time.Minute
+	// DefaultBackoffBase is the first retry delay after a failed query.
+	DefaultBackoffBase = 250 * time.Millisecond
+	// DefaultBackoffMax caps the retry delay, so that meshd notices a
+	// recovered Consul within half a minute.
+	DefaultBackoffMax = 30 * time.Second
+)
+
+// ConsulQuery selects the instances of one Consul service.
+type ConsulQuery struct {
+	// Service is the Consul service name. Required.
+	Service string
+	// Tag, if set, keeps only instances carrying this tag.
+	Tag string
+	// Datacenter, if set, queries that datacenter instead of the agent's own.
+	Datacenter string
+	// PassingOnly keeps only instances whose checks all pass. The config
+	// default is true; the zero value here is false, so the caller sets it.
+	PassingOnly bool
+}
+
+// ConsulOption configures a Consul resolver.
+type ConsulOption func(*consulOptions)
+
+type consulOptions struct {
+	logger      *slog.Logger
+	waitTime    time.Duration
+	backoffBase time.Duration
+	backoffMax  time.Duration
+}
+
+// WithLogger sets the logger of the watch loop (default: discard). The loop
+// adds component=discovery and service=<name>.
+func WithLogger(l *slog.Logger) ConsulOption {
+	return func(o *consulOptions) {
+		if l != nil {
+			o.logger = l
+		}
+	}
+}
+
+// WithWaitTime sets the maximum wait of one blocking query (default
+// [DefaultWaitTime]). Values <= 0 keep the default.
+func WithWaitTime(d time.Duration) ConsulOption {
+	return func(o *consulOptions) {
+		if d > 0 {
+			o.waitTime = d
+		}
+	}
+}
+
+// WithBackoff sets the retry delay after failed queries: base after the first
+// failure, doubling per consecutive failure up to maxDelay, each delay jittered
+// down by up to half so that many meshd instances do not retry in step
+// (default [DefaultBackoffBase]..[DefaultBackoffMax]). A base <= 0 keeps the
+// defaults; a maxDelay below base is raised to base.
+func WithBackoff(base, maxDelay time.Duration) ConsulOption {
+	return func(o *consulOptions) {
+		if base <= 0 {
+			return
+		}
+		o.backoffBase, o.backoffMax = base, max(base, maxDelay)
+	}
+}
+
+// WatchStatus is the state of a Consul watch loop, for readiness and admin
+// endpoints.
+type WatchStatus struct {
+	// Synced is true once a query has succeeded and its snapshot has been
+	// handed to the update callback: from then on the cluster has a real
+	// answer from Consul (possibly "no instances") and can be ready.
+	Synced bool
+	// Healthy is true when the last query succeeded.
+	Healthy bool
+	// LastError is the error of the last query, "" when it succeeded.
+	LastError string
+	// LastSuccess is when a query last succeeded (zero if never).
+	LastSuccess time.Time
+	// Index is the X-Consul-Index of the last successful query.
+	Index uint64
+	// Failures counts consecutive failed queries (0 after a success).
+	Failures uint64
+}
+
+// Consul is a Resolver that follows one Consul service with blocking queries
+// on the health endpoint. Create it with [NewConsul]. Watch runs the loop and
+// must not be called concurrently on the same Consul; Status may be called
+// from any goroutine at any time. Instances registered without a port are
+// left out of snapshots: meshd dials host:port and could not reach them.
+type Consul struct {
+	client *api.Client
+	q      ConsulQuery
+	opts   consulOptions
+	log    *slog.Logger
+
+	mu     sync.Mutex
+	status WatchStatus
+}
+
+var _ Resolver = (*Consul)(nil)
+
+// NewConsul returns a resolver for the instances of q.Service that client
+// can see. It does no I/O; Watch does.
+func NewConsul(client *api.Client, q ConsulQuery, opts ...ConsulOption) *Consul {
+	o := consulOptions{
+		logger:      slog.New(slog.DiscardHandler),
+		waitTime:    DefaultWaitTime,
+		backoffBase: DefaultBackoffBase,
+		backoffMax:  DefaultBackoffMax,
+	}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	return &Consul{
+		client: client,
+		q:      q,
+		opts:   o,
+		log:    o.logger.With("component", "discovery", "service", q.Service),
+	}
+}
+
+// Status returns a copy of the loop's current state. It is safe for
+// concurrent use.
+func (c *Consul) Status() WatchStatus {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.status
+}
+
+// Watch follows the service until ctx is done and returns ctx.Err(). The
+// first successful query always produces a snapshot, even an empty one (no
+// instances is an answer); later ones only when the instances changed. A
+// failed query never produces one: the last snapshot stays in force while
+// Watch retries with backoff, and the failure shows in Status. The loop logs
+// when queries start failing and when they recover, not on every retry.
+func (c *Consul) Watch(ctx context.Context, update func([]Endpoint)) error {
+	var (
+		index    uint64 // WaitIndex of the next query; 0 = answer at once
+		last     []Endpoint
+		sent     bool
+		failing  bool
+		failures uint64
+		filtered bool
+	)
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		entries, meta, err := c.query(ctx, index)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			failures++
+			// As consul's api/watch does: after an error, start over with a
+			// non-blocking query. A restarted Consul may have lower indexes,
+			// and waiting on the old one would hide changes until WaitTime.
+			index = 0
+			c.setFailure(err, failures)
+			delay := c.backoff(failures)
+			// Log the transition only: retries can go on for hours, and
+			// Status carries the current error.
+			if !failing {
+				failing = true
+				c.log.Warn("consul query failing; keeping the last snapshot",
+					"error", err, "endpoints", len(last), "retry_in", delay)
+			}
+			if err := sleepCtx(ctx, delay); err != nil {
+				return err
+			}
+			continue
+		}
+		if failing {
+			failing = false
+			c.log.Info("consul query recovered", "failures", failures)
+		}
+		failures = 0
+		if meta.ResultsFilteredByACLs != filtered {
+			filtered = meta.ResultsFilteredByACLs
+			if filtered {
+				c.log.Warn("consul hid some instances from this token (ACLs); check its service:read and node:read rules")
+			} else {
+				c.log.Info("consul no longer hides instances from this token")
+			}
+		}
+		index = nextIndex(index, meta.LastIndex)
+
+		snap := consulEndpoints(entries)
+		// The index also moves for changes meshd does not use (check
+		// output, instances filtered out by tag or health, a re-registration
+		// with the same data), so compare payloads, as Traefik's
+		// configuration watcher does.
+		if !sent || !equalEndpoints(last, snap) {
+			update(cloneEndpoints(snap))
+			last, sent = snap, true
+		}
+		// Record success only after the snapshot is delivered, so that a
+		// reader seeing Synced (or a new Index) knows the consumer has it.
+		c.setSuccess(meta.LastIndex)
+	}
+}
+
+// query runs one blocking query. Its context is bounded by more than the
+// wait Consul may take (WaitTime plus Consul's up to WaitTime/16 jitter), so
+// that a connection that died silently (no RST: a partition, a lost NAT
+// entry) is noticed instead of hanging forever.
+func (c *Consul) query(ctx context.Context, index uint64) ([]*api.ServiceEntry, *api.QueryMeta, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.opts.waitTime+c.opts.waitTime/8+10*time.Second)
+	defer cancel()
+	opts := &api.QueryOptions{
+		Datacenter: c.q.Datacenter,
+		WaitIndex:  index,
+		WaitTime:   c.opts.waitTime,
+	}
+	entries, meta, err := c.client.Health().Service(c.q.Service, c.q.Tag, c.q.PassingOnly, opts.WithContext(ctx))
+	if err != nil {
+		return nil, nil, c.describe(err)
+	}
+	return entries, meta, nil
+}
+
+// describe wraps a query error; an ACL refusal gets a hint, because "403
+// (ACL not found)" alone rarely tells an operator which token to fix.
+func (c *Consul) describe(err error) error {
+	var se api.StatusError
+	msg := err.Error()
+	if (errors.As(err, &se) && se.Code == http.StatusForbidden) ||
+		strings.Contains(msg, "Permission denied") || strings.Contains(msg, "ACL not found") {
+		return fmt.Errorf("discovery: consul query service %q: permission denied (check CONSUL_HTTP_TOKEN / consul.token): %w", c.q.Service, err)
+	}
+	return fmt.Errorf("discovery: consul query service %q: %w", c.q.Service, err)
+}
+
+// nextIndex applies Consul's blocking-query rules to a returned index
+// (consul api/watch's WaitIndexVal.Next and the "Blocking Queries" docs).
+func nextIndex(prev, got uint64) uint64 {
+	switch {
+	case got < prev:
+		// The index went backwards (a restored snapshot, a new leader with
+		// a different view): start over with a non-blocking query.
+		return 0
+	case got == 0:
+		// Never block on 0: it would return at once every time and spin.
+		return 1
+	default:
+		return got
+	}
+}
+
+// consulEndpoints converts health entries into a sorted snapshot. Entries
+// without a port are skipped: meshd dials host:port and cannot reach them.
+func consulEndpoints(entries []*api.ServiceEntry) []Endpoint {
+	eps := make([]Endpoint, 0, len(entries))
+	for _, e := range entries {
+		if e == nil || e.Service == nil || e.Node == nil || e.Service.Port <= 0 {
+			continue
+		}
+		host := e.Service.Address
+		if host == "" {
+			// Consul's rule: a service without its own address lives at
+			// its node's address.
+			host = e.Node.Address
+		}
+		weight := uint32(1)
+		if w := e.Service.Weights.Passing; w > 0 {
+			weight = uint32(w)
+		}
+		ep := Endpoint{
+			ID:      e.Node.Node + "/" + e.Service.ID,
+			Address: net.JoinHostPort(host, strconv.Itoa(e.Service.Port)),
+			Weight:  weight,
+		}
+		// nil rather than empty when there are none, like static endpoints:
+		// Consul sends [] and {} for an instance registered without them.
+		if len(e.Service.Tags) > 0 {
+			ep.Tags = slices.Clone(e.Service.Tags)
+		}
+		if len(e.Service.Meta) > 0 {
+			ep.Meta = maps.Clone(e.Service.Meta)
+		}
+		eps = append(eps, ep)
+	}
+	sortEndpoints(eps)
+	return eps
+}
+
+// backoff returns the jittered delay before the retry after n consecutive
+// failures (n >= 1).
+func (c *Consul) backoff(n uint64) time.Duration {
+	d := c.opts.backoffBase
+	for i := uint64(1); i < n && d < c.opts.backoffMax; i++ {
+		d *= 2
+	}
+	d = min(d, c.opts.backoffMax)
+	// Jitter down by up to half: retries stay bounded by max and spread out.
+	return d/2 + rand.N(d/2+1)
+}
+
+func (c *Consul) setFailure(err error, failures uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.status.Healthy = false
+	c.status.LastError = err.Error()
+	c.status.Failures = failures
+}
+
+func (c *Consul) setSuccess(index uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.status.Synced = true
+	c.status.Healthy = true
+	c.status.LastError = ""
+	c.status.LastSuccess = time.Now()
+	c.status.Index = index
+	c.status.Failures = 0
+}
+
+// sleepCtx waits for d or until ctx is done, whichever comes first.
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}

@@ -1,0 +1,134 @@
+package discovery_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"reflect"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/meshd/meshd/discovery"
+	"github.com/meshd/meshd/internal/consultest"
+)
+
+// shared is one Consul agent for the tests that do not stop, restart or
+// reconfigure it; they use distinct service names, so they can run in
+// parallel. It starts on first use and TestMain closes it.
+var shared struct {
+	once  sync.Once
+	agent *consultest.Agent
+	err   error
+}
+
+func sharedAgent(t *testing.T) *consultest.Agent {
+	t.Helper()
+	shared.once.Do(func() { shared.agent, shared.err = consultest.Launch() })
+	if shared.err != nil {
+		t.Fatal(shared.err)
+	}
+	return shared.agent
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	// The agent must be gone before goleak looks: its client's connections
+	// only close with it.
+	if shared.agent != nil {
+		shared.agent.Close()
+	}
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// watcher runs a Resolver's Watch for the life of the test and collects its
+// snapshots.
+type watcher struct {
+	t       *testing.T
+	updates chan []discovery.Endpoint
+}
+
+func startWatch(t *testing.T, r discovery.Resolver) *watcher {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	w := &watcher{t: t, updates: make(chan []discovery.Endpoint, 100)}
+	done := make(chan error, 1)
+	go func() {
+		done <- r.Watch(ctx, func(eps []discovery.Endpoint) {
+			select {
+			case w.updates <- eps:
+			case <-ctx.Done():
+			}
+		})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if !errors.Is(err, context.Canceled) {
+				t.Errorf("Watch returned %v, want context.Canceled", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Errorf("Watch did not return after cancel")
+		}
+	})
+	return w
+}
+
+// next returns the next snapshot, failing the test if none comes within d.
+func (w *watcher) next(d time.Duration) []discovery.Endpoint {
+	w.t.Helper()
+	select {
+	case eps := <-w.updates:
+		return eps
+	case <-time.After(d):
+		w.t.Fatalf("no snapshot within %v", d)
+		return nil
+	}
+}
+
+// expect fails unless the next snapshot, within d, is want.
+func (w *watcher) expect(d time.Duration, want []discovery.Endpoint) {
+	w.t.Helper()
+	if got := w.next(d); !reflect.DeepEqual(got, want) {
+		w.t.Fatalf("snapshot:\n got %+v\nwant %+v", got, want)
+	}
+}
+
+// none fails if a snapshot is waiting. Callers first make sure the resolver
+// has handled the change that must not produce one (see waitIndex).
+func (w *watcher) none() {
+	w.t.Helper()
+	select {
+	case eps := <-w.updates:
+		w.t.Fatalf("unexpected snapshot %+v", eps)
+	default:
+	}
+}
+
+// waitStatus polls c.Status until ok accepts it.
+func waitStatus(t *testing.T, c *discovery.Consul, what string, ok func(discovery.WatchStatus) bool) discovery.WatchStatus {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		st := c.Status()
+		if ok(st) {
+			return st
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("status never became %s: %+v", what, st)
+		}
+		<-tick.C
+	}
+}

@@ -1,0 +1,112 @@
+package consultest_test
+
+import (
+	"errors"
+	"net/http"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"go.uber.org/goleak"
+
+	"github.com/meshd/meshd/internal/consultest"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+func TestBinaryHonoursEnv(t *testing.T) {
+	bin := consultest.Binary(t)
+	if _, err := os.Stat(bin); err != nil {
+		t.Fatalf("Binary() = %q: %v", bin, err)
+	}
+	t.Setenv("MESHD_CONSUL_BIN", "/nonexistent/consul")
+	if got := consultest.Binary(t); got != "/nonexistent/consul" {
+		t.Fatalf("with MESHD_CONSUL_BIN set, Binary() = %q", got)
+	}
+}
+
+// passing polls until the health endpoint lists exactly want passing
+// instances of service.
+func waitPassing(t *testing.T, c *api.Client, service string, want int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		entries, _, err := c.Health().Service(service, "", true, nil)
+		if err == nil && len(entries) == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: want %d passing instances, got %d (err %v)", service, want, len(entries), err)
+		}
+		time.Sleep(20 * time.Millisecond) // poll interval, not a wait for state
+	}
+}
+
+func TestAgentLifecycle(t *testing.T) {
+	t.Parallel()
+	a := consultest.Start(t)
+	if dc, err := a.Client.Agent().Self(); err != nil || dc["Config"]["Datacenter"] != consultest.Datacenter {
+		t.Fatalf("agent self: %v, %v", dc["Config"], err)
+	}
+
+	reg := func(id string) *api.AgentServiceRegistration {
+		return &api.AgentServiceRegistration{
+			ID: id, Name: "svc", Port: 9000, Address: "127.0.0.1",
+			Check: &api.AgentServiceCheck{CheckID: id + ":ttl", TTL: "10m", Status: api.HealthPassing},
+		}
+	}
+	a.Register(t, reg("a"))
+	a.Register(t, reg("b"))
+	waitPassing(t, a.Client, "svc", 2)
+
+	a.SetTTL(t, "b:ttl", api.HealthCritical)
+	waitPassing(t, a.Client, "svc", 1)
+	a.SetTTL(t, "b:ttl", "pass")
+	waitPassing(t, a.Client, "svc", 2)
+
+	a.Deregister(t, "a")
+	waitPassing(t, a.Client, "svc", 1)
+
+	addr := a.Addr
+	a.Stop(t)
+	a.Stop(t) // idempotent
+	if _, err := a.Client.Status().Leader(); err == nil {
+		t.Fatal("stopped agent still answers")
+	}
+
+	a.Restart(t)
+	if a.Addr != addr {
+		t.Fatalf("restart moved the agent from %s to %s", addr, a.Addr)
+	}
+	// Dev mode forgot the services.
+	waitPassing(t, a.Client, "svc", 0)
+	a.Register(t, reg("a"))
+	waitPassing(t, a.Client, "svc", 1)
+}
+
+func TestAgentACLs(t *testing.T) {
+	t.Parallel()
+	a := consultest.Start(t, consultest.WithACLs("root-token"))
+	if a.Token != "root-token" {
+		t.Fatalf("Token = %q", a.Token)
+	}
+	// The helper's client carries the management token.
+	a.Register(t, &api.AgentServiceRegistration{ID: "x", Name: "x", Port: 1})
+	if _, err := a.Client.Agent().Self(); err != nil {
+		t.Fatalf("management token refused: %v", err)
+	}
+
+	// A client without a token is refused.
+	anon, err := api.NewClient(&api.Config{Address: a.Addr, Transport: &http.Transport{DisableKeepAlives: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = anon.Agent().Self()
+	var se api.StatusError
+	if !errors.As(err, &se) || se.Code != http.StatusForbidden {
+		t.Fatalf("anonymous agent/self: want 403, got %v", err)
+	}
+}
