@@ -37,6 +37,8 @@ type Config struct {
 	File string `yaml:"-"`
 	// locs maps field paths (e.g. "routes[2].cluster") to their line numbers.
 	locs map[string]int
+	// at maps value nodes' positions to their field paths.
+	at map[pos]string
 }
 
 // Admin is the admin HTTP server's section.
@@ -233,7 +235,8 @@ type Tracing struct {
 	// OTLPEndpoint is an OTLP/gRPC collector, host:port. Empty: the
 	// standard OTEL_EXPORTER_OTLP_ENDPOINT, else tracing is off.
 	OTLPEndpoint string `yaml:"otlp_endpoint"`
-	// SampleRatio is the parent-based trace-id ratio. Default 1.0.
+	// SampleRatio is the parent-based trace-id ratio. Unset: the standard
+	// OTEL_TRACES_SAMPLER/OTEL_TRACES_SAMPLER_ARG, else 1.0.
 	SampleRatio *float64 `yaml:"sample_ratio"`
 }
 

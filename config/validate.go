@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"math"
 	"net"
 	"os"
 	"regexp"
@@ -227,6 +228,7 @@ func (v *validator) routes(clusters map[string]bool) {
 				v.add(p+".cluster", "unknown cluster %q", r.Cluster)
 			}
 		}
+		var sum uint64
 		for j, wc := range r.Clusters {
 			cp := fmt.Sprintf("%s.clusters[%d]", p, j)
 			if !clusters[wc.Name] {
@@ -235,6 +237,12 @@ func (v *validator) routes(clusters map[string]bool) {
 			if wc.Weight == 0 {
 				v.add(cp+".weight", "must be positive")
 			}
+			sum += uint64(wc.Weight)
+		}
+		// The router picks with uint32 arithmetic; a larger sum would wrap
+		// (to 0 for two weights of 2^31) and break every call on the route.
+		if sum > math.MaxUint32 {
+			v.add(p+".clusters", "weights add up to %d, more than %d", sum, uint64(math.MaxUint32))
 		}
 		if rt := r.Retry; rt != nil {
 			if rt.Attempts < 1 || rt.Attempts > MaxRetryAttempts {
@@ -312,6 +320,12 @@ func (h *HeaderMatch) Check() error {
 		return fmt.Errorf("exactly one of exact, regex, prefix or present is required")
 	}
 	if h.Regex != nil {
+		// Compile the expression alone first: anchoring it by text would
+		// let an unbalanced one such as `x)|(.*` through as a different,
+		// valid expression.
+		if _, err := regexp.Compile(*h.Regex); err != nil {
+			return fmt.Errorf("invalid regex %q: %v", *h.Regex, err)
+		}
 		if _, err := regexp.Compile("^(?:" + *h.Regex + ")$"); err != nil {
 			return fmt.Errorf("invalid regex %q: %v", *h.Regex, err)
 		}
@@ -338,10 +352,6 @@ func (c *Config) applyDefaults() {
 	}
 	if c.MaxMessageSize == 0 {
 		c.MaxMessageSize = DefaultMaxMessageSize
-	}
-	if c.Tracing.SampleRatio == nil {
-		one := 1.0
-		c.Tracing.SampleRatio = &one
 	}
 	for i := range c.Listeners {
 		if c.Listeners[i].MaxConcurrentStreams == 0 {

@@ -8,13 +8,16 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	"github.com/meshd/meshd/balancer"
 	"github.com/meshd/meshd/router"
+	"github.com/meshd/meshd/tracing"
 )
 
 // State is one loaded configuration's data-path view: the route table and
@@ -29,9 +32,10 @@ type State struct {
 // Proxy is the grpc-go based transparent forwarder. The zero value is not
 // usable; use New. Its methods are safe for concurrent use.
 type Proxy struct {
-	state   atomic.Pointer[State]
-	tracing bool
-	log     *slog.Logger
+	state     atomic.Pointer[State]
+	tracing   bool
+	log       *slog.Logger
+	observers []Observer
 }
 
 // Option configures a Proxy.
@@ -96,11 +100,34 @@ const maxNotReachedAttempts = 3
 
 // Handle is the grpc.StreamHandler for every method.
 func (p *Proxy) Handle(_ any, ss grpc.ServerStream) error {
+	call := Call{Start: time.Now()}
+	err := p.handle(ss, &call)
+	if len(p.observers) > 0 {
+		call.Duration = time.Since(call.Start)
+		call.Code = status.Code(err)
+		if pr, ok := peer.FromContext(ss.Context()); ok && pr.Addr != nil {
+			call.Peer = pr.Addr.String()
+		}
+		if sc := trace.SpanContextFromContext(ss.Context()); sc.IsValid() {
+			call.TraceID = sc.TraceID().String()
+		}
+		if call.Attempts == 0 && err != nil {
+			call.Message = status.Convert(err).Message()
+		}
+		for _, o := range p.observers {
+			o.ObserveCall(&call)
+		}
+	}
+	return err
+}
+
+func (p *Proxy) handle(ss grpc.ServerStream, call *Call) error {
 	ctx := ss.Context()
 	method, ok := grpc.MethodFromServerStream(ss)
 	if !ok {
 		return status.Error(codes.Internal, "meshd: no method on stream")
 	}
+	call.Method = method
 	md, _ := metadata.FromIncomingContext(ctx)
 	st := p.state.Load()
 	if st == nil {
@@ -111,6 +138,10 @@ func (p *Proxy) Handle(_ any, ss grpc.ServerStream) error {
 		return errNoRoute(method)
 	}
 	name := route.PickCluster(rand.Uint32())
+	call.Route, call.Cluster = route.Name, name
+	if p.tracing {
+		tracing.SetRoute(ctx, route.Name, name)
+	}
 	cl := st.Clusters[name]
 	if cl == nil {
 		return errUnknownCluster(route.Name, name)
@@ -121,15 +152,19 @@ func (p *Proxy) Handle(_ any, ss grpc.ServerStream) error {
 	out := copyMD(md, p.tracing)
 	info := balancer.PickInfo{Method: method, Header: md}
 	var err error
-	for attempt := 0; attempt < maxNotReachedAttempts; attempt++ {
+	for attempt := 1; attempt <= maxNotReachedAttempts; attempt++ {
 		var ep *balancer.Endpoint
 		ep, err = cl.Pick(&info)
 		if err != nil {
 			return errNoEndpoint(name, err)
 		}
+		call.Attempts, call.Endpoint = attempt, ep.Address()
+		actx := ctx
+		if p.tracing {
+			actx = tracing.WithAttempt(ctx, ep.Address(), attempt)
+		}
 		start := time.Now()
-		var res result
-		res = p.forward(ctx, ss, ep.Conn(), method, out)
+		res := p.forward(actx, ss, ep.Conn(), method, out, call)
 		cl.Done(ep, start, status.Code(res.err), res.notReached)
 		if !res.notReached {
 			return res.err
@@ -168,7 +203,7 @@ type result struct {
 
 // forward runs one attempt: open the upstream stream, relay both directions
 // and return the status for the client.
-func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, conn *grpc.ClientConn, method string, md metadata.MD) result {
+func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, conn *grpc.ClientConn, method string, md metadata.MD, call *Call) result {
 	upCtx, cancel := context.WithCancel(metadata.NewOutgoingContext(ctx, md))
 	defer cancel()
 	cs, err := conn.NewStream(upCtx, &bidi, method)
@@ -181,8 +216,9 @@ func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, conn *grpc.Cl
 	// once Handle returns), or it fails; a failure cancels the upstream so
 	// the backend → client loop below stops too.
 	var c2sErr atomic.Pointer[error]
+	var bytesIn atomic.Int64
 	go func() {
-		if err := clientToBackend(ss, cs); err != nil {
+		if err := clientToBackend(ss, cs, &bytesIn); err != nil {
 			c2sErr.Store(&err)
 			cancel()
 		}
@@ -198,6 +234,7 @@ func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, conn *grpc.Cl
 		}
 	}
 	var f frame
+	defer func() { call.BytesIn += bytesIn.Load() }()
 	for {
 		if err := cs.RecvMsg(&f); err != nil {
 			if t := cs.Trailer(); len(t) > 0 {
@@ -211,6 +248,7 @@ func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, conn *grpc.Cl
 			}
 			return result{err: upstreamErr(ctx, err)}
 		}
+		call.BytesOut += int64(f.data.Len())
 		if err := ss.SendMsg(&f); err != nil {
 			f.free()
 			return result{err: upstreamErr(ctx, err)}
@@ -222,7 +260,7 @@ func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, conn *grpc.Cl
 // returns nil when the client half-closed or the upstream ended (the
 // upstream's own status then comes from RecvMsg), and the error to give the
 // client otherwise (a message over the size limit, a cancel).
-func clientToBackend(ss grpc.ServerStream, cs grpc.ClientStream) error {
+func clientToBackend(ss grpc.ServerStream, cs grpc.ClientStream, n *atomic.Int64) error {
 	var f frame
 	for {
 		if err := ss.RecvMsg(&f); err != nil {
@@ -234,6 +272,7 @@ func clientToBackend(ss grpc.ServerStream, cs grpc.ClientStream) error {
 			}
 			return err
 		}
+		n.Add(int64(f.data.Len()))
 		if err := cs.SendMsg(&f); err != nil {
 			f.free()
 			// io.EOF: the upstream stream is over; its status is read by

@@ -1,0 +1,237 @@
+package tracing
+
+import (
+	"context"
+	"net"
+	"strconv"
+	"strings"
+
+	"go.opentelemetry.io/otel/attribute"
+	otelcodes "go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	semconv "go.opentelemetry.io/otel/semconv/v1.37.0"
+	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/grpc/codes"
+)
+
+// Attribute keys meshd adds to the RPC semantic conventions' own.
+const (
+	// RouteKey names the route that matched the call (SERVER span).
+	RouteKey = attribute.Key("meshd.route")
+	// ClusterKey names the cluster the route chose (SERVER span).
+	ClusterKey = attribute.Key("meshd.cluster")
+	// EndpointKey is the upstream address of one attempt (CLIENT span).
+	EndpointKey = attribute.Key("meshd.endpoint")
+	// AttemptKey is the 1-based attempt number (CLIENT span).
+	AttemptKey = attribute.Key("meshd.attempt")
+)
+
+// SetRoute records the route and cluster on the SERVER span in ctx. It does
+// nothing, and allocates nothing, when that span is not recording (tracing
+// disabled, or the call not sampled).
+func SetRoute(ctx context.Context, route, cluster string) {
+	span := trace.SpanFromContext(ctx)
+	if !span.IsRecording() {
+		return
+	}
+	span.SetAttributes(RouteKey.String(route), ClusterKey.String(cluster))
+}
+
+// WithAttempt returns a context that tells ClientHandler which endpoint an
+// upstream attempt goes to and its 1-based number, for the attempt's CLIENT
+// span. The proxy wraps the outgoing context with it before opening the
+// stream on that endpoint's connection. It costs one small allocation; a
+// caller whose Provider is disabled may skip it.
+func WithAttempt(ctx context.Context, endpoint string, attempt int) context.Context {
+	return &attemptCtx{Context: ctx, endpoint: endpoint, attempt: attempt}
+}
+
+// attemptCtx carries WithAttempt's values. It is its own context type, not
+// context.WithValue, so that it takes one allocation instead of two (the
+// value would be boxed separately). Done and Value delegate to the parent,
+// which is what the context package checks to avoid extra goroutines in
+// WithCancel.
+type attemptCtx struct {
+	context.Context
+	endpoint string
+	attempt  int
+}
+
+type attemptCtxKey struct{}
+
+func (c *attemptCtx) Value(key any) any {
+	if _, ok := key.(attemptCtxKey); ok {
+		return c
+	}
+	return c.Context.Value(key)
+}
+
+func attemptFromContext(ctx context.Context) (endpoint string, attempt int, ok bool) {
+	a, ok := ctx.Value(attemptCtxKey{}).(*attemptCtx)
+	if !ok {
+		return "", 0, false
+	}
+	return a.endpoint, a.attempt, true
+}
+
+// StartServer starts the SERVER span for an inbound call handled without
+// grpc-go streams (meshd's frame engine): method is the :path
+// ("/pkg.Svc/Method"), hdr the request's header fields, from which the W3C
+// trace context and baggage are extracted, and peer the caller's "ip:port".
+// The returned context carries the span and the baggage, for StartClient.
+// End the span with EndSpan.
+//
+// For a disabled Provider it returns ctx and a non-recording span, without
+// allocating.
+func (p *Provider) StartServer(ctx context.Context, method string, hdr propagation.TextMapCarrier, peer string) (context.Context, trace.Span) {
+	if !p.Enabled() {
+		return ctx, trace.SpanFromContext(context.Background())
+	}
+	ctx, span := p.startServer(ctx, method, hdr)
+	if span.IsRecording() && peer != "" {
+		host, port := splitHostPort(peer)
+		span.SetAttributes(peerAttrs(host, port)...)
+	}
+	return ctx, span
+}
+
+// StartClient starts the CLIENT span for one upstream attempt, a child of the
+// span in ctx, and writes traceparent, tracestate and baggage into out
+// (the attempt's request header fields; nil skips that). method is the
+// :path, endpoint the upstream "host:port" and attempt its 1-based number.
+// End the span with EndSpan.
+//
+// For a disabled Provider it returns ctx and a non-recording span and writes
+// nothing, without allocating.
+func (p *Provider) StartClient(ctx context.Context, method, endpoint string, attempt int, out propagation.TextMapCarrier) (context.Context, trace.Span) {
+	if !p.Enabled() {
+		return ctx, trace.SpanFromContext(context.Background())
+	}
+	return p.startClient(ctx, method, endpoint, attempt, true, out)
+}
+
+// EndSpan records a call's gRPC status on span and ends it. The status code
+// always becomes rpc.grpc.status_code. The span's status becomes Error with
+// msg as described by the RPC semantic conventions: on CLIENT spans for any
+// code but OK; on SERVER spans only for the codes that mean the server
+// failed (Unknown, DeadlineExceeded, Unimplemented, Internal, Unavailable,
+// DataLoss), since NotFound and the like are answers, not faults.
+func EndSpan(span trace.Span, code codes.Code, msg string) {
+	if span.IsRecording() {
+		span.SetAttributes(semconv.RPCGRPCStatusCodeKey.Int(int(code)))
+		if isError(span, code) {
+			span.SetStatus(otelcodes.Error, msg)
+		}
+	}
+	span.End()
+}
+
+func isError(span trace.Span, code codes.Code) bool {
+	if code == codes.OK {
+		return false
+	}
+	// The SDK's spans expose their kind; trace.Span does not.
+	if k, ok := span.(interface{ SpanKind() trace.SpanKind }); ok && k.SpanKind() == trace.SpanKindServer {
+		switch code {
+		case codes.Unknown, codes.DeadlineExceeded, codes.Unimplemented,
+			codes.Internal, codes.Unavailable, codes.DataLoss:
+			return true
+		}
+		return false
+	}
+	return true
+}
+
+// startServer extracts the caller's context from hdr and starts the SERVER
+// span with the RPC attributes. Peer attributes are the caller's business.
+func (p *Provider) startServer(ctx context.Context, fullMethod string, hdr propagation.TextMapCarrier) (context.Context, trace.Span) {
+	if hdr != nil {
+		ctx = p.prop.Extract(ctx, hdr)
+	}
+	name, svc, method := splitMethod(fullMethod)
+	// Attributes are set after the sampling decision rather than passed to
+	// Start: meshd's samplers ignore them, and unsampled calls then build
+	// none.
+	ctx, span := p.tracer.Start(ctx, name, trace.WithSpanKind(trace.SpanKindServer))
+	if span.IsRecording() {
+		span.SetAttributes(rpcAttrs(svc, method)...)
+	}
+	return ctx, span
+}
+
+// startClient starts the CLIENT span and injects its context into out.
+// haveEndpoint is false when the grpc-go handler got no WithAttempt; it then
+// fills the address attributes in from the stream's headers.
+func (p *Provider) startClient(ctx context.Context, fullMethod, endpoint string, attempt int, haveEndpoint bool, out propagation.TextMapCarrier) (context.Context, trace.Span) {
+	name, svc, method := splitMethod(fullMethod)
+	ctx, span := p.tracer.Start(ctx, name, trace.WithSpanKind(trace.SpanKindClient))
+	if span.IsRecording() {
+		attrs := rpcAttrs(svc, method)
+		if haveEndpoint {
+			host, port := splitHostPort(endpoint)
+			attrs = append(attrs, serverAttrs(host, port)...)
+			attrs = append(attrs, peerAttrs(host, port)...)
+			attrs = append(attrs, EndpointKey.String(endpoint), AttemptKey.Int(attempt))
+		}
+		span.SetAttributes(attrs...)
+	}
+	if out != nil {
+		p.prop.Inject(ctx, out)
+	}
+	return ctx, span
+}
+
+// splitMethod splits "/pkg.Svc/Method" into the span name "pkg.Svc/Method"
+// and its service and method. A malformed name is used as it is, with no
+// service or method.
+func splitMethod(full string) (name, svc, method string) {
+	name = strings.TrimPrefix(full, "/")
+	i := strings.LastIndexByte(name, '/')
+	if i <= 0 || i == len(name)-1 {
+		return name, "", ""
+	}
+	return name, name[:i], name[i+1:]
+}
+
+func rpcAttrs(svc, method string) []attribute.KeyValue {
+	attrs := make([]attribute.KeyValue, 0, 9) // room for the client's additions
+	attrs = append(attrs, semconv.RPCSystemGRPC)
+	if svc != "" {
+		attrs = append(attrs, semconv.RPCService(svc), semconv.RPCMethod(method))
+	}
+	return attrs
+}
+
+func serverAttrs(host string, port int) []attribute.KeyValue {
+	if host == "" {
+		return nil
+	}
+	if port == 0 {
+		return []attribute.KeyValue{semconv.ServerAddress(host)}
+	}
+	return []attribute.KeyValue{semconv.ServerAddress(host), semconv.ServerPort(port)}
+}
+
+func peerAttrs(host string, port int) []attribute.KeyValue {
+	if host == "" {
+		return nil
+	}
+	if port == 0 {
+		return []attribute.KeyValue{semconv.NetworkPeerAddress(host)}
+	}
+	return []attribute.KeyValue{semconv.NetworkPeerAddress(host), semconv.NetworkPeerPort(port)}
+}
+
+// splitHostPort splits "host:port"; without a valid port the whole string is
+// the host and the port is 0.
+func splitHostPort(addr string) (string, int) {
+	host, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr, 0
+	}
+	port, err := strconv.Atoi(p)
+	if err != nil || port <= 0 || port > 65535 {
+		return addr, 0
+	}
+	return host, port
+}
