@@ -69,9 +69,15 @@ func balancerOptions(c config.Cluster, log *slog.Logger) balancer.Options {
 	for i, x := range c.Outlier.FailureCodes {
 		fc[i] = x.C()
 	}
+	// The balancer reads zero as "default" and negative as "off"; the config
+	// has already applied its defaults, so an explicit 0 here means off.
 	consecutive := c.Outlier.ConsecutiveFailures
-	if consecutive < 0 {
-		consecutive = 0 // negative in config means disabled
+	if consecutive == 0 {
+		consecutive = -1
+	}
+	maxEject := *c.Outlier.MaxEjectionPercent
+	if maxEject == 0 {
+		maxEject = -1
 	}
 	return balancer.Options{
 		Name:       c.Name,
@@ -87,7 +93,7 @@ func balancerOptions(c config.Cluster, log *slog.Logger) balancer.Options {
 			ConsecutiveFailures: consecutive,
 			BaseEjectionTime:    c.Outlier.BaseEjectionTime.D(),
 			MaxEjectionTime:     c.Outlier.MaxEjectionTime.D(),
-			MaxEjectionPercent:  *c.Outlier.MaxEjectionPercent,
+			MaxEjectionPercent:  maxEject,
 			FailureCodes:        fc,
 		},
 		AllDown: c.AllDown,

@@ -1,0 +1,85 @@
+package balancer
+
+import (
+	"maps"
+	"time"
+)
+
+// ClusterStatus is a point-in-time view of a Cluster for the admin API
+// and metrics.
+type ClusterStatus struct {
+	// Name and Policy are the cluster's.
+	Name, Policy string
+	// Ready says whether the first discovery snapshot arrived.
+	Ready bool
+	// Endpoints lists the live endpoints sorted by ID, then the draining
+	// ones.
+	Endpoints []EndpointStatus
+	// Healthy counts the endpoints in state "serving"; Total the live ones
+	// (draining endpoints are not counted).
+	Healthy, Total int
+}
+
+// EndpointStatus is one endpoint in a ClusterStatus.
+type EndpointStatus struct {
+	// ID, Address and Weight are as discovery announced them.
+	ID, Address string
+	Weight      uint32
+	// State is StateServing, StateEjected, StatePending or StateDraining.
+	State string
+	// Source says who decided State: "health:watch", "health:check",
+	// "health:absent" (the healthwatch mode that reported), SourceOutlier
+	// or SourceDiscovery (added and not yet reported on, health checking
+	// disabled, or removed).
+	Source string
+	// Reason is a human explanation, e.g. "NOT_SERVING" or "5 consecutive
+	// failures; ejected for 5s".
+	Reason string
+	// Since is when State last changed (cluster clock).
+	Since time.Time
+	// Outstanding is the number of calls in flight.
+	Outstanding int64
+	// Ejections counts outlier ejections over the endpoint's life.
+	Ejections int
+	// Meta is the discovery metadata (a copy).
+	Meta map[string]string
+}
+
+// Status returns the cluster's current state. It waits for an update
+// batch in progress, never for calls.
+func (c *Cluster) Status() ClusterStatus {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st := ClusterStatus{
+		Name:      c.opts.Name,
+		Policy:    c.opts.Policy,
+		Ready:     c.synced.Load(),
+		Total:     len(c.order),
+		Endpoints: make([]EndpointStatus, 0, len(c.order)+len(c.draining)),
+	}
+	add := func(e *Endpoint) {
+		state, source, reason := e.view()
+		if state == StateServing {
+			st.Healthy++
+		}
+		st.Endpoints = append(st.Endpoints, EndpointStatus{
+			ID:          e.id,
+			Address:     e.address,
+			Weight:      e.weight.Load(),
+			State:       state,
+			Source:      source,
+			Reason:      reason,
+			Since:       e.since,
+			Outstanding: e.outstanding.Load(),
+			Ejections:   e.ejections,
+			Meta:        maps.Clone(e.meta),
+		})
+	}
+	for _, e := range c.order {
+		add(e)
+	}
+	for _, e := range c.draining {
+		add(e)
+	}
+	return st
+}
