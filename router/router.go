@@ -2,6 +2,7 @@ package router
 
 import (
 	"fmt"
+	"math"
 	"regexp"
 	"strings"
 	"time"
@@ -78,14 +79,21 @@ func New(routes []config.Route) (*Table, error) {
 		if len(r.Clusters) == 0 {
 			return nil, fmt.Errorf("router: route %q has no cluster", rc.Name)
 		}
+		var total uint64
 		for _, c := range r.Clusters {
 			w := c.Weight
 			if w == 0 {
 				w = 1
 			}
-			r.total += w
-			r.cum = append(r.cum, r.total)
+			total += uint64(w)
+			r.cum = append(r.cum, uint32(total))
 		}
+		// PickCluster works in uint32; a wrapped total would pick wrongly
+		// or, at exactly 2^32, divide by zero on the data path.
+		if total > math.MaxUint32 {
+			return nil, fmt.Errorf("router: route %q: cluster weights add up to %d, more than %d", rc.Name, total, uint64(math.MaxUint32))
+		}
+		r.total = uint32(total)
 		for _, h := range rc.Match.Headers {
 			m, err := compileHeader(h)
 			if err != nil {
