@@ -8,8 +8,9 @@ MESHD     := $(BIN)/meshd
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -s -w -X main.version=$(VERSION)
 DEMO_ARGS ?=
+BENCH_LOAD_ARGS ?=
 
-.PHONY: all build demo test test-go lint fuzz-smoke bench bench-smoke consul clean
+.PHONY: all build demo test test-go netns-tools lint fuzz-smoke bench bench-smoke bench-load bench-smoke-load consul clean
 
 all: build
 
@@ -19,13 +20,17 @@ build:
 consul:
 	@scripts/install-consul.sh >/dev/null
 
+# ip, iptables and setpriv for the network-namespace tests (root only).
+netns-tools:
+	@scripts/install-netns-tools.sh
+
 # The demo: real backends, a real Consul agent and meshd, traffic through it.
 # It exits by itself after a short run; `make demo DEMO_ARGS=-keep` keeps it up.
 demo: build consul
 	$(GO) run ./cmd/meshdemo -meshd $(MESHD) -consul "$$(scripts/install-consul.sh)" $(DEMO_ARGS)
 
 # The whole test suite, as CI runs it.
-test: consul lint test-go fuzz-smoke bench-smoke
+test: consul netns-tools lint test-go fuzz-smoke bench-smoke bench-smoke-load
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -48,6 +53,19 @@ bench-smoke:
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./... | tee bench.out
+
+# The load harness (cmd/meshbench, see README "Load harness"): a real backend,
+# bin/meshd per engine and nginx if installed, interleaved rounds; prints
+# medians, ratios to direct and the issue's targets. Under 2 minutes;
+# `make bench-load BENCH_LOAD_ARGS='-mode full -json load.json'` for the
+# long run (under 10 minutes).
+bench-load: build
+	$(GO) run ./cmd/meshbench -meshd $(MESHD) -mode quick $(BENCH_LOAD_ARGS)
+
+# CI: a few hundred calls per target (~10 s) so the harness cannot rot. It
+# fails only if a target does not answer; no timing is asserted.
+bench-smoke-load: build
+	$(GO) run ./cmd/meshbench -meshd $(MESHD) -mode smoke
 
 clean:
 	rm -rf $(BIN)

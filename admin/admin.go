@@ -8,7 +8,11 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"time"
+
+	"google.golang.org/grpc"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
 // Source is what the admin server reads. Every method must be safe for
@@ -24,14 +28,19 @@ type Source interface {
 	Clusters() any
 }
 
-// Server is the admin HTTP server.
+// Server is the admin server: HTTP/1.1 and h2c on one port, with gRPC
+// requests (content-type application/grpc) going to the grpc.health.v1
+// service and everything else to the HTTP endpoints.
 type Server struct {
-	src     Source
-	metrics http.Handler
-	extra   map[string]http.Handler
-	log     *slog.Logger
-	srv     *http.Server
-	lis     net.Listener
+	src        Source
+	metrics    http.Handler
+	extra      map[string]http.Handler
+	log        *slog.Logger
+	healthPoll time.Duration
+	srv        *http.Server
+	lis        net.Listener
+	grpc       *grpc.Server
+	health     *healthServer
 }
 
 // Option configures a Server.
@@ -48,9 +57,16 @@ func WithHandler(path string, h http.Handler) Option {
 // WithLogger sets the logger.
 func WithLogger(l *slog.Logger) Option { return func(s *Server) { s.log = l } }
 
+// WithHealthPollInterval sets how often grpc.health.v1 Watch streams re-read
+// readiness (default DefaultHealthPollInterval). Check always reads it
+// afresh.
+func WithHealthPollInterval(d time.Duration) Option {
+	return func(s *Server) { s.healthPoll = d }
+}
+
 // Listen binds addr and returns a Server ready to Serve.
 func Listen(addr string, src Source, opts ...Option) (*Server, error) {
-	s := &Server{src: src, extra: map[string]http.Handler{}, log: slog.New(slog.DiscardHandler)}
+	s := &Server{src: src, extra: map[string]http.Handler{}, log: slog.New(slog.DiscardHandler), healthPoll: DefaultHealthPollInterval}
 	for _, o := range opts {
 		o(s)
 	}
@@ -71,7 +87,28 @@ func Listen(addr string, src Source, opts ...Option) (*Server, error) {
 	for p, h := range s.extra {
 		mux.Handle(p, h)
 	}
-	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	if s.healthPoll <= 0 {
+		s.healthPoll = DefaultHealthPollInterval
+	}
+	s.health = newHealthServer(src.Ready, s.healthPoll)
+	s.grpc = grpc.NewServer()
+	healthpb.RegisterHealthServer(s.grpc, s.health)
+	// gRPC needs HTTP/2; without TLS that is h2c with prior knowledge,
+	// which is what gRPC clients (and Kubernetes gRPC probes) speak.
+	var protos http.Protocols
+	protos.SetHTTP1(true)
+	protos.SetUnencryptedHTTP2(true)
+	s.srv = &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
+				s.grpc.ServeHTTP(w, r)
+				return
+			}
+			mux.ServeHTTP(w, r)
+		}),
+		Protocols:         &protos,
+		ReadHeaderTimeout: 5 * time.Second,
+	}
 	return s, nil
 }
 
@@ -87,8 +124,20 @@ func (s *Server) Serve() error {
 }
 
 // Shutdown stops the server, waiting for open requests until ctx is done.
+// gRPC health Watch streams, which never end on their own, are ended
+// first, with UNAVAILABLE; if ctx ends before the rest, the remaining
+// connections are closed.
 func (s *Server) Shutdown(ctx context.Context) error {
-	if err := s.srv.Shutdown(ctx); err != nil {
+	s.health.shutdown()
+	// The HTTP server's graceful shutdown also waits for the gRPC
+	// requests (they are its handlers) to write their status; stopping
+	// the gRPC server first would cut them off without trailers.
+	err := s.srv.Shutdown(ctx)
+	if err != nil {
+		s.srv.Close()
+	}
+	s.grpc.Stop()
+	if err != nil {
 		return fmt.Errorf("admin: shutdown: %w", err)
 	}
 	return nil

@@ -2,6 +2,13 @@
 // orchestrators, Prometheus metrics, and read-only views of the effective
 // config, the route table and every cluster's endpoints.
 //
+// The same port also serves grpc.health.v1 for Kubernetes gRPC probes and
+// other gRPC health checkers: the server speaks HTTP/1.1 and cleartext
+// HTTP/2 (h2c), and sends requests with content-type application/grpc to a
+// grpc.Server. Service "" is SERVING exactly when /ready answers 200 (so it
+// fails the moment a drain starts); service "liveness" is SERVING whenever
+// the process answers.
+//
 // It reads state through the small Source interface, so it holds no
 // reference to meshd's internals and can be tested with a real Server
 // behind it. Bind it to loopback: /config_dump shows the whole config

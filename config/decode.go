@@ -78,7 +78,8 @@ func Parse(data []byte, file string) (*Config, error) {
 		return nil, Errors{{File: file, Msg: "empty config"}}
 	}
 	cfg.locs = make(map[string]int)
-	indexLines(&root, "", cfg.locs)
+	cfg.at = make(map[pos]string)
+	indexLines(&root, "", cfg.locs, cfg.at)
 
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
@@ -89,14 +90,18 @@ func Parse(data []byte, file string) (*Config, error) {
 			return nil, Errors{syntaxError(file, err)}
 		}
 		for _, msg := range te.Errors {
-			errs = append(errs, typeError(file, msg))
+			errs = append(errs, cfg.typeError(msg))
 		}
 	}
 	// A second document in the same file is almost always a mistake (a
-	// pasted fragment); refuse it rather than silently ignoring it.
+	// pasted fragment); refuse it rather than silently ignoring it, also
+	// when that fragment is not even valid YAML.
 	var extra yaml.Node
-	if err := dec.Decode(&extra); err == nil {
+	switch err := dec.Decode(&extra); {
+	case err == nil:
 		errs = append(errs, &Error{File: file, Line: extra.Line, Msg: "more than one YAML document"})
+	case !errors.Is(err, io.EOF):
+		errs = append(errs, syntaxError(file, err))
 	}
 	if len(errs) > 0 {
 		return nil, errs
@@ -109,22 +114,91 @@ func Parse(data []byte, file string) (*Config, error) {
 	return cfg, nil
 }
 
-var lineRE = regexp.MustCompile(`^line (\d+): (.*)$`)
+// lineRE parses yaml.v3's "line N: msg" and lineErr's "line N: column C:
+// msg".
+var lineRE = regexp.MustCompile(`^line (\d+): (?:column (\d+): )?(.*)$`)
 
-// typeError turns one of yaml.v3's "line N: ..." strings into an Error.
-func typeError(file, msg string) *Error {
-	e := &Error{File: file, Msg: msg}
-	if m := lineRE.FindStringSubmatch(msg); m != nil {
-		e.Line, _ = strconv.Atoi(m[1])
-		e.Msg = m[2]
+// typeError turns one of yaml.v3's "line N: ..." strings into an Error and
+// names the field it is about, so an operator is told the field path and not
+// only a line.
+func (c *Config) typeError(msg string) *Error {
+	e := &Error{File: c.File, Msg: msg}
+	m := lineRE.FindStringSubmatch(msg)
+	if m == nil {
+		return e
 	}
+	e.Line, _ = strconv.Atoi(m[1])
+	e.Msg = m[3]
 	// yaml.v3 says "field x not found in type config.Route"; say it the way
 	// an operator reads it.
 	if f, t, ok := strings.Cut(strings.TrimPrefix(e.Msg, "field "), " not found in type config."); ok && strings.HasPrefix(e.Msg, "field ") {
-		e.Field = f
+		e.Field = c.keyPath(e.Line, f)
 		e.Msg = fmt.Sprintf("unknown field %q in %s", f, strings.ToLower(t))
+		return e
+	}
+	// Errors from our UnmarshalYAML methods carry the value's column, which
+	// tells apart values sharing a line (flow style: [UNAVAILABLE, NOPE]).
+	// yaml.v3's own ("cannot unmarshal !!str into int") give only a line:
+	// name the innermost field that holds every value on it.
+	if m[2] != "" {
+		col, _ := strconv.Atoi(m[2])
+		e.Field = c.at[pos{e.Line, col}]
+	} else {
+		e.Field = c.lineField(e.Line)
 	}
 	return e
+}
+
+// lineField is the innermost field path enclosing every value that starts
+// on line, or "".
+func (c *Config) lineField(line int) string {
+	field, first := "", true
+	for at, p := range c.at {
+		if at.line != line {
+			continue
+		}
+		if first {
+			field, first = p, false
+			continue
+		}
+		field = commonPath(field, p)
+	}
+	return field
+}
+
+// commonPath is the longest field path both a and b are inside of
+// ("routes[1].match" for "routes[1].match.method" and
+// "routes[1].match.headers[0]").
+func commonPath(a, b string) string {
+	n := 0
+	for n < len(a) && n < len(b) && a[n] == b[n] {
+		n++
+	}
+	for ; n > 0; n-- {
+		if (n == len(a) || a[n] == '.' || a[n] == '[') && (n == len(b) || b[n] == '.' || b[n] == '[') {
+			return a[:n]
+		}
+	}
+	return ""
+}
+
+// keyPath is the field path of key name on line, or name itself when the
+// key was not indexed. Candidates are compared so the answer is
+// deterministic even when one line holds the same key twice.
+func (c *Config) keyPath(line int, name string) string {
+	best := ""
+	for p, l := range c.locs {
+		if l != line || (p != name && !strings.HasSuffix(p, "."+name)) {
+			continue
+		}
+		if best == "" || p < best {
+			best = p
+		}
+	}
+	if best == "" {
+		return name
+	}
+	return best
 }
 
 func syntaxError(file string, err error) *Error {
@@ -132,18 +206,26 @@ func syntaxError(file string, err error) *Error {
 	e := &Error{File: file, Msg: msg}
 	if m := lineRE.FindStringSubmatch(msg); m != nil {
 		e.Line, _ = strconv.Atoi(m[1])
-		e.Msg = m[2]
+		e.Msg = m[3]
 	}
 	return e
 }
 
+// pos is a node's line and column (1-based).
+type pos struct{ line, col int }
+
 // indexLines records the line of every mapping value and sequence item under
-// its field path, so validation errors can point at the right line.
-func indexLines(n *yaml.Node, path string, locs map[string]int) {
+// its field path, so validation errors can point at the right line, and the
+// field path of every value node by position, so decoding errors (which know
+// only a node) can name their field.
+func indexLines(n *yaml.Node, path string, locs map[string]int, at map[pos]string) {
+	if path != "" {
+		at[pos{n.Line, n.Column}] = path
+	}
 	switch n.Kind {
 	case yaml.DocumentNode:
 		for _, c := range n.Content {
-			indexLines(c, path, locs)
+			indexLines(c, path, locs, at)
 		}
 	case yaml.MappingNode:
 		for i := 0; i+1 < len(n.Content); i += 2 {
@@ -153,13 +235,13 @@ func indexLines(n *yaml.Node, path string, locs map[string]int) {
 				p = path + "." + k.Value
 			}
 			locs[p] = k.Line
-			indexLines(v, p, locs)
+			indexLines(v, p, locs, at)
 		}
 	case yaml.SequenceNode:
 		for i, c := range n.Content {
 			p := path + "[" + strconv.Itoa(i) + "]"
 			locs[p] = c.Line
-			indexLines(c, p, locs)
+			indexLines(c, p, locs, at)
 		}
 	}
 	if _, ok := locs[path]; !ok && path != "" {
@@ -235,7 +317,7 @@ func (e *EndpointSpec) UnmarshalYAML(n *yaml.Node) error {
 			case "weight":
 				w, err := strconv.ParseUint(v.Value, 10, 32)
 				if err != nil {
-					errs = append(errs, fmt.Sprintf("line %d: weight must be a positive integer, got %q", v.Line, v.Value))
+					errs = append(errs, fmt.Sprintf("line %d: column %d: weight must be a positive integer, got %q", v.Line, v.Column, v.Value))
 					continue
 				}
 				e.Weight = uint32(w)
@@ -252,7 +334,7 @@ func (e *EndpointSpec) UnmarshalYAML(n *yaml.Node) error {
 }
 
 func lineErr(n *yaml.Node, msg string) error {
-	return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: %s", n.Line, msg)}}
+	return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: column %d: %s", n.Line, n.Column, msg)}}
 }
 
 // codeByName maps the canonical upper-case names to codes.

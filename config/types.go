@@ -21,6 +21,10 @@ type Config struct {
 	Consul Consul `yaml:"consul"`
 	// Tracing configures OpenTelemetry trace export.
 	Tracing Tracing `yaml:"tracing"`
+	// Metrics configures the Prometheus metrics on the admin port's /metrics.
+	Metrics Metrics `yaml:"metrics"`
+	// AccessLog configures the per-call access log.
+	AccessLog AccessLog `yaml:"access_log"`
 	// DrainTimeout is how long in-flight calls get to finish after SIGTERM.
 	// Default 10s.
 	DrainTimeout Duration `yaml:"drain_timeout"`
@@ -31,6 +35,12 @@ type Config struct {
 	// direction, in bytes. Default 16 MiB. Larger messages are answered with
 	// RESOURCE_EXHAUSTED.
 	MaxMessageSize int `yaml:"max_message_size"`
+	// MaxRetryBufferBytes caps, across every call of the process, the
+	// request bytes held so that uncommitted calls can be retried (each
+	// route's retry.max_buffer_bytes caps one call). A call that would go
+	// over either limit commits: it carries on, but is not retried.
+	// Default 64 MiB.
+	MaxRetryBufferBytes int64 `yaml:"max_retry_buffer_bytes"`
 
 	// File is the path the config was read from ("" for in-memory configs);
 	// it prefixes error messages.
@@ -58,6 +68,14 @@ type Listener struct {
 	TLS *ListenerTLS `yaml:"tls"`
 	// MaxConcurrentStreams caps streams per client connection. Default 1000.
 	MaxConcurrentStreams uint32 `yaml:"max_concurrent_streams"`
+	// Connection limits and keepalive (MaxConnections, IdleTimeout,
+	// MaxConnectionAge, Keepalive) and transparent interception
+	// (OriginalDst) are documented in deploy.go.
+	ListenerLimits `yaml:",inline"`
+	// OriginalDst, when set, marks a listener that receives connections
+	// redirected by iptables (`meshd iptables`): calls are routed by the
+	// connection's original destination as well as by method.
+	OriginalDst *OriginalDst `yaml:"original_dst"`
 }
 
 // ListenerTLS is TLS termination on a listener.
@@ -82,11 +100,25 @@ type Route struct {
 	// Clusters is a weighted split (canaries): each call picks one cluster
 	// with probability weight/sum(weights).
 	Clusters []WeightedCluster `yaml:"clusters"`
-	// Timeout is the call's total budget at meshd (0: none). The effective
-	// deadline is the tighter of this and the client's.
+	// Timeout is the call's total budget at meshd, streams included (0:
+	// none, the default, so long-lived streams are never cut by a default).
+	// The effective deadline is the tighter of this and the client's; meshd
+	// answers DEADLINE_EXCEEDED when it passes.
 	Timeout Duration `yaml:"timeout"`
-	// MaxGRPCTimeout caps a client-supplied deadline (0: no cap).
+	// MaxGRPCTimeout caps a client-supplied deadline (grpc-timeout) at this
+	// value (0: no cap). Calls without a deadline are not affected: use
+	// Timeout to bound those.
 	MaxGRPCTimeout Duration `yaml:"max_grpc_timeout"`
+	// IdleTimeout ends a call in which no message has crossed meshd in
+	// either direction for this long, with DEADLINE_EXCEEDED (0: none, the
+	// default). It is the timeout for streaming routes: a stream that keeps
+	// sending lives as long as it likes. It applies to unary calls too (a
+	// backend slower than IdleTimeout to answer is cut).
+	IdleTimeout Duration `yaml:"idle_timeout"`
+	// RateLimit, when set, admits at most this many calls per second on the
+	// route (a token bucket per meshd instance); calls over it are answered
+	// RESOURCE_EXHAUSTED at once.
+	RateLimit *RateLimit `yaml:"rate_limit"`
 	// Retry, when set, retries failed attempts that were not yet committed.
 	Retry *Retry `yaml:"retry"`
 }
@@ -134,8 +166,18 @@ type Retry struct {
 	// RetryOn lists the status codes that are retried, by name.
 	// Default [UNAVAILABLE].
 	RetryOn []Code `yaml:"retry_on"`
-	// PerTryTimeout bounds each attempt (0: only the call's deadline).
+	// PerTryTimeout bounds each attempt until it commits (0: only the
+	// call's deadline). An attempt cut by it is retried like a RetryOn code
+	// while attempts, the budget and the deadline allow; otherwise the call
+	// ends DEADLINE_EXCEEDED. Once the response has started it no longer
+	// applies, so it never cuts a flowing stream.
 	PerTryTimeout Duration `yaml:"per_try_timeout"`
+	// Backoff is the wait before each retry: exponential with full jitter.
+	Backoff RetryBackoff `yaml:"backoff"`
+	// MaxBufferBytes is how many request bytes one call may hold for replay
+	// (default 256 KiB). A call that sends more commits: it carries on but
+	// is not retried.
+	MaxBufferBytes int64 `yaml:"max_buffer_bytes"`
 }
 
 // Cluster is a group of interchangeable backends.
@@ -162,6 +204,19 @@ type Cluster struct {
 	AllDown string `yaml:"all_down"`
 	// TLS to the upstream endpoints; plaintext (h2c) when absent.
 	TLS *UpstreamTLS `yaml:"tls"`
+	// MaxRequests caps the calls in flight to the cluster from this meshd
+	// (0: no cap, the default). Calls over it are answered
+	// RESOURCE_EXHAUSTED at once rather than queued.
+	MaxRequests int `yaml:"max_requests"`
+	// MaxPending caps the calls waiting for an upstream stream: picked, but
+	// their connection is still connecting or has no free stream slot (the
+	// backend's MAX_CONCURRENT_STREAMS). meshd never queues calls itself,
+	// so this is the only place calls can pile up (0: no cap, the default).
+	// Calls over it are answered RESOURCE_EXHAUSTED at once.
+	MaxPending int `yaml:"max_pending"`
+	// RetryBudget caps the retries of every route sending to this cluster,
+	// so that retries cannot multiply the load of a failing cluster.
+	RetryBudget RetryBudget `yaml:"retry_budget"`
 }
 
 // EndpointSpec is one static endpoint.
@@ -228,6 +283,14 @@ type Consul struct {
 	Address string `yaml:"address"`
 	// Token is the ACL token; CONSUL_HTTP_TOKEN when empty.
 	Token string `yaml:"token"`
+	// ConfigKey, when set, is a Consul KV key holding routes and clusters
+	// shared by a fleet (a YAML document with only `routes:` and
+	// `clusters:`). meshd watches it with blocking queries and applies each
+	// change through the same validate-then-swap path as a file reload. Its
+	// routes are matched before the file's and its clusters are added to
+	// the file's (names must not clash). An invalid value is rejected and
+	// the last good rules keep serving; a deleted key also keeps them.
+	ConfigKey string `yaml:"config_key"`
 }
 
 // Tracing is OpenTelemetry export.
@@ -237,6 +300,35 @@ type Tracing struct {
 	OTLPEndpoint string `yaml:"otlp_endpoint"`
 	// SampleRatio is the parent-based trace-id ratio. Unset: the standard
 	// OTEL_TRACES_SAMPLER/OTEL_TRACES_SAMPLER_ARG, else 1.0.
+	SampleRatio *float64 `yaml:"sample_ratio"`
+}
+
+// DefaultMaxMethods is metrics.max_methods when unset.
+const DefaultMaxMethods = 1000
+
+// Metrics is the Prometheus metrics section. Metrics are always collected;
+// they are served on the admin port's /metrics.
+type Metrics struct {
+	// MaxMethods caps the distinct values of the method labels: the first
+	// MaxMethods methods that matched a route get their own series, later
+	// ones are counted as "other". Calls that matched no route are always
+	// counted as "unmatched", so a client cannot grow the series count by
+	// inventing method names. Default 1000.
+	MaxMethods int `yaml:"max_methods"`
+}
+
+// AccessLog is the access log section: one JSON line per finished call,
+// never one per message.
+type AccessLog struct {
+	// Enabled turns the access log on. Default false; when off it costs
+	// nothing (the logger is not installed at all).
+	Enabled bool `yaml:"enabled"`
+	// Path is the file the lines are appended to (created 0644 if absent,
+	// opened O_APPEND so rotation by copy-truncate or rename-and-reopen on
+	// restart both work). Empty: standard error.
+	Path string `yaml:"path"`
+	// SampleRatio is the share of calls logged, in [0, 1]. Default 1 (every
+	// call).
 	SampleRatio *float64 `yaml:"sample_ratio"`
 }
 

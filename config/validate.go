@@ -41,7 +41,9 @@ func (c *Config) Validate() error {
 	}
 	v.listeners()
 	clusters := v.clusters()
+	v.reserveOriginalDst(clusters)
 	v.routes(clusters)
+	v.resilience()
 	switch c.Engine {
 	case "", "grpc", "frame":
 	default:
@@ -55,6 +57,12 @@ func (c *Config) Validate() error {
 	}
 	if r := c.Tracing.SampleRatio; r != nil && (*r < 0 || *r > 1) {
 		v.add("tracing.sample_ratio", "must be between 0 and 1, got %v", *r)
+	}
+	if c.Metrics.MaxMethods < 0 {
+		v.add("metrics.max_methods", "must not be negative, got %d", c.Metrics.MaxMethods)
+	}
+	if r := c.AccessLog.SampleRatio; r != nil && !(*r >= 0 && *r <= 1) {
+		v.add("access_log.sample_ratio", "must be between 0 and 1, got %v", *r)
 	}
 	if c.Consul.Address != "" {
 		addr := strings.TrimPrefix(strings.TrimPrefix(c.Consul.Address, "http://"), "https://")
@@ -106,6 +114,7 @@ func (v *validator) listeners() {
 				v.add(p+".tls", "cert_file and key_file are both required")
 			}
 		}
+		v.listenerLimits(p, &v.c.Listeners[i])
 	}
 }
 
@@ -344,6 +353,7 @@ func contains(list []string, s string) bool {
 
 // applyDefaults fills in every documented default. It runs after Validate.
 func (c *Config) applyDefaults() {
+	c.applyResilienceDefaults()
 	if c.DrainTimeout == 0 {
 		c.DrainTimeout = Duration(10 * time.Second)
 	}
@@ -353,10 +363,18 @@ func (c *Config) applyDefaults() {
 	if c.MaxMessageSize == 0 {
 		c.MaxMessageSize = DefaultMaxMessageSize
 	}
+	if c.Metrics.MaxMethods == 0 {
+		c.Metrics.MaxMethods = DefaultMaxMethods
+	}
+	if c.AccessLog.SampleRatio == nil {
+		one := 1.0
+		c.AccessLog.SampleRatio = &one
+	}
 	for i := range c.Listeners {
 		if c.Listeners[i].MaxConcurrentStreams == 0 {
 			c.Listeners[i].MaxConcurrentStreams = 1000
 		}
+		c.Listeners[i].applyLimitDefaults()
 	}
 	for i := range c.Routes {
 		r := &c.Routes[i]

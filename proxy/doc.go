@@ -10,6 +10,16 @@
 // cancellation carry to the backend because the upstream context derives
 // from the inbound one.
 //
+// Resilience (retry.go): calls are retried on another endpoint while they
+// are not committed (no response header or message has reached the client),
+// replaying the request messages kept for that, within per-call and
+// process-wide byte limits, a per-cluster retry budget, and the deadline.
+// Calls that never reached a backend are always retried transparently.
+// Route timeouts, max_grpc_timeout and idle timeouts end calls with
+// DEADLINE_EXCEEDED; per-cluster concurrency limits and route rate limits
+// (limits.go, budget.go: engine-neutral types) refuse calls at once with
+// RESOURCE_EXHAUSTED rather than queue them.
+//
 // Every status meshd produces itself is decided in one place (errors.go):
 // no route is UNIMPLEMENTED, no healthy endpoint UNAVAILABLE, a deadline
 // spent inside meshd DEADLINE_EXCEEDED, limits RESOURCE_EXHAUSTED.

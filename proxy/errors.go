@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -28,11 +29,65 @@ func errNotReady() error {
 	return status.Error(codes.Unavailable, "meshd: no configuration loaded yet")
 }
 
+// errMaxRequests: the cluster's max_requests calls are in flight.
+func errMaxRequests(cluster string, max int64) error {
+	return status.Errorf(codes.ResourceExhausted, "meshd: cluster %q is at max_requests (%d calls in flight); not queued", cluster, max)
+}
+
+// errMaxPending: max_pending calls already wait for an upstream stream.
+func errMaxPending(cluster string, max int64) error {
+	return status.Errorf(codes.ResourceExhausted, "meshd: cluster %q is at max_pending (%d calls waiting for an upstream stream); not queued", cluster, max)
+}
+
+// errRateLimited: the route's token bucket is empty.
+func errRateLimited(route string, perSecond float64) error {
+	return status.Errorf(codes.ResourceExhausted, "meshd: route %q is over its rate limit of %g calls/s", route, perSecond)
+}
+
+// timeoutError is the cause meshd gives a context it ends for a timeout of
+// its own, so the status can name the setting that fired. Every such
+// timeout is DEADLINE_EXCEEDED, never UNAVAILABLE: the backend may be
+// perfectly healthy, and clients treat the two differently.
+type timeoutError struct {
+	setting string // "route timeout", "per_try_timeout", ...
+	d       time.Duration
+}
+
+func (e *timeoutError) Error() string {
+	if e.setting == settingIdle {
+		return fmt.Sprintf("meshd: no message in either direction for idle_timeout %s", e.d)
+	}
+	return fmt.Sprintf("meshd: %s %s exceeded", e.setting, e.d)
+}
+
+// The settings a timeoutError names.
+const (
+	settingTimeout = "route timeout"
+	settingMaxGRPC = "deadline capped by max_grpc_timeout"
+	settingPerTry  = "per_try_timeout"
+	settingIdle    = "idle_timeout"
+)
+
+// timeoutOf returns the meshd timeout that ended ctx, or nil.
+func timeoutOf(ctx context.Context) *timeoutError {
+	if ctx.Err() == nil {
+		return nil
+	}
+	var te *timeoutError
+	if errors.As(context.Cause(ctx), &te) {
+		return te
+	}
+	return nil
+}
+
 // upstreamErr turns an error from the upstream stream into what the client
-// sees. ctx is the call's context at meshd: if its deadline (the client's or
-// the route's) is what ended the call, the answer is DEADLINE_EXCEEDED,
-// whatever the transport said.
+// sees. ctx is the call's (or attempt's) context at meshd: if one of meshd's
+// timeouts or the deadline (the client's or the route's) is what ended the
+// call, the answer is DEADLINE_EXCEEDED, whatever the transport said.
 func upstreamErr(ctx context.Context, err error) error {
+	if te := timeoutOf(ctx); te != nil {
+		return status.Error(codes.DeadlineExceeded, te.Error())
+	}
 	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		return status.Error(codes.DeadlineExceeded, "meshd: deadline exceeded")
 	}

@@ -35,3 +35,23 @@ type Observer interface {
 func WithObserver(o Observer) Option {
 	return func(p *Proxy) { p.observers = append(p.observers, o) }
 }
+
+// StartObserver is an Observer that is also told when a call starts, before
+// routing, so it can keep gauges such as the number of calls in flight. Every
+// CallStarted is followed by exactly one ObserveCall for the same call. Like
+// ObserveCall it runs on the call's goroutine and must not block.
+type StartObserver interface {
+	Observer
+	CallStarted()
+}
+
+// callStarted tells the observers that want it that a call began. It costs
+// nothing when no observer is installed; the type assertion is cheap enough
+// for the few observers a proxy has, and keeps WithObserver the only way in.
+func (p *Proxy) callStarted() {
+	for _, o := range p.observers {
+		if s, ok := o.(StartObserver); ok {
+			s.CallStarted()
+		}
+	}
+}

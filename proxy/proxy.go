@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"io"
 	"log/slog"
 	"math/rand/v2"
 	"sync/atomic"
@@ -27,6 +26,41 @@ import (
 type State struct {
 	Table    *router.Table
 	Clusters map[string]*balancer.Cluster
+	// Limits holds each cluster's max_requests/max_pending (absent: none).
+	Limits map[string]*Limiter
+	// Budgets holds each cluster's retry budget (absent: retries are
+	// capped by attempts only).
+	Budgets map[string]*RetryBudget
+	// Policies holds each configured route's idle timeout, rate limit and
+	// retry policy, by route name.
+	Policies map[string]*RoutePolicy
+	// RetryBuffer caps the bytes all calls hold for retries (nil: no cap).
+	RetryBuffer *ByteBudget
+
+	// calls counts the calls running on this State, so that a reload can
+	// tell when no call can use a cluster it removed any more.
+	calls atomic.Int64
+}
+
+// Active is the number of calls running on st. Once st has been swapped
+// out and Active is 0 it stays 0: new calls only start on the new State.
+func (st *State) Active() int64 { return st.calls.Load() }
+
+// acquire returns the current State with one call counted on it, or nil.
+// The State is read again after counting: either a reload sees this call
+// in Active, or this call sees the reload's new State and moves to it.
+func (p *Proxy) acquire() *State {
+	for {
+		st := p.state.Load()
+		if st == nil {
+			return nil
+		}
+		st.calls.Add(1)
+		if p.state.Load() == st {
+			return st
+		}
+		st.calls.Add(-1)
+	}
 }
 
 // Proxy is the grpc-go based transparent forwarder. The zero value is not
@@ -36,6 +70,7 @@ type Proxy struct {
 	tracing   bool
 	log       *slog.Logger
 	observers []Observer
+	dst       *dstRouting // nil: no transparent listeners (origdst.go)
 }
 
 // Option configures a Proxy.
@@ -101,6 +136,7 @@ const maxNotReachedAttempts = 3
 // Handle is the grpc.StreamHandler for every method.
 func (p *Proxy) Handle(_ any, ss grpc.ServerStream) error {
 	call := Call{Start: time.Now()}
+	p.callStarted()
 	err := p.handle(ss, &call)
 	if len(p.observers) > 0 {
 		call.Duration = time.Since(call.Start)
@@ -129,11 +165,12 @@ func (p *Proxy) handle(ss grpc.ServerStream, call *Call) error {
 	}
 	call.Method = method
 	md, _ := metadata.FromIncomingContext(ctx)
-	st := p.state.Load()
+	st := p.acquire()
 	if st == nil {
 		return errNotReady()
 	}
-	route := st.Table.Lookup(method, md)
+	defer st.calls.Add(-1)
+	route := p.lookup(ctx, st, method, md)
 	if route == nil {
 		return errNoRoute(method)
 	}
@@ -142,144 +179,45 @@ func (p *Proxy) handle(ss grpc.ServerStream, call *Call) error {
 	if p.tracing {
 		tracing.SetRoute(ctx, route.Name, name)
 	}
-	cl := st.Clusters[name]
+	cl := p.cluster(ctx, st, name)
 	if cl == nil {
 		return errUnknownCluster(route.Name, name)
 	}
+	pol := st.Policies[route.Name]
+	if pol != nil && !pol.RateLimit.Allow() {
+		return errRateLimited(route.Name, pol.RateLimit.Rate())
+	}
+	lim := st.Limits[name]
+	if !lim.Acquire() {
+		return errMaxRequests(name, lim.maxRequests)
+	}
+	defer lim.Release()
 	ctx, cancel := callContext(ctx, route)
 	defer cancel()
-
-	out := copyMD(md, p.tracing)
-	info := balancer.PickInfo{Method: method, Header: md}
-	var err error
-	for attempt := 1; attempt <= maxNotReachedAttempts; attempt++ {
-		var ep *balancer.Endpoint
-		ep, err = cl.Pick(&info)
-		if err != nil {
-			return errNoEndpoint(name, err)
-		}
-		call.Attempts, call.Endpoint = attempt, ep.Address()
-		actx := ctx
-		if p.tracing {
-			actx = tracing.WithAttempt(ctx, ep.Address(), attempt)
-		}
-		start := time.Now()
-		res := p.forward(actx, ss, ep.Conn(), method, out, call)
-		cl.Done(ep, start, status.Code(res.err), res.notReached)
-		if !res.notReached {
-			return res.err
-		}
-		err = res.err
-		info.Exclude = ep
-	}
-	return err
+	// Attempts, retries and the relay in both directions: retry.go.
+	return p.newCallRun(ctx, ss, method, md, call, name, cl, st, pol).run()
 }
 
 // callContext applies the route's max_grpc_timeout cap and timeout to the
-// inbound context. Both only ever shorten the deadline.
+// inbound context. Both only ever shorten the deadline, so the effective
+// one is the tightest of the client's, the cap and the route's, and the
+// backend gets it as grpc-timeout. Each carries a cause naming its setting
+// for the DEADLINE_EXCEEDED message; when the client's deadline is the
+// tighter, the context keeps the client's (plain) cause.
 func callContext(ctx context.Context, r *router.Route) (context.Context, context.CancelFunc) {
 	cancel := func() {}
 	if r.MaxGRPCTimeout > 0 {
 		if dl, ok := ctx.Deadline(); ok && time.Until(dl) > r.MaxGRPCTimeout {
-			ctx, cancel = context.WithTimeout(ctx, r.MaxGRPCTimeout)
+			ctx, cancel = context.WithTimeoutCause(ctx, r.MaxGRPCTimeout, &timeoutError{setting: settingMaxGRPC, d: r.MaxGRPCTimeout})
 		}
 	}
 	if r.Timeout > 0 {
 		c1 := cancel
 		var c2 context.CancelFunc
-		ctx, c2 = context.WithTimeout(ctx, r.Timeout)
+		ctx, c2 = context.WithTimeoutCause(ctx, r.Timeout, &timeoutError{setting: settingTimeout, d: r.Timeout})
 		cancel = func() { c2(); c1() }
 	}
 	return ctx, cancel
-}
-
-// result is how one attempt ended.
-type result struct {
-	err error
-	// notReached: the stream was never opened on the backend, so nothing
-	// was consumed from the client and the call may go elsewhere.
-	notReached bool
-}
-
-// forward runs one attempt: open the upstream stream, relay both directions
-// and return the status for the client.
-func (p *Proxy) forward(ctx context.Context, ss grpc.ServerStream, conn *grpc.ClientConn, method string, md metadata.MD, call *Call) result {
-	upCtx, cancel := context.WithCancel(metadata.NewOutgoingContext(ctx, md))
-	defer cancel()
-	cs, err := conn.NewStream(upCtx, &bidi, method)
-	if err != nil {
-		return result{err: upstreamErr(ctx, err), notReached: ctx.Err() == nil}
-	}
-
-	// Client → backend runs on its own goroutine. It ends when the client
-	// half-closes, the call ends (the server stream's context is cancelled
-	// once Handle returns), or it fails; a failure cancels the upstream so
-	// the backend → client loop below stops too.
-	var c2sErr atomic.Pointer[error]
-	var bytesIn atomic.Int64
-	go func() {
-		if err := clientToBackend(ss, cs, &bytesIn); err != nil {
-			c2sErr.Store(&err)
-			cancel()
-		}
-	}()
-
-	// Backend → client. Headers first, the moment they arrive, also when no
-	// message follows. A nil header means a trailers-only response: then no
-	// header is sent, so the client gets trailers-only too.
-	hdr, _ := cs.Header()
-	if hdr != nil {
-		if err := ss.SendHeader(filterMD(hdr)); err != nil {
-			return result{err: upstreamErr(ctx, err)}
-		}
-	}
-	var f frame
-	defer func() { call.BytesIn += bytesIn.Load() }()
-	for {
-		if err := cs.RecvMsg(&f); err != nil {
-			if t := cs.Trailer(); len(t) > 0 {
-				ss.SetTrailer(filterMD(t))
-			}
-			if e := c2sErr.Load(); e != nil {
-				return result{err: *e}
-			}
-			if err == io.EOF {
-				return result{}
-			}
-			return result{err: upstreamErr(ctx, err)}
-		}
-		call.BytesOut += int64(f.data.Len())
-		if err := ss.SendMsg(&f); err != nil {
-			f.free()
-			return result{err: upstreamErr(ctx, err)}
-		}
-	}
-}
-
-// clientToBackend relays the client's messages and its half-close. It
-// returns nil when the client half-closed or the upstream ended (the
-// upstream's own status then comes from RecvMsg), and the error to give the
-// client otherwise (a message over the size limit, a cancel).
-func clientToBackend(ss grpc.ServerStream, cs grpc.ClientStream, n *atomic.Int64) error {
-	var f frame
-	for {
-		if err := ss.RecvMsg(&f); err != nil {
-			if err == io.EOF {
-				// CloseSend never fails in a way the client should see;
-				// the backend's answer carries the outcome.
-				_ = cs.CloseSend()
-				return nil
-			}
-			return err
-		}
-		n.Add(int64(f.data.Len()))
-		if err := cs.SendMsg(&f); err != nil {
-			f.free()
-			// io.EOF: the upstream stream is over; its status is read by
-			// the other direction.
-			return nil
-		}
-	}
 }
 
 // filterMD drops the headers meshd never relays from a backend's response.

@@ -2,11 +2,8 @@ package server
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"log/slog"
-	"os"
 	"reflect"
 	"time"
 
@@ -40,17 +37,33 @@ type clusterRun struct {
 	resolver resolver
 	cancel   context.CancelFunc
 	done     chan struct{}
+	forget   func(*clusterRun) // drops the run from the original-dst owner index
+	// limiter and budget hold the cluster's call counters; each State gets
+	// a view with the limits of its config (resilience.go).
+	limiter *proxy.Limiter
+	budget  *proxy.RetryBudget
 }
 
 // sameAs reports whether the run can serve cfg unchanged.
 func (r *clusterRun) sameAs(cfg config.Cluster, maxMsg int) bool {
-	return r.maxMsg == maxMsg && reflect.DeepEqual(r.cfg, cfg)
+	return r.maxMsg == maxMsg && reflect.DeepEqual(connIdentity(r.cfg), connIdentity(cfg))
+}
+
+// connIdentity is the part of a cluster's config its connections, health
+// state and discovery depend on. Limits and the retry budget apply per
+// call, so changing them keeps the cluster (and its counters) as it is.
+func connIdentity(c config.Cluster) config.Cluster {
+	c.MaxRequests, c.MaxPending, c.RetryBudget = 0, 0, config.RetryBudget{}
+	return c
 }
 
 // stop ends the discovery loop and closes the cluster's connections.
 func (r *clusterRun) stop() {
 	r.cancel()
 	<-r.done
+	if r.forget != nil {
+		r.forget(r)
+	}
 	r.cl.Close()
 }
 
@@ -101,36 +114,18 @@ func balancerOptions(c config.Cluster, log *slog.Logger) balancer.Options {
 	}
 }
 
-// upstreamCreds builds the transport credentials for a cluster.
-func upstreamCreds(t *config.UpstreamTLS) (credentials.TransportCredentials, error) {
+// upstreamCreds builds the transport credentials for a cluster: h2c, or
+// TLS whose files are reloaded when they change (tls.go).
+func upstreamCreds(t *config.UpstreamTLS, log *slog.Logger) (credentials.TransportCredentials, error) {
 	if t == nil {
 		return insecure.NewCredentials(), nil
 	}
-	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: t.ServerName, NextProtos: []string{"h2"}}
-	if t.CAFile != "" {
-		pem, err := os.ReadFile(t.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("read ca_file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("ca_file %s: no PEM certificates", t.CAFile)
-		}
-		tc.RootCAs = pool
-	}
-	if t.CertFile != "" {
-		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("load client certificate: %w", err)
-		}
-		tc.Certificates = []tls.Certificate{cert}
-	}
-	return credentials.NewTLS(tc), nil
+	return upstreamTLS(t, log)
 }
 
 // newClusterRun builds a cluster and starts its discovery loop.
 func (s *Server) newClusterRun(c config.Cluster, maxMsg int, consul *api.Client) (*clusterRun, error) {
-	creds, err := upstreamCreds(c.TLS)
+	creds, err := upstreamCreds(c.TLS, s.log.With("cluster", c.Name))
 	if err != nil {
 		return nil, fmt.Errorf("cluster %q: tls: %w", c.Name, err)
 	}
@@ -165,21 +160,26 @@ func (s *Server) newClusterRun(c config.Cluster, maxMsg int, consul *api.Client)
 		res = discovery.NewStatic(eps)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &clusterRun{cfg: c, maxMsg: maxMsg, cl: cl, resolver: res, cancel: cancel, done: make(chan struct{})}
+	r := &clusterRun{cfg: c, maxMsg: maxMsg, cl: cl, resolver: res, cancel: cancel, done: make(chan struct{}), forget: s.dests.forget,
+		limiter: proxy.NewLimiter(0, 0), budget: proxy.NewRetryBudget(0, 0, nil)}
 	go func() {
 		defer close(r.done)
 		// Watch returns ctx.Err() when stopped; anything else is logged
 		// here, by the loop's owner.
-		if err := res.Watch(ctx, cl.Update); err != nil && ctx.Err() == nil {
+		// The owner index of original destinations sees each snapshot first.
+		if err := res.Watch(ctx, s.dests.watch(r, c.Name, cl.Update)); err != nil && ctx.Err() == nil {
 			s.log.Error("discovery stopped", "cluster", c.Name, "err", err)
 		}
 	}()
 	return r, nil
 }
 
-// retire closes a cluster that a reload dropped, once its in-flight calls
-// end or the drain timeout passes. It runs on a goroutine the Server owns.
-func (s *Server) retire(r *clusterRun, drain time.Duration) {
+// retire closes a cluster that a reload dropped, once no call can use it
+// any more (every State that holds it has no call left, including calls
+// between two retry attempts) or the drain timeout passes. It runs on a
+// goroutine the Server owns; the caller holds s.mu and has checked that
+// the Server is not stopping.
+func (s *Server) retire(r *clusterRun, states []*proxy.State, drain time.Duration) {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
@@ -187,7 +187,7 @@ func (s *Server) retire(r *clusterRun, drain time.Duration) {
 		defer deadline.Stop()
 		tick := time.NewTicker(50 * time.Millisecond)
 		defer tick.Stop()
-		for r.outstanding() > 0 {
+		for !drained(states) {
 			select {
 			case <-deadline.C:
 				s.log.Warn("closing retired cluster with calls in flight", "cluster", r.cfg.Name, "outstanding", r.outstanding())

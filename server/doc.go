@@ -5,7 +5,15 @@
 // Reload builds and validates a whole new data-path State before swapping
 // it in atomically (Caddy's unsyncedDecodeAndRun idea): a cluster whose
 // definition did not change is carried over with its connections, health
-// state and Consul watch; a removed or changed cluster stops taking new
-// calls at once and is closed once its in-flight calls finish (or the drain
-// timeout passes). A reload that fails changes nothing.
+// state and Consul watch (a change of its limits or retry budget alone
+// keeps it too); new clusters are warmed up (first discovery result and
+// health verdicts) before the swap, so no call is sent to a cluster that
+// cannot take it yet; a removed or changed cluster stops taking new calls
+// at once and is closed once no call of an older State can use it (or the
+// drain timeout passes). A reload that fails changes nothing, and is
+// counted and reported on /config_dump.
+//
+// Routes and clusters can also come from a Consul KV key
+// (consul.config_key, kv.go), watched with blocking queries and applied
+// through the same path, joined to the file's config.
 package server

@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,11 +14,9 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/stats"
 
 	"github.com/meshd/meshd/admin"
-	"github.com/meshd/meshd/balancer"
 	"github.com/meshd/meshd/config"
 	"github.com/meshd/meshd/discovery"
 	"github.com/meshd/meshd/proxy"
@@ -33,18 +30,32 @@ type Server struct {
 	serverStats stats.Handler
 	clientStats stats.Handler
 	adminOpts   []admin.Option
+	dests       *destinations // transparent interception (origdst.go)
+	observers   []proxy.Observer
 
-	mu       sync.Mutex // serializes Reload and Run's start/stop
+	// reloadMu serializes reloads (file, SIGHUP, Consul KV). It is held
+	// while new clusters warm up; mu is not, so the admin API and metrics
+	// do not wait for a warm-up.
+	reloadMu  sync.Mutex
+	fileCfg   *config.Config                // the file's config in force (reloadMu)
+	kvData    []byte                        // the Consul config_key value in force, nil if none (reloadMu)
+	buckets   map[string]*proxy.TokenBucket // route rate limits by route name (reloadMu)
+	oldStates []*proxy.State                // swapped-out States calls may still run on (reloadMu)
+	retryBuf  *proxy.ByteBudget             // process-wide retry buffer usage
+
+	mu       sync.Mutex // guards runs, consul, kv and Run's start/stop
 	cfg      atomic.Pointer[config.Config]
 	runs     map[string]*clusterRun
 	consul   *api.Client
 	consulOf config.Consul
+	kv       *kvWatch // the consul.config_key watch, nil when none (kv.go)
 
 	listeners []*listener
 	admin     *admin.Server
 	started   atomic.Bool
 	draining  atomic.Bool
 	stopping  chan struct{}
+	closed    chan struct{} // closed once closeAll has finished
 	serving   chan struct{} // closed once every listener is bound
 	wg        sync.WaitGroup
 	reloads   atomic.Uint64
@@ -75,14 +86,27 @@ func WithAdminOptions(opts ...admin.Option) Option {
 	return func(s *Server) { s.adminOpts = append(s.adminOpts, opts...) }
 }
 
+// WithObservers adds call observers (metrics, access log) to the data path;
+// each is told about every call when it ends.
+func WithObservers(obs ...proxy.Observer) Option {
+	return func(s *Server) { s.observers = append(s.observers, obs...) }
+}
+
 // New builds a Server for cfg: clusters are created and their discovery
 // starts, but nothing listens until Run.
 func New(cfg *config.Config, opts ...Option) (*Server, error) {
-	s := &Server{log: slog.New(slog.DiscardHandler), runs: map[string]*clusterRun{}, stopping: make(chan struct{}), serving: make(chan struct{})}
+	s := &Server{log: slog.New(slog.DiscardHandler), runs: map[string]*clusterRun{}, stopping: make(chan struct{}), closed: make(chan struct{}), serving: make(chan struct{}),
+		retryBuf: proxy.NewByteBudget(0)}
 	for _, o := range opts {
 		o(s)
 	}
-	s.proxy = proxy.New(proxy.WithTracing(s.clientStats != nil), proxy.WithLogger(s.log.With("component", "proxy")))
+	popts := []proxy.Option{proxy.WithTracing(s.clientStats != nil), proxy.WithLogger(s.log.With("component", "proxy"))}
+	for _, o := range s.observers {
+		popts = append(popts, proxy.WithObserver(o))
+	}
+	s.dests = newDestinations(s.log.With("component", "origdst"), s.clientStats, func() int { return s.cfg.Load().MaxMessageSize })
+	popts = append(popts, proxy.WithDestinations(s.dests))
+	s.proxy = proxy.New(popts...)
 	if err := s.Reload(cfg); err != nil {
 		return nil, err
 	}
@@ -92,11 +116,36 @@ func New(cfg *config.Config, opts ...Option) (*Server, error) {
 // Config returns the config in force.
 func (s *Server) Config() *config.Config { return s.cfg.Load() }
 
-// Reload swaps in cfg if everything it needs can be built; otherwise it
-// returns why and the old config keeps serving. Listener changes need a
-// restart and are reported as an error without changing anything.
+// Reload swaps in cfg, the config file's content, if everything it needs
+// can be built; otherwise it returns why and the old config keeps serving.
+// The whole config (joined by the rules from consul.config_key, if any) is
+// validated and its new clusters are built and warmed up before the swap,
+// which is atomic: a call runs entirely on the old or the new routes.
+// Clusters that did not change keep their connections, health state and
+// discovery watches. Listener changes need a restart and are reported as
+// an error without changing anything. Every outcome is counted for
+// /config_dump.
 func (s *Server) Reload(cfg *config.Config) error {
-	err := s.reload(cfg)
+	s.reloadMu.Lock()
+	defer s.reloadMu.Unlock()
+	return s.count(s.reloadFile(cfg))
+}
+
+// ReloadFile loads the config file at path and reloads it. A file that
+// does not load (syntax, validation) is counted and reported like any
+// failed reload.
+func (s *Server) ReloadFile(path string) error {
+	s.reloadMu.Lock()
+	defer s.reloadMu.Unlock()
+	cfg, err := config.Load(path)
+	if err != nil {
+		return s.count(fmt.Errorf("server: %w", err))
+	}
+	return s.count(s.reloadFile(cfg))
+}
+
+// count records a reload's outcome and returns err.
+func (s *Server) count(err error) error {
 	if err != nil {
 		s.failed.Add(1)
 		msg := err.Error()
@@ -108,9 +157,30 @@ func (s *Server) Reload(cfg *config.Config) error {
 	return nil
 }
 
-func (s *Server) reload(cfg *config.Config) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+// reloadFile applies a new file config, joined by the Consul rules in
+// force when it still names their key. The caller holds reloadMu.
+func (s *Server) reloadFile(cfg *config.Config) error {
+	eff := cfg
+	if src, data := s.kvFor(cfg); data != nil {
+		f, err := config.ParseFragment(data, src)
+		if err == nil {
+			eff, err = config.Merge(cfg, f)
+		}
+		if err != nil {
+			return fmt.Errorf("server: config with the rules from %s: %w", src, err)
+		}
+	}
+	if err := s.apply(eff); err != nil {
+		return err
+	}
+	s.fileCfg = cfg
+	s.syncKV(cfg)
+	return nil
+}
+
+// apply builds everything cfg needs, warms up its new clusters, swaps it
+// in and retires what it dropped. The caller holds reloadMu.
+func (s *Server) apply(cfg *config.Config) error {
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("server: invalid config: %w", err)
 	}
@@ -121,8 +191,11 @@ func (s *Server) reload(cfg *config.Config) error {
 	if old != nil && s.started.Load() && !reflect.DeepEqual(old.Listeners, cfg.Listeners) {
 		return errors.New("server: listeners changed: restart meshd to apply listener changes")
 	}
-	consul := s.consul
-	if needsConsul(cfg) && (consul == nil || s.consulOf != cfg.Consul) {
+	s.mu.Lock()
+	runs, curConsul, curConsulOf := s.runs, s.consul, s.consulOf
+	s.mu.Unlock()
+	consul := curConsul
+	if needsConsul(cfg) && (consul == nil || curConsulOf.Address != cfg.Consul.Address || curConsulOf.Token != cfg.Consul.Token) {
 		c, err := discovery.NewConsulClient(cfg.Consul.Address, cfg.Consul.Token)
 		if err != nil {
 			return fmt.Errorf("server: %w", err)
@@ -136,34 +209,49 @@ func (s *Server) reload(cfg *config.Config) error {
 	// Build every new cluster before touching anything live.
 	next := make(map[string]*clusterRun, len(cfg.Clusters))
 	var fresh []*clusterRun
+	stopFresh := func() {
+		for _, f := range fresh {
+			f.stop()
+		}
+	}
 	for _, c := range cfg.Clusters {
-		if r, ok := s.runs[c.Name]; ok && r.sameAs(c, cfg.MaxMessageSize) && (c.Consul == nil || consul == s.consul) {
+		if r, ok := runs[c.Name]; ok && r.sameAs(c, cfg.MaxMessageSize) && (c.Consul == nil || consul == curConsul) {
 			next[c.Name] = r
 			continue
 		}
 		r, err := s.newClusterRun(c, cfg.MaxMessageSize, consul)
 		if err != nil {
-			for _, f := range fresh {
-				f.stop()
-			}
+			stopFresh()
 			return fmt.Errorf("server: %w", err)
 		}
 		fresh = append(fresh, r)
 		next[c.Name] = r
 	}
-	st := &proxy.State{Table: table, Clusters: make(map[string]*balancer.Cluster, len(next))}
-	for name, r := range next {
-		st.Clusters[name] = r.cl
+	if old != nil {
+		s.warm(fresh)
 	}
-	s.proxy.Swap(st)
+	st, buckets := s.newState(cfg, table, next)
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	select {
+	case <-s.stopping:
+		stopFresh()
+		return errors.New("server: stopping")
+	default:
+	}
+	if prev := s.proxy.Swap(st); prev != nil {
+		s.oldStates = append(pruneStates(s.oldStates), prev)
+	}
 	drain := cfg.DrainTimeout.D()
 	for name, r := range s.runs {
 		if next[name] != r {
-			s.retire(r, drain)
+			s.retire(r, holding(s.oldStates, r.cl), drain)
 		}
 	}
 	s.runs = next
 	s.consul, s.consulOf = consul, cfg.Consul
+	s.buckets = buckets
 	s.cfg.Store(cfg)
 	if old != nil {
 		s.log.Info("config reloaded", "summary", cfg.Summary(), "new_clusters", len(fresh))
@@ -172,6 +260,9 @@ func (s *Server) reload(cfg *config.Config) error {
 }
 
 func needsConsul(cfg *config.Config) bool {
+	if cfg.Consul.ConfigKey != "" {
+		return true
+	}
 	for _, c := range cfg.Clusters {
 		if c.Consul != nil {
 			return true
@@ -232,17 +323,17 @@ func (s *Server) listen(cfg *config.Config) error {
 		if s.serverStats != nil {
 			opts = append(opts, grpc.StatsHandler(s.serverStats))
 		}
-		if lc.TLS != nil {
-			tc, err := listenerTLS(lc.TLS)
-			if err != nil {
-				return fmt.Errorf("server: listener %s: %w", lc.Name, err)
-			}
-			opts = append(opts, grpc.Creds(credentials.NewTLS(tc)))
+		// TLS, keepalive, connection age, original_dst: listener.go.
+		extra, err := s.listenerOptions(lc)
+		if err != nil {
+			return fmt.Errorf("server: listener %s: %w", lc.Name, err)
 		}
+		opts = append(opts, extra...)
 		lis, err := net.Listen("tcp", lc.Address)
 		if err != nil {
 			return fmt.Errorf("server: listener %s: %w", lc.Name, err)
 		}
+		lis = limit(lis, lc.MaxConnections)
 		s.listeners = append(s.listeners, &listener{cfg: lc, lis: lis, grpc: grpc.NewServer(opts...)})
 	}
 	if cfg.Admin.Address != "" {
@@ -253,11 +344,6 @@ func (s *Server) listen(cfg *config.Config) error {
 		s.admin = a
 	}
 	return nil
-}
-
-// listenerTLS loads the listener's certificate and, for mTLS, client CA.
-func listenerTLS(t *config.ListenerTLS) (*tls.Config, error) {
-	return loadServerTLS(t)
 }
 
 // drain stops everything gracefully within d, then hard.
@@ -288,31 +374,45 @@ func (s *Server) drain(d time.Duration) {
 	s.closeAll()
 }
 
-// closeAll stops the admin server, every cluster and retirement goroutine.
+// closeAll stops the admin server, the Consul KV watch, every cluster and
+// retirement goroutine. A second call waits for the first to finish. It
+// does not hold mu while it waits: a reload in progress (holding reloadMu)
+// may need mu to see that the Server is stopping.
 func (s *Server) closeAll() {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	select {
 	case <-s.stopping:
+		s.mu.Unlock()
+		<-s.closed
 		return
 	default:
 	}
 	close(s.stopping)
-	if s.admin != nil {
+	adm, listeners, kv := s.admin, s.listeners, s.kv
+	s.mu.Unlock()
+	defer close(s.closed)
+	if kv != nil {
+		kv.cancel()
+	}
+	if adm != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		if err := s.admin.Shutdown(ctx); err != nil {
+		if err := adm.Shutdown(ctx); err != nil {
 			s.log.Warn("admin shutdown", "err", err)
 		}
 		cancel()
 	}
-	for _, l := range s.listeners {
+	for _, l := range listeners {
 		l.grpc.Stop()
 	}
+	s.dests.close()
 	s.wg.Wait()
-	for _, r := range s.runs {
+	s.mu.Lock()
+	runs := s.runs
+	s.runs = nil
+	s.mu.Unlock()
+	for _, r := range runs {
 		r.stop()
 	}
-	s.runs = nil
 }
 
 // Close stops a Server that was built but never Run, or cleans up after Run.
@@ -361,7 +461,7 @@ func (s *Server) Ready() error {
 			return fmt.Errorf("cluster %q has no discovery result yet%s", n, s.discoveryNote(n))
 		}
 	}
-	return nil
+	return s.kvReady()
 }
 
 func (s *Server) discoveryNote(cluster string) string {
@@ -389,6 +489,9 @@ func (s *Server) ConfigDump() any {
 	if e := s.lastErr.Load(); e != nil {
 		out["last_reload_error"] = *e
 	}
+	if kv := s.kvStatus(); kv != nil {
+		out["consul_config_key"] = kv
+	}
 	return out
 }
 
@@ -404,6 +507,8 @@ func (s *Server) Routes() any {
 		Clusters       []config.WeightedCluster `json:"clusters"`
 		Timeout        string                   `json:"timeout,omitempty"`
 		MaxGRPCTimeout string                   `json:"max_grpc_timeout,omitempty"`
+		IdleTimeout    string                   `json:"idle_timeout,omitempty"`
+		RateLimit      float64                  `json:"rate_limit_per_second,omitempty"`
 		Retry          *config.Retry            `json:"retry,omitempty"`
 	}
 	var out []routeView
@@ -411,6 +516,14 @@ func (s *Server) Routes() any {
 		v := routeView{Name: r.Name, Match: r.Match, Clusters: r.Clusters, Retry: r.Retry}
 		if r.Timeout > 0 {
 			v.Timeout = r.Timeout.String()
+		}
+		if pol := st.Policies[r.Name]; pol != nil {
+			if pol.IdleTimeout > 0 {
+				v.IdleTimeout = pol.IdleTimeout.String()
+			}
+			if pol.RateLimit != nil {
+				v.RateLimit = pol.RateLimit.Rate()
+			}
 		}
 		if r.MaxGRPCTimeout > 0 {
 			v.MaxGRPCTimeout = r.MaxGRPCTimeout.String()
@@ -425,12 +538,23 @@ func (s *Server) Clusters() any {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	type clusterView struct {
-		Status    any                    `json:"status"`
-		Discovery *discovery.WatchStatus `json:"discovery,omitempty"`
+		Status      any                     `json:"status"`
+		Discovery   *discovery.WatchStatus  `json:"discovery,omitempty"`
+		Limits      *proxy.LimiterStats     `json:"limits,omitempty"`
+		RetryBudget *proxy.RetryBudgetStats `json:"retry_budget,omitempty"`
 	}
+	st := s.proxy.State()
 	out := map[string]clusterView{}
 	for name, r := range s.runs {
 		v := clusterView{Status: r.cl.Status()}
+		if st != nil {
+			if l := st.Limits[name].Stats(); st.Limits[name] != nil {
+				v.Limits = &l
+			}
+			if b := st.Budgets[name].Stats(); st.Budgets[name] != nil {
+				v.RetryBudget = &b
+			}
+		}
 		if sr, ok := r.resolver.(statusReporter); ok {
 			ws := sr.Status()
 			v.Discovery = &ws

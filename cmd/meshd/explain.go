@@ -95,6 +95,10 @@ func explain(w io.Writer, cfg *config.Config, table *router.Table, method string
 	}
 	for _, c := range chosen.Clusters {
 		cl := cfg.Cluster(c.Name)
+		if cl == nil { // the built-in original_dst cluster
+			fmt.Fprintf(w, "  cluster %q (%d%%): the call's original destination (original_dst listeners only)\n", c.Name, c.Weight*100/total)
+			continue
+		}
 		src := "static"
 		if cl.Consul != nil {
 			src = "consul service " + cl.Consul.Service
@@ -133,6 +137,9 @@ func liveEndpoints(w io.Writer, adminAddr string, r *router.Route) error {
 		return fmt.Errorf("meshd route explain: admin: %w", err)
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("meshd route explain: admin /clusters: %s", resp.Status)
+	}
 	var clusters map[string]struct {
 		Status struct {
 			Endpoints []struct {
@@ -141,6 +148,8 @@ func liveEndpoints(w io.Writer, adminAddr string, r *router.Route) error {
 				Source      string `json:"Source"`
 				Reason      string `json:"Reason"`
 				Outstanding int64  `json:"Outstanding"`
+				Weight      uint32 `json:"Weight"`
+				Ejections   int    `json:"Ejections"`
 			} `json:"Endpoints"`
 		} `json:"status"`
 	}
@@ -155,7 +164,11 @@ func liveEndpoints(w io.Writer, adminAddr string, r *router.Route) error {
 		}
 		fmt.Fprintf(w, "  live %q: %d endpoint(s)\n", c.Name, len(cl.Status.Endpoints))
 		for _, e := range cl.Status.Endpoints {
-			fmt.Fprintf(w, "    %-22s %-9s %s %s (in flight %d)\n", e.Address, e.State, e.Source, e.Reason, e.Outstanding)
+			fmt.Fprintf(w, "    %-22s %-9s weight %d, in flight %d, ejections %d, health from %s", e.Address, e.State, e.Weight, e.Outstanding, e.Ejections, e.Source)
+			if e.Reason != "" {
+				fmt.Fprintf(w, ": %s", e.Reason)
+			}
+			fmt.Fprintln(w)
 		}
 	}
 	return nil

@@ -44,6 +44,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 2
 		}
 		err = cmdExplain(args[2:], stdout)
+	case "iptables":
+		err = cmdIptables(args[1:], stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		usage(stdout)
 		return 0
@@ -69,6 +71,8 @@ func usage(w io.Writer) {
   meshd validate -config FILE
   meshd version
   meshd route explain -config FILE /pkg.Service/Method [-H key=value ...] [-admin ADDR]
+  meshd iptables [-inbound-port 15006] [-outbound-port 15001] [-proxy-uid 1337] [-exclude-inbound-ports P,...]
+                 [-exclude-outbound-ports P,...] [-exclude-outbound-cidrs CIDR,...] [-dry-run] [-cleanup]
 `)
 }
 

@@ -1,0 +1,103 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+)
+
+func TestBackoffBounds(t *testing.T) {
+	t.Parallel()
+	r := &RetryPolicy{BackoffBase: 10 * time.Millisecond, BackoffMax: 100 * time.Millisecond}
+	for n := 1; n <= 40; n++ {
+		bound := min(r.BackoffMax, r.BackoffBase<<min(n-1, 20))
+		for range 200 {
+			if d := r.backoff(n); d < 0 || d >= bound {
+				t.Fatalf("retry %d: backoff %v outside [0, %v)", n, d, bound)
+			}
+		}
+	}
+	if d := (&RetryPolicy{}).backoff(1); d != 0 {
+		t.Fatalf("zero policy backoff = %v", d)
+	}
+}
+
+func TestWithPreviousAttempts(t *testing.T) {
+	t.Parallel()
+	in := metadata.Pairs("a", "1", "grpc-previous-rpc-attempts", "7")
+	out := withPreviousAttempts(in, 2)
+	if got := out.Get("grpc-previous-rpc-attempts"); len(got) != 1 || got[0] != "2" {
+		t.Fatalf("grpc-previous-rpc-attempts = %v", got)
+	}
+	if got := in.Get("grpc-previous-rpc-attempts"); got[0] != "7" || out.Get("a")[0] != "1" {
+		t.Fatal("the call's metadata was modified or not copied")
+	}
+}
+
+func TestUpstreamErrTimeouts(t *testing.T) {
+	t.Parallel()
+	expired := func(cause error) context.Context {
+		ctx, cancel := context.WithCancelCause(context.Background())
+		cancel(cause)
+		return ctx
+	}
+	dl, cancel := context.WithTimeout(context.Background(), -time.Second)
+	defer cancel()
+	upstream := status.Error(codes.Canceled, "context canceled")
+	tests := []struct {
+		name string
+		ctx  context.Context
+		err  error
+		code codes.Code
+		msg  string
+	}{
+		{"idle", expired(&timeoutError{setting: settingIdle, d: time.Second}), upstream, codes.DeadlineExceeded, "meshd: no message in either direction for idle_timeout 1s"},
+		{"per try", expired(&timeoutError{setting: settingPerTry, d: 200 * time.Millisecond}), upstream, codes.DeadlineExceeded, "meshd: per_try_timeout 200ms exceeded"},
+		{"route timeout", expired(&timeoutError{setting: settingTimeout, d: 2 * time.Second}), errors.New("transport closed"), codes.DeadlineExceeded, "meshd: route timeout 2s exceeded"},
+		{"client deadline", dl, errors.New("transport closed"), codes.DeadlineExceeded, "meshd: deadline exceeded"},
+		{"backend status", context.Background(), status.Error(codes.NotFound, "x"), codes.NotFound, "x"},
+		{"transport error", context.Background(), errors.New("boom"), codes.Unavailable, "meshd: upstream: boom"},
+		{"client cancel", expired(context.Canceled), errors.New("boom"), codes.Canceled, "meshd: call cancelled by the client"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			st := status.Convert(upstreamErr(tc.ctx, tc.err))
+			if st.Code() != tc.code || st.Message() != tc.msg {
+				t.Fatalf("got %v %q, want %v %q", st.Code(), st.Message(), tc.code, tc.msg)
+			}
+		})
+	}
+}
+
+func TestIdleTimer(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithCancelCause(context.Background())
+	it := startIdle(50*time.Millisecond, cancel)
+	defer it.stop()
+	// Activity keeps the context alive past several idle periods.
+	start := time.Now()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for time.Since(start) < 300*time.Millisecond {
+		<-tick.C
+		it.touch()
+		if ctx.Err() != nil {
+			t.Fatalf("cut after %v despite activity every 10ms", time.Since(start))
+		}
+	}
+	// Then silence cuts it, with the idle cause.
+	select {
+	case <-ctx.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("idle timer never fired")
+	}
+	if te := timeoutOf(ctx); te == nil || te.setting != settingIdle {
+		t.Fatalf("cause = %v", context.Cause(ctx))
+	}
+}

@@ -1,0 +1,148 @@
+package server
+
+import (
+	"time"
+
+	"google.golang.org/grpc/codes"
+
+	"github.com/meshd/meshd/balancer"
+	"github.com/meshd/meshd/config"
+	"github.com/meshd/meshd/proxy"
+	"github.com/meshd/meshd/router"
+)
+
+// warmTimeout bounds how long a reload waits for its new clusters to warm
+// up before switching to them anyway.
+const warmTimeout = 5 * time.Second
+
+// newState builds the data path's view of cfg. Clusters that a reload kept
+// keep their call counters; only the limits of the new config apply to
+// new calls. Route rate limits keep their bucket when unchanged, so a
+// reload does not hand every route a fresh burst. buckets is the new
+// route → bucket index to keep once the State is in force.
+func (s *Server) newState(cfg *config.Config, table *router.Table, runs map[string]*clusterRun) (st *proxy.State, buckets map[string]*proxy.TokenBucket) {
+	st = &proxy.State{
+		Table:       table,
+		Clusters:    make(map[string]*balancer.Cluster, len(runs)),
+		Limits:      make(map[string]*proxy.Limiter, len(runs)),
+		Budgets:     make(map[string]*proxy.RetryBudget, len(runs)),
+		Policies:    make(map[string]*proxy.RoutePolicy, len(cfg.Routes)),
+		RetryBuffer: s.retryBuf.WithLimit(cfg.MaxRetryBufferBytes),
+	}
+	for _, c := range cfg.Clusters {
+		r := runs[c.Name]
+		st.Clusters[c.Name] = r.cl
+		st.Limits[c.Name] = r.limiter.WithLimits(c.MaxRequests, c.MaxPending)
+		st.Budgets[c.Name] = r.budget.WithParams(*c.RetryBudget.BudgetPercent, *c.RetryBudget.MinRetriesPerSecond)
+	}
+	buckets = make(map[string]*proxy.TokenBucket)
+	for _, r := range cfg.Routes {
+		pol := &proxy.RoutePolicy{IdleTimeout: r.IdleTimeout.D(), Retry: retryPolicy(r.Retry)}
+		if rl := r.RateLimit; rl != nil {
+			b := s.buckets[r.Name]
+			if !b.Same(rl.RequestsPerSecond, rl.Burst) {
+				b = proxy.NewTokenBucket(rl.RequestsPerSecond, rl.Burst, nil)
+			}
+			pol.RateLimit = b
+			buckets[r.Name] = b
+		}
+		st.Policies[r.Name] = pol
+	}
+	return st, buckets
+}
+
+// retryPolicy translates a route's retry section (defaults applied).
+func retryPolicy(r *config.Retry) *proxy.RetryPolicy {
+	if r == nil {
+		return nil
+	}
+	on := make([]codes.Code, len(r.RetryOn))
+	for i, c := range r.RetryOn {
+		on[i] = c.C()
+	}
+	return &proxy.RetryPolicy{
+		Attempts:       r.Attempts,
+		RetryOn:        on,
+		PerTryTimeout:  r.PerTryTimeout.D(),
+		BackoffBase:    r.Backoff.BaseInterval.D(),
+		BackoffMax:     r.Backoff.MaxInterval.D(),
+		MaxBufferBytes: r.MaxBufferBytes,
+	}
+}
+
+// warm waits, up to warmTimeout, until every new cluster has its first
+// discovery result and a first health verdict on each endpoint, so that a
+// reload never sends calls to a cluster that cannot take them yet (Envoy's
+// cluster warming). A cluster still cold at the timeout is used anyway and
+// the reason logged: its calls fail as they would have without a reload.
+func (s *Server) warm(runs []*clusterRun) {
+	if len(runs) == 0 {
+		return
+	}
+	deadline := time.NewTimer(warmTimeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for _, r := range runs {
+		for !warmed(r.cl) {
+			select {
+			case <-tick.C:
+			case <-deadline.C:
+				s.log.Warn("new cluster not warm after reload; using it anyway", "cluster", r.cfg.Name, "timeout", warmTimeout)
+				return
+			case <-s.stopping:
+				return
+			}
+		}
+	}
+}
+
+// warmed reports whether cl has been discovered and every endpoint has a
+// health verdict (serving or not).
+func warmed(cl *balancer.Cluster) bool {
+	if !cl.Ready() {
+		return false
+	}
+	for _, e := range cl.Status().Endpoints {
+		if e.State == balancer.StatePending {
+			return false
+		}
+	}
+	return true
+}
+
+// drained reports whether no call runs on any of states.
+func drained(states []*proxy.State) bool {
+	for _, st := range states {
+		if st.Active() > 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// holding returns the States among old that hold cl.
+func holding(old []*proxy.State, cl *balancer.Cluster) []*proxy.State {
+	var out []*proxy.State
+	for _, st := range old {
+		for _, c := range st.Clusters {
+			if c == cl {
+				out = append(out, st)
+				break
+			}
+		}
+	}
+	return out
+}
+
+// pruneStates drops the States no call runs on: once swapped out, a
+// drained State never gets a call again.
+func pruneStates(old []*proxy.State) []*proxy.State {
+	out := old[:0]
+	for _, st := range old {
+		if st.Active() > 0 {
+			out = append(out, st)
+		}
+	}
+	return out
+}
