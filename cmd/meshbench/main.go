@@ -1,0 +1,602 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	testpb "google.golang.org/grpc/interop/grpc_testing"
+)
+
+func main() {
+	if err := run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+}
+
+// plan is what one run measures and for how long. Every phase is bounded by
+// its duration and, where it counts calls, by a maximum count.
+type plan struct {
+	Mode               string        `json:"mode"`
+	Rounds             int           `json:"rounds"`
+	Concurrency        int           `json:"concurrency"`
+	Conns              int           `json:"conns"`
+	Payload            int           `json:"payload_bytes"`
+	Warmup             time.Duration `json:"warmup_ns"`
+	ThroughputDur      time.Duration `json:"throughput_ns"`
+	ThroughputMaxCalls int64         `json:"throughput_max_calls"`
+	Rate               int           `json:"rate"`
+	LatencyDur         time.Duration `json:"latency_ns"`
+	MaxInflight        int           `json:"latency_max_inflight"`
+	StreamDur          time.Duration `json:"stream_ns"`
+	StreamMaxCalls     int64         `json:"stream_max_calls"`
+	StreamMsgs         int           `json:"stream_msgs"`
+	IdleStreams        int           `json:"idle_streams"`
+	// IdleRounds is 1 in every mode: a process does not give back at once
+	// the memory 10,000 streams took (Go's scavenger, nginx's pools), so a
+	// second round on the same process measures something else.
+	IdleRounds      int           `json:"idle_rounds"`
+	IdleOpenTimeout time.Duration `json:"idle_open_timeout_ns"`
+	IdleHold        time.Duration `json:"idle_hold_ns"`
+	NginxWorkers    int           `json:"nginx_workers"`
+}
+
+// planFor is a mode's plan. The load shape (concurrency 50, 1 KiB echo,
+// 2,000 calls/s, 100 × 1 KiB streams, 10,000 idle streams) is the issue's;
+// the modes differ in rounds and phase lengths.
+func planFor(mode string) (plan, error) {
+	p := plan{
+		Mode: mode, Concurrency: 50, Conns: 4, Payload: 1024, Rate: 2000, MaxInflight: 1000,
+		StreamMsgs: 100, IdleStreams: 10000, NginxWorkers: 2,
+		ThroughputMaxCalls: 5_000_000, StreamMaxCalls: 500_000,
+	}
+	switch mode {
+	case "smoke": // ~10 s: a few hundred calls per target, no judgement
+		p.Rounds, p.ThroughputDur, p.ThroughputMaxCalls = 1, 2*time.Second, 300
+		p.Rate, p.LatencyDur = 200, time.Second
+		p.StreamDur, p.StreamMaxCalls = 2*time.Second, 10
+		p.IdleStreams, p.IdleRounds, p.IdleOpenTimeout, p.IdleHold = 100, 1, 10*time.Second, 200*time.Millisecond
+	case "quick": // under 2 minutes
+		p.Rounds, p.Warmup, p.ThroughputDur = 3, 300*time.Millisecond, 2*time.Second
+		p.LatencyDur, p.StreamDur = 2*time.Second, 1500*time.Millisecond
+		p.IdleRounds, p.IdleOpenTimeout, p.IdleHold = 1, 30*time.Second, time.Second
+	case "full": // under 10 minutes
+		p.Rounds, p.Warmup, p.ThroughputDur = 5, time.Second, 5*time.Second
+		p.LatencyDur, p.StreamDur = 5*time.Second, 3*time.Second
+		p.IdleRounds, p.IdleOpenTimeout, p.IdleHold = 1, 60*time.Second, 2*time.Second
+	default:
+		return p, fmt.Errorf("meshbench: unknown -mode %q (want smoke, quick or full)", mode)
+	}
+	return p, nil
+}
+
+// target is one thing the load is sent to.
+type target struct {
+	name        string
+	addr        string
+	admin       string // meshd's admin address, for pprof
+	version     string
+	proc        *child // nil for direct: there is no proxy to charge
+	withWorkers bool   // count the process's children too (nginx)
+	unavailable string
+	cl          *client
+}
+
+// pids are the processes whose CPU and memory are the target's overhead.
+func (t *target) pids() []int {
+	if t.proc == nil {
+		return nil
+	}
+	p := []int{t.proc.pid()}
+	if t.withWorkers {
+		p = append(p, children(p[0])...)
+	}
+	return p
+}
+
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("meshbench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	mode := fs.String("mode", "quick", "smoke (~10 s, CI), quick (< 2 min) or full (< 10 min)")
+	meshdBin := fs.String("meshd", "bin/meshd", "the meshd binary (make build)")
+	nginxBin := fs.String("nginx", "/usr/sbin/nginx", "the nginx binary; the nginx target is skipped if it does not exist")
+	install := fs.Bool("install-nginx", false, "run `apt-get install -y nginx-light` if the nginx binary is missing")
+	targetList := fs.String("targets", "direct,meshd-grpc,meshd-frame,nginx", "comma-separated: direct, meshd-ENGINE, nginx")
+	jsonOut := fs.String("json", "", "also write every value as JSON to this file")
+	pprofPrefix := fs.String("meshd-pprof", "", "fetch CPU and heap profiles from meshd's admin /debug/pprof/ (if it serves them) into PREFIX-TARGET-{cpu,heap}.pprof")
+	rounds := fs.Int("rounds", 0, "override the mode's number of rounds")
+	dur := fs.Duration("duration", 0, "override the mode's throughput and latency phase length")
+	rate := fs.Int("rate", 0, "override the fixed rate of the latency phase, calls/s")
+	conc := fs.Int("c", 0, "override the concurrency (calls or streams in flight)")
+	conns := fs.Int("conns", 0, "override the number of client HTTP/2 connections per target")
+	idle := fs.Int("idle", -1, "override the number of idle streams (0 skips the phase)")
+	serve := fs.Bool("serve-backend", false, "internal: serve the test backend (the harness starts itself this way)")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	if *serve {
+		return serveBackend(stdin, stdout)
+	}
+	p, err := planFor(*mode)
+	if err != nil {
+		return err
+	}
+	for _, o := range []struct {
+		v   int
+		dst *int
+	}{{*rounds, &p.Rounds}, {*rate, &p.Rate}, {*conc, &p.Concurrency}, {*conns, &p.Conns}} {
+		if o.v > 0 {
+			*o.dst = o.v
+		}
+	}
+	if *dur > 0 {
+		p.ThroughputDur, p.LatencyDur = *dur, *dur
+	}
+	if *idle >= 0 {
+		p.IdleStreams = *idle
+	}
+	names := []string{direct} // ratios need direct
+	for n := range strings.SplitSeq(*targetList, ",") {
+		if n = strings.TrimSpace(n); n != "" && !slices.Contains(names, n) {
+			names = append(names, n)
+		}
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	// Without this, a closed stdout (`| head`) kills the harness with SIGPIPE
+	// before it stops its children; with it, writes just fail. (nginx's
+	// workers do not inherit the parent-death signal, so only an orderly
+	// exit stops them.)
+	sigpipe := make(chan os.Signal, 1)
+	signal.Notify(sigpipe, syscall.SIGPIPE)
+	defer signal.Stop(sigpipe)
+	h := &harness{
+		p: p, res: newResults(), errs: map[string]int64{}, firstErr: map[string]error{}, log: stderr,
+		unary:  &testpb.SimpleRequest{Payload: &testpb.Payload{Body: make([]byte, p.Payload)}},
+		stream: &testpb.StreamingOutputCallRequest{},
+	}
+	for range p.StreamMsgs {
+		h.stream.ResponseParameters = append(h.stream.ResponseParameters, &testpb.ResponseParameters{Size: int32(p.Payload)})
+	}
+	err = h.run(ctx, names, *meshdBin, *nginxBin, *install, *pprofPrefix, *jsonOut, stdout)
+	if ctx.Err() != nil {
+		return fmt.Errorf("meshbench: interrupted; every process it started has been stopped")
+	}
+	return err
+}
+
+// harness runs one benchmark. It is used from one goroutine.
+type harness struct {
+	p        plan
+	res      *results
+	errs     map[string]int64
+	firstErr map[string]error
+	unary    *testpb.SimpleRequest
+	stream   *testpb.StreamingOutputCallRequest
+	log      io.Writer // progress, so stdout holds only the report
+}
+
+func (h *harness) failed(t string, n int64, err error) {
+	h.errs[t] += n
+	if err != nil && h.firstErr[t] == nil {
+		h.firstErr[t] = err
+	}
+}
+
+func (h *harness) progress(format string, a ...any) { fmt.Fprintf(h.log, format+"\n", a...) }
+
+func (h *harness) run(ctx context.Context, names []string, meshdBin, nginxBin string, install bool, pprofPrefix, jsonOut string, stdout io.Writer) (err error) {
+	started := time.Now()
+	loadStart := loadAvg()
+	dir, err := os.MkdirTemp("", "meshbench")
+	if err != nil {
+		return fmt.Errorf("meshbench: %w", err)
+	}
+	defer os.RemoveAll(dir)
+
+	if slices.Contains(names, nginx) && install {
+		if _, err := os.Stat(nginxBin); err != nil {
+			h.progress("installing nginx-light (apt-get install -y nginx-light)")
+			if err := installNginx(ctx); err != nil {
+				return err
+			}
+		}
+	}
+
+	backendProc, backendStdin, backendAddr, err := startBackendProcess(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		backendStdin.Close()
+		backendProc.stop(syscall.SIGTERM, 5*time.Second)
+	}()
+	h.progress("backend (pid %d) at %s", backendProc.pid(), backendAddr)
+
+	var all []*target
+	defer func() {
+		for _, t := range slices.Backward(all) {
+			if t.cl != nil {
+				t.cl.Close()
+			}
+			switch {
+			case t.proc == nil:
+			case t.withWorkers:
+				stopNginx(t.proc)
+			default:
+				t.proc.stop(syscall.SIGTERM, 5*time.Second)
+			}
+		}
+	}()
+	for _, n := range names {
+		t := &target{name: n}
+		all = append(all, t)
+		switch {
+		case n == direct:
+			t.addr, t.version = backendAddr, "grpc-go "+backendVersion()
+		case strings.HasPrefix(n, "meshd-"):
+			engine := strings.TrimPrefix(n, "meshd-")
+			t.proc, t.addr, t.admin, err = startMeshd(ctx, meshdBin, dir, engine, backendAddr)
+			t.version = meshdVersion(meshdBin)
+		case n == nginx:
+			t.proc, t.addr, t.version, err = startNginx(ctx, nginxBin, dir, backendAddr, h.p.NginxWorkers)
+			t.withWorkers = true
+		default:
+			return fmt.Errorf("meshbench: unknown target %q (want direct, meshd-ENGINE or nginx)", n)
+		}
+		if errors.Is(err, errUnavailable) {
+			t.unavailable, err = err.Error(), nil
+			h.progress("%s: UNAVAILABLE: %s", n, t.unavailable)
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if t.cl, err = dialClient(t.addr, h.p.Conns); err != nil {
+			return err
+		}
+		if err := probe(ctx, t.cl, h.unary, 20*time.Second); err != nil {
+			return fmt.Errorf("meshbench: %s at %s does not answer: %w%s", n, t.addr, err, procLog(t))
+		}
+		pid := "-"
+		if t.proc != nil {
+			pid = fmt.Sprint(t.pids())
+		}
+		h.progress("%s: %s at %s, pids %s", n, t.version, t.addr, pid)
+	}
+	var avail []*target
+	for _, t := range all {
+		if t.unavailable == "" {
+			avail = append(avail, t)
+		}
+	}
+
+	for r := range h.p.Rounds {
+		for i := range avail {
+			t := avail[(i+r)%len(avail)] // rotate the order each round
+			if err := h.measureRound(ctx, t, r); err != nil {
+				return err
+			}
+		}
+	}
+	var proxies []*target
+	for _, t := range avail {
+		if t.proc != nil {
+			proxies = append(proxies, t)
+		}
+	}
+	if h.p.IdleStreams > 0 {
+		for r := range h.p.IdleRounds {
+			for i := range proxies {
+				t := proxies[(i+r)%len(proxies)]
+				if err := h.measureIdle(ctx, t, r, pprofPrefix); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	if pprofPrefix != "" {
+		for _, t := range proxies {
+			if t.admin != "" {
+				h.cpuProfile(ctx, t, pprofPrefix)
+			}
+		}
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+
+	var availNames []string
+	for _, t := range avail {
+		availNames = append(availNames, t.name)
+	}
+	h.res.deriveAddedP99(availNames)
+	cks := checks(h.res, h.p, availNames, slices.Contains(availNames, nginx))
+	loadEnd := loadAvg()
+
+	fmt.Fprintf(stdout, "meshbench -mode %s: %d round(s), interleaved; %d CPUs, load average %s at start, %s at end\n",
+		h.p.Mode, h.p.Rounds, runtime.NumCPU(), loadStart, loadEnd)
+	fmt.Fprintf(stdout, "client, backend and proxy share this machine: compare ratios from one run, not absolute figures.\n")
+	for _, t := range all {
+		state := t.version
+		if t.unavailable != "" {
+			state = "UNAVAILABLE: " + t.unavailable
+		} else if n := h.errs[t.name]; n > 0 {
+			state += fmt.Sprintf("; %d FAILED calls, first: %v", n, h.firstErr[t.name])
+		}
+		fmt.Fprintf(stdout, "  %-12s %s\n", t.name, state)
+	}
+	printTable(stdout, h.res, h.p, availNames, cks)
+	fmt.Fprintf(stdout, "\ntook %.0fs\n", time.Since(started).Seconds())
+
+	if jsonOut != "" {
+		rep := jsonReport{
+			Mode: h.p.Mode, Plan: h.p, Started: started.UTC().Format(time.RFC3339), Seconds: time.Since(started).Seconds(),
+			CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), LoadAvgStart: loadStart, LoadAvgEnd: loadEnd, Checks: cks,
+		}
+		rep.Metrics, rep.VsDirect, rep.VsNginx = buildJSON(h.res, h.p, availNames)
+		for _, t := range all {
+			jt := jsonTarget{Name: t.name, Available: t.unavailable == "", Reason: t.unavailable, Version: t.version, Errors: h.errs[t.name]}
+			if e := h.firstErr[t.name]; e != nil {
+				jt.FirstErr = e.Error()
+			}
+			rep.Targets = append(rep.Targets, jt)
+		}
+		f, err := os.Create(jsonOut)
+		if err != nil {
+			return fmt.Errorf("meshbench: %w", err)
+		}
+		err = writeJSON(f, rep)
+		if cerr := f.Close(); err == nil && cerr != nil {
+			err = fmt.Errorf("meshbench: %w", cerr)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return h.verify(avail)
+}
+
+// verify fails the run if any call failed or a target measured nothing: the
+// figures would not mean what they say. It never looks at a timing, so the
+// smoke mode can run in CI.
+func (h *harness) verify(avail []*target) error {
+	var bad []string
+	for _, t := range avail {
+		if n := h.errs[t.name]; n > 0 {
+			bad = append(bad, fmt.Sprintf("%s: %d failed calls or streams (first: %v)", t.name, n, h.firstErr[t.name]))
+		}
+		keys := []string{"unary_calls_per_s", "p50_ms", "stream_msgs_per_s"}
+		if t.proc != nil && h.p.IdleStreams > 0 {
+			keys = append(keys, "idle_rss_mib")
+		}
+		for _, k := range keys {
+			if s := summarize(h.res.get(t.name, k)); s.n == 0 || s.max <= 0 {
+				bad = append(bad, fmt.Sprintf("%s: measured no %s", t.name, k))
+			}
+		}
+	}
+	if len(bad) > 0 {
+		return fmt.Errorf("meshbench: the run is not valid:\n  %s", strings.Join(bad, "\n  "))
+	}
+	return nil
+}
+
+// measureRound runs one round's phases against t: throughput (with the
+// proxy's CPU and peak RSS), latency at the fixed rate, streaming.
+func (h *harness) measureRound(ctx context.Context, t *target, r int) error {
+	p, stubs := h.p, t.cl.stubs
+	uop := unaryOp(h.unary)
+	if p.Warmup > 0 {
+		w := closedLoop(ctx, stubs, p.Concurrency, p.Warmup, p.ThroughputMaxCalls, uop)
+		h.failed(t.name, w.errs, w.firstErr)
+	}
+	pids := t.pids()
+	var cpu0 float64
+	var hwm bool
+	var sampler *rssSampler
+	if len(pids) > 0 {
+		var err error
+		if cpu0, err = cpuSeconds(pids); err != nil {
+			return fmt.Errorf("meshbench: %s: %w%s", t.name, err, procLog(t))
+		}
+		hwm = len(pids) == 1 && resetPeakRSS(pids[0]) == nil
+		sampler = startRSSSampler(ctx, pids, 100*time.Millisecond)
+	}
+	tr := closedLoop(ctx, stubs, p.Concurrency, p.ThroughputDur, p.ThroughputMaxCalls, uop)
+	line := fmt.Sprintf("round %d/%d %-12s %8.0f calls/s", r+1, p.Rounds, t.name, float64(tr.ok())/tr.elapsed.Seconds())
+	h.res.set(t.name, "unary_calls_per_s", r, float64(tr.ok())/tr.elapsed.Seconds())
+	h.failed(t.name, tr.errs, tr.firstErr)
+	if len(pids) > 0 {
+		peak := sampler.stop(pids)
+		cpu1, err := cpuSeconds(pids)
+		if err != nil {
+			return fmt.Errorf("meshbench: %s: %w%s", t.name, err, procLog(t))
+		}
+		if hwm {
+			if kib, err := statusKiB(pids[0], "VmHWM"); err == nil {
+				peak = max(peak, float64(kib)/1024)
+			}
+		}
+		if tr.ok() > 0 {
+			h.res.set(t.name, "cpu_s_per_10k", r, (cpu1-cpu0)/float64(tr.ok())*1e4)
+		}
+		h.res.set(t.name, "peak_rss_mib", r, peak)
+		line += fmt.Sprintf(", %.3f CPU-s/10k, peak %.1f MiB", (cpu1-cpu0)/float64(max(tr.ok(), 1))*1e4, peak)
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+
+	lr := openLoop(ctx, stubs, p.Rate, p.LatencyDur, p.MaxInflight, h.unary)
+	h.failed(t.name, lr.errs, lr.firstErr)
+	ms := func(d time.Duration) float64 { return float64(d) / 1e6 }
+	h.res.set(t.name, "p50_ms", r, ms(lr.p50))
+	h.res.set(t.name, "p99_ms", r, ms(lr.p99))
+	h.res.set(t.name, "p999_ms", r, ms(lr.p999))
+	h.res.set(t.name, "achieved_rate", r, lr.achieved)
+	h.res.set(t.name, "latency_dropped", r, float64(lr.dropped))
+	line += fmt.Sprintf(", p50/p99/p999 %.2f/%.2f/%.2f ms at %.0f/s", ms(lr.p50), ms(lr.p99), ms(lr.p999), lr.achieved)
+	if lr.dropped > 0 || lr.achieved < 0.95*float64(p.Rate) {
+		line += fmt.Sprintf(" (RATE NOT HELD: %d sends dropped at %d in flight)", lr.dropped, p.MaxInflight)
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+
+	sr := closedLoop(ctx, stubs, p.Concurrency, p.StreamDur, p.StreamMaxCalls, streamOp(h.stream, p.StreamMsgs))
+	h.failed(t.name, sr.errs, sr.firstErr)
+	h.res.set(t.name, "stream_msgs_per_s", r, sr.rate())
+	line += fmt.Sprintf(", %.0f stream msgs/s", sr.rate())
+	h.progress("%s", line)
+	return ctx.Err()
+}
+
+// measureIdle holds p.IdleStreams streams open through the proxy t and
+// records its RSS. A failure is recorded against the target, not fatal.
+func (h *harness) measureIdle(ctx context.Context, t *target, r int, pprofPrefix string) error {
+	var atPeak func()
+	if pprofPrefix != "" && t.admin != "" {
+		atPeak = func() {
+			file := fmt.Sprintf("%s-%s-idle-heap.pprof", pprofPrefix, t.name)
+			if err := fetchPprof(ctx, t.admin, "heap", file, 30*time.Second); err != nil {
+				h.progress("%s: no heap profile: %v", t.name, err)
+			}
+		}
+	}
+	res, err := idleStreams(ctx, t.addr, h.p.IdleStreams, h.p.IdleOpenTimeout, h.p.IdleHold,
+		func() (float64, error) { return memMiB(t.pids()) }, atPeak)
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if err != nil {
+		h.failed(t.name, 1, err)
+		h.progress("idle %d/%d %-12s FAILED: %v", r+1, h.p.IdleRounds, t.name, err)
+		return nil
+	}
+	h.res.set(t.name, "idle_rss_mib", r, res.peakMiB)
+	h.res.set(t.name, "idle_kib_per_stream", r, res.perStreamKiB())
+	h.res.set(t.name, "idle_open_s", r, res.openTime.Seconds())
+	h.progress("idle %d/%d %-12s %d streams opened in %.1fs: memory %.1f MiB (from %.1f), %.2f KiB/stream",
+		r+1, h.p.IdleRounds, t.name, res.opened, res.openTime.Seconds(), res.peakMiB, res.baseMiB, res.perStreamKiB())
+	return nil
+}
+
+// cpuProfile takes a CPU profile of meshd under the throughput load, in an
+// extra phase that is not part of the figures (profiling costs CPU).
+func (h *harness) cpuProfile(ctx context.Context, t *target, prefix string) {
+	if err := fetchPprof(ctx, t.admin, "", "", 5*time.Second); err != nil {
+		h.progress("%s: no CPU profile: %v", t.name, err)
+		return
+	}
+	secs := max(int(math.Ceil(h.p.ThroughputDur.Seconds())), 1)
+	file := fmt.Sprintf("%s-%s-cpu.pprof", prefix, t.name)
+	done := make(chan error, 1)
+	go func() {
+		done <- fetchPprof(ctx, t.admin, fmt.Sprintf("profile?seconds=%d", secs), file, time.Duration(secs)*time.Second+30*time.Second)
+	}()
+	closedLoop(ctx, t.cl.stubs, h.p.Concurrency, time.Duration(secs)*time.Second+500*time.Millisecond, h.p.ThroughputMaxCalls, unaryOp(h.unary))
+	if err := <-done; err != nil {
+		h.progress("%s: no CPU profile: %v", t.name, err)
+		return
+	}
+	h.progress("%s: CPU profile under load in %s", t.name, file)
+}
+
+// errNoPprof: the admin server does not serve /debug/pprof/.
+var errNoPprof = errors.New("meshd's admin does not serve /debug/pprof/ (skipped)")
+
+// fetchPprof GETs /debug/pprof/PATH from meshd's admin into file ("" only
+// checks that the endpoint exists).
+func fetchPprof(ctx context.Context, admin, path, file string, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+admin+"/debug/pprof/"+path, nil)
+	if err != nil {
+		return fmt.Errorf("meshbench: %w", err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("meshbench: pprof: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusNotFound {
+		return errNoPprof
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("meshbench: pprof %s: %s", path, resp.Status)
+	}
+	if file == "" {
+		return nil
+	}
+	if err := os.MkdirAll(filepath.Dir(file), 0o755); err != nil {
+		return fmt.Errorf("meshbench: %w", err)
+	}
+	f, err := os.Create(file)
+	if err != nil {
+		return fmt.Errorf("meshbench: %w", err)
+	}
+	_, err = io.Copy(f, resp.Body)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("meshbench: pprof %s: %w", path, err)
+	}
+	return nil
+}
+
+// procLog is a failing target's recent output, for error messages.
+func procLog(t *target) string {
+	if t.proc == nil {
+		return ""
+	}
+	if l := strings.TrimSpace(t.proc.log()); l != "" {
+		return "\n" + t.name + " output:\n" + l
+	}
+	return ""
+}
+
+// meshdVersion is `meshd version`'s first line.
+func meshdVersion(bin string) string {
+	out, err := exec.Command(bin, "version").Output()
+	if err != nil {
+		return "meshd (version unknown)"
+	}
+	v, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
+	if !strings.HasPrefix(v, "meshd") {
+		v = "meshd " + v
+	}
+	return v
+}
+
+// backendVersion is the grpc-go module version the backend was built with.
+func backendVersion() string {
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, d := range bi.Deps {
+			if d.Path == "google.golang.org/grpc" {
+				return d.Version
+			}
+		}
+	}
+	return ""
+}

@@ -1,0 +1,334 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"math"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	testpb "google.golang.org/grpc/interop/grpc_testing"
+
+	"github.com/meshd/meshd/config"
+	"github.com/meshd/meshd/test/backend"
+)
+
+// TestParseStat covers command names with spaces and parentheses, which
+// break naive field splitting.
+func TestParseStat(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name, in string
+		ppid     int
+		ticks    int64
+		wantErr  bool
+	}{
+		{"plain", "42 (meshd) S 7 42 42 0 -1 4194560 100 0 0 0 150 25 0 0 20 0 9 0 1000 1 1", 7, 175, false},
+		{"spaces and parens", "43 (nginx: (worker) x) S 42 42 42 0 -1 0 0 0 0 0 3 4 0 0 20 0 1 0 1 1 1", 42, 7, false},
+		{"truncated", "44 (x) S 1 2 3", 0, 0, true},
+		{"no comm", "garbage", 0, 0, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			got, err := parseStat([]byte(tc.in))
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("err = %v, want error %v", err, tc.wantErr)
+			}
+			if err == nil && (got.ppid != tc.ppid || got.ticks != tc.ticks) {
+				t.Errorf("got %+v, want ppid %d ticks %d", got, tc.ppid, tc.ticks)
+			}
+		})
+	}
+}
+
+// TestProcOwnProcess reads this process's real /proc entries.
+func TestProcOwnProcess(t *testing.T) {
+	t.Parallel()
+	pid := os.Getpid()
+	s, err := readStat(pid)
+	if err != nil || s.ppid != os.Getppid() {
+		t.Fatalf("readStat = %+v, %v; want ppid %d", s, err, os.Getppid())
+	}
+	rss, err := rssMiB([]int{pid})
+	if err != nil || rss <= 0 {
+		t.Fatalf("rssMiB = %v, %v", rss, err)
+	}
+	hwm, err := statusKiB(pid, "VmHWM")
+	if err != nil || float64(hwm)/1024 < rss*0.99 {
+		t.Fatalf("VmHWM = %d KiB, %v; below VmRSS %.1f MiB", hwm, err, rss)
+	}
+	if _, err := statusKiB(pid, "NoSuchKey"); err == nil {
+		t.Error("statusKiB found a key that does not exist")
+	}
+	if _, err := cpuSeconds([]int{pid}); err != nil {
+		t.Error(err)
+	}
+}
+
+// TestChildren finds a real child process by its parent PID, as the harness
+// finds nginx's workers, measures the pair's memory and stops it by PID.
+func TestChildren(t *testing.T) {
+	t.Parallel()
+	c, err := startChild("sleep", exec.Command("sleep", "60"))
+	if err != nil {
+		t.Skipf("no sleep binary: %v", err)
+	}
+	defer c.stop(syscall.SIGTERM, 5*time.Second)
+	if got := children(os.Getpid()); !slices.Contains(got, c.pid()) {
+		t.Errorf("children(%d) = %v, want it to contain %d", os.Getpid(), got, c.pid())
+	}
+	if mib, err := memMiB([]int{os.Getpid(), c.pid()}); err != nil || mib <= 0 {
+		t.Errorf("memMiB over two processes = %v, %v", mib, err)
+	}
+	c.stop(syscall.SIGTERM, 5*time.Second)
+	if _, err := memMiB([]int{os.Getpid(), c.pid()}); err == nil {
+		t.Error("memMiB of a stopped process did not fail")
+	}
+	if !c.exited() {
+		t.Error("child still running after stop")
+	}
+}
+
+func TestSummarize(t *testing.T) {
+	t.Parallel()
+	nan := math.NaN()
+	tests := []struct {
+		name             string
+		in               []float64
+		n                int
+		median, min, max float64
+	}{
+		{"odd", []float64{3, 1, 2}, 3, 2, 1, 3},
+		{"even", []float64{4, 1, 3, 2}, 4, 2.5, 1, 4},
+		{"skips NaN and Inf", []float64{nan, 5, math.Inf(1), 7}, 2, 6, 5, 7},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			s := summarize(tc.in)
+			if s.n != tc.n || s.median != tc.median || s.min != tc.min || s.max != tc.max {
+				t.Errorf("summarize(%v) = %+v", tc.in, s)
+			}
+		})
+	}
+	if s := summarize([]float64{nan}); s.n != 0 || !math.IsNaN(s.median) {
+		t.Errorf("summarize(NaN) = %+v, want empty", s)
+	}
+}
+
+func TestPercentile(t *testing.T) {
+	t.Parallel()
+	var s []int64
+	for i := int64(1); i <= 1000; i++ {
+		s = append(s, i)
+	}
+	for q, want := range map[float64]time.Duration{0.5: 500, 0.99: 990, 0.999: 999, 1: 1000} {
+		if got := percentile(s, q); got != want {
+			t.Errorf("percentile(1..1000, %v) = %v, want %v", q, got, want)
+		}
+	}
+	if got := percentile(nil, 0.99); got != 0 {
+		t.Errorf("percentile(nil) = %v", got)
+	}
+}
+
+// TestChecks judges a hand-built run: per-round ratios, nginx's absence and
+// smoke mode.
+func TestChecks(t *testing.T) {
+	t.Parallel()
+	r := newResults()
+	for i, v := range []float64{100, 200} {
+		r.set(direct, "unary_calls_per_s", i, v)
+		r.set(direct, "p99_ms", i, 1)
+		r.set(direct, "stream_msgs_per_s", i, v)
+		r.set(nginx, "unary_calls_per_s", i, v*0.5)
+		r.set(nginx, "p99_ms", i, 2)
+		r.set(nginx, "cpu_s_per_10k", i, 0.3)
+		r.set("meshd-grpc", "unary_calls_per_s", i, v*0.8) // 1.6× nginx, 0.8× direct
+		r.set("meshd-grpc", "p99_ms", i, 1.5)
+		r.set("meshd-grpc", "cpu_s_per_10k", i, 0.6)
+		r.set("meshd-grpc", "stream_msgs_per_s", i, v*0.5)
+		r.set("meshd-grpc", "peak_rss_mib", i, 30)
+	}
+	r.set("meshd-grpc", "idle_rss_mib", 0, 120)
+	targets := []string{direct, "meshd-grpc", nginx}
+	r.deriveAddedP99(targets)
+	p, _ := planFor("quick")
+	want := map[string]string{
+		"unary throughput ≥ 1.1× nginx":           "PASS",
+		"unary throughput ≥ 0.7× direct":          "PASS",
+		"CPU-s per 10k calls ≤ nginx's":           "MISS",
+		"added p99 at 2000/s ≤ nginx's":           "PASS",
+		"streaming msgs/s ≥ 0.9× direct":          "MISS",
+		"peak RSS under throughput load ≤ 40 MiB": "PASS",
+		"RSS with 10000 idle streams ≤ 100 MiB":   "MISS",
+	}
+	got := checks(r, p, targets, true)
+	if len(got) != len(want) {
+		t.Fatalf("got %d checks, want %d: %+v", len(got), len(want), got)
+	}
+	for _, c := range got {
+		if want[c.Name] != c.Result {
+			t.Errorf("%s: %s (%s), want %s", c.Name, c.Result, c.Detail, want[c.Name])
+		}
+	}
+	for _, c := range checks(r, p, []string{direct, "meshd-grpc"}, false) {
+		if strings.Contains(c.Name, "nginx") && c.Result != "n/a" {
+			t.Errorf("without nginx, %s = %s, want n/a", c.Name, c.Result)
+		}
+	}
+	p.Mode = "smoke"
+	for _, c := range checks(r, p, targets, true) {
+		if c.Result == "PASS" || c.Result == "MISS" {
+			t.Errorf("smoke mode judged %s: %s", c.Name, c.Result)
+		}
+	}
+}
+
+// TestMeshdConfigIsValid keeps the harness's generated config in step with
+// meshd's strict config schema.
+func TestMeshdConfigIsValid(t *testing.T) {
+	t.Parallel()
+	for _, engine := range []string{"grpc", "frame"} {
+		y := meshdConfig(engine, "127.0.0.1:15000", "127.0.0.1:15001", "127.0.0.1:9001")
+		if _, err := config.Parse([]byte(y), "meshbench.yaml"); err != nil {
+			t.Errorf("engine %s: %v\n%s", engine, err, y)
+		}
+	}
+}
+
+func TestNginxConf(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		version   string
+		newSyntax bool
+		listen    string
+	}{
+		{"nginx version: nginx/1.22.1", false, "listen 127.0.0.1:8443 http2;"},
+		{"nginx version: nginx/1.25.1", true, "listen 127.0.0.1:8443;"},
+		{"nginx version: nginx/1.24.0 (Ubuntu)", false, "listen 127.0.0.1:8443 http2;"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.version, func(t *testing.T) {
+			t.Parallel()
+			maj, min, pat, ok := nginxVersion(tc.version)
+			if !ok {
+				t.Fatalf("cannot parse %q", tc.version)
+			}
+			newSyntax := atLeast(maj, min, pat, 1, 25, 1)
+			if newSyntax != tc.newSyntax {
+				t.Fatalf("atLeast 1.25.1 = %v", newSyntax)
+			}
+			conf := nginxConf("127.0.0.1:8443", "127.0.0.1:9001", 2, newSyntax)
+			for _, want := range []string{tc.listen, "grpc_pass grpc://backend;", "worker_processes 2;", "access_log off;", "server 127.0.0.1:9001;", "keepalive 256;"} {
+				if !strings.Contains(conf, want) {
+					t.Errorf("conf lacks %q:\n%s", want, conf)
+				}
+			}
+			if strings.Contains(conf, "http2 on;") != newSyntax {
+				t.Errorf("http2 on; present = %v, want %v", !newSyntax, newSyntax)
+			}
+		})
+	}
+	if _, _, _, ok := nginxVersion("openresty"); ok {
+		t.Error("parsed a version out of nothing")
+	}
+}
+
+// TestServeBackend runs the -serve-backend mode in-process: it prints a
+// working address and stops when stdin closes.
+func TestServeBackend(t *testing.T) {
+	t.Parallel()
+	inR, inW := io.Pipe()
+	outR, outW := io.Pipe()
+	done := make(chan error, 1)
+	go func() { done <- serveBackend(inR, outW) }()
+	line, err := bufio.NewReader(outR).ReadString('\n')
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl, err := dialClient(strings.TrimSpace(line), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	req := &testpb.SimpleRequest{Payload: &testpb.Payload{Body: make([]byte, 1024)}}
+	if err := probe(context.Background(), cl, req, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	inW.Close()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("serveBackend did not return after stdin closed")
+	}
+}
+
+// TestLoadPhases runs each load phase, bounded by count, against a real
+// backend and checks what it counted (never how fast).
+func TestLoadPhases(t *testing.T) {
+	t.Parallel()
+	b, err := backend.Start("phases")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Stop()
+	cl, err := dialClient(b.Addr, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx := context.Background()
+	req := &testpb.SimpleRequest{Payload: &testpb.Payload{Body: make([]byte, 1024)}}
+
+	t.Run("closed loop stops at the count", func(t *testing.T) {
+		r := closedLoop(ctx, cl.stubs, 8, time.Minute, 200, unaryOp(req))
+		if r.ops != 200 || r.items != 200 || r.errs != 0 {
+			t.Errorf("ops %d items %d errs %d (first %v), want 200 200 0", r.ops, r.items, r.errs, r.firstErr)
+		}
+	})
+	t.Run("streams count messages", func(t *testing.T) {
+		sreq := &testpb.StreamingOutputCallRequest{}
+		for range 10 {
+			sreq.ResponseParameters = append(sreq.ResponseParameters, &testpb.ResponseParameters{Size: 1024})
+		}
+		r := closedLoop(ctx, cl.stubs, 4, time.Minute, 20, streamOp(sreq, 10))
+		if r.ops != 20 || r.items != 200 || r.errs != 0 {
+			t.Errorf("ops %d items %d errs %d (first %v), want 20 200 0", r.ops, r.items, r.errs, r.firstErr)
+		}
+	})
+	t.Run("failures are counted", func(t *testing.T) {
+		bad := &testpb.SimpleRequest{ResponseStatus: &testpb.EchoStatus{Code: 14, Message: "down"}}
+		r := closedLoop(ctx, cl.stubs, 2, time.Minute, 10, unaryOp(bad))
+		if r.errs != 10 || r.ok() != 0 || r.firstErr == nil {
+			t.Errorf("errs %d ok %d first %v, want 10 0 non-nil", r.errs, r.ok(), r.firstErr)
+		}
+	})
+	t.Run("open loop sends every call", func(t *testing.T) {
+		r := openLoop(ctx, cl.stubs, 500, 200*time.Millisecond, 100, req)
+		if r.sent+r.dropped != 100 || r.errs != 0 || r.p50 <= 0 || r.p50 > r.p99 || r.p99 > r.p999 {
+			t.Errorf("%+v", r)
+		}
+	})
+	t.Run("idle streams stay open through the measurement", func(t *testing.T) {
+		rss := func() (float64, error) { return rssMiB([]int{os.Getpid()}) }
+		peaked := false
+		r, err := idleStreams(ctx, b.Addr, 600, 20*time.Second, 0, rss, func() { peaked = true })
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.opened != 600 || r.peakMiB <= 0 || !peaked {
+			t.Errorf("opened %d peak %.1f MiB atPeak %v", r.opened, r.peakMiB, peaked)
+		}
+	})
+}
