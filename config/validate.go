@@ -49,6 +49,7 @@ func (c *Config) Validate() error {
 	default:
 		v.add("engine", "unknown engine %q (want grpc or frame)", c.Engine)
 	}
+	v.frameEngine()
 	if c.MaxMessageSize < 0 {
 		v.add("max_message_size", "must not be negative")
 	}

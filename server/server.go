@@ -19,6 +19,8 @@ import (
 	"github.com/meshd/meshd/admin"
 	"github.com/meshd/meshd/config"
 	"github.com/meshd/meshd/discovery"
+	"github.com/meshd/meshd/h2guard"
+	"github.com/meshd/meshd/h2proxy"
 	"github.com/meshd/meshd/proxy"
 	"github.com/meshd/meshd/router"
 )
@@ -51,6 +53,7 @@ type Server struct {
 	kv       *kvWatch // the consul.config_key watch, nil when none (kv.go)
 
 	listeners []*listener
+	frames    []*h2proxy.Server // engine frame's servers, for stats
 	admin     *admin.Server
 	started   atomic.Bool
 	draining  atomic.Bool
@@ -64,9 +67,11 @@ type Server struct {
 }
 
 type listener struct {
-	cfg  config.Listener
-	lis  net.Listener
-	grpc *grpc.Server
+	cfg    config.Listener
+	lis    net.Listener
+	srv    dataServer     // grpc.Server or the frame engine (frame.go)
+	guard  *h2guard.Guard // HTTP/2 abuse protection and counters (guard.go)
+	capped net.Listener   // the max_connections limiter, for its count
 }
 
 // Option configures a Server.
@@ -287,7 +292,7 @@ func (s *Server) Run(ctx context.Context) error {
 		serving.Add(1)
 		go func() {
 			defer serving.Done()
-			if err := l.grpc.Serve(l.lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			if err := l.srv.Serve(l.lis); !serveStopped(err) {
 				errc <- fmt.Errorf("server: listener %s: %w", l.cfg.Name, err)
 			}
 		}()
@@ -323,8 +328,10 @@ func (s *Server) listen(cfg *config.Config) error {
 		if s.serverStats != nil {
 			opts = append(opts, grpc.StatsHandler(s.serverStats))
 		}
-		// TLS, keepalive, connection age, original_dst: listener.go.
-		extra, err := s.listenerOptions(lc)
+		guard := h2guard.New(h2guard.Limits{MaxHeaderListSize: lc.MaxHeaderListSize}, h2guard.WithLogger(s.log.With("component", "h2guard", "listener", lc.Name)))
+		// TLS, keepalive, connection age, original_dst, header and
+		// handshake limits: listener.go.
+		extra, err := s.listenerOptions(lc, guard)
 		if err != nil {
 			return fmt.Errorf("server: listener %s: %w", lc.Name, err)
 		}
@@ -333,8 +340,17 @@ func (s *Server) listen(cfg *config.Config) error {
 		if err != nil {
 			return fmt.Errorf("server: listener %s: %w", lc.Name, err)
 		}
-		lis = limit(lis, lc.MaxConnections)
-		s.listeners = append(s.listeners, &listener{cfg: lc, lis: lis, grpc: grpc.NewServer(opts...)})
+		capped := limit(lis, lc.MaxConnections)
+		if cfg.Engine == "frame" {
+			srv, fl, err := s.frameListener(cfg, lc, capped)
+			if err != nil {
+				lis.Close()
+				return fmt.Errorf("server: listener %s: %w", lc.Name, err)
+			}
+			s.listeners = append(s.listeners, &listener{cfg: lc, lis: fl, srv: srv, guard: guard, capped: capped})
+			continue
+		}
+		s.listeners = append(s.listeners, &listener{cfg: lc, lis: guardPlaintext(lc, capped, guard), srv: grpc.NewServer(opts...), guard: guard, capped: capped})
 	}
 	if cfg.Admin.Address != "" {
 		a, err := admin.Listen(cfg.Admin.Address, s, append([]admin.Option{admin.WithLogger(s.log.With("component", "admin"))}, s.adminOpts...)...)
@@ -355,7 +371,7 @@ func (s *Server) drain(d time.Duration) {
 		var wg sync.WaitGroup
 		for _, l := range s.listeners {
 			wg.Add(1)
-			go func() { defer wg.Done(); l.grpc.GracefulStop() }()
+			go func() { defer wg.Done(); l.srv.GracefulStop() }()
 		}
 		wg.Wait()
 		close(done)
@@ -367,7 +383,7 @@ func (s *Server) drain(d time.Duration) {
 	case <-t.C:
 		s.log.Warn("drain timeout passed; closing remaining calls")
 		for _, l := range s.listeners {
-			l.grpc.Stop()
+			l.srv.Stop()
 		}
 		<-done
 	}
@@ -402,7 +418,7 @@ func (s *Server) closeAll() {
 		cancel()
 	}
 	for _, l := range listeners {
-		l.grpc.Stop()
+		l.srv.Stop()
 	}
 	s.dests.close()
 	s.wg.Wait()

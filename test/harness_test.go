@@ -27,7 +27,7 @@ func TestMain(m *testing.M) {
 }
 
 // engines are the data paths every end-to-end test runs against.
-var engines = []string{"grpc"}
+var engines = []string{"grpc", "frame"}
 
 // mesh is one in-process meshd.
 type mesh struct {

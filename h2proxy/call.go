@@ -1,0 +1,485 @@
+package h2proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// Director chooses the backend for each inbound stream.
+type Director interface {
+	// Direct is called once per inbound stream, after its request headers
+	// are decoded, on the client connection's reader goroutine: it must not
+	// block (no I/O, no waiting), or it stalls every stream of that client
+	// connection. Picking from an in-memory snapshot, as meshd's balancer
+	// does, is the intended use; dialing is done by the Pool, asynchronously.
+	//
+	// ctx is the client connection's context: it is cancelled when the
+	// connection closes, not when the stream ends; the stream's deadline is
+	// req.Deadline. req and everything it references are valid only until
+	// Direct returns.
+	//
+	// A non-nil error ends the stream with a gRPC status: status.Code and
+	// status.Message of err (so a *status.Status error keeps its code), sent
+	// as a trailers-only response. Target.Done is not called then.
+	Direct(ctx context.Context, req *Request) (Target, error)
+}
+
+// DirectorFunc adapts a function to the Director interface.
+type DirectorFunc func(ctx context.Context, req *Request) (Target, error)
+
+// Direct calls f(ctx, req).
+func (f DirectorFunc) Direct(ctx context.Context, req *Request) (Target, error) { return f(ctx, req) }
+
+// Request describes an inbound stream to the Director. It is reused between
+// streams: it is valid only during Director.Direct.
+type Request struct {
+	// Method is the :path pseudo header, e.g. "/pkg.Svc/Method".
+	Method string
+	// Authority is :authority (or the Host header when :authority is absent).
+	Authority string
+	// Header holds the request's regular header fields (lowercase names,
+	// pseudo headers excluded), values as on the wire (-bin values stay
+	// base64).
+	Header *Header
+	// Deadline is the client's deadline from grpc-timeout; zero if none.
+	Deadline time.Time
+	// RemoteAddr is the client connection's remote address.
+	RemoteAddr net.Addr
+}
+
+// Header gives read access to decoded request header fields. Its Get method
+// makes it satisfy interface{ Get(string) []string }, like metadata.MD.
+type Header struct {
+	fields []hpack.HeaderField
+}
+
+// Get returns the values of the fields named name (which must be lowercase,
+// as HTTP/2 field names are), or nil.
+func (h *Header) Get(name string) []string {
+	var vs []string
+	for _, f := range h.fields {
+		if f.Name == name {
+			vs = append(vs, f.Value)
+		}
+	}
+	return vs
+}
+
+// Fields returns the header fields in wire order. The slice must not be
+// modified or retained past Director.Direct.
+func (h *Header) Fields() []hpack.HeaderField { return h.fields }
+
+// Target is the Director's decision for one stream.
+type Target struct {
+	// Addr is the backend's host:port; the backend speaks HTTP/2 without TLS
+	// (h2c with prior knowledge).
+	Addr string
+	// Timeout is the route's time budget; 0 means none. The effective
+	// deadline is the earlier of the client's deadline and now+Timeout; it
+	// is sent upstream as grpc-timeout and enforced by meshd.
+	Timeout time.Duration
+	// Header lists extra request header fields sent upstream (e.g.
+	// traceparent, grpc-previous-rpc-attempts). A field here replaces every
+	// inbound field of the same name. Names must be lowercase. May be nil.
+	Header []hpack.HeaderField
+	// Done, if non-nil, is called exactly once when the stream ends, with
+	// the outcome. It may be called on any of meshd's goroutines (often a
+	// connection reader) and must not block.
+	Done func(Result)
+}
+
+// Result is the outcome of one proxied stream.
+type Result struct {
+	// Code is the final grpc-status the client saw: the backend's, or the
+	// one meshd produced.
+	Code codes.Code
+	// Err is the meshd-side error (deadline, cancellation, dial failure,
+	// lost connection, protocol error); nil when the backend answered.
+	Err error
+	// NotReached reports that the request never reached the backend (its
+	// HEADERS were never written, the backend refused the stream or its
+	// GOAWAY excluded it, or the dial failed): retrying it is safe.
+	NotReached bool
+	// Committed reports that response headers or data were forwarded to the
+	// client, after which meshd can no longer answer on the backend's behalf.
+	Committed bool
+	// BytesIn and BytesOut count DATA payload bytes forwarded client→backend
+	// and backend→client.
+	BytesIn, BytesOut int64
+}
+
+// Errors reported in Result.Err.
+var (
+	// ErrClientGone: the client reset the stream or its connection closed.
+	ErrClientGone = errors.New("h2proxy: client cancelled the stream")
+	// ErrDeadline: the effective deadline passed inside meshd.
+	ErrDeadline = errors.New("h2proxy: deadline exceeded")
+	// ErrUpstreamLost: the backend connection closed before the stream ended.
+	ErrUpstreamLost = errors.New("h2proxy: upstream connection lost")
+	// ErrMessageTooLarge: a message exceeded MaxRecvMsgSize or MaxSendMsgSize.
+	ErrMessageTooLarge = errors.New("h2proxy: message too large")
+	// ErrRefused: the backend refused the stream or excluded it with GOAWAY.
+	ErrRefused = errors.New("h2proxy: backend refused the stream")
+)
+
+// call is one proxied stream: the client-side hstream (down) and, once
+// linked, the backend-side hstream (up).
+type call struct {
+	sc     *serverConn
+	down   *hstream
+	target Target
+
+	// Set on the client reader before the call is shared, read-only after.
+	deadline  time.Time
+	reqFields []hpack.HeaderField // request HEADERS for upstream, grpc-timeout added at link time
+	reqEnd    bool                // request HEADERS carried END_STREAM
+
+	// reqTrack is used only by the client connection's reader; respTrack
+	// only by the backend connection's reader.
+	reqTrack, respTrack msgTracker
+
+	up atomic.Pointer[hstream]
+
+	mu      sync.Mutex
+	pending []op // request frames received before the upstream stream existed
+	aborted bool // ended: do not link, drop request frames
+	timer   *time.Timer
+
+	// terminal is guarded by sc.mu: the first path that sets it decides
+	// what the client sees and reports the Result.
+	terminal bool
+
+	bytesIn, bytesOut atomic.Int64
+}
+
+type endMode uint8
+
+const (
+	endStatus     endMode = iota // answer the client with a meshd status
+	endForward                   // forward the backend's final frame
+	endRST                       // reset the client stream
+	endClientGone                // the client stream is already gone
+)
+
+// ending describes how a call ends.
+type ending struct {
+	mode       endMode
+	st         *status.Status // endStatus
+	httpStatus string         // endStatus: ":status" of an early rejection ("" = 200)
+	final      op             // endForward
+	rst        http2.ErrCode  // endRST
+	upCode     http2.ErrCode  // RST_STREAM code for a still-open upstream stream
+	code       codes.Code     // Result.Code
+	err        error          // Result.Err
+	notReached bool
+	fl         *flusher // the calling reader's flusher, nil elsewhere
+}
+
+// dataOp copies p into a pooled buffer and returns the DATA op for it.
+func (sh *shared) dataOp(p []byte, end bool, src *hstream) op {
+	o := op{kind: opData, end: end, src: src}
+	if len(p) > 0 {
+		b := sh.getBuf()
+		n := copy(*b, p)
+		o.buf = b
+		o.data = (*b)[:n]
+	}
+	return o
+}
+
+// dropOp releases an op that will not be written, returning its credit.
+func (sh *shared) dropOp(o *op, cs *[]credit) {
+	if o.kind == opData && len(o.data) > 0 {
+		if o.src != nil {
+			*cs = append(*cs, credit{c: o.src.c, st: o.src, n: int64(len(o.data))})
+		}
+	}
+	if o.buf != nil && !o.partial {
+		sh.putBuf(o.buf)
+	}
+	*o = op{}
+}
+
+// forwardUp sends a request frame to the backend stream, or holds it until
+// the stream is linked.
+func (cl *call) forwardUp(o op, fl *flusher) {
+	up := cl.up.Load()
+	if up == nil {
+		cl.mu.Lock()
+		up = cl.up.Load()
+		if up == nil {
+			if !cl.aborted {
+				cl.pending = append(cl.pending, o)
+				cl.mu.Unlock()
+				return
+			}
+			cl.mu.Unlock()
+			var cs []credit
+			cl.sc.sh.dropOp(&o, &cs)
+			applyCredits(cs)
+			return
+		}
+		cl.mu.Unlock()
+	}
+	uc := up.c
+	uc.mu.Lock()
+	ok := uc.pushLocked(up, o, fl)
+	uc.mu.Unlock()
+	if !ok {
+		var cs []credit
+		cl.sc.sh.dropOp(&o, &cs)
+		applyCredits(cs)
+	}
+}
+
+// forwardDown sends a response frame to the client stream.
+func (cl *call) forwardDown(o op, fl *flusher) {
+	c := &cl.sc.conn
+	c.mu.Lock()
+	ok := c.pushLocked(cl.down, o, fl)
+	if ok {
+		cl.down.respStarted = true
+	}
+	c.mu.Unlock()
+	if !ok {
+		var cs []credit
+		c.sh.dropOp(&o, &cs)
+		applyCredits(cs)
+	}
+}
+
+type linkResult uint8
+
+const (
+	linkOK      linkResult = iota
+	linkRetry              // the connection cannot take the stream; try another
+	linkAborted            // the call already ended
+)
+
+// link opens the call's upstream stream on uc: it reserves a stream slot,
+// queues the request HEADERS and any request frames received so far.
+func (cl *call) link(uc *upConn, fl *flusher) linkResult {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	if cl.aborted {
+		return linkAborted
+	}
+	fields := cl.reqFields
+	if !cl.deadline.IsZero() {
+		rem := time.Until(cl.deadline)
+		if rem <= 0 {
+			// The deadline timer ends the call; never send a spent budget.
+			return linkAborted
+		}
+		fields = append(fields, hpack.HeaderField{Name: "grpc-timeout", Value: string(appendTimeout(make([]byte, 0, 10), rem))})
+	}
+	st := &hstream{c: &uc.conn, call: cl, inWin: uc.ourInitWin}
+	st.q = st.qbuf[:0]
+	c := &uc.conn
+	c.mu.Lock()
+	if !uc.usableLocked() {
+		c.mu.Unlock()
+		return linkRetry
+	}
+	c.numStreams++
+	uc.reserved++
+	c.sh.stats.UpstreamStreams.Add(1)
+	c.pushLocked(st, op{kind: opHeaders, fields: fields, end: cl.reqEnd}, fl)
+	var rejected []op
+	for i := range cl.pending {
+		if !c.pushLocked(st, cl.pending[i], fl) {
+			rejected = append(rejected, cl.pending[i])
+		}
+		cl.pending[i] = op{}
+	}
+	c.mu.Unlock()
+	cl.pending = nil
+	cl.up.Store(st)
+	if len(rejected) > 0 {
+		var cs []credit
+		for i := range rejected {
+			c.sh.dropOp(&rejected[i], &cs)
+		}
+		applyCredits(cs)
+	}
+	return linkOK
+}
+
+// end finishes the call once: it decides what the client sees, resets the
+// upstream stream if it is still open and reports the Result.
+func (cl *call) end(e ending) {
+	sc := &cl.sc.conn
+	st := cl.down
+	var cs []credit
+	sc.mu.Lock()
+	if cl.terminal {
+		if e.mode == endClientGone && !st.removed {
+			sc.discardLocked(st, &cs)
+			st.finalQueued, st.sendDone, st.recvDone = true, true, true
+			sc.removeStreamLocked(st)
+		}
+		sc.mu.Unlock()
+		if e.mode == endForward {
+			sc.sh.dropOp(&e.final, &cs)
+		}
+		applyCredits(cs)
+		return
+	}
+	cl.terminal = true
+	switch e.mode {
+	case endClientGone:
+		sc.discardLocked(st, &cs)
+		st.finalQueued, st.sendDone, st.recvDone = true, true, true
+		sc.removeStreamLocked(st)
+	case endStatus:
+		sc.discardDataLocked(st, &cs)
+		fields := statusFields(e.st, !st.respStarted)
+		if e.httpStatus != "" && !st.respStarted {
+			fields[0].Value = e.httpStatus
+		}
+		sc.pushLocked(st, op{kind: opHeaders, fields: fields, end: true}, e.fl)
+		sc.rstAfterFinalLocked(st, e.fl)
+	case endForward:
+		if sc.pushLocked(st, e.final, e.fl) {
+			st.respStarted = true
+		} else {
+			sc.sh.dropOp(&e.final, &cs)
+		}
+		sc.rstAfterFinalLocked(st, e.fl)
+	case endRST:
+		sc.resetLocked(st, e.rst, &cs, e.fl)
+	}
+	committed := st.respStarted
+	sc.mu.Unlock()
+
+	cl.mu.Lock()
+	cl.aborted = true
+	up := cl.up.Load()
+	pending := cl.pending
+	cl.pending = nil
+	timer := cl.timer
+	cl.mu.Unlock()
+	if timer != nil {
+		timer.Stop()
+	}
+	for i := range pending {
+		sc.sh.dropOp(&pending[i], &cs)
+	}
+	notReached := e.notReached
+	if up == nil {
+		notReached = true
+	} else {
+		uc := up.c
+		code := e.upCode
+		if code == 0 {
+			code = http2.ErrCodeCancel
+		}
+		uc.mu.Lock()
+		if up.id == 0 {
+			notReached = true
+		}
+		uc.resetLocked(up, code, &cs, e.fl)
+		uc.mu.Unlock()
+	}
+	applyCredits(cs)
+
+	switch e.code {
+	case codes.DeadlineExceeded:
+		if e.err != nil {
+			sc.sh.stats.DeadlinesExceeded.Add(1)
+		}
+	case codes.ResourceExhausted:
+		if errors.Is(e.err, ErrMessageTooLarge) {
+			sc.sh.stats.MessagesTooLarge.Add(1)
+		}
+	}
+	if cl.target.Done != nil {
+		cl.target.Done(Result{
+			Code:       e.code,
+			Err:        e.err,
+			NotReached: notReached,
+			Committed:  committed,
+			BytesIn:    cl.bytesIn.Load(),
+			BytesOut:   cl.bytesOut.Load(),
+		})
+	}
+}
+
+// rstAfterFinalLocked asks a client that is still sending to stop, after the
+// complete response (RFC 9113 §8.1: RST_STREAM(NO_ERROR) after the response).
+func (c *conn) rstAfterFinalLocked(st *hstream, fl *flusher) {
+	if c.closed || st.recvDone || st.removed {
+		return
+	}
+	st.appendOp(op{kind: opRST, val: uint32(http2.ErrCodeNo)})
+	c.activateLocked(st, fl)
+}
+
+// fail ends the call with a meshd status; the backend, if any, is cancelled.
+func (cl *call) fail(code codes.Code, msg string, err error, notReached bool) {
+	cl.end(ending{mode: endStatus, st: status.New(code, msg), code: code, err: err, notReached: notReached})
+}
+
+// onDeadline runs on the deadline timer's goroutine.
+func (cl *call) onDeadline() {
+	cl.fail(codes.DeadlineExceeded, "meshd: deadline exceeded", ErrDeadline, false)
+}
+
+// onReqData forwards client DATA (client reader goroutine). flen is the
+// frame's flow-controlled length; padding was already credited.
+func (cl *call) onReqData(data []byte, end bool, fl *flusher) {
+	sh := cl.sc.sh
+	if len(data) > 0 {
+		if n, bad := cl.reqTrack.feed(data, uint64(sh.cfg.MaxRecvMsgSize)); bad {
+			cl.sc.credit(cl.down, int64(len(data)))
+			cl.fail(codes.ResourceExhausted,
+				fmt.Sprintf("meshd: received message larger than max (%d vs. %d)", n, sh.cfg.MaxRecvMsgSize),
+				ErrMessageTooLarge, false)
+			return
+		}
+		cl.bytesIn.Add(int64(len(data)))
+	}
+	cl.forwardUp(sh.dataOp(data, end, cl.down), fl)
+}
+
+// onRespData forwards backend DATA (backend reader goroutine).
+func (cl *call) onRespData(up *hstream, data []byte, end bool, fl *flusher) {
+	sh := cl.sc.sh
+	if len(data) > 0 && sh.cfg.MaxSendMsgSize > 0 {
+		if n, bad := cl.respTrack.feed(data, uint64(sh.cfg.MaxSendMsgSize)); bad {
+			up.c.credit(up, int64(len(data)))
+			cl.end(ending{
+				mode: endStatus, code: codes.ResourceExhausted, err: ErrMessageTooLarge,
+				st: status.New(codes.ResourceExhausted, fmt.Sprintf("meshd: response message larger than max (%d vs. %d)", n, sh.cfg.MaxSendMsgSize)),
+			})
+			return
+		}
+	}
+	cl.bytesOut.Add(int64(len(data)))
+	o := sh.dataOp(data, end, up)
+	if end {
+		// DATA with END_STREAM and no trailers: forwarded as is; the client
+		// reports the missing status itself.
+		cl.end(ending{mode: endForward, final: o, code: codes.Internal, fl: fl})
+		return
+	}
+	cl.forwardDown(o, fl)
+}
+
+// credit returns n bytes received on st to the peer at once (data meshd
+// dropped or padding).
+func (c *conn) credit(st *hstream, n int64) {
+	c.mu.Lock()
+	c.addCreditLocked(st, n)
+	c.mu.Unlock()
+}

@@ -1,0 +1,143 @@
+package h2proxy
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"time"
+)
+
+// Defaults applied to zero Config fields.
+const (
+	DefaultMaxConcurrentStreams = 1000
+	DefaultInitialWindowSize    = 1 << 20
+	DefaultConnWindowSize       = 16 << 20
+	DefaultMaxFrameSize         = 16 << 10
+	DefaultMaxHeaderListSize    = 1 << 20
+	DefaultMaxRecvMsgSize       = 16 << 20
+	DefaultConnsPerBackend      = 2
+	DefaultDialTimeout          = 5 * time.Second
+)
+
+// Config tunes a Server and its upstream Pool. The zero value of every field
+// selects the documented default, so Config{} is a working configuration.
+type Config struct {
+	// MaxConcurrentStreams is advertised to clients as
+	// SETTINGS_MAX_CONCURRENT_STREAMS; streams opened beyond it are refused
+	// with RST_STREAM(REFUSED_STREAM), which gRPC clients retry transparently.
+	// Default 1000.
+	MaxConcurrentStreams uint32
+
+	// InitialWindowSize is the per-stream flow-control window meshd grants to
+	// clients (request direction) and to backends (response direction).
+	// meshd returns window only for bytes it has forwarded, so this bounds
+	// the data meshd buffers per stream and direction. Default 1 MiB; values
+	// below 65535 are raised to 65535 (the HTTP/2 default, which a peer may
+	// use before it has seen meshd's SETTINGS).
+	InitialWindowSize uint32
+
+	// ConnWindowSize is the connection-level flow-control window meshd grants
+	// to each client and backend connection; it bounds the data buffered per
+	// connection. Default 16 MiB; never below InitialWindowSize.
+	ConnWindowSize uint32
+
+	// MaxFrameSize is the largest frame payload meshd accepts
+	// (SETTINGS_MAX_FRAME_SIZE) and the size of its pooled frame buffers.
+	// Default 16384, the HTTP/2 minimum; at most 1<<24-1.
+	MaxFrameSize uint32
+
+	// MaxHeaderListSize is advertised as SETTINGS_MAX_HEADER_LIST_SIZE and
+	// enforced on request and response header blocks. Default 1 MiB.
+	MaxHeaderListSize uint32
+
+	// MaxRecvMsgSize is the largest gRPC message (as declared by its 5-byte
+	// length prefix) meshd forwards from a client; a larger one ends the call
+	// with RESOURCE_EXHAUSTED and cancels the backend stream. Default 16 MiB.
+	MaxRecvMsgSize int
+
+	// MaxSendMsgSize is the largest gRPC message meshd forwards from a
+	// backend to a client. Default 0: no limit (clients enforce their own).
+	MaxSendMsgSize int
+
+	// ConnsPerBackend is how many HTTP/2 connections the Pool keeps to each
+	// backend address, so that their reader and writer goroutines spread
+	// over cores. More are opened when the backend's
+	// SETTINGS_MAX_CONCURRENT_STREAMS is reached. Default 2.
+	ConnsPerBackend int
+
+	// DialTimeout bounds dialing a backend and receiving its SETTINGS.
+	// Default 5s.
+	DialTimeout time.Duration
+
+	// Dial, if set, opens backend connections instead of a plain TCP dial,
+	// e.g. to return a *tls.Conn that completed its handshake with ALPN
+	// "h2" (HTTP/2 is then spoken on it directly). ctx carries DialTimeout.
+	// Default: net.Dialer over TCP (h2c with prior knowledge).
+	Dial func(ctx context.Context, addr string) (net.Conn, error)
+
+	// IdleTimeout closes client and backend connections that had no open
+	// stream for this long (client connections get a graceful GOAWAY).
+	// Default 0: idle connections are kept.
+	IdleTimeout time.Duration
+
+	// Logger receives connection-level events (protocol errors, dial
+	// failures). Default: discard.
+	Logger *slog.Logger
+}
+
+// withDefaults returns cfg with every zero field replaced by its default and
+// out-of-range values clamped.
+func (cfg Config) withDefaults() Config {
+	if cfg.MaxConcurrentStreams == 0 {
+		cfg.MaxConcurrentStreams = DefaultMaxConcurrentStreams
+	}
+	if cfg.InitialWindowSize == 0 {
+		cfg.InitialWindowSize = DefaultInitialWindowSize
+	}
+	if cfg.InitialWindowSize < 65535 {
+		cfg.InitialWindowSize = 65535
+	}
+	if cfg.InitialWindowSize > maxWindow {
+		cfg.InitialWindowSize = maxWindow
+	}
+	if cfg.ConnWindowSize == 0 {
+		cfg.ConnWindowSize = DefaultConnWindowSize
+	}
+	if cfg.ConnWindowSize < cfg.InitialWindowSize {
+		cfg.ConnWindowSize = cfg.InitialWindowSize
+	}
+	if cfg.ConnWindowSize > maxWindow {
+		cfg.ConnWindowSize = maxWindow
+	}
+	if cfg.MaxFrameSize == 0 {
+		cfg.MaxFrameSize = DefaultMaxFrameSize
+	}
+	if cfg.MaxFrameSize < DefaultMaxFrameSize {
+		cfg.MaxFrameSize = DefaultMaxFrameSize
+	}
+	if cfg.MaxFrameSize > 1<<24-1 {
+		cfg.MaxFrameSize = 1<<24 - 1
+	}
+	if cfg.MaxHeaderListSize == 0 {
+		cfg.MaxHeaderListSize = DefaultMaxHeaderListSize
+	}
+	if cfg.MaxRecvMsgSize <= 0 {
+		cfg.MaxRecvMsgSize = DefaultMaxRecvMsgSize
+	}
+	if cfg.MaxSendMsgSize < 0 {
+		cfg.MaxSendMsgSize = 0
+	}
+	if cfg.ConnsPerBackend <= 0 {
+		cfg.ConnsPerBackend = DefaultConnsPerBackend
+	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = DefaultDialTimeout
+	}
+	if cfg.IdleTimeout < 0 {
+		cfg.IdleTimeout = 0
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return cfg
+}

@@ -1,0 +1,40 @@
+// Package h2proxy is meshd's frame-level gRPC forwarding engine.
+//
+// A Server accepts HTTP/2 cleartext (prior-knowledge) connections from gRPC
+// clients. For each stream it decodes the request headers once, asks a
+// Director for a Target (backend address, route timeout, extra headers) and
+// forwards the stream to that backend over a pooled HTTP/2 connection:
+// request and response HEADERS are re-encoded (hop-by-hop fields dropped,
+// grpc-timeout recomputed), DATA frames are forwarded as they are, and
+// END_STREAM, RST_STREAM and trailers are propagated. Messages are never
+// decoded: only their 5-byte length prefixes are followed, to enforce
+// MaxRecvMsgSize.
+//
+// Why frames rather than messages: a grpc-go based pass-through proxy spends
+// most of its CPU in grpc-go's own stream machinery (per-message framing,
+// buffering, goroutine hand-offs). Forwarding frames keeps the per-call work
+// to a header decode/encode and a few buffer copies.
+//
+// Flow control is passed through: meshd returns WINDOW_UPDATE to a sender
+// only for bytes it has written to the receiving side, so a slow reader
+// back-pressures the writer and the data buffered in meshd is bounded by the
+// windows it advertises (Config.InitialWindowSize per stream,
+// Config.ConnWindowSize per connection).
+//
+// Each connection, client or backend, has one reader goroutine and one
+// writer goroutine; the writer batches queued frames into one buffered
+// write and flushes when its queue is empty. When a connection's writer is
+// idle, the reader that queued frames for it writes them itself (a
+// non-blocking write, just before the reader would block), which saves two
+// goroutine hand-offs per unary call; the writer goroutine takes over
+// whatever the socket does not accept at once. The Director runs on the
+// client connection's reader goroutine and must not block.
+//
+// meshd's own failures reach clients as gRPC statuses in trailers-only
+// responses: a Director error with its own code, a failed dial or a backend
+// connection lost before the response as UNAVAILABLE, a spent deadline as
+// DEADLINE_EXCEEDED, an oversized message as RESOURCE_EXHAUSTED. Streams a
+// backend never processed (REFUSED_STREAM, or excluded by its GOAWAY) are
+// refused to the client with REFUSED_STREAM, which gRPC clients retry
+// transparently, and reported with Result.NotReached.
+package h2proxy

@@ -1,0 +1,126 @@
+package proxy
+
+import (
+	"context"
+	"math/rand/v2"
+	"time"
+
+	"google.golang.org/grpc/status"
+
+	"github.com/meshd/meshd/balancer"
+	"github.com/meshd/meshd/h2proxy"
+	"github.com/meshd/meshd/router"
+)
+
+var _ h2proxy.Director = (*Proxy)(nil)
+
+// Direct implements h2proxy.Director: the frame engine's per-call decision,
+// over the same State (routes, clusters, limits) the grpc engine uses. It
+// runs on the client connection's reader goroutine, so it only does what
+// Handle does before opening the upstream stream: lookup, rate limit,
+// concurrency limit and pick — all non-blocking.
+//
+// What the frame engine does not do yet: retries beyond the client's own
+// transparent retry of refused streams, idle timeouts, per-call spans and
+// routing by original destination. config.Validate rejects configs that ask
+// for those with engine frame, so nothing is silently ignored.
+func (p *Proxy) Direct(_ context.Context, req *h2proxy.Request) (h2proxy.Target, error) {
+	start := time.Now()
+	st := p.acquire()
+	if st == nil {
+		return h2proxy.Target{}, p.frameFailed(req, start, "", "", errNotReady())
+	}
+	route := st.Table.Lookup(req.Method, req.Header)
+	if route == nil {
+		st.calls.Add(-1)
+		return h2proxy.Target{}, p.frameFailed(req, start, "", "", errNoRoute(req.Method))
+	}
+	name := route.PickCluster(rand.Uint32())
+	fail := func(err error) (h2proxy.Target, error) {
+		st.calls.Add(-1)
+		return h2proxy.Target{}, p.frameFailed(req, start, route.Name, name, err)
+	}
+	cl := st.Clusters[name]
+	if cl == nil {
+		return fail(errUnknownCluster(route.Name, name))
+	}
+	if pol := st.Policies[route.Name]; pol != nil && !pol.RateLimit.Allow() {
+		return fail(errRateLimited(route.Name, pol.RateLimit.Rate()))
+	}
+	lim := st.Limits[name]
+	if !lim.Acquire() {
+		return fail(errMaxRequests(name, lim.maxRequests))
+	}
+	ep, err := cl.Pick(&balancer.PickInfo{Method: req.Method, Header: req.Header})
+	if err != nil {
+		lim.Release()
+		return fail(errNoEndpoint(name, err))
+	}
+	p.callStarted()
+	fc := &frameCall{p: p, st: st, cl: cl, ep: ep, lim: lim, start: start,
+		call: Call{Method: req.Method, Route: route.Name, Cluster: name, Endpoint: ep.Address(), Start: start, Attempts: 1}}
+	if req.RemoteAddr != nil && len(p.observers) > 0 {
+		fc.call.Peer = req.RemoteAddr.String()
+	}
+	return h2proxy.Target{Addr: ep.Address(), Timeout: frameTimeout(route, req.Deadline), Done: fc.done}, nil
+}
+
+// frameTimeout is the route's budget for the engine: the route timeout, and
+// max_grpc_timeout when the client's own deadline is later than that cap.
+// The engine then takes the tighter of this and the client's deadline.
+func frameTimeout(r *router.Route, deadline time.Time) time.Duration {
+	t := r.Timeout
+	if r.MaxGRPCTimeout > 0 && !deadline.IsZero() && time.Until(deadline) > r.MaxGRPCTimeout {
+		if t == 0 || r.MaxGRPCTimeout < t {
+			t = r.MaxGRPCTimeout
+		}
+	}
+	return t
+}
+
+// frameCall is one frame-engine call between Direct and its Done.
+type frameCall struct {
+	p     *Proxy
+	st    *State
+	cl    *balancer.Cluster
+	ep    *balancer.Endpoint
+	lim   *Limiter
+	start time.Time
+	call  Call
+}
+
+// done runs once when the engine finishes the stream.
+func (fc *frameCall) done(res h2proxy.Result) {
+	fc.cl.Done(fc.ep, fc.start, res.Code, res.NotReached)
+	fc.lim.Release()
+	fc.st.calls.Add(-1)
+	if len(fc.p.observers) == 0 {
+		return
+	}
+	c := &fc.call
+	c.Code, c.Duration = res.Code, time.Since(fc.start)
+	c.BytesIn, c.BytesOut = res.BytesIn, res.BytesOut
+	if res.Err != nil && !res.Committed {
+		c.Message = res.Err.Error()
+	}
+	for _, o := range fc.p.observers {
+		o.ObserveCall(c)
+	}
+}
+
+// frameFailed reports a call meshd answered itself and returns err.
+func (p *Proxy) frameFailed(req *h2proxy.Request, start time.Time, route, cluster string, err error) error {
+	if len(p.observers) == 0 {
+		return err
+	}
+	p.callStarted()
+	st := status.Convert(err)
+	c := &Call{Method: req.Method, Route: route, Cluster: cluster, Code: st.Code(), Message: st.Message(), Start: start, Duration: time.Since(start)}
+	if req.RemoteAddr != nil {
+		c.Peer = req.RemoteAddr.String()
+	}
+	for _, o := range p.observers {
+		o.ObserveCall(c)
+	}
+	return err
+}

@@ -1,0 +1,65 @@
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+
+	"google.golang.org/grpc"
+
+	"github.com/meshd/meshd/config"
+	"github.com/meshd/meshd/h2proxy"
+)
+
+// dataServer is what a listener serves with: a grpc.Server for engine grpc,
+// the frame engine for engine frame.
+type dataServer interface {
+	Serve(net.Listener) error
+	// GracefulStop stops accepting, sends GOAWAY and waits for in-flight
+	// calls.
+	GracefulStop()
+	// Stop closes every connection at once.
+	Stop()
+}
+
+var _ dataServer = (*grpc.Server)(nil)
+
+// serveStopped reports whether err is a data server's normal "stopped".
+func serveStopped(err error) bool {
+	return err == nil || errors.Is(err, grpc.ErrServerStopped) || errors.Is(err, h2proxy.ErrServerClosed)
+}
+
+// frameServer adapts h2proxy.Server to dataServer.
+type frameServer struct{ *h2proxy.Server }
+
+func (f frameServer) GracefulStop() {
+	// Shutdown waits for in-flight streams; drain's own timer bounds it by
+	// calling Stop, which ends the wait.
+	_ = f.Shutdown(context.Background())
+}
+
+func (f frameServer) Stop() { _ = f.Close() }
+
+// frameListener builds the frame engine for one listener. The engine does
+// its own HTTP/2 protocol policing (stream, header and frame limits, flood
+// and reset accounting), so no h2guard sits in front of it.
+func (s *Server) frameListener(cfg *config.Config, lc config.Listener, lis net.Listener) (dataServer, net.Listener, error) {
+	fs := h2proxy.NewServer(s.proxy, h2proxy.Config{
+		MaxConcurrentStreams: lc.MaxConcurrentStreams,
+		MaxHeaderListSize:    lc.MaxHeaderListSize,
+		MaxRecvMsgSize:       cfg.MaxMessageSize,
+		MaxSendMsgSize:       cfg.MaxMessageSize,
+		Logger:               s.log.With("component", "h2proxy", "listener", lc.Name),
+	})
+	if lc.TLS != nil {
+		tc, err := loadServerTLS(lc.TLS, s.log.With("listener", lc.Name))
+		if err != nil {
+			return nil, nil, fmt.Errorf("tls: %w", err)
+		}
+		lis = tls.NewListener(lis, tc)
+	}
+	s.frames = append(s.frames, fs)
+	return frameServer{fs}, lis, nil
+}
