@@ -121,7 +121,7 @@ tracing:
   otlp_endpoint: 127.0.0.1:4317
   sample_ratio: 0.25
 drain_timeout: 30s
-engine: frame
+engine: grpc
 max_message_size: 1024
 `
 	src = strings.NewReplacer("CRT", crt, "KEY", key, "CA", ca).Replace(src)
@@ -208,7 +208,7 @@ max_message_size: 1024
 		{"tracing.otlp_endpoint", cfg.Tracing.OTLPEndpoint, "127.0.0.1:4317"},
 		{"tracing.sample_ratio", *cfg.Tracing.SampleRatio, 0.25},
 		{"drain_timeout", cfg.DrainTimeout, d(30 * time.Second)},
-		{"engine", cfg.Engine, "frame"},
+		{"engine", cfg.Engine, "grpc"},
 		{"max_message_size", cfg.MaxMessageSize, 1024},
 		{"file", cfg.File, "full.yaml"},
 	} {
