@@ -219,7 +219,7 @@ max_message_size: 1024
 	if err := cfg.CheckFiles(); err != nil {
 		t.Errorf("CheckFiles: %v", err)
 	}
-	if got, want := cfg.Summary(), "1 listener(s), 3 route(s), 2 cluster(s) (1 from consul), engine frame"; got != want {
+	if got, want := cfg.Summary(), "1 listener(s), 3 route(s), 2 cluster(s) (1 from consul), engine grpc"; got != want {
 		t.Errorf("Summary() = %q, want %q", got, want)
 	}
 	if c := cfg.Cluster("users-canary"); c == nil || c.Consul == nil {
