@@ -10,15 +10,25 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/meshd/meshd/config"
+	"github.com/meshd/meshd/h2guard"
 	"github.com/meshd/meshd/origdst"
 )
 
 // listenerOptions are the grpc.ServerOptions for one listener's TLS,
-// keepalive, connection age and transparent interception. The
-// original_dst credentials it creates are registered with s.dests, which
-// closes their relays when meshd stops.
-func (s *Server) listenerOptions(lc config.Listener) ([]grpc.ServerOption, error) {
+// keepalive, connection age, header and handshake limits and transparent
+// interception. The original_dst credentials it creates are registered
+// with s.dests, which closes their relays when meshd stops. Credentials
+// are wrapped so that guard sees the connections they return.
+func (s *Server) listenerOptions(lc config.Listener, guard *h2guard.Guard) ([]grpc.ServerOption, error) {
 	var opts []grpc.ServerOption
+	// Zero (a config that skipped defaults) keeps grpc-go's own values
+	// rather than refusing every header or handshake.
+	if lc.MaxHeaderListSize > 0 {
+		opts = append(opts, grpc.MaxHeaderListSize(lc.MaxHeaderListSize))
+	}
+	if lc.HandshakeTimeout > 0 {
+		opts = append(opts, grpc.ConnectionTimeout(lc.HandshakeTimeout.D()))
+	}
 	kp := keepalive.ServerParameters{
 		Time:                  lc.Keepalive.Time.D(),
 		Timeout:               lc.Keepalive.Timeout.D(),
@@ -38,7 +48,7 @@ func (s *Server) listenerOptions(lc config.Listener) ([]grpc.ServerOption, error
 		if err != nil {
 			return nil, err
 		}
-		opts = append(opts, grpc.Creds(credentials.NewTLS(tc)))
+		opts = append(opts, grpc.Creds(guardedCreds{credentials.NewTLS(tc), guard}))
 	case lc.OriginalDst != nil:
 		c := origdst.New(origdst.Options{
 			Inbound:       lc.OriginalDst.Direction == config.DirectionInbound,
@@ -46,7 +56,7 @@ func (s *Server) listenerOptions(lc config.Listener) ([]grpc.ServerOption, error
 			Logger:        s.log.With("component", "origdst", "listener", lc.Name),
 		})
 		s.dests.addCredentials(c)
-		opts = append(opts, grpc.Creds(c))
+		opts = append(opts, grpc.Creds(guardedCreds{c, guard}))
 	}
 	return opts, nil
 }
