@@ -23,6 +23,16 @@ const (
 	// "too_many_pings" to common client settings (30s, 1m); a proxy in front
 	// of clients it does not control accepts them down to 10s.
 	DefaultKeepaliveMinTime = 10 * time.Second
+	// DefaultMaxHeaderListSize caps a request's header list at 64 KiB
+	// (Envoy allows 60 KiB). grpc-go's own default, 16 MiB, would let one
+	// client make meshd decode and forward 16 MiB of metadata per call,
+	// and send 16 MiB of CONTINUATION frames per header block.
+	DefaultMaxHeaderListSize = 64 << 10
+	// DefaultHandshakeTimeout is how long a new connection has to finish
+	// its TLS handshake and send the HTTP/2 preface and first SETTINGS
+	// (grpc-go's default, 2 minutes, lets slowloris connections that send
+	// a byte a second sit on file descriptors for that long).
+	DefaultHandshakeTimeout = 10 * time.Second
 	// DefaultDetectTimeout is how long an original_dst listener waits for a
 	// connection's first bytes before treating it as opaque TCP (a
 	// server-speaks-first protocol such as SMTP or MySQL).
@@ -54,6 +64,16 @@ type ListenerLimits struct {
 	MaxConnectionAgeGrace Duration `yaml:"max_connection_age_grace"`
 	// Keepalive is HTTP/2 ping behaviour and its enforcement on clients.
 	Keepalive Keepalive `yaml:"keepalive"`
+	// MaxHeaderListSize caps the size of a request's header list in bytes,
+	// as HTTP/2 counts it (decoded names and values plus 32 per field). It
+	// is advertised to clients in SETTINGS. A request over it is refused
+	// (RST_STREAM, or the connection is closed when the excess spans
+	// CONTINUATION frames). Default 65536; at least 1024.
+	MaxHeaderListSize uint32 `yaml:"max_header_list_size"`
+	// HandshakeTimeout closes connections that have not completed the TLS
+	// handshake and sent the HTTP/2 preface and first SETTINGS frame in
+	// this long. Default 10s.
+	HandshakeTimeout Duration `yaml:"handshake_timeout"`
 }
 
 // Keepalive is a listener's HTTP/2 keepalive policy.
@@ -107,6 +127,12 @@ func (v *validator) listenerLimits(p string, l *Listener) {
 	if l.MaxConnections < 0 {
 		v.add(p+".max_connections", "must not be negative")
 	}
+	if l.MaxHeaderListSize != 0 && l.MaxHeaderListSize < 1024 {
+		v.add(p+".max_header_list_size", "must be at least 1024 (a gRPC call's own headers take a few hundred bytes)")
+	}
+	if l.HandshakeTimeout < 0 {
+		v.add(p+".handshake_timeout", "must not be negative")
+	}
 	if l.MaxConnectionAgeGrace > 0 && l.MaxConnectionAge == 0 {
 		v.add(p+".max_connection_age_grace", "needs max_connection_age")
 	}
@@ -154,6 +180,12 @@ func (l *Listener) applyLimitDefaults() {
 	if l.IdleTimeout == nil {
 		d := Duration(DefaultIdleTimeout)
 		l.IdleTimeout = &d
+	}
+	if l.MaxHeaderListSize == 0 {
+		l.MaxHeaderListSize = DefaultMaxHeaderListSize
+	}
+	if l.HandshakeTimeout == 0 {
+		l.HandshakeTimeout = Duration(DefaultHandshakeTimeout)
 	}
 	k := &l.Keepalive
 	if k.Time == 0 {

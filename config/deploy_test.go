@@ -34,8 +34,9 @@ func TestListenerLimitsParse(t *testing.T) {
 		odst   *config.OriginalDst
 	}{
 		{
-			name:   "defaults",
-			limits: config.ListenerLimits{IdleTimeout: dp("1h"), Keepalive: config.Keepalive{Time: d("2h"), Timeout: d("20s"), MinTime: d("10s"), PermitWithoutStream: &yes}},
+			name: "defaults",
+			limits: config.ListenerLimits{IdleTimeout: dp("1h"), Keepalive: config.Keepalive{Time: d("2h"), Timeout: d("20s"), MinTime: d("10s"), PermitWithoutStream: &yes},
+				MaxHeaderListSize: 65536, HandshakeTimeout: d("10s")},
 		},
 		{
 			name: "everything set",
@@ -43,14 +44,17 @@ func TestListenerLimitsParse(t *testing.T) {
     idle_timeout: 5m
     max_connection_age: 30m
     max_connection_age_grace: 1m
-    keepalive: {time: 1m, timeout: 5s, min_time: 30s, permit_without_stream: false}`,
+    keepalive: {time: 1m, timeout: 5s, min_time: 30s, permit_without_stream: false}
+    max_header_list_size: 16384
+    handshake_timeout: 3s`,
 			limits: config.ListenerLimits{MaxConnections: 5000, IdleTimeout: dp("5m"), MaxConnectionAge: d("30m"), MaxConnectionAgeGrace: d("1m"),
-				Keepalive: config.Keepalive{Time: d("1m"), Timeout: d("5s"), MinTime: d("30s"), PermitWithoutStream: &no}},
+				Keepalive: config.Keepalive{Time: d("1m"), Timeout: d("5s"), MinTime: d("30s"), PermitWithoutStream: &no}, MaxHeaderListSize: 16384, HandshakeTimeout: d("3s")},
 		},
 		{
-			name:   "idle timeout 0s disables",
-			yaml:   "    idle_timeout: 0s",
-			limits: config.ListenerLimits{IdleTimeout: dp("0s"), Keepalive: config.Keepalive{Time: d("2h"), Timeout: d("20s"), MinTime: d("10s"), PermitWithoutStream: &yes}},
+			name: "idle timeout 0s disables",
+			yaml: "    idle_timeout: 0s",
+			limits: config.ListenerLimits{IdleTimeout: dp("0s"), Keepalive: config.Keepalive{Time: d("2h"), Timeout: d("20s"), MinTime: d("10s"), PermitWithoutStream: &yes},
+				MaxHeaderListSize: 65536, HandshakeTimeout: d("10s")},
 		},
 		{
 			name:   "original_dst defaults to outbound",
@@ -96,6 +100,7 @@ func TestListenerLimitsInvalid(t *testing.T) {
 		{name: "original_dst with tls", yaml: "    original_dst: {}\n    tls: {cert_file: a, key_file: b}", want: []string{"listeners[0].original_dst: cannot be combined with tls"}},
 		{name: "unknown key", yaml: "    original_dst: {direction: inbound, port: 1}", want: []string{`unknown field "port"`}},
 		{name: "negative duration", yaml: "    idle_timeout: -1s", want: []string{`listeners[0].idle_timeout: negative duration "-1s"`}},
+		{name: "tiny header list", yaml: "    max_header_list_size: 100", want: []string{"l.yaml:5: listeners[0].max_header_list_size: must be at least 1024"}},
 		{
 			name:  "user cluster named original_dst",
 			extra: "  - {name: original_dst, endpoints: [127.0.0.1:9002]}\n",
