@@ -5,8 +5,8 @@ import "fmt"
 // frameEngine rejects what engine frame cannot honour yet, so a config never
 // silently loses a feature by switching engines. The frame engine forwards
 // HTTP/2 frames without holding messages, so it cannot replay a request on
-// another endpoint (retry), has no per-message timer (idle_timeout), does not
-// emit per-call spans, and dials upstreams in cleartext h2c only.
+// another endpoint (retry), has no per-message timer (idle_timeout), and
+// dials upstreams in cleartext h2c only.
 func (v *validator) frameEngine() {
 	if v.c.Engine != "frame" {
 		return
@@ -24,8 +24,5 @@ func (v *validator) frameEngine() {
 		if c.TLS != nil {
 			v.add(fmt.Sprintf("clusters[%d].tls", i), "needs engine grpc (the frame engine dials upstreams in cleartext h2c)")
 		}
-	}
-	if v.c.Tracing.OTLPEndpoint != "" {
-		v.add("tracing.otlp_endpoint", "needs engine grpc (the frame engine passes traceparent through but makes no spans of its own)")
 	}
 }

@@ -20,7 +20,7 @@ routes: [{name: r, match: {prefix: /}, cluster: c%s}]
 		{"retry", "", ", retry: {attempts: 2}", "", "routes[0].retry: needs engine grpc"},
 		{"idle timeout", "", ", idle_timeout: 1s", "", "routes[0].idle_timeout: needs engine grpc"},
 		{"upstream tls", ", tls: {server_name: x}", "", "", "clusters[0].tls: needs engine grpc"},
-		{"tracing", "", "", "tracing: {otlp_endpoint: 127.0.0.1:4317}", "tracing.otlp_endpoint: needs engine grpc"},
+		{"tracing works on both engines", "", "", "tracing: {otlp_endpoint: 127.0.0.1:4317}", ""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -3,13 +3,18 @@ package proxy
 import (
 	"context"
 	"math/rand/v2"
+	"strings"
 	"time"
+
+	"go.opentelemetry.io/otel/trace"
+	"golang.org/x/net/http2/hpack"
 
 	"google.golang.org/grpc/status"
 
 	"github.com/meshd/meshd/balancer"
 	"github.com/meshd/meshd/h2proxy"
 	"github.com/meshd/meshd/router"
+	"github.com/meshd/meshd/tracing"
 )
 
 var _ h2proxy.Director = (*Proxy)(nil)
@@ -20,11 +25,16 @@ var _ h2proxy.Director = (*Proxy)(nil)
 // Handle does before opening the upstream stream: lookup, rate limit,
 // concurrency limit and pick — all non-blocking.
 //
+// With a tracer it makes the same spans as the grpc engine's stats
+// handlers: a SERVER span continuing the caller's W3C context and a CLIENT
+// span for the upstream attempt, whose traceparent replaces the caller's on
+// the way to the backend.
+//
 // What the frame engine does not do yet: retries beyond the client's own
-// transparent retry of refused streams, idle timeouts, per-call spans and
-// routing by original destination. config.Validate rejects configs that ask
+// transparent retry of refused streams, idle timeouts and routing by
+// original destination. config.Validate rejects configs that ask
 // for those with engine frame, so nothing is silently ignored.
-func (p *Proxy) Direct(_ context.Context, req *h2proxy.Request) (h2proxy.Target, error) {
+func (p *Proxy) Direct(ctx context.Context, req *h2proxy.Request) (h2proxy.Target, error) {
 	start := time.Now()
 	st := p.acquire()
 	if st == nil {
@@ -62,7 +72,67 @@ func (p *Proxy) Direct(_ context.Context, req *h2proxy.Request) (h2proxy.Target,
 	if req.RemoteAddr != nil && len(p.observers) > 0 {
 		fc.call.Peer = req.RemoteAddr.String()
 	}
-	return h2proxy.Target{Addr: ep.Address(), Timeout: frameTimeout(route, req.Deadline), Done: fc.done}, nil
+	target := h2proxy.Target{Addr: ep.Address(), Timeout: frameTimeout(route, req.Deadline), Done: fc.done}
+	if p.tracer != nil {
+		sctx, sspan := p.tracer.StartServer(ctx, req.Method, headerCarrier{req.Header}, remote(req))
+		tracing.SetRoute(sctx, route.Name, name)
+		var out fieldCarrier
+		_, cspan := p.tracer.StartClient(sctx, req.Method, ep.Address(), 1, &out)
+		fc.server, fc.client = sspan, cspan
+		target.Header = out
+		if sc := sspan.SpanContext(); sc.IsValid() {
+			fc.call.TraceID = sc.TraceID().String()
+		}
+	}
+	return target, nil
+}
+
+func remote(req *h2proxy.Request) string {
+	if req.RemoteAddr == nil {
+		return ""
+	}
+	return req.RemoteAddr.String()
+}
+
+// headerCarrier reads the caller's W3C context from the request's fields.
+type headerCarrier struct{ h *h2proxy.Header }
+
+func (c headerCarrier) Get(k string) string {
+	if v := c.h.Get(k); len(v) > 0 {
+		return v[0]
+	}
+	return ""
+}
+func (headerCarrier) Set(string, string) {} // the inbound side is read-only
+func (c headerCarrier) Keys() []string {
+	fs := c.h.Fields()
+	keys := make([]string, 0, len(fs))
+	for _, f := range fs {
+		keys = append(keys, f.Name)
+	}
+	return keys
+}
+
+// fieldCarrier collects the trace fields injected upstream.
+type fieldCarrier []hpack.HeaderField
+
+func (c *fieldCarrier) Get(k string) string {
+	for _, f := range *c {
+		if f.Name == k {
+			return f.Value
+		}
+	}
+	return ""
+}
+func (c *fieldCarrier) Set(k, v string) {
+	*c = append(*c, hpack.HeaderField{Name: strings.ToLower(k), Value: v})
+}
+func (c *fieldCarrier) Keys() []string {
+	keys := make([]string, len(*c))
+	for i, f := range *c {
+		keys[i] = f.Name
+	}
+	return keys
 }
 
 // frameTimeout is the route's budget for the engine: the route timeout, and
@@ -87,6 +157,8 @@ type frameCall struct {
 	lim   *Limiter
 	start time.Time
 	call  Call
+	// server and client are the call's spans when tracing is on.
+	server, client trace.Span
 }
 
 // done runs once when the engine finishes the stream.
@@ -94,6 +166,14 @@ func (fc *frameCall) done(res h2proxy.Result) {
 	fc.cl.Done(fc.ep, fc.start, res.Code, res.NotReached)
 	fc.lim.Release()
 	fc.st.calls.Add(-1)
+	if fc.server != nil {
+		msg := ""
+		if res.Err != nil {
+			msg = res.Err.Error()
+		}
+		tracing.EndSpan(fc.client, res.Code, msg)
+		tracing.EndSpan(fc.server, res.Code, msg)
+	}
 	if len(fc.p.observers) == 0 {
 		return
 	}
@@ -110,11 +190,18 @@ func (fc *frameCall) done(res h2proxy.Result) {
 
 // frameFailed reports a call meshd answered itself and returns err.
 func (p *Proxy) frameFailed(req *h2proxy.Request, start time.Time, route, cluster string, err error) error {
+	st := status.Convert(err)
+	if p.tracer != nil {
+		sctx, span := p.tracer.StartServer(context.Background(), req.Method, headerCarrier{req.Header}, remote(req))
+		if route != "" {
+			tracing.SetRoute(sctx, route, cluster)
+		}
+		tracing.EndSpan(span, st.Code(), st.Message())
+	}
 	if len(p.observers) == 0 {
 		return err
 	}
 	p.callStarted()
-	st := status.Convert(err)
 	c := &Call{Method: req.Method, Route: route, Cluster: cluster, Code: st.Code(), Message: st.Message(), Start: start, Duration: time.Since(start)}
 	if req.RemoteAddr != nil {
 		c.Peer = req.RemoteAddr.String()

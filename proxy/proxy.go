@@ -70,7 +70,8 @@ type Proxy struct {
 	tracing   bool
 	log       *slog.Logger
 	observers []Observer
-	dst       *dstRouting // nil: no transparent listeners (origdst.go)
+	dst       *dstRouting       // nil: no transparent listeners (origdst.go)
+	tracer    *tracing.Provider // frame engine spans; nil when tracing is off
 }
 
 // Option configures a Proxy.
@@ -79,6 +80,17 @@ type Option func(*Proxy)
 // WithTracing says meshd's tracing handlers are installed, so inbound
 // traceparent/tracestate/baggage are replaced rather than passed through.
 func WithTracing(on bool) Option { return func(p *Proxy) { p.tracing = on } }
+
+// WithTracer gives the frame engine the provider it makes its spans with
+// (the grpc engine's spans come from the stats handlers). A disabled or nil
+// provider leaves tracing off.
+func WithTracer(tp *tracing.Provider) Option {
+	return func(p *Proxy) {
+		if tp.Enabled() {
+			p.tracer, p.tracing = tp, true
+		}
+	}
+}
 
 // WithLogger sets the logger.
 func WithLogger(l *slog.Logger) Option { return func(p *Proxy) { p.log = l } }

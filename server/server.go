@@ -23,6 +23,7 @@ import (
 	"github.com/meshd/meshd/h2proxy"
 	"github.com/meshd/meshd/proxy"
 	"github.com/meshd/meshd/router"
+	"github.com/meshd/meshd/tracing"
 )
 
 // Server is a running meshd. Create it with New, start it with Run.
@@ -30,6 +31,7 @@ type Server struct {
 	log         *slog.Logger
 	proxy       *proxy.Proxy
 	serverStats stats.Handler
+	tracer      *tracing.Provider // for the frame engine's spans
 	clientStats stats.Handler
 	adminOpts   []admin.Option
 	dests       *destinations // transparent interception (origdst.go)
@@ -86,6 +88,17 @@ func WithStatsHandlers(server, client stats.Handler) Option {
 	return func(s *Server) { s.serverStats, s.clientStats = server, client }
 }
 
+// WithTracing traces every call with tp: the grpc engine through tp's stats
+// handlers, the frame engine through its own spans. A disabled provider
+// installs nothing.
+func WithTracing(tp *tracing.Provider) Option {
+	return func(s *Server) {
+		if tp.Enabled() {
+			s.tracer, s.serverStats, s.clientStats = tp, tp.ServerHandler(), tp.ClientHandler()
+		}
+	}
+}
+
 // WithAdminOptions passes options to the admin server (metrics handler...).
 func WithAdminOptions(opts ...admin.Option) Option {
 	return func(s *Server) { s.adminOpts = append(s.adminOpts, opts...) }
@@ -105,7 +118,7 @@ func New(cfg *config.Config, opts ...Option) (*Server, error) {
 	for _, o := range opts {
 		o(s)
 	}
-	popts := []proxy.Option{proxy.WithTracing(s.clientStats != nil), proxy.WithLogger(s.log.With("component", "proxy"))}
+	popts := []proxy.Option{proxy.WithTracing(s.clientStats != nil), proxy.WithTracer(s.tracer), proxy.WithLogger(s.log.With("component", "proxy"))}
 	for _, o := range s.observers {
 		popts = append(popts, proxy.WithObserver(o))
 	}

@@ -81,7 +81,7 @@ func (t *telemetry) serverOptions(base ...server.Option) []server.Option {
 	// A disabled provider's handlers are nil: install nothing, so tracing
 	// off costs nothing on the data path.
 	if t.tracing.Enabled() {
-		opts = append(opts, server.WithStatsHandlers(t.tracing.ServerHandler(), t.tracing.ClientHandler()))
+		opts = append(opts, server.WithTracing(t.tracing))
 	}
 	return opts
 }
