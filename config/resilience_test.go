@@ -245,3 +245,45 @@ func TestFragmentErrors(t *testing.T) {
 		})
 	}
 }
+
+// FuzzParseFragment: any Consul value either parses and merges into a
+// valid config, or fails with errors that name the key as their source;
+// it never panics.
+func FuzzParseFragment(f *testing.F) {
+	for _, seed := range []string{
+		"",
+		"routes: []\n",
+		"routes:\n  - name: x\n    match: {prefix: /x}\n    cluster: local\n",
+		"clusters:\n  - name: b\n    endpoints: [127.0.0.1:1]\n    retry_budget: {budget_percent: 5}\n",
+		"routes:\n  - name: y\n    match: {service: a.B}\n    cluster: b\n    retry: {attempts: 2}\nclusters:\n  - name: b\n    endpoints: [127.0.0.1:1]\n",
+		"listeners: []\n",
+		"routes: [\n",
+	} {
+		f.Add([]byte(seed))
+	}
+	base, err := config.Parse([]byte(fileForMerge), "meshd.yaml")
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		frag, err := config.ParseFragment(data, "consul:k")
+		if err == nil {
+			var m *config.Config
+			if m, err = config.Merge(base, frag); err == nil {
+				if verr := m.Validate(); verr != nil {
+					t.Fatalf("Merge returned a config that does not validate: %v", verr)
+				}
+				return
+			}
+		}
+		var es config.Errors
+		if !errors.As(err, &es) || len(es) == 0 {
+			t.Fatalf("error %T %v is not a config.Errors", err, err)
+		}
+		for _, e := range es {
+			if e.File != "consul:k" && e.File != "meshd.yaml" {
+				t.Fatalf("error %q names neither source", e.Error())
+			}
+		}
+	})
+}

@@ -197,6 +197,11 @@ func (c *callRun) run() error {
 		if !c.sleep(wait) {
 			return c.final(attemptResult{err: upstreamErr(c.ctx, res.err)})
 		}
+		// The client may have sent past the buffer limit meanwhile: then
+		// the messages are gone and the call stays with this failure.
+		if !c.canReplay() {
+			return c.final(res)
+		}
 	}
 }
 
@@ -377,7 +382,8 @@ func (c *callRun) stopRetainingLocked() {
 }
 
 // canReplay reports whether every message the client sent is still in the
-// log, so another attempt can start from the beginning.
+// log, so another attempt can start from the beginning. (A call that went
+// over a buffer limit has dropped the messages an attempt consumed.)
 func (c *callRun) canReplay() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -158,6 +158,12 @@ func (s *Server) newClusterRun(c config.Cluster, maxMsg int, consul *api.Client)
 			eps[i] = discovery.Endpoint{ID: e.Address, Address: e.Address, Weight: e.Weight}
 		}
 		res = discovery.NewStatic(eps)
+		// Static endpoints are known now: apply them before the cluster
+		// can take a call, so the first call after start or reload does
+		// not race the discovery goroutine and find the cluster empty.
+		// The Static resolver then re-sends the same list, which Update
+		// treats as unchanged.
+		cl.Update(eps)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &clusterRun{cfg: c, maxMsg: maxMsg, cl: cl, resolver: res, cancel: cancel, done: make(chan struct{}), forget: s.dests.forget,
