@@ -1,5 +1,3 @@
-// Package configs holds meshd's example configuration files; its test
-// validates every one of them.
 package configs
 
 import (
