@@ -16,10 +16,12 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
@@ -27,6 +29,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshd/meshd/internal/consultest"
+	"github.com/meshd/meshd/internal/otlptest"
 	"github.com/meshd/meshd/test/backend"
 )
 
@@ -74,6 +77,14 @@ func run() error {
 		fmt.Printf("    %s at %s\n", name, b.Addr)
 	}
 
+	step("starting an OTLP/gRPC trace receiver for meshd's spans")
+	recv, err := otlptest.Listen()
+	if err != nil {
+		return err
+	}
+	defer recv.Stop()
+	fmt.Printf("    OTLP receiver at %s\n", recv.Addr)
+
 	dir, err := os.MkdirTemp("", "meshdemo")
 	if err != nil {
 		return err
@@ -94,8 +105,9 @@ clusters:
     consul: {service: users, tag: grpc}
     lb: round_robin
 consul: {address: %s}
+tracing: {otlp_endpoint: %s, sample_ratio: 1.0}
 drain_timeout: 5s
-`, admin, listen, agent.Addr)
+`, admin, listen, agent.Addr, recv.Addr)
 	if err := os.WriteFile(cfgFile, []byte(cfg), 0o644); err != nil {
 		return err
 	}
@@ -198,6 +210,15 @@ drain_timeout: 5s
 		fmt.Println("    meshd's view of the cluster (GET /clusters, abridged):")
 		printClusters(body)
 	}
+	if body, err := get("http://" + admin + "/metrics"); err == nil {
+		fmt.Println("    meshd's metrics (GET /metrics, grpc_server_handled_total):")
+		for _, line := range strings.Split(body, "\n") {
+			if strings.HasPrefix(line, "grpc_server_handled_total{") {
+				fmt.Println("      " + line)
+			}
+		}
+	}
+	printTrace(recv)
 	if *keep {
 		step("running until Ctrl-C; try: curl http://" + admin + "/clusters")
 		select {
@@ -261,6 +282,43 @@ func get(url string) (string, error) {
 		return string(b), fmt.Errorf("%s: %s", url, resp.Status)
 	}
 	return string(b), err
+}
+
+// printTrace prints how many spans meshd exported and the last call's trace:
+// its SERVER span and the CLIENT span of each upstream attempt.
+func printTrace(recv *otlptest.Receiver) {
+	var spans []*tracepb.Span
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) { // the exporter batches; poll briefly
+		if spans = recv.Spans(); len(spans) > 0 {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	fmt.Printf("    meshd exported %d spans over OTLP; the last call's trace:\n", len(spans))
+	if len(spans) == 0 {
+		return
+	}
+	last := spans[len(spans)-1].GetTraceId()
+	for _, sp := range spans {
+		if !bytes.Equal(sp.GetTraceId(), last) {
+			continue
+		}
+		attrs := []string{}
+		for _, a := range sp.GetAttributes() {
+			switch a.GetKey() {
+			case "meshd.route", "meshd.cluster", "meshd.endpoint", "meshd.attempt", "rpc.grpc.status_code":
+				v := a.GetValue().GetStringValue()
+				if v == "" {
+					v = fmt.Sprint(a.GetValue().GetIntValue())
+				}
+				attrs = append(attrs, a.GetKey()+"="+v)
+			}
+		}
+		sort.Strings(attrs)
+		fmt.Printf("      trace %x span %x %-6s %s %s\n", sp.GetTraceId()[:4], sp.GetSpanId()[:4],
+			strings.TrimPrefix(sp.GetKind().String(), "SPAN_KIND_"), sp.GetName(), strings.Join(attrs, " "))
+	}
 }
 
 // printClusters prints one line per endpoint from the admin /clusters JSON.

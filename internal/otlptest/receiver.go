@@ -2,6 +2,7 @@ package otlptest
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"sync"
 	"testing"
@@ -31,9 +32,20 @@ type Receiver struct {
 // Start starts a Receiver on 127.0.0.1:0. It is stopped by t.Cleanup.
 func Start(t testing.TB) *Receiver {
 	t.Helper()
+	r, err := Listen()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.Stop)
+	return r
+}
+
+// Listen starts a Receiver on 127.0.0.1:0 for callers without a testing.TB
+// (the demo); they must call Stop.
+func Listen() (*Receiver, error) {
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatalf("otlptest: listen: %v", err)
+		return nil, fmt.Errorf("otlptest: listen: %w", err)
 	}
 	r := &Receiver{
 		Addr:    lis.Addr().String(),
@@ -48,8 +60,7 @@ func Start(t testing.TB) *Receiver {
 		// the test as exports that never arrive.
 		_ = r.srv.Serve(lis)
 	}()
-	t.Cleanup(r.Stop)
-	return r
+	return r, nil
 }
 
 // Stop closes the listener and every open connection and waits for the
