@@ -43,7 +43,7 @@ const (
 
 // Defaults applied by NewCluster to zero fields.
 const (
-	DefaultRingSize            = 1024
+	DefaultVirtualNodes        = 160
 	DefaultConsecutiveFailures = 5
 	DefaultFailureMinRequests  = 20
 	DefaultOutlierInterval     = time.Second
@@ -53,9 +53,9 @@ const (
 	DefaultDrainTimeout        = 30 * time.Second
 	DefaultEWMADecay           = 10 * time.Second
 	DefaultEWMAInitialRTT      = 30 * time.Millisecond
-	// MaxRingSize bounds RingSize so that a typo cannot make every rebuild
-	// allocate gigabytes.
-	MaxRingSize = 1 << 20
+	// MaxVirtualNodes bounds VirtualNodes so that a typo cannot make every
+	// rebuild allocate gigabytes.
+	MaxVirtualNodes = 1 << 14
 )
 
 // Options configures a Cluster. The zero value of every field but Name is
@@ -71,13 +71,14 @@ type Options struct {
 	// lowercase). Required for ring_hash, ignored otherwise. A call without
 	// the key goes to a random endpoint.
 	HashHeader string
-	// RingSize is the target number of virtual nodes on the ring_hash ring
-	// (default 1024, at most MaxRingSize). Each endpoint gets k × weight
-	// nodes, k being the smallest power of two (at least 16) that reaches
-	// RingSize. k is kept while the cluster grows or shrinks moderately, so
-	// that an endpoint leaving moves only its own keys; raise RingSize for
-	// a more even spread over few endpoints.
-	RingSize int
+	// VirtualNodes is the number of ring_hash virtual nodes per unit of
+	// endpoint weight (default 160, as in ketama; at most MaxVirtualNodes).
+	// It is fixed, never derived from the cluster's size, so an endpoint's
+	// nodes depend only on its own ID and weight: the same endpoints give
+	// the same ring in every meshd whatever order they were admitted in,
+	// and an endpoint leaving moves only its own keys. Raise it for a more
+	// even spread over few endpoints.
+	VirtualNodes int
 	// Health configures active health watching of every endpoint.
 	Health HealthOptions
 	// Outlier configures passive ejection of endpoints whose calls fail.
@@ -197,8 +198,8 @@ func (o *Options) Validate() error {
 	default:
 		add("unknown policy %q (want %s, %s, %s or %s)", o.Policy, RoundRobin, LeastRequest, PeakEWMA, RingHash)
 	}
-	if o.RingSize < 0 || o.RingSize > MaxRingSize {
-		add("ring size %d out of range [0, %d]", o.RingSize, MaxRingSize)
+	if o.VirtualNodes < 0 || o.VirtualNodes > MaxVirtualNodes {
+		add("virtual nodes %d out of range [0, %d]", o.VirtualNodes, MaxVirtualNodes)
 	}
 	switch o.AllDown {
 	case "", AllDownFail, AllDownAny:
@@ -243,8 +244,8 @@ func (o Options) withDefaults() Options {
 		o.Policy = RoundRobin
 	}
 	o.HashHeader = strings.ToLower(o.HashHeader)
-	if o.RingSize == 0 {
-		o.RingSize = DefaultRingSize
+	if o.VirtualNodes == 0 {
+		o.VirtualNodes = DefaultVirtualNodes
 	}
 	if o.AllDown == "" {
 		o.AllDown = AllDownFail

@@ -41,7 +41,7 @@ func newPolicy(o *Options) (policy, error) {
 	case PeakEWMA:
 		return peakEWMA{rand: o.Rand, tau: float64(o.PeakEWMA.Decay.Nanoseconds())}, nil
 	case RingHash:
-		return &ringHash{rand: o.Rand, minSize: uint64(o.RingSize)}, nil
+		return &ringHash{rand: o.Rand, perWeight: uint64(o.VirtualNodes)}, nil
 	default:
 		return nil, fmt.Errorf("balancer: unknown policy %q", o.Policy)
 	}

@@ -304,6 +304,31 @@ func TestRingHash(t *testing.T) {
 		}
 	})
 
+	t.Run("ring depends only on the endpoint set", func(t *testing.T) {
+		t.Parallel()
+		// One cluster sees all five endpoints at once; another admits
+		// them one at a time, as health checks do. Both must agree on
+		// every key, or two meshd instances (or one after a reload)
+		// send the same user to different backends.
+		eps := endpoints(5)
+		atOnce := newRing(t)
+		atOnce.Update(eps)
+		grown := newRing(t)
+		for i := 1; i <= len(eps); i++ {
+			grown.Update(eps[:i])
+		}
+		a, b := assign(atOnce), assign(grown)
+		differ := 0
+		for i := range a {
+			if a[i] != b[i] {
+				differ++
+			}
+		}
+		if differ != 0 {
+			t.Errorf("%d of %d keys differ between a ring built at once and one grown endpoint by endpoint", differ, keys)
+		}
+	})
+
 	t.Run("weights", func(t *testing.T) {
 		t.Parallel()
 		c := newRing(t)
@@ -656,12 +681,12 @@ func TestValidate(t *testing.T) {
 	}{
 		{"zero but name", Options{Name: "a"}, ""},
 		{"all policies", Options{Name: "a", Policy: PeakEWMA, AllDown: AllDownAny}, ""},
-		{"ring hash", Options{Name: "a", Policy: RingHash, HashHeader: "x-user", RingSize: 4096}, ""},
+		{"ring hash", Options{Name: "a", Policy: RingHash, HashHeader: "x-user", VirtualNodes: 512}, ""},
 		{"no name", Options{}, "name is required"},
 		{"unknown policy", Options{Name: "a", Policy: "random"}, `unknown policy "random"`},
 		{"ring hash without header", Options{Name: "a", Policy: RingHash}, "requires a hash header"},
-		{"ring too big", Options{Name: "a", RingSize: MaxRingSize + 1}, "ring size"},
-		{"negative ring", Options{Name: "a", RingSize: -1}, "ring size"},
+		{"ring too big", Options{Name: "a", VirtualNodes: MaxVirtualNodes + 1}, "virtual nodes"},
+		{"negative ring", Options{Name: "a", VirtualNodes: -1}, "virtual nodes"},
 		{"all down", Options{Name: "a", AllDown: "some"}, `unknown all_down "some"`},
 		{"negative drain", Options{Name: "a", DrainTimeout: -time.Second}, "drain timeout"},
 		{"negative backoff", Options{Name: "a", Health: HealthOptions{BackoffMax: -1}}, "health backoff max"},

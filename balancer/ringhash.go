@@ -13,26 +13,18 @@ import (
 // [0, k·weight); a call goes to the first virtual node at or after
 // xxhash(key).
 //
-// k, the virtual nodes per unit of weight, is what makes the ring
-// consistent: as long as it stays the same, an endpoint's nodes do not
-// depend on which other endpoints exist, so when an endpoint leaves only
-// the keys on its nodes move, and when one joins only the keys its nodes
-// take. So k is chosen once (the smallest power of two that puts at least
-// minSize nodes on the ring, and at least minPerWeight) and kept while the
-// ring stays between minSize/4 and 16·minSize nodes; only a change of
-// cluster size beyond that re-derives it (and reshuffles).
-//
-// build is only called from the Cluster's update loop, which is what
-// makes the remembered k safe without a lock.
+// k, the virtual nodes per unit of weight, is a fixed option: it must not
+// depend on how many endpoints exist or in which order health checks
+// admitted them. Then an endpoint's nodes are a function of its ID and
+// weight alone, so every meshd in front of the same endpoints builds the
+// same ring, an endpoint leaving moves only the keys on its nodes, and one
+// joining takes only the keys its nodes cover. (An earlier version sized k
+// from the first build's endpoints; a cluster whose endpoints were admitted
+// one by one then disagreed with a fresh one on most keys.)
 type ringHash struct {
 	rand      func() uint64
-	minSize   uint64
-	perWeight uint64 // k; 0 until the first build
+	perWeight uint64 // k
 }
-
-// minPerWeight keeps large clusters from getting a handful of virtual
-// nodes each, which would spread keys very unevenly.
-const minPerWeight = 16
 
 // maxRingEntries bounds a ring built from very large weights; past it the
 // nodes are scaled down (at least one per endpoint) at some cost in
@@ -51,13 +43,6 @@ func (p *ringHash) build(eps []*Endpoint) picker {
 	var sum uint64
 	for _, e := range eps {
 		sum += uint64(weightOf(e))
-	}
-	if k := p.perWeight; k == 0 || k*sum < p.minSize/4 || (k > minPerWeight && k*sum > 16*p.minSize) {
-		k = minPerWeight
-		for k*sum < p.minSize {
-			k <<= 1
-		}
-		p.perWeight = k
 	}
 	count := func(w uint64) uint64 { return p.perWeight * w }
 	if total := p.perWeight * sum; total > maxRingEntries {
