@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"strings"
 	"time"
 
@@ -52,6 +53,21 @@ func WithMetrics(h http.Handler) Option { return func(s *Server) { s.metrics = h
 // WithHandler serves h on path (for additions such as pprof).
 func WithHandler(path string, h http.Handler) Option {
 	return func(s *Server) { s.extra[path] = h }
+}
+
+// WithPprof serves the runtime profiles of net/http/pprof under
+// /debug/pprof/ (heap, allocs, goroutine, CPU profile, trace...), so a
+// running meshd can be profiled in place under its real load. Off unless
+// the config asks for it (admin.pprof): a CPU profile or an execution trace
+// costs CPU while it runs, and profiles reveal internals.
+func WithPprof() Option {
+	return func(s *Server) {
+		s.extra["/debug/pprof/"] = http.HandlerFunc(pprof.Index) // also serves named profiles: /debug/pprof/heap
+		s.extra["/debug/pprof/cmdline"] = http.HandlerFunc(pprof.Cmdline)
+		s.extra["/debug/pprof/profile"] = http.HandlerFunc(pprof.Profile)
+		s.extra["/debug/pprof/symbol"] = http.HandlerFunc(pprof.Symbol)
+		s.extra["/debug/pprof/trace"] = http.HandlerFunc(pprof.Trace)
+	}
 }
 
 // WithLogger sets the logger.

@@ -132,6 +132,33 @@ func TestNoMetricsHandler(t *testing.T) {
 	}
 }
 
+// TestPprof: the profiles are served only when asked for (admin.pprof).
+func TestPprof(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		opts []admin.Option
+		want int
+	}{
+		{"on", []admin.Option{admin.WithPprof()}, http.StatusOK},
+		{"off by default", nil, http.StatusNotFound},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			a := startAdmin(t, &source{}, tc.opts...)
+			for _, path := range []string{"/debug/pprof/", "/debug/pprof/heap?debug=1", "/debug/pprof/cmdline"} {
+				code, body, _ := get(t, a.Addr(), path)
+				if code != tc.want {
+					t.Errorf("GET %s = %d, want %d", path, code, tc.want)
+				}
+				if tc.want == http.StatusOK && path == "/debug/pprof/heap?debug=1" && !strings.Contains(body, "heap profile") {
+					t.Errorf("GET %s = %.80q, want a heap profile", path, body)
+				}
+			}
+		})
+	}
+}
+
 func healthClient(t *testing.T, addr string) healthpb.HealthClient {
 	t.Helper()
 	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))

@@ -56,6 +56,11 @@ type Admin struct {
 	// Address to listen on, e.g. 127.0.0.1:15000. Empty disables the admin
 	// server. Keep it on loopback: it exposes the effective config.
 	Address string `yaml:"address"`
+	// Pprof serves Go's runtime profiles (net/http/pprof) under
+	// /debug/pprof/ on the admin port, to profile a running meshd under its
+	// real load. Default false: a CPU profile or trace costs CPU while it
+	// runs, and profiles expose internals. Takes effect on restart.
+	Pprof bool `yaml:"pprof"`
 }
 
 // Listener is one port meshd accepts gRPC on.

@@ -189,7 +189,7 @@ type ending struct {
 func (sh *shared) dataOp(p []byte, end bool, src *hstream) op {
 	o := op{kind: opData, end: end, src: src}
 	if len(p) > 0 {
-		b := sh.getBuf()
+		b := sh.getBuf(len(p))
 		n := copy(*b, p)
 		o.buf = b
 		o.data = (*b)[:n]
@@ -239,6 +239,55 @@ func (cl *call) forwardUp(o op, fl *flusher) {
 		var cs []credit
 		cl.sc.sh.dropOp(&o, &cs)
 		applyCredits(cs)
+	}
+}
+
+// forwardUpData sends request DATA to the backend stream, or holds it until
+// the stream is linked.
+func (cl *call) forwardUpData(p []byte, end bool, fl *flusher) {
+	up := cl.up.Load()
+	if up == nil {
+		cl.mu.Lock()
+		if up = cl.up.Load(); up == nil {
+			aborted := cl.aborted
+			if !aborted {
+				var t *op
+				if n := len(cl.pending); n > 0 {
+					t = &cl.pending[n-1]
+				}
+				if o, packed := cl.sc.sh.appendData(t, p, end, cl.down); !packed {
+					cl.pending = append(cl.pending, o)
+				}
+			}
+			cl.mu.Unlock()
+			if aborted {
+				cl.down.c.credit(cl.down, int64(len(p)))
+			}
+			return
+		}
+		cl.mu.Unlock()
+	}
+	uc := up.c
+	uc.mu.Lock()
+	ok := uc.pushDataLocked(up, p, end, cl.down, fl)
+	uc.mu.Unlock()
+	if !ok {
+		cl.down.c.credit(cl.down, int64(len(p)))
+	}
+}
+
+// forwardDownData sends response DATA, received on up, to the client
+// stream.
+func (cl *call) forwardDownData(up *hstream, p []byte, fl *flusher) {
+	c := &cl.sc.conn
+	c.mu.Lock()
+	ok := c.pushDataLocked(cl.down, p, false, up, fl)
+	if ok {
+		cl.down.respStarted = true
+	}
+	c.mu.Unlock()
+	if !ok {
+		up.c.credit(up, int64(len(p)))
 	}
 }
 
@@ -449,7 +498,7 @@ func (cl *call) onReqData(data []byte, end bool, fl *flusher) {
 		}
 		cl.bytesIn.Add(int64(len(data)))
 	}
-	cl.forwardUp(sh.dataOp(data, end, cl.down), fl)
+	cl.forwardUpData(data, end, fl)
 }
 
 // onRespData forwards backend DATA (backend reader goroutine).
@@ -466,14 +515,13 @@ func (cl *call) onRespData(up *hstream, data []byte, end bool, fl *flusher) {
 		}
 	}
 	cl.bytesOut.Add(int64(len(data)))
-	o := sh.dataOp(data, end, up)
 	if end {
 		// DATA with END_STREAM and no trailers: forwarded as is; the client
 		// reports the missing status itself.
-		cl.end(ending{mode: endForward, final: o, code: codes.Internal, fl: fl})
+		cl.end(ending{mode: endForward, final: sh.dataOp(data, end, up), code: codes.Internal, fl: fl})
 		return
 	}
-	cl.forwardDown(o, fl)
+	cl.forwardDownData(up, data, fl)
 }
 
 // credit returns n bytes received on st to the peer at once (data meshd

@@ -42,8 +42,9 @@ type Config struct {
 	ConnWindowSize uint32
 
 	// MaxFrameSize is the largest frame payload meshd accepts
-	// (SETTINGS_MAX_FRAME_SIZE) and the size of its pooled frame buffers.
-	// Default 16384, the HTTP/2 minimum; at most 1<<24-1.
+	// (SETTINGS_MAX_FRAME_SIZE) and the size of its largest pooled DATA
+	// buffers (smaller frames get smaller ones). Default 16384, the HTTP/2
+	// minimum; at most 1<<24-1.
 	MaxFrameSize uint32
 
 	// MaxHeaderListSize is advertised as SETTINGS_MAX_HEADER_LIST_SIZE and

@@ -404,6 +404,64 @@ func (c *conn) pushLocked(st *hstream, o op, fl *flusher) bool {
 	return true
 }
 
+// pushDataLocked queues a copy of the DATA payload p, received on src, for
+// st. It reports false, leaving the credit for p to the caller, when the
+// stream no longer accepts ops.
+func (c *conn) pushDataLocked(st *hstream, p []byte, end bool, src *hstream, fl *flusher) bool {
+	if c.closed || st.finalQueued || st.removed {
+		return false
+	}
+	var t *op
+	if st.qlen() > 0 {
+		t = &st.q[len(st.q)-1]
+	}
+	o, packed := c.sh.appendData(t, p, end, src)
+	if packed {
+		c.queued += int64(len(p))
+		if end {
+			st.finalQueued = true
+		}
+		c.activateLocked(st, fl)
+		return true
+	}
+	c.queued += int64(len(p) - len(o.data)) // what went into t; pushLocked counts o
+	return c.pushLocked(st, o, fl)
+}
+
+// appendData adds the DATA payload p, received on src, after t, the last
+// op queued for the same destination (nil if none). When t is DATA from
+// src, p fills the spare room of t's buffer first, and a new buffer for
+// the rest is twice the size of t's (up to MaxFrameSize): while a peer
+// reads slower than meshd receives, its backlog then takes about its own
+// size in memory instead of one buffer per frame (a 1 KiB gRPC message in a
+// max-size buffer costs 16 times its size). Frame boundaries carry no
+// meaning in HTTP/2, so nothing else changes.
+//
+// It reports packed when all of p (and end) went into t; otherwise the
+// caller queues o, which holds the rest of p. The writer may be writing
+// the front of t.data meanwhile (t.partial), never the room behind it.
+func (sh *shared) appendData(t *op, p []byte, end bool, src *hstream) (o op, packed bool) {
+	size := len(p)
+	if t != nil && len(p) > 0 && t.kind == opData && t.buf != nil && t.src == src && !t.end {
+		k := len(t.data)
+		n := min(cap(t.data)-k, len(p))
+		t.data = t.data[:k+n]
+		copy(t.data[k:], p[:n])
+		if p = p[n:]; len(p) == 0 {
+			t.end = end
+			return op{}, true
+		}
+		size = max(len(p), min(2*len(*t.buf), int(sh.cfg.MaxFrameSize)))
+	}
+	o = op{kind: opData, end: end, src: src}
+	if len(p) > 0 {
+		b := sh.getBuf(size)
+		o.buf = b
+		o.data = (*b)[:copy(*b, p)]
+	}
+	return o, false
+}
+
 // activateLocked puts st on the writer's round-robin list if its head op can
 // be written.
 func (c *conn) activateLocked(st *hstream, fl *flusher) {
@@ -879,6 +937,12 @@ func (c *conn) flushInline() {
 	c.writing = true
 	c.needWrite = false
 	c.batch = c.collectLocked(c.batch[:0])
+	if c.active.len() > 0 {
+		// The batch was full (maxBatchOps, maxBatchBytes): the writer
+		// goroutine writes the rest. Nothing else would wake it: pushes to
+		// a stream already on the active list do not.
+		c.needWrite = true
+	}
 	maxFrame := int(c.peerMaxFrame)
 	c.mu.Unlock()
 	err := c.encodeBatch(maxFrame, false)

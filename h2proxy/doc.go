@@ -19,7 +19,10 @@
 // only for bytes it has written to the receiving side, so a slow reader
 // back-pressures the writer and the data buffered in meshd is bounded by the
 // windows it advertises (Config.InitialWindowSize per stream,
-// Config.ConnWindowSize per connection).
+// Config.ConnWindowSize per connection). The memory it takes stays close
+// to that byte count: DATA is copied into pooled buffers of the frame's
+// size class, and while a stream has DATA waiting, more DATA for it is
+// packed into the same buffers rather than each frame holding its own.
 //
 // Each connection, client or backend, has one reader goroutine and one
 // writer goroutine; the writer batches queued frames into one buffered

@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/protobuf/proto"
 )
@@ -379,4 +380,53 @@ func TestPingFlood(t *testing.T) {
 	waitFor(t, 5*time.Second, "ENHANCE_YOUR_CALM", func() bool { return p.srv.Stats().ProtocolErrors >= 1 })
 	waitFor(t, 5*time.Second, "connection to close", func() bool { return p.srv.Stats().ActiveConns == 0 })
 	t.Logf("sent %d PINGs", sent)
+}
+
+// TestWindowUpdateReleasesBacklog: a client that opens a stream's window
+// once, wide, after meshd has queued more for it than one writer batch
+// holds, gets the whole response without sending anything else. (The
+// reader that flushed the first batch inline used to leave the rest queued
+// until some other frame woke the writer.)
+func TestWindowUpdateReleasesBacklog(t *testing.T) {
+	t.Parallel()
+	const size, count = 16 << 10, 60 // 960 KiB: within meshd's 1 MiB stream window, > maxBatchBytes
+	resp := &testpb.StreamingOutputCallResponse{Payload: payload(size)}
+	b := startBackend(t, &testBackend{streamOut: func(req *testpb.StreamingOutputCallRequest, s testgrpc.TestService_StreamingOutputCallServer) error {
+		for i := 0; i < count; i++ {
+			if err := s.Send(resp); err != nil {
+				return err
+			}
+		}
+		return nil
+	}})
+	p := startProxy(t, b.addr, Config{})
+	// Stream windows start closed; the connection window is wide open.
+	rc := newRawClient(t, p.addr, http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0})
+	if err := rc.fr.WriteWindowUpdate(0, 64<<20); err != nil {
+		t.Fatal(err)
+	}
+	rc.headers(1, grpcRequestHeaders("/grpc.testing.TestService/StreamingOutputCall"), false)
+	if err := rc.fr.WriteData(1, true, grpcMessage(t, &testpb.StreamingOutputCallRequest{})); err != nil {
+		t.Fatal(err)
+	}
+	want := count * len(grpcMessage(t, resp))
+	waitFor(t, 5*time.Second, "meshd to queue the whole response", func() bool {
+		return p.srv.Stats().BufferedBytes >= int64(want)
+	})
+	if err := rc.fr.WriteWindowUpdate(1, uint32(want)); err != nil {
+		t.Fatal(err)
+	}
+	var got int
+	rc.next("trailers", func(f http2.Frame) bool {
+		switch f := f.(type) {
+		case *http2.DataFrame:
+			got += len(f.Data())
+		case *http2.MetaHeadersFrame:
+			return f.StreamEnded()
+		}
+		return false
+	})
+	if got != want {
+		t.Fatalf("got %d bytes of DATA, want %d", got, want)
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"math/bits"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -20,19 +21,62 @@ var ErrServerClosed = errors.New("h2proxy: server closed")
 type shared struct {
 	cfg   Config
 	log   *slog.Logger
-	bufs  sync.Pool // *[]byte of cfg.MaxFrameSize
+	bufs  bufPool
 	stats counters
 }
 
-func (sh *shared) getBuf() *[]byte {
-	if v := sh.bufs.Get(); v != nil {
+func (sh *shared) getBuf(n int) *[]byte { return sh.bufs.get(n) }
+
+func (sh *shared) putBuf(b *[]byte) { sh.bufs.put(b) }
+
+// minBufShift sets the smallest DATA buffer class, 1 KiB.
+const minBufShift = 10
+
+// bufPool holds the buffers DATA payloads are copied into while they wait
+// to be written, in size classes: 1 KiB, 2 KiB, 4 KiB... and the largest,
+// MaxFrameSize. A frame gets the smallest class that holds it, so a small
+// frame does not pin a max-frame-size buffer: with one 16 KiB buffer per
+// frame, a backlog of 1 KiB gRPC messages took 16 times its size in heap.
+type bufPool struct {
+	sizes []int
+	pools []sync.Pool // pools[i] holds *[]byte of len sizes[i]
+}
+
+func newBufPool(maxFrame int) bufPool {
+	var sizes []int
+	for sz := 1 << minBufShift; sz < maxFrame; sz <<= 1 {
+		sizes = append(sizes, sz)
+	}
+	sizes = append(sizes, maxFrame)
+	return bufPool{sizes: sizes, pools: make([]sync.Pool, len(sizes))}
+}
+
+// class returns the index of the smallest class of at least n bytes (the
+// largest class for anything bigger).
+func (p *bufPool) class(n int) int {
+	i := 0
+	if n > 1<<minBufShift {
+		i = bits.Len(uint(n-1)) - minBufShift
+	}
+	return min(i, len(p.sizes)-1)
+}
+
+// get returns a buffer of at least n bytes (at most the largest class).
+func (p *bufPool) get(n int) *[]byte {
+	i := p.class(n)
+	if v := p.pools[i].Get(); v != nil {
 		return v.(*[]byte)
 	}
-	b := make([]byte, sh.cfg.MaxFrameSize)
+	b := make([]byte, p.sizes[i])
 	return &b
 }
 
-func (sh *shared) putBuf(b *[]byte) { sh.bufs.Put(b) }
+// put returns a buffer obtained from get.
+func (p *bufPool) put(b *[]byte) {
+	if i := p.class(len(*b)); p.sizes[i] == len(*b) {
+		p.pools[i].Put(b)
+	}
+}
 
 func statusInternal(msg string) *status.Status { return status.New(codes.Internal, msg) }
 
@@ -93,6 +137,7 @@ type Server struct {
 // take their defaults.
 func NewServer(d Director, cfg Config) *Server {
 	sh := &shared{cfg: cfg.withDefaults()}
+	sh.bufs = newBufPool(int(sh.cfg.MaxFrameSize))
 	sh.log = sh.cfg.Logger.With("component", "h2proxy")
 	s := &Server{
 		director:  d,

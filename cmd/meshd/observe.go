@@ -27,6 +27,7 @@ type telemetry struct {
 	tracing *tracing.Provider
 	metrics *metrics.Metrics
 	access  *accesslog.Logger // nil when the access log is off
+	pprof   bool              // admin.pprof: serve /debug/pprof/ on the admin port
 }
 
 // newTelemetry builds the tracing provider (disabled without an endpoint in
@@ -44,7 +45,7 @@ func newTelemetry(ctx context.Context, cfg *config.Config, log *slog.Logger) (*t
 	if err != nil {
 		return nil, err
 	}
-	t := &telemetry{tracing: tp}
+	t := &telemetry{tracing: tp, pprof: cfg.Admin.Pprof}
 	if cfg.AccessLog.Enabled {
 		var aopts []accesslog.Option
 		if r := cfg.AccessLog.SampleRatio; r != nil {
@@ -78,6 +79,9 @@ func (t *telemetry) serverOptions(base ...server.Option) []server.Option {
 		server.WithObservers(obs...),
 		server.WithAdminOptions(admin.WithMetrics(t.metrics.Handler())),
 	)
+	if t.pprof {
+		opts = append(opts, server.WithAdminOptions(admin.WithPprof()))
+	}
 	// A disabled provider's handlers are nil: install nothing, so tracing
 	// off costs nothing on the data path.
 	if t.tracing.Enabled() {
