@@ -11,7 +11,8 @@
 // frames sent by code, and connections closed by reason.
 //
 // What it stops, with the thresholds of Limits (defaults after Envoy's
-// HTTP/2 protections, which have run in front of gRPC clients for years):
+// HTTP/2 protections, which have run in front of gRPC clients for years,
+// except MinResetStreams; see its comment):
 //
 //   - rapid reset (CVE-2023-44487): once a connection has opened
 //     MinResetStreams streams, if at least half of them were reset by the
@@ -21,6 +22,9 @@
 //     END_STREAM, which includes endless empty CONTINUATION frames;
 //   - SETTINGS floods: non-ACK SETTINGS beyond a token bucket
 //     (SettingsBurst, SettingsPerSecond);
+//   - PING floods: non-ACK PINGs beyond a token bucket that refills with
+//     time and with the DATA frames the client receives (PingBurst,
+//     PingsPerSecond, PingsPerDataFrame);
 //   - WINDOW_UPDATE floods: more than 100 + 2*(streams +
 //     WindowUpdatesPerDataFrame * DATA frames sent) WINDOW_UPDATE frames;
 //   - PRIORITY and unknown-type floods: more than ExtraFramesPerStream *
@@ -45,8 +49,8 @@
 // garbage, HTTP/1.1) and clients whose preface did not arrive before the
 // server's handshake deadline (slowloris), so they are counted too.
 //
-// PING floods are left to the server: grpc-go's keepalive enforcement
-// answers them with GOAWAY ENHANCE_YOUR_CALM "too_many_pings", and a rate
-// limit here would have to tell them apart from the BDP-estimation pings a
-// grpc-go client sends with every burst of data it receives.
+// grpc-go's keepalive enforcement answers a PING flood too (GOAWAY
+// ENHANCE_YOUR_CALM "too_many_pings" after three), but it then answers
+// every PING the client already sent before it closes the connection,
+// which at line rate costs a core; the guard closes it instead.
 package h2guard

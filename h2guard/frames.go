@@ -9,6 +9,7 @@ const (
 	framePriority     = 0x2
 	frameRSTStream    = 0x3
 	frameSettings     = 0x4
+	framePing         = 0x6
 	frameGoAway       = 0x7
 	frameWindowUpdate = 0x8
 	frameContinuation = 0x9
@@ -52,6 +53,9 @@ type inState struct {
 	consecutiveEmpty int
 	settingsTokens   float64
 	settingsAt       int64
+	pingTokens       float64
+	pingAt           int64
+	pingData         uint64 // DATA frames sent when pingTokens were last refilled
 	windowUpdates    uint64
 	extra            uint64
 }
@@ -185,6 +189,17 @@ func (c *conn) onFrame(f frameHeader) (Reason, uint32, bool) {
 				return SettingsFlood, codeCalm, true
 			}
 			s.settingsTokens--
+		}
+	case framePing:
+		if f.flags&flagAck == 0 {
+			now, data := c.now(), c.outData.Load()
+			s.pingTokens = min(float64(lim.PingBurst), s.pingTokens+
+				float64(now-s.pingAt)/1e9*lim.PingsPerSecond+float64((data-s.pingData)*uint64(lim.PingsPerDataFrame)))
+			s.pingAt, s.pingData = now, data
+			if s.pingTokens < 1 {
+				return PingFlood, codeCalm, true
+			}
+			s.pingTokens--
 		}
 	case frameWindowUpdate:
 		s.windowUpdates++

@@ -21,7 +21,7 @@ var (
 	descConnsRejected = prometheus.NewDesc("meshd_listener_connections_rejected_total",
 		"Client connections closed as soon as accepted because the listener was at max_connections.", []string{"listener"}, nil)
 	descConnsClosed = prometheus.NewDesc("meshd_listener_connections_closed_total",
-		"Client connections closed for misbehaving, by reason: HTTP/2 floods (rapid_reset, empty_frames, settings_flood, window_update_flood, extra_frames), "+
+		"Client connections closed for misbehaving, by reason: HTTP/2 floods (rapid_reset, empty_frames, settings_flood, ping_flood, window_update_flood, extra_frames), "+
 			"protocol errors (protocol_error, frame_too_large, headers_too_large), not_http2 (a bad preface: garbage, HTTP/1.x) and handshake_timeout.",
 		[]string{"listener", "reason"}, nil)
 	descFramesReceived = prometheus.NewDesc("meshd_listener_frames_received_total",
