@@ -512,6 +512,9 @@ func (c *Cluster) closeConn(e *Endpoint, why string) {
 	// Close only fails for a conn already closed, which e.closed rules out.
 	_ = e.conn.Close()
 	c.log.Info("endpoint connection closed", "endpoint", e.id, "address", e.address, "reason", why)
+	if c.opts.OnClosed != nil {
+		c.opts.OnClosed(e.address)
+	}
 }
 
 // applyHealth records a health report for e and says whether e's

@@ -92,6 +92,12 @@ type Options struct {
 	// its connection open for calls still in flight (long streams would
 	// otherwise hold it forever). Default 30s.
 	DrainTimeout time.Duration
+	// OnClosed, when set, is called with an endpoint's address after its
+	// connection closed (removed and drained, or the cluster closed), so
+	// that other per-address state (the frame engine's upstream pool) can
+	// be released too. It runs on the cluster's goroutine: it must be quick
+	// and must not call back into the Cluster.
+	OnClosed func(address string)
 	// Logger receives state transitions of endpoints and dial errors. The
 	// Cluster adds "component"="balancer" and "cluster"=Name. Default: discard.
 	Logger *slog.Logger

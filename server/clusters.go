@@ -136,7 +136,9 @@ func (s *Server) newClusterRun(c config.Cluster, maxMsg int, consul *api.Client)
 	dial := func(ep discovery.Endpoint) (*grpc.ClientConn, error) {
 		return grpc.NewClient(ep.Address, dopts...)
 	}
-	cl, err := balancer.NewCluster(balancerOptions(c, s.log), dial)
+	bopts := balancerOptions(c, s.log)
+	bopts.OnClosed = s.forgetUpstream
+	cl, err := balancer.NewCluster(bopts, dial)
 	if err != nil {
 		return nil, fmt.Errorf("cluster %q: %w", c.Name, err)
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 
 	"google.golang.org/grpc"
 
@@ -61,5 +62,22 @@ func (s *Server) frameListener(cfg *config.Config, lc config.Listener, lis net.L
 		lis = tls.NewListener(lis, tc)
 	}
 	s.frames = append(s.frames, fs)
+	frames := slices.Clone(s.frames)
+	s.frameSet.Store(&frames)
 	return frameServer{fs}, lis, nil
+}
+
+// forgetUpstream releases the frame engine's upstream connections to an
+// address whose endpoint was removed: without it they would live as long as
+// meshd, and endpoint churn (new pod addresses) would pile them up. If
+// another cluster still uses the address, its next call simply redials.
+// It runs on a balancer cluster's goroutine, which may be stopped while
+// s.mu is held, so it reads the servers through an atomic pointer instead
+// of taking the lock.
+func (s *Server) forgetUpstream(addr string) {
+	if p := s.frameSet.Load(); p != nil {
+		for _, fs := range *p {
+			fs.Pool().Forget(addr)
+		}
+	}
 }

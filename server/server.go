@@ -55,7 +55,8 @@ type Server struct {
 	kv       *kvWatch // the consul.config_key watch, nil when none (kv.go)
 
 	listeners []*listener
-	frames    []*h2proxy.Server // engine frame's servers, for stats
+	frames    []*h2proxy.Server                 // engine frame's servers, for stats
+	frameSet  atomic.Pointer[[]*h2proxy.Server] // the same, for forgetUpstream
 	admin     *admin.Server
 	started   atomic.Bool
 	draining  atomic.Bool

@@ -111,14 +111,6 @@ func testLeak(t *testing.T, engine string) {
 	})
 
 	t.Run("endpoints come and go", func(t *testing.T) {
-		if engine == "frame" {
-			// Found by this test: h2proxy.Pool.Forget exists but nothing
-			// calls it when an endpoint is removed, and the frame engine
-			// gets no idle timeout (server/frame.go): every endpoint ever
-			// used keeps its upstream connections (2 per address, each
-			// with 2 goroutines and a socket) for the life of meshd.
-			t.Skip("known gap, frame engine: upstream connections to removed endpoints are never closed")
-		}
 		sets := [][]*backend.Backend{bs[:1], bs[1:3], bs, bs[2:], bs[:2]}
 		for round := range 4 {
 			for i, set := range sets {
