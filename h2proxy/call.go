@@ -101,7 +101,11 @@ type Target struct {
 // Result is the outcome of one proxied stream.
 type Result struct {
 	// Code is the final grpc-status the client saw: the backend's, or the
-	// one meshd produced.
+	// one meshd produced. When meshd had to reset the client stream instead
+	// of sending its status, because part of a response message had already
+	// been forwarded (Stats.MidMessageResets), Code is still the status
+	// meshd meant (DEADLINE_EXCEEDED, UNAVAILABLE...): the client sees
+	// DEADLINE_EXCEEDED if its own deadline has passed, CANCELLED otherwise.
 	Code codes.Code
 	// Err is the meshd-side error (deadline, cancellation, dial failure,
 	// lost connection, protocol error); nil when the backend answered.
@@ -165,7 +169,7 @@ type call struct {
 type endMode uint8
 
 const (
-	endStatus     endMode = iota // answer the client with a meshd status
+	endStatus     endMode = iota // answer the client with a meshd status (a reset if it holds part of a message)
 	endForward                   // forward the backend's final frame
 	endRST                       // reset the client stream
 	endClientGone                // the client stream is already gone
@@ -392,12 +396,26 @@ func (cl *call) end(e ending) {
 		sc.removeStreamLocked(st)
 	case endStatus:
 		sc.discardDataLocked(st, &cs)
-		fields := statusFields(e.st, !st.respStarted)
-		if e.httpStatus != "" && !st.respStarted {
-			fields[0].Value = e.httpStatus
+		if st.respSent.inMessage() {
+			// The client holds part of a response message (the writer has
+			// it): trailers now would end the stream inside that message,
+			// which a client reports as a malformed response (grpc-go:
+			// INTERNAL "unexpected EOF"), not as meshd's status. A reset
+			// is the one clean ending left; grpc-go clients report
+			// CANCEL as DEADLINE_EXCEEDED once their own deadline has
+			// passed, CANCELLED otherwise.
+			if !sc.closed && !st.removed {
+				sc.sh.stats.MidMessageResets.Add(1)
+			}
+			sc.resetLocked(st, http2.ErrCodeCancel, &cs, e.fl)
+		} else {
+			fields := statusFields(e.st, !st.respStarted)
+			if e.httpStatus != "" && !st.respStarted {
+				fields[0].Value = e.httpStatus
+			}
+			sc.pushLocked(st, op{kind: opHeaders, fields: fields, end: true}, e.fl)
+			sc.rstAfterFinalLocked(st, e.fl)
 		}
-		sc.pushLocked(st, op{kind: opHeaders, fields: fields, end: true}, e.fl)
-		sc.rstAfterFinalLocked(st, e.fl)
 	case endForward:
 		if sc.pushLocked(st, e.final, e.fl) {
 			st.respStarted = true

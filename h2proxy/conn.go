@@ -126,6 +126,12 @@ type hstream struct {
 
 	gotHeaders  bool // a HEADERS frame was received on the stream
 	respStarted bool // client side: response HEADERS or DATA queued to the client
+
+	// respSent follows the message boundaries of the response DATA handed
+	// to the writer on a client stream: what the client will have received
+	// whatever happens to the DATA still queued. call.end reads it to tell
+	// whether ending the stream with a status would cut a message in two.
+	respSent msgTracker
 }
 
 func (st *hstream) qlen() int { return len(st.q) - st.qh }
@@ -808,6 +814,9 @@ func (c *conn) collectLocked(b []op) []op {
 				} else {
 					o.data = o.data[w:]
 					o.partial = true
+				}
+				if !c.isUp {
+					st.respSent.advance(chunk.data)
 				}
 				st.outWin -= w
 				c.outWin -= w

@@ -33,11 +33,25 @@
 // whatever the socket does not accept at once. The Director runs on the
 // client connection's reader goroutine and must not block.
 //
-// meshd's own failures reach clients as gRPC statuses in trailers-only
-// responses: a Director error with its own code, a failed dial or a backend
-// connection lost before the response as UNAVAILABLE, a spent deadline as
-// DEADLINE_EXCEEDED, an oversized message as RESOURCE_EXHAUSTED. Streams a
-// backend never processed (REFUSED_STREAM, or excluded by its GOAWAY) are
-// refused to the client with REFUSED_STREAM, which gRPC clients retry
-// transparently, and reported with Result.NotReached.
+// meshd's own failures reach clients as gRPC statuses, in trailers-only
+// responses or, once the response has started, in trailers: a Director
+// error with its own code, a failed dial or a lost backend connection as
+// UNAVAILABLE, a spent deadline as DEADLINE_EXCEEDED, an oversized message
+// as RESOURCE_EXHAUSTED. Streams a backend never processed (REFUSED_STREAM,
+// or excluded by its GOAWAY) are refused to the client with REFUSED_STREAM,
+// which gRPC clients retry transparently, and reported with
+// Result.NotReached.
+//
+// One ending cannot carry a status: when meshd ends a call (its deadline,
+// a backend lost, a bad response) after part of a response message has
+// been written to the client, trailers would end the stream inside that
+// message, and clients report that as a malformed response (grpc-go:
+// INTERNAL "unexpected EOF"), not as meshd's status. meshd then resets the
+// client stream with RST_STREAM(CANCEL): grpc-go clients report it as
+// DEADLINE_EXCEEDED when their own deadline has passed (the usual case for
+// a deadline, which meshd computes from the client's grpc-timeout) and as
+// CANCELLED otherwise. Result.Code keeps the status meshd meant, and
+// Stats.MidMessageResets counts these calls. To know where message
+// boundaries are, meshd follows the 5-byte prefixes of the response DATA
+// as its writer takes it: a few integer operations per frame, no copy.
 package h2proxy

@@ -205,7 +205,7 @@ func rstToCode(c http2.ErrCode) codes.Code {
 
 // msgTracker follows gRPC message boundaries in one direction of a stream by
 // reading only the 5-byte length prefixes as DATA bytes pass; payload bytes
-// are skipped without being looked at.
+// are skipped without being looked at. Its zero value is at a boundary.
 type msgTracker struct {
 	remain uint64  // payload bytes left in the current message
 	hdr    [5]byte // partial prefix
@@ -247,3 +247,19 @@ func (m *msgTracker) feed(p []byte, limit uint64) (uint64, bool) {
 	}
 	return 0, false
 }
+
+// advance moves over p with no size limit. It follows bytes on their way
+// out of meshd, to know whether the peer holds part of a message (see
+// inMessage). The common case, p within one message's payload, costs a
+// compare and a subtraction; a prefix costs a few more operations.
+func (m *msgTracker) advance(p []byte) {
+	if n := uint64(len(p)); n <= m.remain {
+		m.remain -= n
+		return
+	}
+	m.feed(p, math.MaxUint64)
+}
+
+// inMessage reports whether the bytes followed so far end inside a message
+// (within its 5-byte prefix or its payload) rather than between two.
+func (m *msgTracker) inMessage() bool { return m.remain > 0 || m.hn > 0 }

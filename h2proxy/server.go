@@ -86,6 +86,7 @@ type counters struct {
 	UpstreamConns, UpstreamStreams                  atomic.Int64
 	ProtocolErrors, StreamErrors, RefusedStreams    atomic.Int64
 	DeadlinesExceeded, MessagesTooLarge, DialErrors atomic.Int64
+	MidMessageResets                                atomic.Int64
 }
 
 // Stats is a snapshot of a Server's counters, for /metrics.
@@ -106,6 +107,11 @@ type Stats struct {
 	DeadlinesExceeded int64 // calls ended by meshd's deadline timer
 	MessagesTooLarge  int64 // calls ended by MaxRecvMsgSize/MaxSendMsgSize
 	DialErrors        int64 // failed backend dials
+	// MidMessageResets counts calls meshd ended (deadline, lost backend,
+	// oversized or malformed response) after part of a response message had
+	// been forwarded to the client: they are reset with RST_STREAM(CANCEL)
+	// instead of getting meshd's status, which would cut the message short.
+	MidMessageResets int64
 	// BufferedBytes is the DATA payload queued in meshd right now, waiting
 	// to be written (typically for a peer's flow-control window); bounded
 	// by the windows meshd advertises. Summed over connections when Stats
@@ -169,6 +175,7 @@ func (s *Server) Stats() Stats {
 		DeadlinesExceeded: c.DeadlinesExceeded.Load(),
 		MessagesTooLarge:  c.MessagesTooLarge.Load(),
 		DialErrors:        c.DialErrors.Load(),
+		MidMessageResets:  c.MidMessageResets.Load(),
 		BufferedBytes:     s.bufferedBytes(),
 	}
 }
