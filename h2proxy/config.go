@@ -17,6 +17,7 @@ const (
 	DefaultMaxRecvMsgSize       = 16 << 20
 	DefaultConnsPerBackend      = 2
 	DefaultDialTimeout          = 5 * time.Second
+	DefaultHandshakeTimeout     = 10 * time.Second
 )
 
 // Config tunes a Server and its upstream Pool. The zero value of every field
@@ -81,9 +82,20 @@ type Config struct {
 	// Default 0: idle connections are kept.
 	IdleTimeout time.Duration
 
+	// HandshakeTimeout closes client connections that have not completed
+	// their TLS handshake (when the listener's connections are TLS) and
+	// sent the HTTP/2 preface and first SETTINGS frame in this long, so a
+	// client that connects and sends nothing, or a byte at a time, does
+	// not hold a connection. Default 10s.
+	HandshakeTimeout time.Duration
+
 	// Logger receives connection-level events (protocol errors, dial
 	// failures). Default: discard.
 	Logger *slog.Logger
+
+	// abuse holds the Server's client connection counters (AbuseStats).
+	// withDefaults allocates it, so each NewServer gets its own.
+	abuse *abuseCounters
 }
 
 // withDefaults returns cfg with every zero field replaced by its default and
@@ -137,8 +149,14 @@ func (cfg Config) withDefaults() Config {
 	if cfg.IdleTimeout < 0 {
 		cfg.IdleTimeout = 0
 	}
+	if cfg.HandshakeTimeout <= 0 {
+		cfg.HandshakeTimeout = DefaultHandshakeTimeout
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.abuse == nil {
+		cfg.abuse = new(abuseCounters)
 	}
 	return cfg
 }

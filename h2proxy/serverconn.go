@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"io"
+	"math"
+	"net"
 	"strings"
 	"time"
 
@@ -12,10 +14,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
-
-// prefaceTimeout bounds how long a new client connection may take to send
-// the HTTP/2 client preface.
-const prefaceTimeout = 10 * time.Second
 
 // drainPing is the payload of the PING that separates the two GOAWAYs of a
 // graceful shutdown.
@@ -32,6 +30,7 @@ type serverConn struct {
 	req         Request
 	hdr         Header
 	sawSettings bool
+	ab          abuseScanner // abuse rules and frame counts (abuse.go)
 
 	// Guarded by conn.mu.
 	drainPhase  int    // 0 none, 1 first GOAWAY sent, 2 final GOAWAY sent
@@ -50,17 +49,42 @@ func newServerConn(s *Server, ctx context.Context) *serverConn {
 // reader; the writer is a second goroutine that serve waits for.
 func (sc *serverConn) serve() {
 	defer sc.cancel()
+	ctr := sc.sh.cfg.abuse
+	ctr.accepted.Add(1)
+	// The handshake deadline covers the TLS handshake (which the first
+	// write runs on a TLS connection), the preface and the first SETTINGS
+	// frame; readLoop lifts it when that arrives.
+	_ = sc.nc.SetDeadline(time.Now().Add(sc.sh.cfg.HandshakeTimeout))
 	if err := sc.writePreamble(); err != nil {
+		if isTimeout(err) {
+			ctr.closed[AbuseHandshakeTimeout].Add(1)
+		}
 		_ = sc.nc.Close()
 		return
 	}
-	_ = sc.nc.SetReadDeadline(time.Now().Add(prefaceTimeout))
+	_ = sc.nc.SetWriteDeadline(time.Time{})
+	// Nothing was read yet, so the reader can be put under the buffer.
+	sc.ab.init(sc.nc, ctr, &sc.sh.cfg)
+	sc.br.Reset(&sc.ab)
 	var pre [len(http2.ClientPreface)]byte
-	if _, err := io.ReadFull(sc.br, pre[:]); err != nil || string(pre[:]) != http2.ClientPreface {
+	n, err := io.ReadFull(sc.br, pre[:])
+	// A rule broken in the same read as the preface fails that read; the
+	// scanner checked the preface (abuseError comes after a good one), so
+	// the connection is answered as HTTP/2 and closed for the rule.
+	var early abuseError
+	earlyAbuse := errors.As(err, &early)
+	if earlyAbuse {
+		err = nil
+	} else if err != nil || string(pre[:]) != http2.ClientPreface {
+		switch {
+		case string(pre[:n]) != http2.ClientPreface[:n]:
+			ctr.closed[AbuseNotHTTP2].Add(1)
+		case isTimeout(err):
+			ctr.closed[AbuseHandshakeTimeout].Add(1)
+		}
 		_ = sc.nc.Close()
 		return
 	}
-	_ = sc.nc.SetReadDeadline(time.Time{})
 	sc.req.RemoteAddr = sc.nc.RemoteAddr()
 	sc.req.Header = &sc.hdr
 
@@ -70,7 +94,21 @@ func (sc *serverConn) serve() {
 		sc.writeLoop()
 	}()
 	sc.armIdle()
-	err := sc.readLoop()
+	if earlyAbuse {
+		err = early
+	} else {
+		err = sc.readLoop()
+	}
+	sc.ab.flush()
+	var aerr abuseError
+	switch {
+	case errors.As(err, &aerr):
+		sc.closeForAbuse(aerr)
+	case !sc.sawSettings && isTimeout(err):
+		ctr.closed[AbuseHandshakeTimeout].Add(1)
+	default:
+		sc.countGoAway(err)
+	}
 	sc.readErrorToClose(err)
 	for _, st := range sc.finishRead(err) {
 		if st.call != nil {
@@ -79,6 +117,9 @@ func (sc *serverConn) serve() {
 	}
 	sc.fl.flush()
 	<-done
+	// After closeForAbuse, the writer half-closed the socket and left the
+	// close to the reader; everywhere else this is a second close.
+	_ = sc.nc.Close()
 	sc.mu.Lock()
 	if sc.drainTimer != nil {
 		sc.drainTimer.Stop()
@@ -111,6 +152,7 @@ func (sc *serverConn) readLoop() error {
 				return connError{http2.ErrCodeProtocol, "first frame is not SETTINGS"}
 			}
 			sc.sawSettings = true
+			sc.endHandshake()
 		}
 		switch f := f.(type) {
 		case *http2.MetaHeadersFrame:
@@ -157,6 +199,9 @@ func (sc *serverConn) onPing(f *http2.PingFrame) error {
 	}
 	sc.mu.Lock()
 	defer sc.mu.Unlock()
+	if err := sc.ab.onPing(sc.outWin); err != nil {
+		return err
+	}
 	if !sc.pushCtrlLocked(op{kind: opPing, end: true, ping: f.Data}, &sc.fl) {
 		return connError{http2.ErrCodeEnhanceYourCalm, "too many queued control frames"}
 	}
@@ -165,7 +210,14 @@ func (sc *serverConn) onPing(f *http2.PingFrame) error {
 
 func (sc *serverConn) onWindowUpdate(f *http2.WindowUpdateFrame) error {
 	sc.mu.Lock()
+	if err := sc.ab.onWindowUpdate(sc.outWin); err != nil {
+		sc.mu.Unlock()
+		return err
+	}
 	st, err := sc.onWindowUpdateLocked(f, &sc.fl)
+	if err == nil && f.StreamID == 0 {
+		sc.ab.connIncrements += int64(f.Increment)
+	}
 	sc.mu.Unlock()
 	if st != nil && st.call != nil {
 		sc.sh.stats.StreamErrors.Add(1)
@@ -185,7 +237,10 @@ func (sc *serverConn) onStreamError(se http2.StreamError) {
 			sc.maxPeerStreamID = se.StreamID // the stream was opened and is now closed
 		}
 		ok := sc.pushCtrlLocked(op{kind: opRST, streamID: se.StreamID, val: uint32(se.Code)}, &sc.fl)
-		if !ok {
+		if ok {
+			sc.sh.cfg.abuse.reset(se.Code)
+		} else if !sc.closed {
+			sc.sh.cfg.abuse.goAway(http2.ErrCodeEnhanceYourCalm)
 			sc.goAwayLocked(http2.ErrCodeEnhanceYourCalm, "too many queued control frames")
 		}
 		sc.mu.Unlock()
@@ -494,7 +549,9 @@ func (sc *serverConn) startDrain() {
 		return
 	}
 	sc.drainPhase = 1
-	sc.pushCtrlLocked(op{kind: opGoAway, streamID: 1<<31 - 1, val: uint32(http2.ErrCodeNo)}, nil)
+	if sc.pushCtrlLocked(op{kind: opGoAway, streamID: 1<<31 - 1, val: uint32(http2.ErrCodeNo)}, nil) {
+		sc.sh.cfg.abuse.goAway(http2.ErrCodeNo)
+	}
 	sc.pushCtrlLocked(op{kind: opPing, ping: [8]byte([]byte(drainPing))}, nil)
 	sc.drainTimer = time.AfterFunc(closeTimeout, sc.finishDrain)
 }
@@ -509,7 +566,9 @@ func (sc *serverConn) finishDrain() {
 	}
 	sc.drainPhase = 2
 	sc.acceptLimit = sc.maxPeerStreamID
-	sc.pushCtrlLocked(op{kind: opGoAway, streamID: sc.maxPeerStreamID, val: uint32(http2.ErrCodeNo)}, nil)
+	if sc.pushCtrlLocked(op{kind: opGoAway, streamID: sc.maxPeerStreamID, val: uint32(http2.ErrCodeNo)}, nil) {
+		sc.sh.cfg.abuse.goAway(http2.ErrCodeNo)
+	}
 	sc.draining = true
 	if sc.numStreams == 0 {
 		sc.closeGracefullyLocked()
@@ -546,4 +605,100 @@ func (sc *serverConn) checkIdle() {
 		sc.idleTimer.Reset(d)
 	}
 	sc.mu.Unlock()
+}
+
+// endHandshake lifts the handshake deadline once the first SETTINGS frame
+// arrived. A close that started meanwhile set its own read deadline, which
+// is put back.
+func (sc *serverConn) endHandshake() {
+	_ = sc.nc.SetReadDeadline(time.Time{})
+	if sc.closedFlag.Load() {
+		_ = sc.nc.SetReadDeadline(time.Now().Add(closeTimeout))
+	}
+}
+
+// closeForAbuse closes a connection that broke an abuse rule (abuse.go):
+// GOAWAY with the rule's code and name; once the writer has taken the
+// GOAWAY, the connection shuts down (the writer half-closes the socket);
+// meanwhile and then, the reader discards what the client still sends
+// until it closes, for at most abuseDrainTime and abuseDrainMax bytes,
+// and serve closes the socket. Closing at once with the client's flood
+// unread would send a TCP reset, which can destroy the GOAWAY before the
+// client reads it. The shutdown waits for the writer to take the GOAWAY
+// because a writer that finds its connection closed after a write exits
+// without collecting what was queued meanwhile.
+func (sc *serverConn) closeForAbuse(aerr abuseError) {
+	ctr := sc.sh.cfg.abuse
+	ctr.closed[aerr.reason].Add(1)
+	reason := aerr.reason.String()
+	sc.mu.Lock()
+	if sc.closed {
+		sc.mu.Unlock()
+		return
+	}
+	// ctrl only shrinks when the writer takes all of it: once it is not
+	// longer than pos, the GOAWAY is on its way.
+	pos := len(sc.ctrl)
+	if sc.pushCtrlLocked(op{kind: opGoAway, streamID: sc.maxPeerStreamID, val: uint32(aerr.code), data: []byte(reason)}, nil) {
+		ctr.goAway(aerr.code)
+	}
+	sc.mu.Unlock()
+	sc.sh.stats.ProtocolErrors.Add(1)
+	sc.sh.log.Debug("h2proxy: closing abusive client connection", "remote", sc.nc.RemoteAddr(), "reason", reason)
+
+	shut := false
+	shutdown := func() {
+		sc.mu.Lock()
+		if !shut && (len(sc.ctrl) <= pos || sc.closed) {
+			sc.shutdownLocked(connError{code: aerr.code, reason: reason})
+			sc.graceful = true
+			shut = true
+		}
+		sc.mu.Unlock()
+	}
+	// Read the socket directly: the scanner's verdict is in.
+	sc.br.Reset(sc.nc)
+	end := time.Now().Add(abuseDrainTime)
+	for total := 0; total < abuseDrainMax; {
+		shutdown()
+		deadline := end
+		if poll := time.Now().Add(abuseShutdownPoll); !shut && poll.Before(end) {
+			deadline = poll
+		}
+		_ = sc.nc.SetReadDeadline(deadline)
+		n, err := sc.br.Discard(bufioSize)
+		total += n
+		if err != nil && !(isTimeout(err) && !shut && time.Now().Before(end)) {
+			break
+		}
+	}
+	pos = math.MaxInt // the writer is stuck: shut down without the GOAWAY
+	shutdown()
+}
+
+// countGoAway counts the GOAWAY readErrorToClose is about to send for err,
+// if any.
+func (sc *serverConn) countGoAway(err error) {
+	var code http2.ErrCode
+	var cerr connError
+	var ce http2.ConnectionError
+	switch {
+	case errors.As(err, &cerr):
+		code = cerr.code
+	case errors.As(err, &ce):
+		code = http2.ErrCode(ce)
+	case errors.Is(err, http2.ErrFrameTooLarge):
+		code = http2.ErrCodeFrameSize
+	default:
+		return
+	}
+	if !sc.closedFlag.Load() {
+		sc.sh.cfg.abuse.goAway(code)
+	}
+}
+
+// isTimeout reports whether err is a deadline expiry.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }

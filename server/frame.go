@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/meshd/meshd/config"
+	"github.com/meshd/meshd/h2guard"
 	"github.com/meshd/meshd/h2proxy"
 )
 
@@ -44,14 +45,17 @@ func (f frameServer) GracefulStop() {
 func (f frameServer) Stop() { _ = f.Close() }
 
 // frameListener builds the frame engine for one listener. The engine does
-// its own HTTP/2 protocol policing (stream, header and frame limits, flood
-// and reset accounting), so no h2guard sits in front of it.
+// its own HTTP/2 protocol policing (stream, header and frame limits, and
+// h2guard's flood, reset and handshake rules inside its connections), so no
+// h2guard sits in front of it; its counters reach /metrics through
+// frameListenerStats.
 func (s *Server) frameListener(cfg *config.Config, lc config.Listener, lis net.Listener) (dataServer, net.Listener, error) {
 	fs := h2proxy.NewServer(s.proxy, h2proxy.Config{
 		MaxConcurrentStreams: lc.MaxConcurrentStreams,
 		MaxHeaderListSize:    lc.MaxHeaderListSize,
 		MaxRecvMsgSize:       cfg.MaxMessageSize,
 		MaxSendMsgSize:       cfg.MaxMessageSize,
+		HandshakeTimeout:     lc.HandshakeTimeout.D(),
 		Logger:               s.log.With("component", "h2proxy", "listener", lc.Name),
 	})
 	if lc.TLS != nil {
@@ -80,4 +84,40 @@ func (s *Server) forgetUpstream(addr string) {
 			fs.Pool().Forget(addr)
 		}
 	}
+}
+
+// frameReasons maps the frame engine's close reasons to h2guard's (the
+// same rules under the same names).
+var frameReasons = [h2proxy.NumAbuseReasons]h2guard.Reason{
+	h2proxy.AbuseRapidReset:        h2guard.RapidReset,
+	h2proxy.AbuseEmptyFrames:       h2guard.EmptyFrames,
+	h2proxy.AbuseSettingsFlood:     h2guard.SettingsFlood,
+	h2proxy.AbusePingFlood:         h2guard.PingFlood,
+	h2proxy.AbuseWindowUpdateFlood: h2guard.WindowUpdateFlood,
+	h2proxy.AbuseExtraFrames:       h2guard.ExtraFrames,
+	h2proxy.AbuseProtocolError:     h2guard.ProtocolError,
+	h2proxy.AbuseFrameTooLarge:     h2guard.FrameTooLarge,
+	h2proxy.AbuseHeadersTooLarge:   h2guard.HeadersTooLarge,
+	h2proxy.AbuseNotHTTP2:          h2guard.NotHTTP2,
+	h2proxy.AbuseHandshakeTimeout:  h2guard.HandshakeTimeout,
+}
+
+// frameListenerStats reports a frame engine listener's counters in
+// h2guard's shape, so that both engines' listeners have the same
+// meshd_listener_* series. The frame and error code arrays are indexed
+// alike (the assignments do not compile if their sizes differ).
+func frameListenerStats(fs *h2proxy.Server) h2guard.Stats {
+	a := fs.AbuseStats()
+	st := h2guard.Stats{
+		ConnsAccepted:       a.ConnsAccepted,
+		ConnsActive:         fs.Stats().ActiveConns,
+		FramesReceived:      a.FramesReceived,
+		EmptyFramesReceived: a.EmptyFramesReceived,
+		GoAwaysSent:         a.GoAwaysSent,
+		ResetsSent:          a.ResetsSent,
+	}
+	for r, v := range a.Closed {
+		st.Closed[frameReasons[r]] += v
+	}
+	return st
 }

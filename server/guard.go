@@ -52,6 +52,11 @@ func (s *Server) ListenerStats() map[string]h2guard.Stats {
 	out := make(map[string]h2guard.Stats, len(s.listeners))
 	for _, l := range s.listeners {
 		st := l.guard.Stats()
+		if fs, ok := l.srv.(frameServer); ok {
+			// The frame engine's listeners have no guard in front
+			// (frame.go): the engine counts for itself.
+			st = frameListenerStats(fs.Server)
+		}
 		if ll, ok := l.capped.(*limitListener); ok {
 			st.ConnsRejected = ll.rejected.Load()
 		}
