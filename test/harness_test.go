@@ -5,9 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -40,39 +38,15 @@ type mesh struct {
 
 // startMesh runs meshd with the YAML config; the listener and admin
 // addresses in it may be 127.0.0.1:0. It stops (drains) at test cleanup.
+// runMesh (observability_test.go) does the same for a parsed config with
+// extra server options.
 func startMesh(t testing.TB, yaml string) *mesh {
 	t.Helper()
 	cfg, err := config.Parse([]byte(yaml), "test.yaml")
 	if err != nil {
 		t.Fatalf("config: %v\n%s", err, yaml)
 	}
-	logOut := io.Discard
-	if os.Getenv("MESHD_TEST_LOG") != "" {
-		logOut = os.Stderr
-	}
-	srv, err := server.New(cfg, server.WithLogger(slog.New(slog.NewTextHandler(logOut, nil))))
-	if err != nil {
-		t.Fatalf("server.New: %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	m := &mesh{srv: srv, stop: cancel, done: make(chan error, 1)}
-	go func() { m.done <- srv.Run(ctx) }()
-	select {
-	case <-srv.Serving():
-	case err := <-m.done:
-		cancel()
-		t.Fatalf("meshd did not start: %v", err)
-	case <-time.After(10 * time.Second):
-		cancel()
-		t.Fatal("meshd did not start within 10s")
-	}
-	for _, a := range srv.ListenerAddrs() {
-		m.Addr = a
-		break
-	}
-	m.Admin = srv.AdminAddr()
-	t.Cleanup(func() { m.Stop(t) })
-	return m
+	return runMesh(t, cfg)
 }
 
 // Stop drains meshd and waits for Run to return.
