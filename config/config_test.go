@@ -1075,3 +1075,22 @@ func TestValidMethodAndService(t *testing.T) {
 		}
 	}
 }
+
+// TestUnknownKeyAndValidationErrorsTogether checks a file whose only decode
+// problems are unknown keys also gets its validation problems reported, so
+// an operator fixes everything in one pass.
+func TestUnknownKeyAndValidationErrorsTogether(t *testing.T) {
+	t.Parallel()
+	src := "listeners: [{name: a, address: 127.0.0.1:1}]\nroutes: [{name: r, match: {method: bad}, cluster: nope, bogus: 1}]\n"
+	_, err := config.Parse([]byte(src), "f.yaml")
+	var errs config.Errors
+	if !errors.As(err, &errs) {
+		t.Fatalf("err = %v, want config.Errors", err)
+	}
+	want := []string{`routes[0].bogus: unknown field "bogus"`, `routes[0].match.method: invalid full method "bad"`, `routes[0].cluster: unknown cluster "nope"`}
+	for _, w := range want {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("errors do not mention %q:\n%v", w, err)
+		}
+	}
+}

@@ -84,13 +84,22 @@ func Parse(data []byte, file string) (*Config, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	var errs Errors
+	// onlyUnknown: every decode problem is an unknown key. The rest of the
+	// file then decoded as written, so validating it too lets an operator
+	// fix every problem in one pass; after a type error it would report
+	// zero values the file never had.
+	onlyUnknown := true
 	if err := dec.Decode(cfg); err != nil && !errors.Is(err, io.EOF) {
 		var te *yaml.TypeError
 		if !errors.As(err, &te) {
 			return nil, Errors{syntaxError(file, err)}
 		}
 		for _, msg := range te.Errors {
-			errs = append(errs, cfg.typeError(msg))
+			e := cfg.typeError(msg)
+			if !strings.HasPrefix(e.Msg, "unknown field ") {
+				onlyUnknown = false
+			}
+			errs = append(errs, e)
 		}
 	}
 	// A second document in the same file is almost always a mistake (a
@@ -104,6 +113,13 @@ func Parse(data []byte, file string) (*Config, error) {
 		errs = append(errs, syntaxError(file, err))
 	}
 	if len(errs) > 0 {
+		if onlyUnknown {
+			cfg.File = file
+			var verrs Errors
+			if errors.As(cfg.Validate(), &verrs) {
+				errs = append(errs, verrs...)
+			}
+		}
 		return nil, errs
 	}
 	cfg.File = file
