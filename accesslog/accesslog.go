@@ -119,8 +119,8 @@ func (l *Logger) ObserveCall(c *proxy.Call) {
 		slog.Int64("bytes_in", c.BytesIn),
 		slog.Int64("bytes_out", c.BytesOut),
 		slog.Int("attempts", c.Attempts),
-		slog.String("trace_id", c.TraceID),
-		slog.String("peer", c.Peer),
+		slog.String("trace_id", c.TraceIDString()),
+		slog.String("peer", c.PeerString()),
 	)
 	if c.Message != "" {
 		r.AddAttrs(slog.String("error", c.Message))

@@ -1,10 +1,13 @@
 package accesslog_test
 
 import (
+	"net"
+
 	"bufio"
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"go.opentelemetry.io/otel/trace"
 	"os"
 	"path/filepath"
 	"sync"
@@ -52,7 +55,7 @@ func TestLineFormat(t *testing.T) {
 	l.ObserveCall(&proxy.Call{
 		Method: "/users.v1.Users/GetUser", Route: "users-get", Cluster: "users", Endpoint: "127.0.0.1:9001",
 		Code: codes.OK, Start: start, Duration: 1500 * time.Microsecond, Attempts: 2,
-		BytesIn: 18, BytesOut: 240, Peer: "127.0.0.1:5555", TraceID: "4bf92f3577b34da6a3ce929d0e0e4736",
+		BytesIn: 18, BytesOut: 240, PeerAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 5555}, TraceID: mustTraceID(t, "4bf92f3577b34da6a3ce929d0e0e4736"),
 	})
 	l.ObserveCall(&proxy.Call{
 		Method: "/nope.S/M", Code: codes.Unimplemented, Start: start, Duration: 20 * time.Microsecond,
@@ -222,4 +225,13 @@ func TestOpenError(t *testing.T) {
 	if _, err := accesslog.Open(filepath.Join(t.TempDir(), "missing-dir", "access.log")); err == nil {
 		t.Fatal("Open in a missing directory succeeded")
 	}
+}
+
+func mustTraceID(t *testing.T, h string) trace.TraceID {
+	t.Helper()
+	id, err := trace.TraceIDFromHex(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
 }

@@ -69,9 +69,7 @@ func (p *Proxy) Direct(ctx context.Context, req *h2proxy.Request) (h2proxy.Targe
 	p.callStarted()
 	fc := &frameCall{p: p, st: st, cl: cl, ep: ep, lim: lim, start: start,
 		call: Call{Method: req.Method, Route: route.Name, Cluster: name, Endpoint: ep.Address(), Start: start, Attempts: 1}}
-	if req.RemoteAddr != nil && len(p.observers) > 0 {
-		fc.call.Peer = req.RemoteAddr.String()
-	}
+	fc.call.PeerAddr = req.RemoteAddr
 	target := h2proxy.Target{Addr: ep.Address(), Timeout: frameTimeout(route, req.Deadline), Done: fc.done}
 	if p.tracer != nil {
 		sctx, sspan := p.tracer.StartServer(ctx, req.Method, headerCarrier{req.Header}, remote(req))
@@ -80,9 +78,7 @@ func (p *Proxy) Direct(ctx context.Context, req *h2proxy.Request) (h2proxy.Targe
 		_, cspan := p.tracer.StartClient(sctx, req.Method, ep.Address(), 1, &out)
 		fc.server, fc.client = sspan, cspan
 		target.Header = out
-		if sc := sspan.SpanContext(); sc.IsValid() {
-			fc.call.TraceID = sc.TraceID().String()
-		}
+		fc.call.TraceID = sspan.SpanContext().TraceID()
 	}
 	return target, nil
 }
@@ -203,9 +199,7 @@ func (p *Proxy) frameFailed(req *h2proxy.Request, start time.Time, route, cluste
 	}
 	p.callStarted()
 	c := &Call{Method: req.Method, Route: route, Cluster: cluster, Code: st.Code(), Message: st.Message(), Start: start, Duration: time.Since(start)}
-	if req.RemoteAddr != nil {
-		c.Peer = req.RemoteAddr.String()
-	}
+	c.PeerAddr = req.RemoteAddr
 	for _, o := range p.observers {
 		o.ObserveCall(c)
 	}

@@ -1,8 +1,10 @@
 package proxy
 
 import (
+	"net"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/codes"
 )
 
@@ -21,8 +23,29 @@ type Call struct {
 	Attempts int   // upstream attempts made (0: failed before any)
 	BytesIn  int64 // message bytes client → backend
 	BytesOut int64 // message bytes backend → client
-	Peer     string
-	TraceID  string // W3C trace id of the SERVER span, "" when not traced
+	// PeerAddr is the client's address (nil when unknown) and TraceID the
+	// SERVER span's trace id (zero when not traced). They are kept raw and
+	// formatted by PeerString and TraceIDString only by the observers that
+	// print them, and only for calls they print: formatting both on every
+	// call costs allocations the metrics observer never needs.
+	PeerAddr net.Addr
+	TraceID  trace.TraceID
+}
+
+// PeerString is the client's address, "" when unknown.
+func (c *Call) PeerString() string {
+	if c.PeerAddr == nil {
+		return ""
+	}
+	return c.PeerAddr.String()
+}
+
+// TraceIDString is the trace id in W3C hex, "" when the call was not traced.
+func (c *Call) TraceIDString() string {
+	if !c.TraceID.IsValid() {
+		return ""
+	}
+	return c.TraceID.String()
 }
 
 // Observer is told about every call when it ends. It runs on the call's

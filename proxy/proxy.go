@@ -153,12 +153,10 @@ func (p *Proxy) Handle(_ any, ss grpc.ServerStream) error {
 	if len(p.observers) > 0 {
 		call.Duration = time.Since(call.Start)
 		call.Code = status.Code(err)
-		if pr, ok := peer.FromContext(ss.Context()); ok && pr.Addr != nil {
-			call.Peer = pr.Addr.String()
+		if pr, ok := peer.FromContext(ss.Context()); ok {
+			call.PeerAddr = pr.Addr
 		}
-		if sc := trace.SpanContextFromContext(ss.Context()); sc.IsValid() {
-			call.TraceID = sc.TraceID().String()
-		}
+		call.TraceID = trace.SpanContextFromContext(ss.Context()).TraceID()
 		if call.Attempts == 0 && err != nil {
 			call.Message = status.Convert(err).Message()
 		}
