@@ -75,6 +75,17 @@ func (c *Config) Validate() error {
 	return v.errs
 }
 
+// uniqueName checks that the item at path has a name not used before by
+// another item of the same kind, and records it in seen.
+func (v *validator) uniqueName(path, kind, name string, seen map[string]bool) {
+	if name == "" {
+		v.add(path+".name", "required")
+	} else if seen[name] {
+		v.add(path+".name", "duplicate %s name %q", kind, name)
+	}
+	seen[name] = true
+}
+
 func (v *validator) hostPort(path, s string) {
 	host, port, err := net.SplitHostPort(s)
 	if err != nil {
@@ -95,12 +106,7 @@ func (v *validator) listeners() {
 	addrs := map[string]bool{}
 	for i, l := range v.c.Listeners {
 		p := fmt.Sprintf("listeners[%d]", i)
-		if l.Name == "" {
-			v.add(p+".name", "required")
-		} else if names[l.Name] {
-			v.add(p+".name", "duplicate listener name %q", l.Name)
-		}
-		names[l.Name] = true
+		v.uniqueName(p, "listener", l.Name, names)
 		if l.Address == "" {
 			v.add(p+".address", "required")
 		} else {
@@ -162,12 +168,7 @@ func (v *validator) clusters() map[string]bool {
 	names := map[string]bool{}
 	for i, cl := range v.c.Clusters {
 		p := fmt.Sprintf("clusters[%d]", i)
-		if cl.Name == "" {
-			v.add(p+".name", "required")
-		} else if names[cl.Name] {
-			v.add(p+".name", "duplicate cluster name %q", cl.Name)
-		}
-		names[cl.Name] = true
+		v.uniqueName(p, "cluster", cl.Name, names)
 		switch {
 		case len(cl.Endpoints) > 0 && cl.Consul != nil:
 			v.add(p, "set either endpoints or consul, not both")
@@ -221,12 +222,7 @@ func (v *validator) routes(clusters map[string]bool) {
 	names := map[string]bool{}
 	for i, r := range v.c.Routes {
 		p := fmt.Sprintf("routes[%d]", i)
-		if r.Name == "" {
-			v.add(p+".name", "required")
-		} else if names[r.Name] {
-			v.add(p+".name", "duplicate route name %q", r.Name)
-		}
-		names[r.Name] = true
+		v.uniqueName(p, "route", r.Name, names)
 		v.match(p+".match", &r.Match)
 		switch {
 		case r.Cluster != "" && len(r.Clusters) > 0:
