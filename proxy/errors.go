@@ -80,6 +80,42 @@ func timeoutOf(ctx context.Context) *timeoutError {
 	return nil
 }
 
+// deadlineOwner records which meshd setting set a context's deadline, so
+// that an upstream DEADLINE_EXCEEDED caused by that deadline can name it.
+type deadlineOwner struct {
+	te       *timeoutError
+	deadline time.Time
+}
+
+type deadlineOwnerKey struct{}
+
+// withDeadlineOwner marks ctx's deadline as set by te.
+func withDeadlineOwner(ctx context.Context, te *timeoutError) context.Context {
+	dl, _ := ctx.Deadline()
+	return context.WithValue(ctx, deadlineOwnerKey{}, deadlineOwner{te: te, deadline: dl})
+}
+
+// ownerSlack is how early a backend may end a call for the deadline meshd
+// propagated and still be counted as ending it for that deadline:
+// grpc-timeout is encoded with truncation, and the backend's timer can fire
+// just before meshd's own.
+const ownerSlack = 50 * time.Millisecond
+
+// ownedDeadline returns the meshd timeout behind a backend's
+// DEADLINE_EXCEEDED: the setting that still owns ctx's deadline, when that
+// deadline is (nearly) reached. nil otherwise, e.g. for a backend's own
+// internal timeout far from meshd's deadline.
+func ownedDeadline(ctx context.Context) *timeoutError {
+	o, ok := ctx.Value(deadlineOwnerKey{}).(deadlineOwner)
+	if !ok {
+		return nil
+	}
+	if dl, ok := ctx.Deadline(); !ok || !dl.Equal(o.deadline) || time.Until(dl) > ownerSlack {
+		return nil
+	}
+	return o.te
+}
+
 // upstreamErr turns an error from the upstream stream into what the client
 // sees. ctx is the call's (or attempt's) context at meshd: if one of meshd's
 // timeouts or the deadline (the client's or the route's) is what ended the
@@ -90,6 +126,13 @@ func upstreamErr(ctx context.Context, err error) error {
 	}
 	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		return status.Error(codes.DeadlineExceeded, "meshd: deadline exceeded")
+	}
+	if status.Code(err) == codes.DeadlineExceeded {
+		// The backend's timer for the deadline meshd sent it fired a
+		// moment before meshd's own: the same timeout, so name it.
+		if te := ownedDeadline(ctx); te != nil {
+			return status.Error(codes.DeadlineExceeded, te.Error())
+		}
 	}
 	if _, ok := status.FromError(err); ok {
 		return err

@@ -218,13 +218,17 @@ func callContext(ctx context.Context, r *router.Route) (context.Context, context
 	cancel := func() {}
 	if r.MaxGRPCTimeout > 0 {
 		if dl, ok := ctx.Deadline(); ok && time.Until(dl) > r.MaxGRPCTimeout {
-			ctx, cancel = context.WithTimeoutCause(ctx, r.MaxGRPCTimeout, &timeoutError{setting: settingMaxGRPC, d: r.MaxGRPCTimeout})
+			te := &timeoutError{setting: settingMaxGRPC, d: r.MaxGRPCTimeout}
+			ctx, cancel = context.WithTimeoutCause(ctx, r.MaxGRPCTimeout, te)
+			ctx = withDeadlineOwner(ctx, te)
 		}
 	}
 	if r.Timeout > 0 {
 		c1 := cancel
 		var c2 context.CancelFunc
-		ctx, c2 = context.WithTimeoutCause(ctx, r.Timeout, &timeoutError{setting: settingTimeout, d: r.Timeout})
+		te := &timeoutError{setting: settingTimeout, d: r.Timeout}
+		ctx, c2 = context.WithTimeoutCause(ctx, r.Timeout, te)
+		ctx = withDeadlineOwner(ctx, te)
 		cancel = func() { c2(); c1() }
 	}
 	return ctx, cancel

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"github.com/meshd/meshd/router"
 	"testing"
 	"time"
 
@@ -49,6 +50,14 @@ func TestUpstreamErrTimeouts(t *testing.T) {
 	dl, cancel := context.WithTimeout(context.Background(), -time.Second)
 	defer cancel()
 	upstream := status.Error(codes.Canceled, "context canceled")
+	// The backend's timer for the deadline meshd propagated can fire just
+	// before meshd's own: still meshd's route timeout. (If this test runs
+	// so slowly that near has expired, the expired path names it too.)
+	near, cancelNear := callContext(context.Background(), &router.Route{Timeout: 40 * time.Millisecond})
+	defer cancelNear()
+	far, cancelFar := callContext(context.Background(), &router.Route{Timeout: 10 * time.Second})
+	defer cancelFar()
+	backendDL := status.Error(codes.DeadlineExceeded, "context deadline exceeded")
 	tests := []struct {
 		name string
 		ctx  context.Context
@@ -61,6 +70,8 @@ func TestUpstreamErrTimeouts(t *testing.T) {
 		{"route timeout", expired(&timeoutError{setting: settingTimeout, d: 2 * time.Second}), errors.New("transport closed"), codes.DeadlineExceeded, "meshd: route timeout 2s exceeded"},
 		{"client deadline", dl, errors.New("transport closed"), codes.DeadlineExceeded, "meshd: deadline exceeded"},
 		{"backend status", context.Background(), status.Error(codes.NotFound, "x"), codes.NotFound, "x"},
+		{"backend deadline at meshd's", near, backendDL, codes.DeadlineExceeded, "meshd: route timeout 40ms exceeded"},
+		{"backend's own deadline", far, backendDL, codes.DeadlineExceeded, "context deadline exceeded"},
 		{"transport error", context.Background(), errors.New("boom"), codes.Unavailable, "meshd: upstream: boom"},
 		{"client cancel", expired(context.Canceled), errors.New("boom"), codes.Canceled, "meshd: call cancelled by the client"},
 	}
