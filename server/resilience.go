@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -70,12 +71,14 @@ func retryPolicy(r *config.Retry) *proxy.RetryPolicy {
 	}
 }
 
-// warm waits, up to warmTimeout, until every new cluster has its first
-// discovery result and a first health verdict on each endpoint, so that a
-// reload never sends calls to a cluster that cannot take them yet (Envoy's
-// cluster warming). A cluster still cold at the timeout is used anyway and
-// the reason logged: its calls fail as they would have without a reload.
-func (s *Server) warm(runs []*clusterRun) {
+// warm waits, up to warmTimeout, until every cluster of runs has its first
+// discovery result and a first health verdict on each endpoint, so that
+// neither the first calls after start nor those after a reload go to a
+// cluster that cannot take them yet (Envoy's cluster warming). A cluster
+// still cold at the timeout is used anyway and the reason logged: its
+// calls fail as they would have without waiting. warm gives up early when
+// ctx is done or the Server stops.
+func (s *Server) warm(ctx context.Context, runs []*clusterRun) {
 	if len(runs) == 0 {
 		return
 	}
@@ -88,7 +91,9 @@ func (s *Server) warm(runs []*clusterRun) {
 			select {
 			case <-tick.C:
 			case <-deadline.C:
-				s.log.Warn("new cluster not warm after reload; using it anyway", "cluster", r.cfg.Name, "timeout", warmTimeout)
+				s.log.Warn("cluster not warm in time; using it anyway", "cluster", r.cfg.Name, "timeout", warmTimeout)
+				return
+			case <-ctx.Done():
 				return
 			case <-s.stopping:
 				return

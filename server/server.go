@@ -247,7 +247,8 @@ func (s *Server) apply(cfg *config.Config) error {
 		next[c.Name] = r
 	}
 	if old != nil {
-		s.warm(fresh)
+		// The first config is warmed by Run, before it serves.
+		s.warm(context.Background(), fresh)
 	}
 	st, buckets := s.newState(cfg, table, next)
 
@@ -294,6 +295,9 @@ func needsConsul(cfg *config.Config) bool {
 // done, then drains: /ready fails at once, listeners send GOAWAY and stop
 // accepting, in-flight calls get up to drain_timeout, and Run returns nil.
 // A listener that cannot bind is an error returned before serving starts.
+// Between binding and serving, the admin port is up (/ready says why it is
+// not ready) while the clusters warm, as after a reload; connections that
+// arrive meanwhile wait in the listen backlog.
 func (s *Server) Run(ctx context.Context) error {
 	cfg := s.cfg.Load()
 	if err := s.listen(cfg); err != nil {
@@ -302,21 +306,22 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	errc := make(chan error, len(s.listeners)+1)
 	var serving sync.WaitGroup
-	for _, l := range s.listeners {
-		serving.Add(1)
-		go func() {
-			defer serving.Done()
-			if err := l.srv.Serve(l.lis); !serveStopped(err) {
-				errc <- fmt.Errorf("server: listener %s: %w", l.cfg.Name, err)
-			}
-		}()
-	}
 	if s.admin != nil {
 		serving.Add(1)
 		go func() {
 			defer serving.Done()
 			if err := s.admin.Serve(); err != nil {
 				errc <- err
+			}
+		}()
+	}
+	s.warm(ctx, s.liveRuns())
+	for _, l := range s.listeners {
+		serving.Add(1)
+		go func() {
+			defer serving.Done()
+			if err := l.srv.Serve(l.lis); !serveStopped(err) {
+				errc <- fmt.Errorf("server: listener %s: %w", l.cfg.Name, err)
 			}
 		}()
 	}
@@ -332,6 +337,17 @@ func (s *Server) Run(ctx context.Context) error {
 	s.drain(s.cfg.Load().DrainTimeout.D())
 	serving.Wait()
 	return runErr
+}
+
+// liveRuns returns the clusters in force.
+func (s *Server) liveRuns() []*clusterRun {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	runs := make([]*clusterRun, 0, len(s.runs))
+	for _, r := range s.runs {
+		runs = append(runs, r)
+	}
+	return runs
 }
 
 func (s *Server) listen(cfg *config.Config) error {
@@ -475,7 +491,7 @@ func (s *Server) Ready() error {
 	case s.draining.Load():
 		return errors.New("draining")
 	case !s.started.Load():
-		return errors.New("listeners not up")
+		return errors.New("listeners not up (clusters warming)")
 	}
 	st := s.proxy.State()
 	if st == nil {

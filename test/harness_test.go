@@ -147,14 +147,23 @@ func waitServing(t testing.TB, cc *grpc.ClientConn) {
 // adminGet fetches an admin path and returns status and body.
 func adminGet(t testing.TB, addr, path string) (int, string) {
 	t.Helper()
-	resp, err := http.Get("http://" + addr + path)
+	code, body, err := tryGet(addr, path)
 	if err != nil {
 		t.Fatalf("GET %s: %v", path, err)
+	}
+	return code, body
+}
+
+// tryGet fetches an admin path that may not be served yet.
+func tryGet(addr, path string) (int, string, error) {
+	resp, err := http.Get("http://" + addr + path)
+	if err != nil {
+		return 0, "", err
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	if err != nil && !errors.Is(err, io.EOF) {
-		t.Fatalf("GET %s: %v", path, err)
+		return 0, "", err
 	}
-	return resp.StatusCode, string(b)
+	return resp.StatusCode, string(b), nil
 }
