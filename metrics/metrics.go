@@ -129,6 +129,7 @@ func New(opts ...Option) *Metrics {
 	m.series.Store(&map[seriesKey]*series{})
 	m.reg.MustRegister(m.handled, m.handling, m.attempts, m.retries, m.bytes, m.active, m.state,
 		listenerCollector{state: m.state}, // abuse.go
+		frameCollector{state: m.state},    // frame.go
 		counterFunc("meshd_tracing_dropped_spans_total", "Sampled spans not exported: export queue full, collector failing, or lost at shutdown.", o.droppedSpan),
 		counterFunc("meshd_access_log_dropped_total", "Access log lines dropped because the log writer fell behind.", o.droppedLog),
 		collectors.NewGoCollector(),
