@@ -29,6 +29,9 @@ const (
 	// DefaultBackoffMax caps the retry delay, so that meshd notices a
 	// recovered Consul within half a minute.
 	DefaultBackoffMax = 30 * time.Second
+	// DefaultEmptyHold is how long an empty answer that follows an outage
+	// or an index reset is held back (see [WithEmptyHold]).
+	DefaultEmptyHold = 30 * time.Second
 )
 
 // ConsulQuery selects the instances of one Consul service.
@@ -52,6 +55,7 @@ type consulOptions struct {
 	waitTime    time.Duration
 	backoffBase time.Duration
 	backoffMax  time.Duration
+	emptyHold   time.Duration
 }
 
 // WithLogger sets the logger of the watch loop (default: discard). The loop
@@ -88,6 +92,24 @@ func WithBackoff(base, maxDelay time.Duration) ConsulOption {
 	}
 }
 
+// WithEmptyHold sets how long Watch keeps the last non-empty snapshot when
+// Consul answers "no instances" right after it was unreachable or its index
+// went backwards (default [DefaultEmptyHold]; 0 turns the hold off). That
+// answer is what a restarted agent gives before its services are registered
+// again (a dev agent forgets them; a client agent re-syncs them within
+// seconds), and applying it would fail every call in between. Held
+// endpoints are still health checked, so a really gone backend is ejected
+// anyway; a service that really scaled to zero during the outage empties
+// the cluster once the hold ends. A non-empty answer ends the hold at once.
+// Negative values keep the default.
+func WithEmptyHold(d time.Duration) ConsulOption {
+	return func(o *consulOptions) {
+		if d >= 0 {
+			o.emptyHold = d
+		}
+	}
+}
+
 // WatchStatus is the state of a Consul watch loop, for readiness and admin
 // endpoints.
 type WatchStatus struct {
@@ -105,6 +127,9 @@ type WatchStatus struct {
 	Index uint64
 	// Failures counts consecutive failed queries (0 after a success).
 	Failures uint64
+	// Holding is true while an empty answer after an outage or an index
+	// reset is held back and the last snapshot kept (WithEmptyHold).
+	Holding bool
 }
 
 // Consul is a Resolver that follows one Consul service with blocking queries
@@ -132,6 +157,7 @@ func NewConsul(client *api.Client, q ConsulQuery, opts ...ConsulOption) *Consul 
 		waitTime:    DefaultWaitTime,
 		backoffBase: DefaultBackoffBase,
 		backoffMax:  DefaultBackoffMax,
+		emptyHold:   DefaultEmptyHold,
 	}
 	for _, opt := range opts {
 		opt(&o)
@@ -156,8 +182,10 @@ func (c *Consul) Status() WatchStatus {
 // first successful query always produces a snapshot, even an empty one (no
 // instances is an answer); later ones only when the instances changed. A
 // failed query never produces one: the last snapshot stays in force while
-// Watch retries with backoff, and the failure shows in Status. The loop logs
-// when queries start failing and when they recover, not on every retry.
+// Watch retries with backoff, and the failure shows in Status. An empty
+// answer right after an outage or an index reset is held back for a while
+// (WithEmptyHold). The loop logs when queries start failing and when they
+// recover, not on every retry.
 func (c *Consul) Watch(ctx context.Context, update func([]Endpoint)) error {
 	var (
 		index    uint64 // WaitIndex of the next query; 0 = answer at once
@@ -166,12 +194,22 @@ func (c *Consul) Watch(ctx context.Context, update func([]Endpoint)) error {
 		failing  bool
 		failures uint64
 		filtered bool
+		// suspect: Consul was unreachable or its index went backwards
+		// since the last non-empty snapshot, so an empty answer may be a
+		// restarted agent that has not re-registered its services yet.
+		suspect   bool
+		holdUntil time.Time // while non-zero, an empty answer is held back
 	)
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		entries, meta, err := c.query(ctx, index)
+		wait := c.opts.waitTime
+		if !holdUntil.IsZero() {
+			// Ask again when the hold ends, even if nothing changes.
+			wait = max(min(wait, time.Until(holdUntil)), time.Millisecond)
+		}
+		entries, meta, err := c.query(ctx, index, wait)
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -181,6 +219,7 @@ func (c *Consul) Watch(ctx context.Context, update func([]Endpoint)) error {
 			// non-blocking query. A restarted Consul may have lower indexes,
 			// and waiting on the old one would hide changes until WaitTime.
 			index = 0
+			suspect = true
 			c.setFailure(err, failures)
 			delay := c.backoff(failures)
 			// Log the transition only: retries can go on for hours, and
@@ -208,9 +247,35 @@ func (c *Consul) Watch(ctx context.Context, update func([]Endpoint)) error {
 				c.log.Info("consul no longer hides instances from this token")
 			}
 		}
+		if index > 0 && meta.LastIndex < index {
+			suspect = true
+		}
 		index = nextIndex(index, meta.LastIndex)
 
 		snap := consulEndpoints(entries)
+		if hold := c.opts.emptyHold; len(snap) == 0 && len(last) > 0 && suspect && hold > 0 {
+			now := time.Now()
+			if holdUntil.IsZero() {
+				holdUntil = now.Add(hold)
+				c.log.Warn("consul answered no instances right after an outage or index reset; keeping the last snapshot meanwhile (a restarted agent may not have re-registered them yet)",
+					"endpoints", len(last), "hold", hold)
+			}
+			if now.Before(holdUntil) {
+				c.setSuccess(meta.LastIndex, true)
+				continue
+			}
+			c.log.Warn("consul still answers no instances; the hold is over, applying it", "hold", hold)
+		}
+		if !holdUntil.IsZero() {
+			// The hold ends here: instances are back, or it ran out.
+			if len(snap) > 0 {
+				c.log.Info("consul answers instances again; hold ended", "endpoints", len(snap))
+			}
+			holdUntil = time.Time{}
+		}
+		if len(snap) > 0 {
+			suspect = false
+		}
 		// The index also moves for changes meshd does not use (check
 		// output, instances filtered out by tag or health, a re-registration
 		// with the same data), so compare payloads, as Traefik's
@@ -221,7 +286,7 @@ func (c *Consul) Watch(ctx context.Context, update func([]Endpoint)) error {
 		}
 		// Record success only after the snapshot is delivered, so that a
 		// reader seeing Synced (or a new Index) knows the consumer has it.
-		c.setSuccess(meta.LastIndex)
+		c.setSuccess(meta.LastIndex, false)
 	}
 }
 
@@ -229,13 +294,13 @@ func (c *Consul) Watch(ctx context.Context, update func([]Endpoint)) error {
 // wait Consul may take (WaitTime plus Consul's up to WaitTime/16 jitter), so
 // that a connection that died silently (no RST: a partition, a lost NAT
 // entry) is noticed instead of hanging forever.
-func (c *Consul) query(ctx context.Context, index uint64) ([]*api.ServiceEntry, *api.QueryMeta, error) {
-	ctx, cancel := context.WithTimeout(ctx, c.opts.waitTime+c.opts.waitTime/8+10*time.Second)
+func (c *Consul) query(ctx context.Context, index uint64, wait time.Duration) ([]*api.ServiceEntry, *api.QueryMeta, error) {
+	ctx, cancel := context.WithTimeout(ctx, wait+wait/8+10*time.Second)
 	defer cancel()
 	opts := &api.QueryOptions{
 		Datacenter: c.q.Datacenter,
 		WaitIndex:  index,
-		WaitTime:   c.opts.waitTime,
+		WaitTime:   wait,
 	}
 	entries, meta, err := c.client.Health().Service(c.q.Service, c.q.Tag, c.q.PassingOnly, opts.WithContext(ctx))
 	if err != nil {
@@ -329,9 +394,10 @@ func (c *Consul) setFailure(err error, failures uint64) {
 	c.status.Failures = failures
 }
 
-func (c *Consul) setSuccess(index uint64) {
+func (c *Consul) setSuccess(index uint64, holding bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.status.Holding = holding
 	c.status.Synced = true
 	c.status.Healthy = true
 	c.status.LastError = ""

@@ -298,10 +298,12 @@ func TestConsulAgentLost(t *testing.T) {
 	// one: the last snapshot stands, no empty one was sent.
 	w.none()
 
-	// Consul comes back empty-handed (dev mode forgets), so an empty
-	// snapshot may come before the re-registration lands: that one is a
-	// real answer. Tracking must resume with the new instances.
+	// Consul comes back empty-handed (dev mode forgets): that answer, right
+	// after an outage, is held back and the last snapshot kept.
 	a.Restart(t)
+	waitStatus(t, c, "holding the last snapshot", func(st discovery.WatchStatus) bool { return st.Healthy && st.Holding })
+	w.none()
+	// Tracking resumes with the instances registered again.
 	l3 := instance{id: "lost-3", name: "lost", addr: "127.0.0.1", port: 9503}
 	l1.register(t, a)
 	l3.register(t, a)
@@ -318,7 +320,7 @@ func TestConsulAgentLost(t *testing.T) {
 			break
 		}
 	}
-	if st := waitStatus(t, c, "healthy", func(st discovery.WatchStatus) bool { return st.Healthy }); st.LastError != "" || st.Failures != 0 {
+	if st := waitStatus(t, c, "healthy", func(st discovery.WatchStatus) bool { return st.Healthy }); st.LastError != "" || st.Failures != 0 || st.Holding {
 		t.Fatalf("status after recovery: %+v", st)
 	}
 	// Logged once per transition, not per retry.
@@ -329,9 +331,59 @@ func TestConsulAgentLost(t *testing.T) {
 	if n := strings.Count(out, "consul query recovered"); n != 1 {
 		t.Errorf("recovery logged %d times:\n%s", n, out)
 	}
+	if n := strings.Count(out, "hold ended"); n != 1 {
+		t.Errorf("end of the hold logged %d times:\n%s", n, out)
+	}
 	if !strings.Contains(out, "component=discovery service=lost") {
 		t.Errorf("log lacks component/service:\n%s", out)
 	}
+}
+
+// TestConsulEmptyHold: an empty answer is applied at once when Consul did
+// not fail before it (a service scaled to zero), and after the hold when
+// it follows an outage and nothing is registered again.
+func TestConsulEmptyHold(t *testing.T) {
+	t.Parallel()
+	t.Run("no outage: applied at once", func(t *testing.T) {
+		t.Parallel()
+		a := consultest.Start(t)
+		in := instance{id: "zero-1", name: "zero", addr: "127.0.0.1", port: 9511}
+		in.register(t, a)
+		waitCatalog(t, a, "zero", 1)
+		c := discovery.NewConsul(a.Client, discovery.ConsulQuery{Service: "zero", PassingOnly: true},
+			append([]discovery.ConsulOption{discovery.WithEmptyHold(time.Hour)}, fastOpts...)...)
+		w := startWatch(t, c)
+		w.expect(5*time.Second, endpoints(in))
+		if err := a.Client.Agent().ServiceDeregister(in.id); err != nil {
+			t.Fatal(err)
+		}
+		w.expect(5*time.Second, endpoints())
+		if st := c.Status(); st.Holding {
+			t.Errorf("status %+v: holding without an outage", st)
+		}
+	})
+	t.Run("after an outage: applied when the hold ends", func(t *testing.T) {
+		t.Parallel()
+		a := consultest.Start(t)
+		in := instance{id: "gone-1", name: "gone", addr: "127.0.0.1", port: 9512}
+		in.register(t, a)
+		waitCatalog(t, a, "gone", 1)
+		const hold = time.Second
+		c := discovery.NewConsul(a.Client, discovery.ConsulQuery{Service: "gone", PassingOnly: true},
+			append([]discovery.ConsulOption{discovery.WithEmptyHold(hold)}, fastOpts...)...)
+		w := startWatch(t, c)
+		w.expect(5*time.Second, endpoints(in))
+		a.Restart(t)
+		restarted := time.Now()
+		waitStatus(t, c, "holding", func(st discovery.WatchStatus) bool { return st.Holding })
+		w.expect(10*time.Second, endpoints())
+		if took := time.Since(restarted); took < hold {
+			t.Errorf("the empty answer was applied %v after the restart, before the %v hold ended", took, hold)
+		}
+		if st := waitStatus(t, c, "done holding", func(st discovery.WatchStatus) bool { return !st.Holding }); !st.Healthy {
+			t.Errorf("status after the hold: %+v", st)
+		}
+	})
 }
 
 // lockedBuffer is an io.Writer for a logger written by Watch's goroutine and
