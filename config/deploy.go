@@ -41,6 +41,14 @@ const (
 	// call's original destination: routes may name it, and outbound calls
 	// that no route or cluster claims go to it.
 	OriginalDstCluster = "original_dst"
+	// RouteInbound and RouteOriginalDst name the routes meshd makes up for
+	// transparent calls that no configured route took (an inbound call to
+	// the local application; an outbound call to the cluster owning its
+	// destination, or to the destination itself). They show in logs,
+	// metrics and traces, and route policies are looked up by route name,
+	// so no configured route may take them.
+	RouteInbound     = "inbound"
+	RouteOriginalDst = "original_dst"
 )
 
 // ListenerLimits are a listener's connection limits and keepalive policy.
@@ -157,11 +165,16 @@ func (v *validator) listenerLimits(p string, l *Listener) {
 }
 
 // reserveOriginalDst makes the built-in original_dst cluster known to route
-// validation and refuses a user cluster of that name.
+// validation and refuses a user cluster or route that takes a built-in name.
 func (v *validator) reserveOriginalDst(clusters map[string]bool) {
 	for i, c := range v.c.Clusters {
 		if c.Name == OriginalDstCluster {
 			v.add(fmt.Sprintf("clusters[%d].name", i), "%q is the built-in cluster of original destinations; choose another name", c.Name)
+		}
+	}
+	for i, r := range v.c.Routes {
+		if r.Name == RouteInbound || r.Name == RouteOriginalDst {
+			v.add(fmt.Sprintf("routes[%d].name", i), "%q is the name of meshd's built-in route for transparent calls; choose another name", r.Name)
 		}
 	}
 	clusters[OriginalDstCluster] = true

@@ -140,3 +140,25 @@ clusters: [{name: c, endpoints: [127.0.0.1:9001]}]
 		t.Fatalf("Parse: %v", err)
 	}
 }
+
+// The routes meshd makes up for transparent calls own their names: a
+// configured route of that name would lend them its policies.
+func TestBuiltinRouteNamesReserved(t *testing.T) {
+	t.Parallel()
+	for _, name := range []string{config.RouteInbound, config.RouteOriginalDst} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			_, err := config.Parse([]byte(`
+listeners: [{name: main, address: 127.0.0.1:15001}]
+routes:
+  - {name: ok, match: {prefix: /a.}, cluster: c}
+  - {name: `+name+`, match: {prefix: /}, cluster: c}
+clusters: [{name: c, endpoints: [127.0.0.1:9001]}]
+`), "r.yaml")
+			want := `r.yaml:5: routes[1].name: "` + name + `" is the name of meshd's built-in route`
+			if err == nil || !strings.Contains(err.Error(), want) {
+				t.Fatalf("Parse() = %v, want an error containing %q", err, want)
+			}
+		})
+	}
+}

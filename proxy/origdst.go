@@ -54,10 +54,10 @@ type dstRouting struct {
 const (
 	// RouteInbound takes every call of an inbound listener to its original
 	// destination, the local application.
-	RouteInbound = "inbound"
+	RouteInbound = config.RouteInbound
 	// RouteOriginalDst takes an outbound call to the cluster owning its
 	// original destination, or to the destination itself.
-	RouteOriginalDst = "original_dst"
+	RouteOriginalDst = config.RouteOriginalDst
 )
 
 // lookup is Table.Lookup extended for transparent calls: an inbound call
