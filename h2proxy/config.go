@@ -18,6 +18,8 @@ const (
 	DefaultConnsPerBackend      = 2
 	DefaultDialTimeout          = 5 * time.Second
 	DefaultHandshakeTimeout     = 10 * time.Second
+	DefaultKeepaliveTime        = 2 * time.Hour
+	DefaultKeepaliveTimeout     = 20 * time.Second
 )
 
 // Config tunes a Server and its upstream Pool. The zero value of every field
@@ -78,9 +80,49 @@ type Config struct {
 	Dial func(ctx context.Context, addr string) (net.Conn, error)
 
 	// IdleTimeout closes client and backend connections that had no open
-	// stream for this long (client connections get a graceful GOAWAY).
+	// stream for this long (client connections get a graceful GOAWAY with
+	// debug data "max_idle", as grpc-go's MaxConnectionIdle sends).
 	// Default 0: idle connections are kept.
 	IdleTimeout time.Duration
+
+	// MaxConnectionAge drains client connections (graceful GOAWAY with
+	// debug data "max_age": no new streams, the open ones may finish) after
+	// this long, plus or minus 10% of jitter, as grpc-go's
+	// keepalive.ServerParameters.MaxConnectionAge does. Default 0: never.
+	MaxConnectionAge time.Duration
+
+	// MaxConnectionAgeGrace closes a connection this long after
+	// MaxConnectionAge drained it, whatever streams are still open.
+	// Default 0: no limit (the connection closes when its last stream
+	// ends).
+	MaxConnectionAgeGrace time.Duration
+
+	// KeepaliveTime: after this long without any frame from a client, meshd
+	// sends it a PING. Default 2h (grpc-go's and meshd's config default);
+	// negative disables keepalive pings.
+	KeepaliveTime time.Duration
+
+	// KeepaliveTimeout: a client that sends nothing (not even the PING's
+	// ACK) for this long after a keepalive PING has its connection closed.
+	// Default 20s.
+	KeepaliveTimeout time.Duration
+
+	// KeepaliveMinTime is the shortest interval between a client's PINGs
+	// that grpc-go's keepalive enforcement allows: a PING sooner than that
+	// after the previous one is a strike, unless response data was sent
+	// to the client since, and the third strike closes the connection
+	// with GOAWAY ENHANCE_YOUR_CALM "too_many_pings". Default 0: no
+	// interval enforcement (the PING flood rule, see AbusePingFlood,
+	// still applies). Unlike grpc-go (whose zero means 5m), zero is off so
+	// that Config{} keeps answering floods as h2guard does; meshd's
+	// listener config always sets it (default 10s).
+	KeepaliveMinTime time.Duration
+
+	// KeepalivePermitWithoutStream allows client PINGs at KeepaliveMinTime
+	// on a connection with no open stream. When false (grpc-go's
+	// default), such a PING sooner than 2h after the previous one is a
+	// strike. Only with KeepaliveMinTime set.
+	KeepalivePermitWithoutStream bool
 
 	// HandshakeTimeout closes client connections that have not completed
 	// their TLS handshake (when the listener's connections are TLS) and
@@ -148,6 +190,21 @@ func (cfg Config) withDefaults() Config {
 	}
 	if cfg.IdleTimeout < 0 {
 		cfg.IdleTimeout = 0
+	}
+	if cfg.MaxConnectionAge < 0 {
+		cfg.MaxConnectionAge = 0
+	}
+	if cfg.MaxConnectionAgeGrace < 0 {
+		cfg.MaxConnectionAgeGrace = 0
+	}
+	if cfg.KeepaliveTime == 0 {
+		cfg.KeepaliveTime = DefaultKeepaliveTime // negative stays: off
+	}
+	if cfg.KeepaliveTimeout <= 0 {
+		cfg.KeepaliveTimeout = DefaultKeepaliveTimeout
+	}
+	if cfg.KeepaliveMinTime < 0 {
+		cfg.KeepaliveMinTime = 0
 	}
 	if cfg.HandshakeTimeout <= 0 {
 		cfg.HandshakeTimeout = DefaultHandshakeTimeout

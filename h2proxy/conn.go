@@ -913,8 +913,11 @@ func (c *conn) writeLoop() {
 			c.graceful = false
 			break
 		}
-		if c.closed {
-			break // the control frames queued at close (a GOAWAY) are written
+		if c.closed && len(c.ctrl) == 0 {
+			// The control frames queued at close (a GOAWAY) are written:
+			// those queued while this writer was writing, unlocked, are
+			// collected by another round (no more are queued once closed).
+			break
 		}
 	}
 	graceful := c.graceful

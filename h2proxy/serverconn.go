@@ -32,8 +32,11 @@ type serverConn struct {
 	sawSettings bool
 	ab          abuseScanner // abuse rules and frame counts (abuse.go)
 
+	ka keepalive // age, keepalive and ping policy (keepalive.go)
+
 	// Guarded by conn.mu.
 	drainPhase  int    // 0 none, 1 first GOAWAY sent, 2 final GOAWAY sent
+	drainDebug  string // debug data of both drain GOAWAYs ("max_age", "max_idle")
 	acceptLimit uint32 // streams above it are ignored (after the final GOAWAY)
 	drainTimer  *time.Timer
 	idleTimer   *time.Timer
@@ -94,6 +97,7 @@ func (sc *serverConn) serve() {
 		sc.writeLoop()
 	}()
 	sc.armIdle()
+	sc.armKeepalive()
 	if earlyAbuse {
 		err = early
 	} else {
@@ -127,15 +131,22 @@ func (sc *serverConn) serve() {
 	if sc.idleTimer != nil {
 		sc.idleTimer.Stop()
 	}
+	sc.stopKeepaliveLocked()
 	sc.mu.Unlock()
 }
 
 func (sc *serverConn) readLoop() error {
 	for {
-		if len(sc.fl.dirty) > 0 && !sc.frameBuffered() {
+		// A frame already buffered arrived with the read that brought it:
+		// activity is stamped once per read that may block, not per frame.
+		mayBlock := (sc.ka.track || len(sc.fl.dirty) > 0) && !sc.frameBuffered()
+		if mayBlock && len(sc.fl.dirty) > 0 {
 			sc.fl.flush() // about to block: write what this input produced
 		}
 		f, err := sc.rfr.ReadFrame()
+		if mayBlock {
+			sc.ka.markRead()
+		}
 		if err != nil {
 			var se http2.StreamError
 			if errors.As(err, &se) {
@@ -205,7 +216,9 @@ func (sc *serverConn) onPing(f *http2.PingFrame) error {
 	if !sc.pushCtrlLocked(op{kind: opPing, end: true, ping: f.Data}, &sc.fl) {
 		return connError{http2.ErrCodeEnhanceYourCalm, "too many queued control frames"}
 	}
-	return nil
+	// As grpc-go, the PING is answered before the policy is applied: the
+	// ACK precedes the GOAWAY.
+	return sc.checkPingPolicyLocked()
 }
 
 func (sc *serverConn) onWindowUpdate(f *http2.WindowUpdateFrame) error {
@@ -542,14 +555,19 @@ func replaced(name string, extra []hpack.HeaderField) bool {
 // (no stream is refused yet), then a PING; when the PING returns, every
 // stream the client started before seeing the GOAWAY has arrived, and the
 // final GOAWAY names the last one (RFC 9113 §6.8).
-func (sc *serverConn) startDrain() {
+func (sc *serverConn) startDrain() { sc.startDrainReason("") }
+
+// startDrainReason is startDrain with debug data in both GOAWAYs, as
+// grpc-go's Drain sends ("max_age", "max_idle").
+func (sc *serverConn) startDrainReason(debug string) {
 	sc.mu.Lock()
 	defer sc.mu.Unlock()
 	if sc.closed || sc.drainPhase > 0 {
 		return
 	}
 	sc.drainPhase = 1
-	if sc.pushCtrlLocked(op{kind: opGoAway, streamID: 1<<31 - 1, val: uint32(http2.ErrCodeNo)}, nil) {
+	sc.drainDebug = debug
+	if sc.pushCtrlLocked(op{kind: opGoAway, streamID: 1<<31 - 1, val: uint32(http2.ErrCodeNo), data: debugData(debug)}, nil) {
 		sc.sh.cfg.abuse.goAway(http2.ErrCodeNo)
 	}
 	sc.pushCtrlLocked(op{kind: opPing, ping: [8]byte([]byte(drainPing))}, nil)
@@ -566,13 +584,21 @@ func (sc *serverConn) finishDrain() {
 	}
 	sc.drainPhase = 2
 	sc.acceptLimit = sc.maxPeerStreamID
-	if sc.pushCtrlLocked(op{kind: opGoAway, streamID: sc.maxPeerStreamID, val: uint32(http2.ErrCodeNo)}, nil) {
+	if sc.pushCtrlLocked(op{kind: opGoAway, streamID: sc.maxPeerStreamID, val: uint32(http2.ErrCodeNo), data: debugData(sc.drainDebug)}, nil) {
 		sc.sh.cfg.abuse.goAway(http2.ErrCodeNo)
 	}
 	sc.draining = true
 	if sc.numStreams == 0 {
 		sc.closeGracefullyLocked()
 	}
+}
+
+// debugData is a GOAWAY's debug data: nil when there is none.
+func debugData(s string) []byte {
+	if s == "" {
+		return nil
+	}
+	return []byte(s)
 }
 
 // armIdle starts the idle check when Config.IdleTimeout is set.
@@ -596,7 +622,7 @@ func (sc *serverConn) checkIdle() {
 	if sc.numStreams == 0 {
 		if idle := time.Since(sc.idleSince); idle >= d {
 			sc.mu.Unlock()
-			sc.startDrain()
+			sc.startDrainReason("max_idle")
 			return
 		} else {
 			sc.idleTimer.Reset(d - idle)

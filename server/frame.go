@@ -50,13 +50,26 @@ func (f frameServer) Stop() { _ = f.Close() }
 // h2guard sits in front of it; its counters reach /metrics through
 // frameListenerStats.
 func (s *Server) frameListener(cfg *config.Config, lc config.Listener, lis net.Listener) (dataServer, net.Listener, error) {
+	var idle config.Duration // nil (defaults skipped): kept, as listenerOptions does
+	if lc.IdleTimeout != nil {
+		idle = *lc.IdleTimeout
+	}
 	fs := h2proxy.NewServer(s.proxy, h2proxy.Config{
 		MaxConcurrentStreams: lc.MaxConcurrentStreams,
 		MaxHeaderListSize:    lc.MaxHeaderListSize,
 		MaxRecvMsgSize:       cfg.MaxMessageSize,
 		MaxSendMsgSize:       cfg.MaxMessageSize,
 		HandshakeTimeout:     lc.HandshakeTimeout.D(),
-		Logger:               s.log.With("component", "h2proxy", "listener", lc.Name),
+		// The listener's connection limits, with grpc-go's semantics as
+		// listenerOptions gives them to the grpc engine.
+		IdleTimeout:                  idle.D(),
+		MaxConnectionAge:             lc.MaxConnectionAge.D(),
+		MaxConnectionAgeGrace:        lc.MaxConnectionAgeGrace.D(),
+		KeepaliveTime:                lc.Keepalive.Time.D(),
+		KeepaliveTimeout:             lc.Keepalive.Timeout.D(),
+		KeepaliveMinTime:             lc.Keepalive.MinTime.D(),
+		KeepalivePermitWithoutStream: lc.Keepalive.PermitWithoutStream != nil && *lc.Keepalive.PermitWithoutStream,
+		Logger:                       s.log.With("component", "h2proxy", "listener", lc.Name),
 	})
 	if lc.TLS != nil {
 		tc, err := loadServerTLS(lc.TLS, s.log.With("listener", lc.Name))

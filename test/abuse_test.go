@@ -228,10 +228,11 @@ var abuseCases = []abuseCase{
 		"frame": {answer: wantGoAway(http2.ErrCodeEnhanceYourCalm, "rapid_reset"), counter: closedFor("rapid_reset"), min: 1},
 	}},
 	{name: "ping_flood", attack: pingFlood, want: map[string]abuseWant{
-		// grpc-go's keepalive enforcement (after 3 PINGs) or the guard
-		// (after 100), whichever the connection meets first.
+		// Keepalive enforcement (after 3 PINGs: grpc-go's, or the frame
+		// engine's own with the same rules) or the flood rule (after
+		// 100), whichever the connection meets first.
 		"grpc":  {answer: wantGoAway(http2.ErrCodeEnhanceYourCalm, "too_many_pings", "ping_flood"), counter: `meshd_listener_goaways_sent_total{code="ENHANCE_YOUR_CALM",listener="main"}`, min: 1},
-		"frame": {answer: wantGoAway(http2.ErrCodeEnhanceYourCalm, "ping_flood"), counter: closedFor("ping_flood"), min: 1},
+		"frame": {answer: wantGoAway(http2.ErrCodeEnhanceYourCalm, "too_many_pings", "ping_flood"), counter: `meshd_listener_goaways_sent_total{code="ENHANCE_YOUR_CALM",listener="main"}`, min: 1},
 	}},
 	{name: "settings_flood", attack: settingsFlood, want: map[string]abuseWant{
 		"grpc":  {answer: wantGoAway(http2.ErrCodeEnhanceYourCalm, "settings_flood"), counter: closedFor("settings_flood"), min: 1},
