@@ -89,18 +89,30 @@ func TestUpstreamErrTimeouts(t *testing.T) {
 func TestIdleTimer(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithCancelCause(context.Background())
-	it := startIdle(50*time.Millisecond, cancel)
+	const idle = 50 * time.Millisecond
+	it := startIdle(idle, cancel)
 	defer it.stop()
-	// Activity keeps the context alive past several idle periods.
+	// Activity keeps the context alive past several idle periods. On a
+	// loaded machine this goroutine may itself be descheduled for longer
+	// than the idle period: a cut after such a gap is correct, so only a
+	// cut while every gap between touches stayed short fails the test.
 	start := time.Now()
+	last := start
+	var longest time.Duration
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
 	for time.Since(start) < 300*time.Millisecond {
 		<-tick.C
-		it.touch()
+		now := time.Now()
+		longest = max(longest, now.Sub(last))
 		if ctx.Err() != nil {
-			t.Fatalf("cut after %v despite activity every 10ms", time.Since(start))
+			if longest < idle {
+				t.Fatalf("cut after %v despite activity every %v or less", now.Sub(start), longest)
+			}
+			t.Skipf("this goroutine went %v without touching (machine overloaded): cannot judge", longest)
 		}
+		it.touch()
+		last = now
 	}
 	// Then silence cuts it, with the idle cause.
 	select {
