@@ -81,9 +81,18 @@ func (h *Header) Fields() []hpack.HeaderField { return h.fields }
 
 // Target is the Director's decision for one stream.
 type Target struct {
-	// Addr is the backend's host:port; the backend speaks HTTP/2 without TLS
-	// (h2c with prior knowledge).
+	// Addr is the backend's host:port. The backend speaks HTTP/2 over
+	// whatever Upstream dials (e.g. TLS with ALPN h2), or, when Upstream
+	// is nil, over Config.Dial or plain TCP (h2c with prior knowledge).
 	Addr string
+
+	// Upstream, if non-nil, is how to reach Addr: its Dial (e.g. TLS with
+	// the cluster's CA, server name and client certificate) and, by its
+	// identity, which pooled connections the stream may use. Streams with
+	// different Upstreams never share a connection, even to the same Addr.
+	// nil: Config.Dial, or plain TCP, and no cost beyond that.
+	Upstream *Upstream
+
 	// Timeout is the route's time budget; 0 means none. The effective
 	// deadline is the earlier of the client's deadline and now+Timeout; it
 	// is sent upstream as grpc-timeout and enforced by meshd.
@@ -96,6 +105,40 @@ type Target struct {
 	// the outcome. It may be called on any of meshd's goroutines (often a
 	// connection reader) and must not block.
 	Done func(Result)
+
+	// The call's resilience settings (retry.go). Their zero values turn
+	// them off and cost nothing: no buffer, no timer, no lock.
+
+	// IdleTimeout ends the call, with IdleErr's status, once no request or
+	// response DATA (nor response HEADERS) has crossed meshd for this long.
+	// 0: none.
+	IdleTimeout time.Duration
+	// IdleErr is the status error the client gets when IdleTimeout fires
+	// (status.Code and status.Message of it); nil: DEADLINE_EXCEEDED.
+	IdleErr error
+	// Retry, with RetryBufferBytes > 0, makes the call retryable: meshd
+	// keeps a copy of the request DATA for replay and, when an attempt
+	// fails before anything of its response was forwarded to the client,
+	// calls Retry (on one of meshd's goroutines; it must not block) with
+	// how the attempt ended. ok true: after backoff, a new upstream stream
+	// is opened to next.Addr (through next.Upstream) with next.Header and
+	// the request replayed; next's Done and resilience fields are ignored,
+	// the first Target's stay. ok false: the attempt's outcome is the
+	// call's. Retry is never called concurrently with itself or with Done,
+	// and never after Done.
+	Retry func(RetryInfo) (next Target, backoff time.Duration, ok bool)
+	// RetryBufferBytes caps the request bytes kept for replay; once the
+	// request is larger the call is no longer retried and the copy freed.
+	RetryBufferBytes int64
+	// RetryBuffer, if non-nil, is a limit shared by many calls on the
+	// bytes they keep for replay; a call it refuses is no longer retried.
+	RetryBuffer BufferLimiter
+	// PerTryTimeout bounds each attempt of a retryable call until its
+	// response starts; the attempt then ends with PerTryErr's status
+	// (nil: DEADLINE_EXCEEDED) and may be retried. 0: none.
+	PerTryTimeout time.Duration
+	// PerTryErr is the status of an attempt cut by PerTryTimeout.
+	PerTryErr error
 }
 
 // Result is the outcome of one proxied stream.
@@ -134,6 +177,10 @@ var (
 	ErrMessageTooLarge = errors.New("h2proxy: message too large")
 	// ErrRefused: the backend refused the stream or excluded it with GOAWAY.
 	ErrRefused = errors.New("h2proxy: backend refused the stream")
+	// ErrPerTryTimeout: Target.PerTryTimeout cut the attempt.
+	ErrPerTryTimeout = errors.New("h2proxy: per-try timeout")
+	// ErrIdleTimeout: Target.IdleTimeout passed without a message.
+	ErrIdleTimeout = errors.New("h2proxy: idle timeout")
 )
 
 // call is one proxied stream: the client-side hstream (down) and, once
@@ -157,6 +204,7 @@ type call struct {
 	mu      sync.Mutex
 	pending []op // request frames received before the upstream stream existed
 	aborted bool // ended: do not link, drop request frames
+	resInit bool // the Target's resilience settings were applied (retry.go)
 	timer   *time.Timer
 
 	// terminal is guarded by sc.mu: the first path that sets it decides
@@ -164,6 +212,12 @@ type call struct {
 	terminal bool
 
 	bytesIn, bytesOut atomic.Int64
+
+	// rs is the retry state of a retryable call, idle its idle timer;
+	// both nil unless the Target asks for them (retry.go). Set once, under
+	// mu, before the first upstream stream is linked.
+	rs   atomic.Pointer[retryState]
+	idle atomic.Pointer[idleTimer]
 }
 
 type endMode uint8
@@ -187,6 +241,17 @@ type ending struct {
 	err        error          // Result.Err
 	notReached bool
 	fl         *flusher // the calling reader's flusher, nil elsewhere
+
+	// For retryable calls (retry.go): up is the upstream stream whose
+	// event ends the call (an ending from a stream the call has left is
+	// ignored); attempt marks the end of an attempt that a retry may
+	// replace; perTrySeq is the attempt a per-try timeout cut; decided
+	// says the retry decision is made: end for good, with notReached as
+	// given.
+	up        *hstream
+	attempt   bool
+	perTrySeq int
+	decided   bool
 }
 
 // dataOp copies p into a pooled buffer and returns the DATA op for it.
@@ -218,8 +283,11 @@ func (sh *shared) dropOp(o *op, cs *[]credit) {
 // the stream is linked.
 func (cl *call) forwardUp(o op, fl *flusher) {
 	up := cl.up.Load()
-	if up == nil {
+	if up == nil || cl.logging() {
 		cl.mu.Lock()
+		if rs := cl.rs.Load(); rs != nil {
+			rs.logOpLocked(&o)
+		}
 		up = cl.up.Load()
 		if up == nil {
 			if !cl.aborted {
@@ -250,8 +318,11 @@ func (cl *call) forwardUp(o op, fl *flusher) {
 // the stream is linked.
 func (cl *call) forwardUpData(p []byte, end bool, fl *flusher) {
 	up := cl.up.Load()
-	if up == nil {
+	if up == nil || cl.logging() {
 		cl.mu.Lock()
+		if rs := cl.rs.Load(); rs != nil {
+			rs.logDataLocked(p, end)
+		}
 		if up = cl.up.Load(); up == nil {
 			aborted := cl.aborted
 			if !aborted {
@@ -295,8 +366,15 @@ func (cl *call) forwardDownData(up *hstream, p []byte, fl *flusher) {
 	}
 }
 
-// forwardDown sends a response frame to the client stream.
-func (cl *call) forwardDown(o op, fl *flusher) {
+// forwardDown sends a response frame, received on up, to the client
+// stream.
+func (cl *call) forwardDown(up *hstream, o op, fl *flusher) {
+	if !cl.admit(up) {
+		return // a retried call's abandoned attempt
+	}
+	if it := cl.idle.Load(); it != nil {
+		it.touch()
+	}
 	c := &cl.sc.conn
 	c.mu.Lock()
 	ok := c.pushLocked(cl.down, o, fl)
@@ -327,6 +405,17 @@ func (cl *call) link(uc *upConn, fl *flusher) linkResult {
 	if cl.aborted {
 		return linkAborted
 	}
+	if !cl.resInit {
+		cl.resInit = true
+		if cl.target.Retry != nil || cl.target.IdleTimeout > 0 {
+			cl.startResilienceLocked()
+		}
+	}
+	rs := cl.rs.Load()
+	if rs != nil && (!rs.linkable || uc.b.addr != cl.target.Addr) {
+		// A connection dialled for an attempt the call has left.
+		return linkAborted
+	}
 	fields := cl.reqFields
 	if !cl.deadline.IsZero() {
 		rem := time.Until(cl.deadline)
@@ -347,6 +436,12 @@ func (cl *call) link(uc *upConn, fl *flusher) linkResult {
 	c.numStreams++
 	uc.reserved++
 	c.sh.stats.UpstreamStreams.Add(1)
+	if rs != nil {
+		// Published before the HEADERS can leave, so the backend's answer
+		// is never taken for a stale attempt's.
+		rs.linkable = false
+		cl.up.Store(st)
+	}
 	c.pushLocked(st, op{kind: opHeaders, fields: fields, end: cl.reqEnd}, fl)
 	var rejected []op
 	for i := range cl.pending {
@@ -357,7 +452,9 @@ func (cl *call) link(uc *upConn, fl *flusher) linkResult {
 	}
 	c.mu.Unlock()
 	cl.pending = nil
-	cl.up.Store(st)
+	if rs == nil {
+		cl.up.Store(st)
+	}
 	if len(rejected) > 0 {
 		var cs []credit
 		for i := range rejected {
@@ -371,6 +468,9 @@ func (cl *call) link(uc *upConn, fl *flusher) linkResult {
 // end finishes the call once: it decides what the client sees, resets the
 // upstream stream if it is still open and reports the Result.
 func (cl *call) end(e ending) {
+	if !e.decided && (e.attempt || e.up != nil && cl.rs.Load() != nil) && cl.attemptFailed(e) {
+		return // a stale attempt's event, or the call is being retried
+	}
 	sc := &cl.sc.conn
 	st := cl.down
 	var cs []credit
@@ -435,6 +535,13 @@ func (cl *call) end(e ending) {
 	pending := cl.pending
 	cl.pending = nil
 	timer := cl.timer
+	done := cl.target.Done
+	if rs := cl.rs.Load(); rs != nil {
+		rs.stopLocked()
+	}
+	if it := cl.idle.Load(); it != nil {
+		it.t.Stop()
+	}
 	cl.mu.Unlock()
 	if timer != nil {
 		timer.Stop()
@@ -444,7 +551,9 @@ func (cl *call) end(e ending) {
 	}
 	notReached := e.notReached
 	if up == nil {
-		notReached = true
+		// Never linked; or, after a retry decision, between attempts (the
+		// failed attempt's stream is already reset).
+		notReached = notReached || !e.decided
 	} else {
 		uc := up.c
 		code := e.upCode
@@ -470,8 +579,8 @@ func (cl *call) end(e ending) {
 			sc.sh.stats.MessagesTooLarge.Add(1)
 		}
 	}
-	if cl.target.Done != nil {
-		cl.target.Done(Result{
+	if done != nil {
+		done(Result{
 			Code:       e.code,
 			Err:        e.err,
 			NotReached: notReached,
@@ -494,7 +603,8 @@ func (c *conn) rstAfterFinalLocked(st *hstream, fl *flusher) {
 
 // fail ends the call with a meshd status; the backend, if any, is cancelled.
 func (cl *call) fail(code codes.Code, msg string, err error, notReached bool) {
-	cl.end(ending{mode: endStatus, st: status.New(code, msg), code: code, err: err, notReached: notReached})
+	cl.end(ending{mode: endStatus, st: status.New(code, msg), code: code, err: err, notReached: notReached,
+		attempt: notReached && retryableNotReached(code, err)})
 }
 
 // onDeadline runs on the deadline timer's goroutine.
@@ -515,12 +625,19 @@ func (cl *call) onReqData(data []byte, end bool, fl *flusher) {
 			return
 		}
 		cl.bytesIn.Add(int64(len(data)))
+		if it := cl.idle.Load(); it != nil {
+			it.touch()
+		}
 	}
 	cl.forwardUpData(data, end, fl)
 }
 
 // onRespData forwards backend DATA (backend reader goroutine).
 func (cl *call) onRespData(up *hstream, data []byte, end bool, fl *flusher) {
+	if !cl.admit(up) {
+		up.c.credit(up, int64(len(data)))
+		return // a retried call's abandoned attempt
+	}
 	sh := cl.sc.sh
 	if len(data) > 0 && sh.cfg.MaxSendMsgSize > 0 {
 		if n, bad := cl.respTrack.feed(data, uint64(sh.cfg.MaxSendMsgSize)); bad {
@@ -533,6 +650,9 @@ func (cl *call) onRespData(up *hstream, data []byte, end bool, fl *flusher) {
 		}
 	}
 	cl.bytesOut.Add(int64(len(data)))
+	if it := cl.idle.Load(); it != nil {
+		it.touch()
+	}
 	if end {
 		// DATA with END_STREAM and no trailers: forwarded as is; the client
 		// reports the missing status itself.

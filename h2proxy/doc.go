@@ -54,4 +54,16 @@
 // Stats.MidMessageResets counts these calls. To know where message
 // boundaries are, meshd follows the 5-byte prefixes of the response DATA
 // as its writer takes it: a few integer operations per frame, no copy.
+//
+// Retries (retry.go): a Target with a Retry callback keeps a copy of the
+// request DATA (and trailers) it forwards, within RetryBufferBytes and the
+// shared RetryBuffer, for as long as the call may still be retried. An
+// attempt that fails before the call commits (the backend refused or reset
+// the stream, its connection was lost or could not be opened, the
+// per-try timeout passed, or it answered trailers-only) is reset and
+// handed to Retry, which decides with the route's policy; the backoff runs
+// on a timer, never on a connection reader, and the next attempt replays
+// the copy before forwarding live again. Response HEADERS commit the call:
+// from then on it is never retried and the copy is released. Calls
+// without Retry keep nothing and pay nothing.
 package h2proxy

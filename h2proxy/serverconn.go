@@ -496,7 +496,7 @@ func (sc *serverConn) startCall(cl *call, f *http2.MetaHeadersFrame) {
 		cl.mu.Unlock()
 	}
 	if target.Addr == "" {
-		cl.fail(codes.Unavailable, "meshd: director returned no backend address", errors.New("h2proxy: empty Target.Addr"), true)
+		cl.fail(codes.Unavailable, "meshd: director returned no backend address", errNoAddr, true)
 		return
 	}
 	sc.srv.pool.open(cl, &sc.fl)

@@ -2,6 +2,7 @@ package h2proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -21,9 +22,38 @@ const maxConnsPerBackend = 64
 // life: client stream ids are odd and below 2^31.
 const maxStreamsPerConn = 1<<30 - 1
 
-// Pool holds the HTTP/2 (h2c, prior knowledge) connections to backends, a
-// few per backend address. It is owned by a Server; all methods are safe for
-// concurrent use.
+// Upstream says how the Pool reaches backends when a plain TCP connection
+// (h2c with prior knowledge) will not do: TLS with a cluster's CA, server
+// name and client certificate, for example. A Target names it; a nil
+// *Upstream means Config.Dial, or plain TCP.
+//
+// Its identity is its pointer: the Pool keeps separate connections per
+// (address, *Upstream), so targets with different Upstreams never share a
+// connection, even to the same address, and a new *Upstream (a cluster
+// rebuilt with other TLS settings) gets new connections. Use one value for
+// all the streams that may share connections, e.g. one per cluster; the
+// Pool never modifies it.
+type Upstream struct {
+	// Name identifies the upstream in logs and dial errors (e.g. the
+	// cluster's name). May be empty.
+	Name string
+
+	// Dial opens a connection to addr, as Config.Dial does; ctx carries
+	// Config.DialTimeout. When it returns a *tls.Conn, the Pool completes
+	// the handshake if Dial did not and requires ALPN "h2": a backend that
+	// does not negotiate it fails the dial. nil: Config.Dial, or plain TCP.
+	Dial func(ctx context.Context, addr string) (net.Conn, error)
+}
+
+// backendKey is what the Pool keeps connections through an Upstream by.
+type backendKey struct {
+	addr string
+	up   *Upstream
+}
+
+// Pool holds the HTTP/2 connections to backends, a few per backend address
+// and Upstream (h2c with prior knowledge, or whatever the Upstream dials).
+// It is owned by a Server; all methods are safe for concurrent use.
 type Pool struct {
 	sh     *shared
 	ctx    context.Context
@@ -36,11 +66,18 @@ type Pool struct {
 	backends map[string]*backend
 	all      map[*upConn]struct{} // every open connection, forgotten backends' too
 	changed  chan struct{}        // closed and replaced when a connection is removed
+
+	// viaUpstream holds the backends reached through an Upstream, by
+	// (address, Upstream); backends holds the h2c ones, by address, so
+	// that the h2c path keeps its single lookup by string. Guarded by mu.
+	viaUpstream map[backendKey]*backend
 }
 
-// backend is the set of connections to one address. Guarded by Pool.mu.
+// backend is the set of connections to one address through one Upstream.
+// Guarded by Pool.mu.
 type backend struct {
 	addr      string
+	up        *Upstream // nil: Config.Dial or plain TCP
 	conns     []*upConn
 	dialing   int
 	waiters   []*call // streams waiting for a connection with room
@@ -60,7 +97,7 @@ type upConn struct {
 }
 
 func newPool(sh *shared) *Pool {
-	p := &Pool{sh: sh, backends: make(map[string]*backend), all: make(map[*upConn]struct{}), changed: make(chan struct{})}
+	p := &Pool{sh: sh, backends: make(map[string]*backend), viaUpstream: make(map[backendKey]*backend), all: make(map[*upConn]struct{}), changed: make(chan struct{})}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	return p
 }
@@ -88,22 +125,31 @@ func (b *backend) pickLocked() *upConn {
 	return best
 }
 
-// open finds or dials a connection for cl.target.Addr and links the call's
-// upstream stream. When a dial is needed the call waits (its request frames
-// are held, within the client's stream window) and is linked by the dial
-// goroutine.
+// open finds or dials a connection for cl.target.Addr through
+// cl.target.Upstream and links the call's upstream stream. When a dial is
+// needed the call waits (its request frames are held, within the client's
+// stream window) and is linked by the dial goroutine.
 func (p *Pool) open(cl *call, fl *flusher) {
 	addr := cl.target.Addr
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
-		cl.fail(codes.Unavailable, "meshd: shutting down", errors.New("h2proxy: pool closed"), true)
+		cl.fail(codes.Unavailable, "meshd: shutting down", errPoolClosed, true)
 		return
 	}
-	b := p.backends[addr]
+	var b *backend
+	if up := cl.target.Upstream; up == nil {
+		b = p.backends[addr]
+	} else {
+		b = p.viaUpstream[backendKey{addr, up}]
+	}
 	if b == nil {
-		b = &backend{addr: addr}
-		p.backends[addr] = b
+		b = &backend{addr: addr, up: cl.target.Upstream}
+		if b.up == nil {
+			p.backends[addr] = b
+		} else {
+			p.viaUpstream[backendKey{addr, b.up}] = b
+		}
 	}
 	for {
 		uc := b.pickLocked()
@@ -152,7 +198,7 @@ func (p *Pool) dial(b *backend) {
 		if p.closed {
 			p.mu.Unlock()
 			_ = uc.nc.Close()
-			p.failWaiters(b, errors.New("h2proxy: pool closed"))
+			p.failWaiters(b, errPoolClosed)
 			return
 		}
 		b.conns = append(b.conns, uc)
@@ -170,7 +216,7 @@ func (p *Pool) dial(b *backend) {
 		uc.armIdle()
 	} else {
 		p.sh.stats.DialErrors.Add(1)
-		p.sh.log.Warn("h2proxy: backend dial failed", "addr", b.addr, "err", err)
+		p.sh.log.Warn("h2proxy: backend dial failed", "addr", b.addr, "upstream", b.upstreamName(), "err", err)
 	}
 	waiters := b.waiters
 	b.waiters = nil
@@ -232,21 +278,57 @@ func (p *Pool) failWaiters(b *backend, err error) {
 	}
 }
 
+// upstreamName is b's Upstream.Name, or "" for h2c.
+func (b *backend) upstreamName() string {
+	if b.up == nil {
+		return ""
+	}
+	return b.up.Name
+}
+
+// dialConn opens a connection to b with its Upstream's Dial, Config.Dial or
+// plain TCP. A TLS connection must have negotiated HTTP/2 (ALPN "h2"):
+// otherwise the backend would read meshd's preface as garbage, or answer
+// in HTTP/1.1, and the dial would fail with a confusing protocol error.
+func (p *Pool) dialConn(ctx context.Context, b *backend) (net.Conn, error) {
+	var nc net.Conn
+	var err error
+	switch {
+	case b.up != nil && b.up.Dial != nil:
+		nc, err = b.up.Dial(ctx, b.addr)
+	case p.sh.cfg.Dial != nil:
+		nc, err = p.sh.cfg.Dial(ctx, b.addr)
+	default:
+		var d net.Dialer
+		nc, err = d.DialContext(ctx, "tcp", b.addr)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if tc, ok := nc.(*tls.Conn); ok {
+		if err := tc.HandshakeContext(ctx); err != nil {
+			_ = nc.Close()
+			return nil, fmt.Errorf("tls handshake: %w", err)
+		}
+		if proto := tc.ConnectionState().NegotiatedProtocol; proto != "h2" {
+			_ = nc.Close()
+			return nil, fmt.Errorf("backend did not negotiate HTTP/2 over TLS (ALPN %q, want \"h2\")", proto)
+		}
+	}
+	return nc, nil
+}
+
 // connect dials addr, exchanges prefaces and waits for the backend's first
 // SETTINGS, so stream limits are known before any stream is opened.
 func (p *Pool) connect(b *backend) (*upConn, error) {
 	cfg := &p.sh.cfg
 	ctx, cancel := context.WithTimeout(p.ctx, cfg.DialTimeout)
 	defer cancel()
-	var nc net.Conn
-	var err error
-	if cfg.Dial != nil {
-		nc, err = cfg.Dial(ctx, b.addr)
-	} else {
-		var d net.Dialer
-		nc, err = d.DialContext(ctx, "tcp", b.addr)
-	}
+	nc, err := p.dialConn(ctx, b)
 	if err != nil {
+		if name := b.upstreamName(); name != "" {
+			return nil, fmt.Errorf("h2proxy: dial %s (upstream %s): %w", b.addr, name, err)
+		}
 		return nil, fmt.Errorf("h2proxy: dial %s: %w", b.addr, err)
 	}
 	// Abort the handshake if the pool closes or the timeout passes.
@@ -293,10 +375,10 @@ func (p *Pool) runReader(uc *upConn) {
 	for _, st := range uc.finishRead(err) {
 		notReached := st.id == 0 || (uc.gotGoAway && st.id > uc.goAwayLast)
 		if notReached {
-			st.call.end(ending{mode: endRST, rst: http2.ErrCodeRefusedStream, code: codes.Unavailable, err: ErrRefused, notReached: true})
+			st.call.end(ending{mode: endRST, rst: http2.ErrCodeRefusedStream, code: codes.Unavailable, err: ErrRefused, notReached: true, up: st})
 			continue
 		}
-		st.call.fail(codes.Unavailable, "meshd: upstream connection lost", ErrUpstreamLost, false)
+		st.call.end(upstreamLost(st))
 	}
 	uc.fl.flush()
 	uc.mu.Lock()
@@ -323,8 +405,14 @@ func (p *Pool) removeConn(uc *upConn) {
 			break
 		}
 	}
-	if len(b.conns) == 0 && b.dialing == 0 && len(b.waiters) == 0 && p.backends[b.addr] == b {
-		delete(p.backends, b.addr)
+	if len(b.conns) == 0 && b.dialing == 0 && len(b.waiters) == 0 {
+		if b.up == nil {
+			if p.backends[b.addr] == b {
+				delete(p.backends, b.addr)
+			}
+		} else if key := (backendKey{b.addr, b.up}); p.viaUpstream[key] == b {
+			delete(p.viaUpstream, key)
+		}
 	}
 }
 
@@ -357,7 +445,7 @@ func (uc *upConn) readLoop() error {
 			uc.mu.Unlock()
 			if st != nil {
 				uc.sh.stats.StreamErrors.Add(1)
-				st.call.end(ending{mode: endStatus, code: codes.Internal, upCode: http2.ErrCodeFlowControl,
+				st.call.end(ending{mode: endStatus, code: codes.Internal, upCode: http2.ErrCodeFlowControl, up: st,
 					st: statusInternal("meshd: backend stream window overflow"), err: errors.New("h2proxy: backend stream window overflow")})
 			}
 		case *http2.RSTStreamFrame:
@@ -399,7 +487,7 @@ func (uc *upConn) onStreamError(se http2.StreamError) {
 		return
 	}
 	uc.mu.Unlock()
-	st.call.end(ending{mode: endStatus, code: codes.Internal, upCode: se.Code,
+	st.call.end(ending{mode: endStatus, code: codes.Internal, upCode: se.Code, up: st,
 		st: statusInternal("meshd: malformed response from backend"), err: se})
 }
 
@@ -428,7 +516,7 @@ func (uc *upConn) onHeaders(f *http2.MetaHeadersFrame) error {
 	cl := st.call
 	fail := func(msg string) error {
 		uc.sh.stats.StreamErrors.Add(1)
-		cl.end(ending{mode: endStatus, code: codes.Internal, upCode: http2.ErrCodeProtocol,
+		cl.end(ending{mode: endStatus, code: codes.Internal, upCode: http2.ErrCodeProtocol, up: st,
 			st: statusInternal(msg), err: errors.New("h2proxy: " + msg)})
 		return nil
 	}
@@ -446,10 +534,11 @@ func (uc *upConn) onHeaders(f *http2.MetaHeadersFrame) error {
 			if !ok {
 				code = httpStatusToCode(httpStatus)
 			}
-			cl.end(ending{mode: endForward, final: op{kind: opHeaders, end: true, fields: fields}, code: code, fl: &uc.fl})
+			// Trailers-only: the one answer a retry may replace.
+			cl.end(ending{mode: endForward, final: op{kind: opHeaders, end: true, fields: fields}, code: code, fl: &uc.fl, up: st})
 			return nil
 		}
-		cl.forwardDown(op{kind: opHeaders, fields: fields}, &uc.fl)
+		cl.forwardDown(st, op{kind: opHeaders, fields: fields}, &uc.fl)
 		return nil
 	}
 	if !end || len(f.PseudoFields()) > 0 {
@@ -457,7 +546,7 @@ func (uc *upConn) onHeaders(f *http2.MetaHeadersFrame) error {
 	}
 	fields := filterResponse(f.Fields)
 	code, _ := grpcStatusOf(fields)
-	cl.end(ending{mode: endForward, final: op{kind: opHeaders, end: true, fields: fields}, code: code, fl: &uc.fl})
+	cl.end(ending{mode: endForward, final: op{kind: opHeaders, end: true, fields: fields}, code: code, fl: &uc.fl, up: st})
 	return nil
 }
 
@@ -480,7 +569,7 @@ func (uc *upConn) onData(f *http2.DataFrame) error {
 		}
 		if st != nil && !st.gotHeaders {
 			uc.sh.stats.StreamErrors.Add(1)
-			st.call.end(ending{mode: endStatus, code: codes.Internal, upCode: http2.ErrCodeProtocol,
+			st.call.end(ending{mode: endStatus, code: codes.Internal, upCode: http2.ErrCodeProtocol, up: st,
 				st: statusInternal("meshd: backend sent DATA before HEADERS"), err: errors.New("h2proxy: DATA before HEADERS")})
 		}
 		return nil
@@ -489,7 +578,7 @@ func (uc *upConn) onData(f *http2.DataFrame) error {
 		uc.addCreditLocked(nil, flen)
 		uc.mu.Unlock()
 		uc.sh.stats.StreamErrors.Add(1)
-		st.call.end(ending{mode: endStatus, code: codes.Internal, upCode: http2.ErrCodeFlowControl,
+		st.call.end(ending{mode: endStatus, code: codes.Internal, upCode: http2.ErrCodeFlowControl, up: st,
 			st: statusInternal("meshd: backend exceeded stream window"), err: errors.New("h2proxy: backend exceeded stream window")})
 		return nil
 	}
@@ -533,7 +622,7 @@ func (uc *upConn) onRST(f *http2.RSTStreamFrame) error {
 	if f.ErrCode == http2.ErrCodeRefusedStream {
 		// Never processed: the client (grpc-go and others) retries
 		// REFUSED_STREAM transparently.
-		cl.end(ending{mode: endRST, rst: http2.ErrCodeRefusedStream, code: codes.Unavailable, err: ErrRefused, notReached: true})
+		cl.end(ending{mode: endRST, rst: http2.ErrCodeRefusedStream, code: codes.Unavailable, err: ErrRefused, notReached: true, up: st})
 		return nil
 	}
 	if f.ErrCode == http2.ErrCodeCancel && !cl.deadline.IsZero() && time.Until(cl.deadline) < time.Millisecond {
@@ -543,7 +632,7 @@ func (uc *upConn) onRST(f *http2.RSTStreamFrame) error {
 		cl.onDeadline()
 		return nil
 	}
-	cl.end(ending{mode: endRST, rst: f.ErrCode, code: rstToCode(f.ErrCode), fl: &uc.fl,
+	cl.end(ending{mode: endRST, rst: f.ErrCode, code: rstToCode(f.ErrCode), fl: &uc.fl, up: st,
 		err: fmt.Errorf("h2proxy: backend reset the stream: %v", f.ErrCode)})
 	return nil
 }
@@ -583,7 +672,7 @@ func (uc *upConn) onGoAway(f *http2.GoAwayFrame) {
 		uc.sh.log.Debug("h2proxy: backend sent GOAWAY", "addr", uc.b.addr, "code", f.ErrCode, "debug", string(f.DebugData()))
 	}
 	for _, st := range refused {
-		st.call.end(ending{mode: endRST, rst: http2.ErrCodeRefusedStream, code: codes.Unavailable, err: ErrRefused, notReached: true})
+		st.call.end(ending{mode: endRST, rst: http2.ErrCodeRefusedStream, code: codes.Unavailable, err: ErrRefused, notReached: true, up: st})
 	}
 }
 
@@ -617,19 +706,26 @@ func (uc *upConn) checkIdle() {
 	uc.idleTimer.Reset(d)
 }
 
-// Forget drains the connections to addr: they take no new streams and close
-// once their in-flight streams end. Call it when an endpoint is removed. A
-// later stream to addr dials afresh.
+// Forget drains the connections to addr, through every Upstream: they take
+// no new streams and close once their in-flight streams end. Call it when
+// an endpoint is removed. A later stream to addr dials afresh.
 func (p *Pool) Forget(addr string) {
+	var conns []*upConn
 	p.mu.Lock()
-	b := p.backends[addr]
-	if b == nil {
-		p.mu.Unlock()
-		return
+	if b := p.backends[addr]; b != nil {
+		delete(p.backends, addr)
+		b.forgotten = true
+		conns = append(conns, b.conns...)
 	}
-	delete(p.backends, addr)
-	b.forgotten = true
-	conns := append([]*upConn(nil), b.conns...)
+	// A scan, not a lookup: an endpoint's removal is rare next to calls,
+	// which keep their single lookup by (address, Upstream).
+	for key, b := range p.viaUpstream {
+		if key.addr == addr {
+			delete(p.viaUpstream, key)
+			b.forgotten = true
+			conns = append(conns, b.conns...)
+		}
+	}
 	p.mu.Unlock()
 	for _, uc := range conns {
 		uc.mu.Lock()
@@ -689,13 +785,17 @@ func (p *Pool) close() {
 		waiters = append(waiters, b.waiters...)
 		b.waiters = nil
 	}
+	for _, b := range p.viaUpstream {
+		waiters = append(waiters, b.waiters...)
+		b.waiters = nil
+	}
 	p.mu.Unlock()
 	p.cancel()
 	for _, uc := range conns {
-		uc.hardClose(errors.New("h2proxy: pool closed"))
+		uc.hardClose(errPoolClosed)
 	}
 	for _, cl := range waiters {
-		cl.fail(codes.Unavailable, "meshd: shutting down", errors.New("h2proxy: pool closed"), true)
+		cl.fail(codes.Unavailable, "meshd: shutting down", errPoolClosed, true)
 	}
 	p.wg.Wait()
 }

@@ -30,10 +30,15 @@ var _ h2proxy.Director = (*Proxy)(nil)
 // span for the upstream attempt, whose traceparent replaces the caller's on
 // the way to the backend.
 //
-// What the frame engine does not do yet: retries beyond the client's own
-// transparent retry of refused streams, idle timeouts and routing by
-// original destination. config.Validate rejects configs that ask
-// for those with engine frame, so nothing is silently ignored.
+// A route's idle_timeout and retry policy are handed to the engine in the
+// Target (frame_retry.go): it keeps the request for replay and asks
+// retryAttempt, with the grpc engine's rules, before each new attempt;
+// each attempt gets its own CLIENT span and grpc-previous-rpc-attempts.
+// What the frame engine does not do yet is routing by original
+// destination (and transparent retries on routes without a retry policy,
+// beyond the client's own retry of refused streams); config.Validate
+// rejects configs that ask for what it cannot do, so nothing is silently
+// ignored.
 func (p *Proxy) Direct(ctx context.Context, req *h2proxy.Request) (h2proxy.Target, error) {
 	start := time.Now()
 	st := p.acquire()
@@ -54,7 +59,8 @@ func (p *Proxy) Direct(ctx context.Context, req *h2proxy.Request) (h2proxy.Targe
 	if cl == nil {
 		return fail(errUnknownCluster(route.Name, name))
 	}
-	if pol := st.Policies[route.Name]; pol != nil && !pol.RateLimit.Allow() {
+	pol := st.Policies[route.Name]
+	if pol != nil && !pol.RateLimit.Allow() {
 		return fail(errRateLimited(route.Name, pol.RateLimit.Rate()))
 	}
 	lim := st.Limits[name]
@@ -70,15 +76,22 @@ func (p *Proxy) Direct(ctx context.Context, req *h2proxy.Request) (h2proxy.Targe
 	fc := &frameCall{p: p, st: st, cl: cl, ep: ep, lim: lim, start: start,
 		call: Call{Method: req.Method, Route: route.Name, Cluster: name, Endpoint: ep.Address(), Start: start, Attempts: 1}}
 	fc.call.PeerAddr = req.RemoteAddr
-	target := h2proxy.Target{Addr: ep.Address(), Timeout: frameTimeout(route, req.Deadline), Done: fc.done}
+	target := h2proxy.Target{Addr: ep.Address(), Upstream: st.upstream(name), Timeout: frameTimeout(route, req.Deadline), Done: fc.done}
+	sctx := ctx // the SERVER span's context once tracing made one
 	if p.tracer != nil {
-		sctx, sspan := p.tracer.StartServer(ctx, req.Method, headerCarrier{req.Header}, remote(req))
+		var sspan trace.Span
+		sctx, sspan = p.tracer.StartServer(ctx, req.Method, headerCarrier{req.Header}, remote(req))
 		tracing.SetRoute(sctx, route.Name, name)
 		var out fieldCarrier
 		_, cspan := p.tracer.StartClient(sctx, req.Method, ep.Address(), 1, &out)
 		fc.server, fc.client = sspan, cspan
 		target.Header = out
 		fc.call.TraceID = sspan.SpanContext().TraceID()
+	}
+	// The retry budget counts every call, as the grpc engine's does.
+	st.Budgets[name].Deposit()
+	if pol != nil && (pol.IdleTimeout > 0 || pol.Retry != nil) {
+		fc.frameResilience(sctx, &target, pol, req) // frame_retry.go
 	}
 	return target, nil
 }
@@ -153,13 +166,21 @@ type frameCall struct {
 	lim   *Limiter
 	start time.Time
 	call  Call
-	// server and client are the call's spans when tracing is on.
+	// server and client are the call's spans when tracing is on (client:
+	// the current attempt's).
 	server, client trace.Span
+	// rt is the retry state of a call on a route with retries
+	// (frame_retry.go), else nil.
+	rt *frameRetry
 }
 
 // done runs once when the engine finishes the stream.
 func (fc *frameCall) done(res h2proxy.Result) {
-	fc.cl.Done(fc.ep, fc.start, res.Code, res.NotReached)
+	attemptStart := fc.start
+	if fc.rt != nil {
+		attemptStart = fc.rt.attemptStart
+	}
+	fc.cl.Done(fc.ep, attemptStart, res.Code, res.NotReached)
 	fc.lim.Release()
 	fc.st.calls.Add(-1)
 	if fc.server != nil {

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshd/meshd/balancer"
+	"github.com/meshd/meshd/h2proxy"
 	"github.com/meshd/meshd/router"
 	"github.com/meshd/meshd/tracing"
 )
@@ -36,10 +37,25 @@ type State struct {
 	Policies map[string]*RoutePolicy
 	// RetryBuffer caps the bytes all calls hold for retries (nil: no cap).
 	RetryBuffer *ByteBudget
+	// Upstreams holds, by cluster name, how the frame engine reaches the
+	// endpoints of clusters that are not h2c (TLS); absent or nil: h2c.
+	// Each cluster's value is kept while its TLS settings are unchanged,
+	// so that its pooled connections are too. The grpc engine's
+	// connections carry their own credentials.
+	Upstreams map[string]*h2proxy.Upstream
 
 	// calls counts the calls running on this State, so that a reload can
 	// tell when no call can use a cluster it removed any more.
 	calls atomic.Int64
+}
+
+// upstream is the frame engine's Upstream for cluster name. Configs with
+// no TLS cluster pay a length check, not a map lookup, per call.
+func (st *State) upstream(name string) *h2proxy.Upstream {
+	if len(st.Upstreams) == 0 {
+		return nil
+	}
+	return st.Upstreams[name]
 }
 
 // Active is the number of calls running on st. Once st has been swapped

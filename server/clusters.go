@@ -16,6 +16,7 @@ import (
 	"github.com/meshd/meshd/balancer"
 	"github.com/meshd/meshd/config"
 	"github.com/meshd/meshd/discovery"
+	"github.com/meshd/meshd/h2proxy"
 	"github.com/meshd/meshd/proxy"
 )
 
@@ -42,6 +43,10 @@ type clusterRun struct {
 	// a view with the limits of its config (resilience.go).
 	limiter *proxy.Limiter
 	budget  *proxy.RetryBudget
+	// upstream is how the frame engine reaches the endpoints over TLS;
+	// nil for h2c. A run is rebuilt when its TLS settings change, so a new
+	// Upstream (and with it new frame engine connections) comes with it.
+	upstream *h2proxy.Upstream
 }
 
 // sameAs reports whether the run can serve cfg unchanged.
@@ -114,18 +119,24 @@ func balancerOptions(c config.Cluster, log *slog.Logger) balancer.Options {
 	}
 }
 
-// upstreamCreds builds the transport credentials for a cluster: h2c, or
-// TLS whose files are reloaded when they change (tls.go).
-func upstreamCreds(t *config.UpstreamTLS, log *slog.Logger) (credentials.TransportCredentials, error) {
+// upstreamCreds builds how both engines reach a cluster's endpoints: h2c
+// (insecure credentials, no Upstream), or TLS whose files are reloaded when
+// they change (tls.go), as grpc-go credentials and as the frame engine's
+// Upstream.
+func upstreamCreds(name string, t *config.UpstreamTLS, log *slog.Logger) (credentials.TransportCredentials, *h2proxy.Upstream, error) {
 	if t == nil {
-		return insecure.NewCredentials(), nil
+		return insecure.NewCredentials(), nil, nil
 	}
-	return upstreamTLS(t, log)
+	u, err := loadUpstreamTLS(t, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	return u.creds(), u.upstream(name), nil
 }
 
 // newClusterRun builds a cluster and starts its discovery loop.
 func (s *Server) newClusterRun(c config.Cluster, maxMsg int, consul *api.Client) (*clusterRun, error) {
-	creds, err := upstreamCreds(c.TLS, s.log.With("cluster", c.Name))
+	creds, upstream, err := upstreamCreds(c.Name, c.TLS, s.log.With("cluster", c.Name))
 	if err != nil {
 		return nil, fmt.Errorf("cluster %q: tls: %w", c.Name, err)
 	}
@@ -169,7 +180,7 @@ func (s *Server) newClusterRun(c config.Cluster, maxMsg int, consul *api.Client)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &clusterRun{cfg: c, maxMsg: maxMsg, cl: cl, resolver: res, cancel: cancel, done: make(chan struct{}), forget: s.dests.forget,
-		limiter: proxy.NewLimiter(0, 0), budget: proxy.NewRetryBudget(0, 0, nil)}
+		limiter: proxy.NewLimiter(0, 0), budget: proxy.NewRetryBudget(0, 0, nil), upstream: upstream}
 	go func() {
 		defer close(r.done)
 		// Watch returns ctx.Err() when stopped; anything else is logged

@@ -8,6 +8,7 @@ import (
 
 	"github.com/meshd/meshd/balancer"
 	"github.com/meshd/meshd/config"
+	"github.com/meshd/meshd/h2proxy"
 	"github.com/meshd/meshd/proxy"
 	"github.com/meshd/meshd/router"
 )
@@ -35,6 +36,12 @@ func (s *Server) newState(cfg *config.Config, table *router.Table, runs map[stri
 		st.Clusters[c.Name] = r.cl
 		st.Limits[c.Name] = r.limiter.WithLimits(c.MaxRequests, c.MaxPending)
 		st.Budgets[c.Name] = r.budget.WithParams(*c.RetryBudget.BudgetPercent, *c.RetryBudget.MinRetriesPerSecond)
+		if r.upstream != nil {
+			if st.Upstreams == nil {
+				st.Upstreams = make(map[string]*h2proxy.Upstream)
+			}
+			st.Upstreams[c.Name] = r.upstream
+		}
 	}
 	buckets = make(map[string]*proxy.TokenBucket)
 	for _, r := range cfg.Routes {

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/meshd/meshd/config"
+	"github.com/meshd/meshd/h2proxy"
 )
 
 // certCheckInterval is how often, at most, a handshake looks at whether the
@@ -158,18 +159,32 @@ func loadPool(key, file string) (*x509.CertPool, error) {
 	return pool, nil
 }
 
-// upstreamTLS builds TLS credentials to a cluster's endpoints (TLS 1.2+,
-// ALPN h2; a client certificate for mTLS when cert_file is set). The CA and
-// client certificate are re-read when their files change; each new
-// connection uses the current ones.
-func upstreamTLS(t *config.UpstreamTLS, log *slog.Logger) (credentials.TransportCredentials, error) {
+// upstreamTLSBuild is one build of a cluster's upstream TLS settings, in
+// the form each engine uses, so both read the same files through one
+// reloading and rotate together.
+type upstreamTLSBuild struct {
+	tc    *tls.Config                      // the frame engine dials with it
+	creds credentials.TransportCredentials // the grpc engine's, over tc
+}
+
+// upstreamTLS is TLS to a cluster's endpoints (TLS 1.2+, ALPN h2; a client
+// certificate for mTLS when cert_file is set). The CA and client
+// certificate are re-read when their files change; each new connection,
+// of either engine, uses the current ones.
+type upstreamTLS struct {
+	r *reloading[upstreamTLSBuild]
+}
+
+// loadUpstreamTLS reads a cluster's TLS files; it fails when they cannot
+// be read or built from.
+func loadUpstreamTLS(t *config.UpstreamTLS, log *slog.Logger) (*upstreamTLS, error) {
 	var files []string
 	for _, f := range []string{t.CAFile, t.CertFile, t.KeyFile} {
 		if f != "" {
 			files = append(files, f)
 		}
 	}
-	build := func() (credentials.TransportCredentials, error) {
+	build := func() (*upstreamTLSBuild, error) {
 		tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: t.ServerName, NextProtos: []string{"h2"}}
 		if t.CAFile != "" {
 			pool, err := loadPool("ca_file", t.CAFile)
@@ -185,39 +200,48 @@ func upstreamTLS(t *config.UpstreamTLS, log *slog.Logger) (credentials.Transport
 			}
 			tc.Certificates = []tls.Certificate{cert}
 		}
-		return credentials.NewTLS(tc), nil
+		// credentials.NewTLS clones tc: the frame engine's dials cannot
+		// change what the grpc engine's handshakes see.
+		return &upstreamTLSBuild{tc: tc, creds: credentials.NewTLS(tc)}, nil
 	}
-	if len(files) == 0 {
-		return build() // system roots only: nothing to reload
-	}
-	buildPtr := func() (*credentials.TransportCredentials, error) {
-		c, err := build()
-		if err != nil {
-			return nil, err
-		}
-		return &c, nil
-	}
-	r, err := newReloading("upstream tls "+t.ServerName, files, buildPtr, log)
+	// With no files (system roots only) there is nothing to reload, and
+	// each check hashes nothing.
+	r, err := newReloading("upstream tls "+t.ServerName, files, build, log)
 	if err != nil {
 		return nil, err
 	}
-	return &reloadingCreds{r: r, info: (*r.cur.Load()).Info()}, nil
+	return &upstreamTLS{r: r}, nil
+}
+
+// creds is the grpc engine's transport credentials.
+func (u *upstreamTLS) creds() credentials.TransportCredentials {
+	return &reloadingCreds{r: u.r, info: u.r.cur.Load().creds.Info()}
+}
+
+// upstream is the frame engine's way to the cluster's endpoints: a TLS
+// dial with the current settings. The server name defaults to the
+// endpoint's host, as grpc-go's authority does; h2proxy requires ALPN h2.
+func (u *upstreamTLS) upstream(cluster string) *h2proxy.Upstream {
+	return &h2proxy.Upstream{Name: cluster, Dial: func(ctx context.Context, addr string) (net.Conn, error) {
+		d := tls.Dialer{Config: u.r.get().tc}
+		return d.DialContext(ctx, "tcp", addr)
+	}}
 }
 
 // reloadingCreds hands each client handshake to the TLS credentials built
 // from the current files. Verification stays grpc-go's and crypto/tls's
 // own; only which roots and certificate they use changes.
 type reloadingCreds struct {
-	r    *reloading[credentials.TransportCredentials]
+	r    *reloading[upstreamTLSBuild]
 	info credentials.ProtocolInfo
 }
 
 func (c *reloadingCreds) ClientHandshake(ctx context.Context, authority string, conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
-	return (*c.r.get()).ClientHandshake(ctx, authority, conn)
+	return c.r.get().creds.ClientHandshake(ctx, authority, conn)
 }
 
 func (c *reloadingCreds) ServerHandshake(conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
-	return (*c.r.get()).ServerHandshake(conn)
+	return c.r.get().creds.ServerHandshake(conn)
 }
 
 func (c *reloadingCreds) Info() credentials.ProtocolInfo { return c.info }

@@ -295,9 +295,6 @@ func TestFaultStallMidStream(t *testing.T) {
 			} {
 				t.Run(tc.name, func(t *testing.T) {
 					t.Parallel()
-					if engine == "frame" && tc.name == "idle timeout" {
-						t.Skip("the frame engine has no route idle_timeout (config rejects it)")
-					}
 					bs := startBackends(t, "stall", 1)
 					m := startMesh(t, fmt.Sprintf(`
 engine: %s

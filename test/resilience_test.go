@@ -150,6 +150,10 @@ func TestTimeouts(t *testing.T) {
 // one.
 func TestStreamTimeouts(t *testing.T) {
 	t.Parallel()
+	forEngines(t, testStreamTimeouts)
+}
+
+func testStreamTimeouts(t *testing.T, engine string) {
 	bs := startBackends(t, "st", 1)
 	m := startMesh(t, meshYAML(`  - name: idle
     match: {prefix: /, headers: [{name: x-route, exact: idle}]}
@@ -158,7 +162,7 @@ func TestStreamTimeouts(t *testing.T) {
   - name: plain
     match: {prefix: /}
     cluster: c
-`, "  - name: c\n    endpoints: "+addrs(bs)+"\n", ""))
+`, "  - name: c\n    endpoints: "+addrs(bs)+"\n", "engine: "+engine))
 	cc := dial(t, m.Addr)
 	waitServing(t, cc)
 	client := testpb.NewTestServiceClient(cc)
@@ -224,7 +228,7 @@ func TestStreamTimeouts(t *testing.T) {
 // route that retries: name-0 fails, name-1 answers. Calls must carry
 // x-trailers-only so the failure is trailers-only (grpc-go sends a header
 // frame first when a handler set header metadata, which commits the call).
-func failoverMesh(t *testing.T, name, retry string) (*mesh, []*backend.Backend, testpb.TestServiceClient) {
+func failoverMesh(t *testing.T, engine, name, retry string) (*mesh, []*backend.Backend, testpb.TestServiceClient) {
 	t.Helper()
 	bs := startBackends(t, name, 2)
 	m := startMesh(t, meshYAML(`  - name: r
@@ -232,7 +236,7 @@ func failoverMesh(t *testing.T, name, retry string) (*mesh, []*backend.Backend, 
     cluster: c
 `+retry, "  - name: c\n    endpoints: "+addrs(bs)+"\n"+noOutlier+
 		// Every call may retry once: this test is not about the budget.
-		"    retry_budget: {budget_percent: 100}\n", ""))
+		"    retry_budget: {budget_percent: 100}\n", "engine: "+engine))
 	cc := dial(t, m.Addr)
 	waitServing(t, cc)
 	waitHealthy(t, m.Admin, "c", 2)
@@ -245,7 +249,11 @@ func failoverMesh(t *testing.T, name, retry string) (*mesh, []*backend.Backend, 
 // half-close replayed, and the backend learns the attempt count.
 func TestRetryGoesToAnotherBackend(t *testing.T) {
 	t.Parallel()
-	_, bs, client := failoverMesh(t, "rt", `    retry: {attempts: 2, backoff: {base_interval: 1ms}}
+	forEngines(t, testRetryGoesToAnotherBackend)
+}
+
+func testRetryGoesToAnotherBackend(t *testing.T, engine string) {
+	_, bs, client := failoverMesh(t, engine, "rt", `    retry: {attempts: 2, backoff: {base_interval: 1ms}}
 `)
 	ctx := ctxMD(t, "x-trailers-only", "1")
 	t.Run("unary", func(t *testing.T) {
@@ -326,6 +334,10 @@ func TestRetryGoesToAnotherBackend(t *testing.T) {
 // elsewhere; when every attempt is cut the call is DEADLINE_EXCEEDED.
 func TestPerTryTimeout(t *testing.T) {
 	t.Parallel()
+	forEngines(t, testPerTryTimeout)
+}
+
+func testPerTryTimeout(t *testing.T, engine string) {
 	slowIntercept := func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 		tm := time.NewTimer(10 * time.Second)
 		defer tm.Stop()
@@ -347,7 +359,7 @@ func TestPerTryTimeout(t *testing.T) {
     match: {prefix: /}
     cluster: mixed
     retry: {attempts: 2, per_try_timeout: 500ms, backoff: {base_interval: 1ms}}
-`, "  - name: mixed\n    endpoints: "+addrs(both)+"\n"+noOutlier+"  - name: slow\n    endpoints: "+addrs(slow)+"\n"+noOutlier, ""))
+`, "  - name: mixed\n    endpoints: "+addrs(both)+"\n"+noOutlier+"  - name: slow\n    endpoints: "+addrs(slow)+"\n"+noOutlier, "engine: "+engine))
 	cc := dial(t, m.Addr)
 	waitServing(t, cc)
 	waitHealthy(t, m.Admin, "mixed", 2)
@@ -384,6 +396,10 @@ func TestPerTryTimeout(t *testing.T) {
 // once instead of a doomed attempt.
 func TestRetryNotStartedPastDeadline(t *testing.T) {
 	t.Parallel()
+	forEngines(t, testRetryNotStartedPastDeadline)
+}
+
+func testRetryNotStartedPastDeadline(t *testing.T, engine string) {
 	tests := []struct {
 		name      string
 		deadline  time.Duration
@@ -402,7 +418,7 @@ func TestRetryNotStartedPastDeadline(t *testing.T) {
     match: {prefix: /}
     cluster: c
     retry: {attempts: 3, backoff: {base_interval: 1ms}}
-`, "  - name: c\n    endpoints: "+addrs(bs)+"\n"+noOutlier, ""))
+`, "  - name: c\n    endpoints: "+addrs(bs)+"\n"+noOutlier, "engine: "+engine))
 			cc := dial(t, m.Addr)
 			waitServing(t, cc)
 			base := bs[0].Calls() + bs[1].Calls()
@@ -428,12 +444,16 @@ func TestRetryNotStartedPastDeadline(t *testing.T) {
 // a failure is final.
 func TestCommittedCallNotRetried(t *testing.T) {
 	t.Parallel()
+	forEngines(t, testCommittedCallNotRetried)
+}
+
+func testCommittedCallNotRetried(t *testing.T, engine string) {
 	bs := startBackends(t, "cm", 2)
 	m := startMesh(t, meshYAML(`  - name: r
     match: {prefix: /}
     cluster: c
     retry: {attempts: 3, backoff: {base_interval: 1ms}}
-`, "  - name: c\n    endpoints: "+addrs(bs)+"\n"+noOutlier, ""))
+`, "  - name: c\n    endpoints: "+addrs(bs)+"\n"+noOutlier, "engine: "+engine))
 	cc := dial(t, m.Addr)
 	waitServing(t, cc)
 	base := bs[0].Calls() + bs[1].Calls()
@@ -466,6 +486,10 @@ func TestCommittedCallNotRetried(t *testing.T) {
 // process-wide retry buffer commits and is not retried.
 func TestRetryBufferLimit(t *testing.T) {
 	t.Parallel()
+	forEngines(t, testRetryBufferLimit)
+}
+
+func testRetryBufferLimit(t *testing.T, engine string) {
 	tests := []struct {
 		name      string
 		perCall   int
@@ -487,7 +511,7 @@ func TestRetryBufferLimit(t *testing.T) {
     match: {prefix: /}
     cluster: c
     retry: {attempts: 2, max_buffer_bytes: %d, backoff: {base_interval: 1ms}}
-`, tc.perCall), "  - name: c\n    endpoints: "+addrs(bs)+"\n"+noOutlier, fmt.Sprintf("max_retry_buffer_bytes: %d", tc.process)))
+`, tc.perCall), "  - name: c\n    endpoints: "+addrs(bs)+"\n"+noOutlier, fmt.Sprintf("engine: %s\nmax_retry_buffer_bytes: %d", engine, tc.process)))
 			cc := dial(t, m.Addr)
 			waitServing(t, cc)
 			base := bs[0].Calls()
@@ -517,6 +541,10 @@ func TestRetryBufferLimit(t *testing.T) {
 // retry.attempts alone would triple the load.
 func TestRetryBudgetCapsStorm(t *testing.T) {
 	t.Parallel()
+	forEngines(t, testRetryBudgetCapsStorm)
+}
+
+func testRetryBudgetCapsStorm(t *testing.T, engine string) {
 	tests := []struct {
 		name         string
 		budget       string
@@ -536,7 +564,7 @@ func TestRetryBudgetCapsStorm(t *testing.T) {
     match: {prefix: /}
     cluster: c
     retry: {attempts: 3, backoff: {base_interval: 1ms, max_interval: 2ms}}
-`, "  - name: c\n    endpoints: "+addrs(bs)+"\n"+noOutlier+"    retry_budget: "+tc.budget+"\n", ""))
+`, "  - name: c\n    endpoints: "+addrs(bs)+"\n"+noOutlier+"    retry_budget: "+tc.budget+"\n", "engine: "+engine))
 			cc := dial(t, m.Addr)
 			waitServing(t, cc)
 			for _, b := range bs {
@@ -574,6 +602,16 @@ func TestRetryBudgetCapsStorm(t *testing.T) {
 			if perCall > tc.maxPerCall || perCall < tc.minPerCall {
 				t.Fatalf("%.2f attempts per call, want between %.2f and %.2f", perCall, tc.minPerCall, tc.maxPerCall)
 			}
+		})
+	}
+}
+
+// forEngines runs f as a parallel subtest per engine.
+func forEngines(t *testing.T, f func(t *testing.T, engine string)) {
+	for _, engine := range engines {
+		t.Run(engine, func(t *testing.T) {
+			t.Parallel()
+			f(t, engine)
 		})
 	}
 }

@@ -262,9 +262,18 @@ func TestTLSRotationUnderLoad(t *testing.T) {
 
 // TestTLSUpstream: meshd speaks mTLS to a backend that requires a client
 // certificate, verifying the backend's certificate against ca_file and
-// server_name.
+// server_name, on both engines.
 func TestTLSUpstream(t *testing.T) {
 	t.Parallel()
+	for _, engine := range engines {
+		t.Run(engine, func(t *testing.T) {
+			t.Parallel()
+			testTLSUpstream(t, engine)
+		})
+	}
+}
+
+func testTLSUpstream(t *testing.T, engine string) {
 	ca := newTestCA(t, "upstream CA")
 	dir := t.TempDir()
 	var clientCN atomic.Pointer[string]
@@ -287,6 +296,7 @@ func TestTLSUpstream(t *testing.T) {
 	c, k, _ := ca.issue(t, "meshd-client")
 	caFile, certFile, keyFile := writeFile(t, dir, "ca.crt", ca.pem), writeFile(t, dir, "client.crt", c), writeFile(t, dir, "client.key", k)
 	m := startMesh(t, fmt.Sprintf(`
+engine: %s
 listeners: [{name: main, address: 127.0.0.1:0}]
 drain_timeout: 5s
 routes:
@@ -299,7 +309,7 @@ clusters:
   - name: wrong-name
     endpoints: %s
     tls: {ca_file: %s, cert_file: %s, key_file: %s, server_name: not-the-backend.internal}
-`, addrs(bs), caFile, certFile, keyFile, addrs(bs), caFile, certFile, keyFile))
+`, engine, addrs(bs), caFile, certFile, keyFile, addrs(bs), caFile, certFile, keyFile))
 	cc := dial(t, m.Addr)
 	waitServing(t, cc) // health watching runs over mTLS too
 	client := testpb.NewTestServiceClient(cc)

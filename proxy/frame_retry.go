@@ -1,0 +1,138 @@
+package proxy
+
+import (
+	"context"
+	"slices"
+	"strconv"
+	"time"
+
+	"golang.org/x/net/http2/hpack"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/meshd/meshd/balancer"
+	"github.com/meshd/meshd/h2proxy"
+	"github.com/meshd/meshd/tracing"
+)
+
+// frameResilience asks the frame engine for the route's idle timeout and
+// retries, with the grpc engine's statuses (errors.go) and decisions
+// (retry.go): the engine keeps the request for replay and asks
+// frameCall.retryAttempt before each new attempt.
+func (fc *frameCall) frameResilience(sctx context.Context, t *h2proxy.Target, pol *RoutePolicy, req *h2proxy.Request) {
+	if d := pol.IdleTimeout; d > 0 {
+		t.IdleTimeout = d
+		t.IdleErr = status.Error(codes.DeadlineExceeded, (&timeoutError{setting: settingIdle, d: d}).Error())
+	}
+	r := pol.Retry
+	if r == nil || r.Attempts <= 1 {
+		return
+	}
+	rt := &frameRetry{policy: r, hdr: fieldHeader(slices.Clone(req.Header.Fields())), sctx: sctx, attemptStart: fc.start}
+	fc.rt = rt
+	t.Retry = fc.retryAttempt
+	t.RetryBufferBytes = r.MaxBufferBytes
+	if fc.st.RetryBuffer != nil {
+		t.RetryBuffer = fc.st.RetryBuffer
+	}
+	if d := r.PerTryTimeout; d > 0 {
+		t.PerTryTimeout = d
+		t.PerTryErr = status.Error(codes.DeadlineExceeded, (&timeoutError{setting: settingPerTry, d: d}).Error())
+	}
+	rt.base = *t
+}
+
+// frameRetry is a retryable frame call's state across attempts. The
+// engine serialises retryAttempt and done, so it needs no lock.
+type frameRetry struct {
+	policy *RetryPolicy
+	base   h2proxy.Target  // the first attempt's Target; retries change Addr and Header
+	hdr    fieldHeader     // the request's fields, for ring_hash picks
+	sctx   context.Context // the SERVER span's context, for attempts' CLIENT spans
+	// attemptStart is when the current attempt started.
+	attemptStart time.Time
+	// tries counts failed attempts that reached a backend, transparent
+	// the retries of attempts that did not.
+	tries, transparent int
+}
+
+// retryAttempt decides whether the failed attempt a is retried, as
+// callRun.run and retryAfter do for the grpc engine: attempts that never
+// reached a backend are retried transparently (at most
+// maxNotReachedAttempts in a row, no budget); others up to the policy's
+// attempts, on a retry_on status or a per-try timeout, when the time left
+// covers the backoff plus what the failed attempt took, and last within the
+// cluster's retry budget. The next attempt goes to another endpoint when
+// the cluster has one, with grpc-previous-rpc-attempts and its own CLIENT
+// span. The engine calls it under the call's lock, never concurrently with
+// done.
+func (fc *frameCall) retryAttempt(a h2proxy.RetryInfo) (h2proxy.Target, time.Duration, bool) {
+	rt, r := fc.rt, fc.rt.policy
+	var wait time.Duration
+	if a.NotReached {
+		if rt.transparent >= maxNotReachedAttempts-1 {
+			return h2proxy.Target{}, 0, false
+		}
+	} else {
+		rt.tries++
+		if rt.tries >= r.Attempts {
+			return h2proxy.Target{}, 0, false
+		}
+		if !a.PerTry && !slices.Contains(r.RetryOn, a.Code) {
+			return h2proxy.Target{}, 0, false
+		}
+		wait = r.backoff(rt.tries)
+		if !a.Deadline.IsZero() {
+			need := a.Took
+			if a.PerTry {
+				need = r.PerTryTimeout
+			}
+			if time.Until(a.Deadline)-wait < need {
+				return h2proxy.Target{}, 0, false
+			}
+		}
+	}
+	ep, err := fc.cl.Pick(&balancer.PickInfo{Method: fc.call.Method, Header: rt.hdr, Exclude: fc.ep})
+	if err != nil {
+		return h2proxy.Target{}, 0, false
+	}
+	// Last, so a retry refused for another reason costs no budget.
+	if !a.NotReached && !fc.st.Budgets[fc.call.Cluster].Withdraw() {
+		return h2proxy.Target{}, 0, false
+	}
+	if a.NotReached {
+		rt.transparent++
+	}
+	// The failed attempt is over: the balancer and the trace hear of it now.
+	fc.cl.Done(fc.ep, rt.attemptStart, a.Code, a.NotReached)
+	n := fc.call.Attempts + 1
+	fc.ep, rt.attemptStart = ep, time.Now()
+	fc.call.Attempts, fc.call.Endpoint = n, ep.Address()
+	var out fieldCarrier
+	if fc.server != nil {
+		msg := ""
+		if a.Err != nil {
+			msg = a.Err.Error()
+		}
+		tracing.EndSpan(fc.client, a.Code, msg)
+		_, fc.client = fc.p.tracer.StartClient(rt.sctx, fc.call.Method, ep.Address(), n, &out)
+	}
+	out = append(out, hpack.HeaderField{Name: "grpc-previous-rpc-attempts", Value: strconv.Itoa(n - 1)})
+	t := rt.base
+	t.Addr, t.Header = ep.Address(), out
+	return t, wait, true
+}
+
+// fieldHeader is a copy of the request's fields for the picks of retries
+// (ring_hash reads its key from it) after the engine's Request is gone.
+type fieldHeader []hpack.HeaderField
+
+func (h fieldHeader) Get(name string) []string {
+	var vs []string
+	for _, f := range h {
+		if f.Name == name {
+			vs = append(vs, f.Value)
+		}
+	}
+	return vs
+}
