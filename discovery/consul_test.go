@@ -373,8 +373,10 @@ func TestConsulEmptyHold(t *testing.T) {
 			append([]discovery.ConsulOption{discovery.WithEmptyHold(hold)}, fastOpts...)...)
 		w := startWatch(t, c)
 		w.expect(5*time.Second, endpoints(in))
-		a.Restart(t)
+		// Taken before the restart: the watch may reach the new agent
+		// before Restart has seen it ready.
 		restarted := time.Now()
+		a.Restart(t)
 		waitStatus(t, c, "holding", func(st discovery.WatchStatus) bool { return st.Holding })
 		w.expect(10*time.Second, endpoints())
 		if took := time.Since(restarted); took < hold {
