@@ -153,9 +153,6 @@ func (v *validator) listenerLimits(p string, l *Listener) {
 		default:
 			v.add(p+".original_dst.direction", "want outbound or inbound, got %q", o.Direction)
 		}
-		if v.c.Engine == "frame" {
-			v.add(p+".original_dst", "needs engine grpc (the frame engine does not route by original destination)")
-		}
 		if l.TLS != nil {
 			// Redirected connections come from the app in plaintext; TLS
 			// from the app is relayed as opaque TCP, never terminated.

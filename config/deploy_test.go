@@ -124,11 +124,18 @@ func TestListenerLimitsInvalid(t *testing.T) {
 }
 
 // A route may send calls to the built-in original_dst cluster and test the
-// original destination with the ":original-dst" pseudo header.
+// original destination with the ":original-dst" pseudo header, on either
+// engine.
 func TestOriginalDstRoute(t *testing.T) {
 	t.Parallel()
-	_, err := config.Parse([]byte(`
-listeners: [{name: out, address: 127.0.0.1:15001, original_dst: {direction: outbound}}]
+	for _, engine := range []string{"grpc", "frame"} {
+		t.Run(engine, func(t *testing.T) {
+			t.Parallel()
+			_, err := config.Parse([]byte(`
+engine: `+engine+`
+listeners:
+  - {name: out, address: 127.0.0.1:15001, original_dst: {direction: outbound}}
+  - {name: in, address: 127.0.0.1:15006, original_dst: {direction: inbound}}
 routes:
   - name: payments
     match: {prefix: /, headers: [{name: ":original-dst", regex: ".*:9443"}]}
@@ -136,8 +143,10 @@ routes:
   - {name: rest, match: {prefix: /}, cluster: c}
 clusters: [{name: c, endpoints: [127.0.0.1:9001]}]
 `), "r.yaml")
-	if err != nil {
-		t.Fatalf("Parse: %v", err)
+			if err != nil {
+				t.Fatalf("Parse: %v", err)
+			}
+		})
 	}
 }
 

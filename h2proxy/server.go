@@ -265,8 +265,10 @@ func (s *Server) Serve(ln net.Listener) error {
 
 // ServeConn serves one already-accepted connection (TLS-terminated, or from
 // a listener that resolves SO_ORIGINAL_DST) and returns when it is closed.
-// Cancelling ctx closes the connection at once; Shutdown drains it
-// gracefully.
+// ctx is the parent of the connection context that Director.Direct gets, so
+// values the caller put in it (meshd's server: the connection's original
+// destination, as a grpc peer) reach the Director. Cancelling ctx closes the
+// connection at once; Shutdown drains it gracefully.
 func (s *Server) ServeConn(ctx context.Context, nc net.Conn) {
 	sc := newServerConn(s, ctx)
 	sc.init(s.sh, nc, false)

@@ -34,18 +34,22 @@ var _ h2proxy.Director = (*Proxy)(nil)
 // Target (frame_retry.go): it keeps the request for replay and asks
 // retryAttempt, with the grpc engine's rules, before each new attempt;
 // each attempt gets its own CLIENT span and grpc-previous-rpc-attempts.
-// What the frame engine does not do yet is routing by original
-// destination (and transparent retries on routes without a retry policy,
-// beyond the client's own retry of refused streams); config.Validate
-// rejects configs that ask for what it cannot do, so nothing is silently
-// ignored.
+//
+// On an original_dst listener ctx carries the connection's origdst.Info
+// (the server's accept loop puts it there), so lookup and cluster route by
+// original destination exactly as Handle does; on any other listener they
+// cost one context lookup and allocate nothing.
+//
+// What the frame engine does not do yet is transparent retries on routes
+// without a retry policy, beyond the client's own retry of refused
+// streams.
 func (p *Proxy) Direct(ctx context.Context, req *h2proxy.Request) (h2proxy.Target, error) {
 	start := time.Now()
 	st := p.acquire()
 	if st == nil {
 		return h2proxy.Target{}, p.frameFailed(req, start, "", "", errNotReady())
 	}
-	route := st.Table.Lookup(req.Method, req.Header)
+	route := p.lookup(ctx, st, req.Method, req.Header)
 	if route == nil {
 		st.calls.Add(-1)
 		return h2proxy.Target{}, p.frameFailed(req, start, "", "", errNoRoute(req.Method))
@@ -55,7 +59,7 @@ func (p *Proxy) Direct(ctx context.Context, req *h2proxy.Request) (h2proxy.Targe
 		st.calls.Add(-1)
 		return h2proxy.Target{}, p.frameFailed(req, start, route.Name, name, err)
 	}
-	cl := st.Clusters[name]
+	cl := p.cluster(ctx, st, name)
 	if cl == nil {
 		return fail(errUnknownCluster(route.Name, name))
 	}

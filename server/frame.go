@@ -33,22 +33,55 @@ func serveStopped(err error) bool {
 	return err == nil || errors.Is(err, grpc.ErrServerStopped) || errors.Is(err, h2proxy.ErrServerClosed)
 }
 
-// frameServer adapts h2proxy.Server to dataServer.
-type frameServer struct{ *h2proxy.Server }
+// frameServer adapts h2proxy.Server to dataServer. On an original_dst
+// listener odst accepts the connections instead of the engine
+// (frame_origdst.go); it is nil otherwise.
+type frameServer struct {
+	*h2proxy.Server
+	odst *odstAccept
+}
+
+// Serve runs origdst's accept loop on an original_dst listener, the
+// engine's own otherwise.
+func (f frameServer) Serve(ln net.Listener) error {
+	if f.odst != nil {
+		return f.odst.serve(ln)
+	}
+	return f.Server.Serve(ln)
+}
 
 func (f frameServer) GracefulStop() {
+	if f.odst != nil {
+		f.odst.stop()
+	}
 	// Shutdown waits for in-flight streams; drain's own timer bounds it by
 	// calling Stop, which ends the wait.
 	_ = f.Shutdown(context.Background())
+	if f.odst != nil {
+		f.odst.wait()
+	}
 }
 
-func (f frameServer) Stop() { _ = f.Close() }
+func (f frameServer) Stop() {
+	if f.odst != nil {
+		f.odst.stop()
+	}
+	_ = f.Close()
+	if f.odst != nil {
+		f.odst.wait()
+	}
+}
 
 // frameListener builds the frame engine for one listener. The engine does
 // its own HTTP/2 protocol policing (stream, header and frame limits, and
 // h2guard's flood, reset and handshake rules inside its connections), so no
 // h2guard sits in front of it; its counters reach /metrics through
 // frameListenerStats.
+//
+// An original_dst listener's connections go through origdst's handshake
+// first (frame_origdst.go): opaque TCP is relayed to its original
+// destination and never reaches the engine, and the Director finds a gRPC
+// connection's original destination in the connection's context.
 func (s *Server) frameListener(cfg *config.Config, lc config.Listener, lis net.Listener) (dataServer, net.Listener, error) {
 	var idle config.Duration // nil (defaults skipped): kept, as listenerOptions does
 	if lc.IdleTimeout != nil {
@@ -78,10 +111,14 @@ func (s *Server) frameListener(cfg *config.Config, lc config.Listener, lis net.L
 		}
 		lis = tls.NewListener(lis, tc)
 	}
+	srv := frameServer{Server: fs}
+	if lc.OriginalDst != nil {
+		srv.odst = s.originalDstAccept(lc, fs)
+	}
 	s.frames = append(s.frames, fs)
 	frames := slices.Clone(s.frames)
 	s.frameSet.Store(&frames)
-	return frameServer{fs}, lis, nil
+	return srv, lis, nil
 }
 
 // forgetUpstream releases the frame engine's upstream connections to an

@@ -46,6 +46,11 @@ type destinations struct {
 
 	cmu   sync.Mutex
 	creds []*origdst.Credentials
+
+	// upstreamClosed is called with a passthrough endpoint's address
+	// after its connection closed (the cluster idled out), for the frame
+	// engine's upstream pool; nil without a frame listener. Guarded by pmu.
+	upstreamClosed func(addr string)
 }
 
 type ownedAddrs struct {
@@ -155,7 +160,10 @@ func (d *destinations) Passthrough(addr string) (*balancer.Cluster, error) {
 		Health:  balancer.HealthOptions{Disabled: true},
 		Outlier: balancer.OutlierOptions{Disabled: true},
 		AllDown: balancer.AllDownAny,
-		Logger:  d.log.With("component", "balancer", "cluster", config.OriginalDstCluster, "dst", addr),
+		// Without it the frame engine would keep its connection to every
+		// destination ever passed through for as long as meshd runs.
+		OnClosed: d.upstreamClosed,
+		Logger:   d.log.With("component", "balancer", "cluster", config.OriginalDstCluster, "dst", addr),
 	}, func(ep discovery.Endpoint) (*grpc.ClientConn, error) {
 		return grpc.NewClient(ep.Address, dopts...)
 	})
@@ -212,6 +220,14 @@ func inFlight(cl *balancer.Cluster) int64 {
 		n += e.Outstanding
 	}
 	return n
+}
+
+// onUpstreamClosed sets the function told about each passthrough endpoint
+// whose connection closed, for clusters created from now on.
+func (d *destinations) onUpstreamClosed(f func(addr string)) {
+	d.pmu.Lock()
+	d.upstreamClosed = f
+	d.pmu.Unlock()
 }
 
 // addCredentials registers an original_dst listener's credentials so that

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -57,8 +58,15 @@ type netnsHost struct {
 // own UID. The app's client dials backends' ordinary addresses and never
 // meshd, and its server is called at its own address from another
 // namespace; the test checks that meshd carried every call and routed it by
-// the original destination.
+// the original destination. It runs once per engine, one after the other:
+// both use the same namespace names.
 func TestNetnsSidecar(t *testing.T) {
+	for _, engine := range engines {
+		t.Run(engine, func(t *testing.T) { testNetnsSidecar(t, engine) })
+	}
+}
+
+func testNetnsSidecar(t *testing.T, engine string) {
 	env := newNetnsEnv(t)
 	b1, b2, b3, cl := env.hosts[0], env.hosts[1], env.hosts[2], env.hosts[3]
 
@@ -94,6 +102,7 @@ func TestNetnsSidecar(t *testing.T) {
 	env.meshdCmd(t, "app", true, "iptables", "-inbound-port", "15006", "-outbound-port", "15001",
 		"-proxy-uid", strconv.Itoa(netnsProxyUID), "-exclude-inbound-ports", "15000")
 	env.startMeshd(t, fmt.Sprintf(`
+engine: %[5]s
 admin: {address: 0.0.0.0:15000}
 drain_timeout: 2s
 listeners:
@@ -110,7 +119,7 @@ routes:
 clusters:
   - name: users
     endpoints: [%[1]s:%[4]d, %[2]s:%[4]d]
-`, b1.ip, b2.ip, b3.ip, backendPort))
+`, b1.ip, b2.ip, b3.ip, backendPort, engine))
 
 	// The app's client: a plain gRPC client that dials b1's address.
 	appCall := func(target string, unary bool) error {
@@ -194,6 +203,25 @@ clusters:
 
 	t.Run("opaque TCP is relayed to its original destination", func(t *testing.T) {
 		redirected := env.redirects(t, "MESHD_OUT_REDIRECT")
+		// meshd's gRPC connection counts of the outbound listener: a
+		// relayed connection is not one of them, nor a misbehaving one.
+		admin := env.admin(cl)
+		counts := func() (accepted, closed float64) {
+			for k, v := range env.scrape(t, cl, admin) {
+				switch {
+				case !strings.Contains(k, `listener="outbound"`):
+				case strings.HasPrefix(k, "meshd_listener_connections_accepted_total{"):
+					accepted += v
+				case strings.HasPrefix(k, "meshd_listener_connections_closed_total{"):
+					closed += v
+				}
+			}
+			return accepted, closed
+		}
+		accepted, closed := counts()
+		if accepted == 0 {
+			t.Fatal("/metrics has no accepted connections on the outbound listener, which carried the earlier calls")
+		}
 		dial := env.dialer("app")
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -227,6 +255,10 @@ clusters:
 		}
 		if got := env.redirects(t, "MESHD_OUT_REDIRECT") - redirected; got != 2 {
 			t.Errorf("REDIRECT counted %d new connections, want 2", got)
+		}
+		if a, c := counts(); a != accepted || c != closed {
+			t.Errorf("outbound listener: connections accepted %v → %v, closed for misbehaving %v → %v; "+
+				"want both unchanged by opaque relays", accepted, a, closed, c)
 		}
 	})
 
@@ -389,6 +421,45 @@ func (e *netnsEnv) dialer(ns string) func(context.Context, string) (net.Conn, er
 		})
 		return c, err
 	}
+}
+
+// admin is meshd's admin address as seen from h's namespace (the admin
+// port is excluded from inbound interception).
+func (e *netnsEnv) admin(h netnsHost) string {
+	return net.JoinHostPort(h.appIP, "15000")
+}
+
+// scrape fetches meshd's /metrics from h's namespace and returns every
+// sample by its series as the text format writes it.
+func (e *netnsEnv) scrape(t *testing.T, h netnsHost, admin string) map[string]float64 {
+	t.Helper()
+	tr := &http.Transport{DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+		return e.dialer(h.ns)(ctx, addr)
+	}}
+	defer tr.CloseIdleConnections()
+	c := http.Client{Timeout: 5 * time.Second, Transport: tr}
+	resp, err := c.Get("http://" + admin + "/metrics")
+	if err != nil {
+		t.Fatalf("GET /metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	out := map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
+			out[line[:i]] = v
+		}
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatalf("read /metrics: %v", err)
+	}
+	return out
 }
 
 // tcpServers starts the two opaque TCP servers on ip (call it inside the

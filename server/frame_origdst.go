@@ -1,0 +1,161 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"net"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+
+	"github.com/meshd/meshd/config"
+	"github.com/meshd/meshd/h2proxy"
+	"github.com/meshd/meshd/origdst"
+)
+
+// odstAccept is the accept loop of a frame engine original_dst listener.
+// grpc-go runs transport credentials on each accepted connection; the frame
+// engine has none, so this loop runs origdst's handshake itself, each on its
+// own goroutine (a handshake may wait detect_timeout for the client's first
+// bytes, and must not hold up the next accept). A connection that does not
+// speak HTTP/2 is relayed to its original destination by origdst and never
+// reaches the engine, so the engine's connection counts (frameListenerStats)
+// are of gRPC connections only, as h2guard's are on the grpc engine. A gRPC
+// connection is served with its origdst.Info in its context, the context
+// the engine hands its Director, where origdst.FromContext finds it.
+type odstAccept struct {
+	fs    *h2proxy.Server
+	creds *origdst.Credentials
+
+	mu       sync.Mutex
+	stopped  bool
+	lns      map[net.Listener]struct{}
+	shaking  map[net.Conn]struct{} // connections in the handshake
+	stopping chan struct{}         // closed by stop, ends an accept backoff
+	wg       sync.WaitGroup        // one per connection goroutine
+}
+
+// originalDstAccept makes lc's accept loop for the engine fs. Its
+// credentials are registered with s.dests, which ends their relays when
+// meshd stops.
+func (s *Server) originalDstAccept(lc config.Listener, fs *h2proxy.Server) *odstAccept {
+	c := origdst.New(origdst.Options{
+		Inbound:       lc.OriginalDst.Direction == config.DirectionInbound,
+		DetectTimeout: lc.OriginalDst.DetectTimeout.D(),
+		Logger:        s.log.With("component", "origdst", "listener", lc.Name),
+	})
+	s.dests.addCredentials(c)
+	// Passthrough clusters (one per original destination) close their
+	// endpoint when they idle out; the engine's pool must let go too.
+	s.dests.onUpstreamClosed(s.forgetUpstream)
+	return &odstAccept{
+		fs:       fs,
+		creds:    c,
+		lns:      map[net.Listener]struct{}{},
+		shaking:  map[net.Conn]struct{}{},
+		stopping: make(chan struct{}),
+	}
+}
+
+// serve accepts on ln until stop, like h2proxy.Server.Serve (whose
+// ErrServerClosed it returns once stopped), and closes ln on return.
+func (a *odstAccept) serve(ln net.Listener) error {
+	a.mu.Lock()
+	if a.stopped {
+		a.mu.Unlock()
+		_ = ln.Close()
+		return h2proxy.ErrServerClosed
+	}
+	a.lns[ln] = struct{}{}
+	a.mu.Unlock()
+	defer func() {
+		a.mu.Lock()
+		delete(a.lns, ln)
+		a.mu.Unlock()
+		_ = ln.Close()
+	}()
+	var backoff time.Duration
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			a.mu.Lock()
+			stopped := a.stopped
+			a.mu.Unlock()
+			if stopped {
+				return h2proxy.ErrServerClosed
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return err
+			}
+			// Resource exhaustion (EMFILE and the like): back off as the
+			// engine's own accept loop does instead of spinning.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			t := time.NewTimer(backoff)
+			select {
+			case <-t.C:
+			case <-a.stopping:
+				t.Stop()
+				return h2proxy.ErrServerClosed
+			}
+			continue
+		}
+		backoff = 0
+		a.mu.Lock()
+		if a.stopped {
+			a.mu.Unlock()
+			_ = nc.Close()
+			return h2proxy.ErrServerClosed
+		}
+		a.shaking[nc] = struct{}{}
+		a.wg.Add(1)
+		a.mu.Unlock()
+		go a.serveConn(nc)
+	}
+}
+
+// serveConn runs the handshake, then serves a gRPC connection until it
+// closes.
+func (a *odstAccept) serveConn(nc net.Conn) {
+	defer a.wg.Done()
+	conn, info, err := a.creds.ServerHandshake(nc)
+	a.mu.Lock()
+	delete(a.shaking, nc)
+	a.mu.Unlock()
+	if err != nil {
+		// ErrConnDispatched: the relay owns the connection now. Anything
+		// else (the client left, stop closed it) ends it here, as grpc-go
+		// does with a failed handshake.
+		if !errors.Is(err, credentials.ErrConnDispatched) {
+			_ = nc.Close()
+		}
+		return
+	}
+	ctx := peer.NewContext(context.Background(), &peer.Peer{Addr: nc.RemoteAddr(), LocalAddr: nc.LocalAddr(), AuthInfo: info})
+	// After stop the engine is shut down: ServeConn drains or closes the
+	// connection at once.
+	a.fs.ServeConn(ctx, conn)
+}
+
+// stop closes the listeners and the connections still in their handshake;
+// the engine's Shutdown or Close then ends the served ones.
+func (a *odstAccept) stop() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.stopped {
+		return
+	}
+	a.stopped = true
+	close(a.stopping)
+	for ln := range a.lns {
+		_ = ln.Close()
+	}
+	for nc := range a.shaking {
+		_ = nc.Close()
+	}
+}
+
+// wait waits for the connection goroutines; call it after stop and the
+// engine's Shutdown or Close, which make them return.
+func (a *odstAccept) wait() { a.wg.Wait() }
