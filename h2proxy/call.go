@@ -139,6 +139,41 @@ type Target struct {
 	PerTryTimeout time.Duration
 	// PerTryErr is the status of an attempt cut by PerTryTimeout.
 	PerTryErr error
+
+	// Reroute, if non-nil, moves the call to another backend when it never
+	// reached this one (see Rerouter). It costs calls that reach their
+	// backend nothing: such a call forwarded nothing but its request
+	// HEADERS, and its request DATA is still held in the call, so no copy
+	// is kept. A call that Retry and RetryBufferBytes make retryable
+	// leaves this to Retry.
+	Reroute Rerouter
+}
+
+// Rerouter re-targets a call that never reached its backend (Target.Reroute).
+// An interface, not a func field, so that the Director can hand over the
+// per-call state it already allocated (a pointer) at no cost.
+type Rerouter interface {
+	// Reroute is called when the call's upstream stream could not be
+	// opened (the dial failed, the backend has no stream capacity) or the
+	// backend refused it (REFUSED_STREAM, excluded by GOAWAY, connection
+	// lost before the stream was processed) while nothing of the request
+	// but its HEADERS had been forwarded. failed is how that attempt ended
+	// (NotReached true, Committed false).
+	//
+	// ok true: the same call goes, at once, to next.Addr through
+	// next.Upstream, with next.Header added to its request HEADERS (a field
+	// there replaces every earlier one of the same name); next's other
+	// fields are ignored, the first Target's stay. ok false: failed is the
+	// call's outcome (Done reports it).
+	//
+	// It runs on one of meshd's goroutines and must not block; it is never
+	// called concurrently with itself or with Done, and never after Done.
+	// It must bound the reroutes of a call (a failure to open a stream can
+	// be immediate, and the next attempt then starts on the same stack).
+	// A refused stream whose request DATA was already forwarded is not
+	// rerouted: the client gets REFUSED_STREAM, which gRPC clients retry
+	// transparently.
+	Reroute(failed Result) (next Target, ok bool)
 }
 
 // Result is the outcome of one proxied stream.
@@ -200,6 +235,11 @@ type call struct {
 	reqTrack, respTrack msgTracker
 
 	up atomic.Pointer[hstream]
+	// upData: a request frame after the HEADERS was queued on the stream
+	// cl.up (it may have reached the backend, and its credit the client),
+	// so a refused stream cannot be rerouted. Guarded by that stream's
+	// connection mutex; reset when a stream is linked.
+	upData bool
 
 	mu      sync.Mutex
 	pending []op // request frames received before the upstream stream existed
@@ -284,28 +324,58 @@ func (sh *shared) dropOp(o *op, cs *[]credit) {
 func (cl *call) forwardUp(o op, fl *flusher) {
 	up := cl.up.Load()
 	if up == nil || cl.logging() {
-		cl.mu.Lock()
-		if rs := cl.rs.Load(); rs != nil {
-			rs.logOpLocked(&o)
-		}
-		up = cl.up.Load()
-		if up == nil {
-			if !cl.aborted {
-				cl.pending = append(cl.pending, o)
-				cl.mu.Unlock()
-				return
-			}
-			cl.mu.Unlock()
-			var cs []credit
-			cl.sc.sh.dropOp(&o, &cs)
-			applyCredits(cs)
-			return
-		}
-		cl.mu.Unlock()
+		cl.holdUp(nil, o, fl)
+		return
 	}
 	uc := up.c
 	uc.mu.Lock()
 	ok := uc.pushLocked(up, o, fl)
+	if ok {
+		cl.upData = true
+	}
+	uc.mu.Unlock()
+	if ok {
+		return
+	}
+	if cl.reroutable() {
+		// The backend may have refused up, the call be moving to another
+		// one: it needs the frame then.
+		cl.holdUp(up, o, fl)
+		return
+	}
+	var cs []credit
+	cl.sc.sh.dropOp(&o, &cs)
+	applyCredits(cs)
+}
+
+// holdUp is forwardUp's slow path: under cl.mu, it logs the frame of a
+// retryable call, and holds it while the call has no upstream stream (or
+// only left, the stream that refused a push), else sends it.
+func (cl *call) holdUp(left *hstream, o op, fl *flusher) {
+	cl.mu.Lock()
+	if rs := cl.rs.Load(); rs != nil {
+		rs.logOpLocked(&o)
+	}
+	up := cl.up.Load()
+	if up == nil || up == left {
+		if !cl.aborted {
+			cl.pending = append(cl.pending, o)
+			cl.mu.Unlock()
+			return
+		}
+		cl.mu.Unlock()
+		var cs []credit
+		cl.sc.sh.dropOp(&o, &cs)
+		applyCredits(cs)
+		return
+	}
+	cl.mu.Unlock()
+	uc := up.c
+	uc.mu.Lock()
+	ok := uc.pushLocked(up, o, fl)
+	if ok {
+		cl.upData = true
+	}
 	uc.mu.Unlock()
 	if !ok {
 		var cs []credit
@@ -319,32 +389,57 @@ func (cl *call) forwardUp(o op, fl *flusher) {
 func (cl *call) forwardUpData(p []byte, end bool, fl *flusher) {
 	up := cl.up.Load()
 	if up == nil || cl.logging() {
-		cl.mu.Lock()
-		if rs := cl.rs.Load(); rs != nil {
-			rs.logDataLocked(p, end)
-		}
-		if up = cl.up.Load(); up == nil {
-			aborted := cl.aborted
-			if !aborted {
-				var t *op
-				if n := len(cl.pending); n > 0 {
-					t = &cl.pending[n-1]
-				}
-				if o, packed := cl.sc.sh.appendData(t, p, end, cl.down); !packed {
-					cl.pending = append(cl.pending, o)
-				}
-			}
-			cl.mu.Unlock()
-			if aborted {
-				cl.down.c.credit(cl.down, int64(len(p)))
-			}
-			return
-		}
-		cl.mu.Unlock()
+		cl.holdUpData(nil, p, end, fl)
+		return
 	}
 	uc := up.c
 	uc.mu.Lock()
 	ok := uc.pushDataLocked(up, p, end, cl.down, fl)
+	if ok {
+		cl.upData = true
+	}
+	uc.mu.Unlock()
+	if ok {
+		return
+	}
+	if cl.reroutable() {
+		cl.holdUpData(up, p, end, fl) // as in forwardUp
+		return
+	}
+	cl.down.c.credit(cl.down, int64(len(p)))
+}
+
+// holdUpData is holdUp for DATA.
+func (cl *call) holdUpData(left *hstream, p []byte, end bool, fl *flusher) {
+	cl.mu.Lock()
+	if rs := cl.rs.Load(); rs != nil {
+		rs.logDataLocked(p, end)
+	}
+	up := cl.up.Load()
+	if up == nil || up == left {
+		aborted := cl.aborted
+		if !aborted {
+			var t *op
+			if n := len(cl.pending); n > 0 {
+				t = &cl.pending[n-1]
+			}
+			if o, packed := cl.sc.sh.appendData(t, p, end, cl.down); !packed {
+				cl.pending = append(cl.pending, o)
+			}
+		}
+		cl.mu.Unlock()
+		if aborted {
+			cl.down.c.credit(cl.down, int64(len(p)))
+		}
+		return
+	}
+	cl.mu.Unlock()
+	uc := up.c
+	uc.mu.Lock()
+	ok := uc.pushDataLocked(up, p, end, cl.down, fl)
+	if ok {
+		cl.upData = true
+	}
 	uc.mu.Unlock()
 	if !ok {
 		cl.down.c.credit(cl.down, int64(len(p)))
@@ -443,6 +538,7 @@ func (cl *call) link(uc *upConn, fl *flusher) linkResult {
 		cl.up.Store(st)
 	}
 	c.pushLocked(st, op{kind: opHeaders, fields: fields, end: cl.reqEnd}, fl)
+	cl.upData = len(cl.pending) > 0
 	var rejected []op
 	for i := range cl.pending {
 		if !c.pushLocked(st, cl.pending[i], fl) {
@@ -470,6 +566,9 @@ func (cl *call) link(uc *upConn, fl *flusher) linkResult {
 func (cl *call) end(e ending) {
 	if !e.decided && (e.attempt || e.up != nil && cl.rs.Load() != nil) && cl.attemptFailed(e) {
 		return // a stale attempt's event, or the call is being retried
+	}
+	if e.notReached && !e.decided && cl.target.Reroute != nil && cl.reroute(e) {
+		return // the call goes to another backend
 	}
 	sc := &cl.sc.conn
 	st := cl.down

@@ -37,10 +37,13 @@
 // responses or, once the response has started, in trailers: a Director
 // error with its own code, a failed dial or a lost backend connection as
 // UNAVAILABLE, a spent deadline as DEADLINE_EXCEEDED, an oversized message
-// as RESOURCE_EXHAUSTED. Streams a backend never processed (REFUSED_STREAM,
-// or excluded by its GOAWAY) are refused to the client with REFUSED_STREAM,
-// which gRPC clients retry transparently, and reported with
-// Result.NotReached.
+// as RESOURCE_EXHAUSTED. A call that never reached a backend (the dial
+// failed, no stream capacity, or the backend refused the stream before any
+// request DATA went to it) is offered to Target.Reroute, which may send the
+// same call, still holding its request, to another backend. Otherwise
+// streams a backend never processed (REFUSED_STREAM, or excluded by its
+// GOAWAY) are refused to the client with REFUSED_STREAM, which gRPC clients
+// retry transparently, and reported with Result.NotReached.
 //
 // One ending cannot carry a status: when meshd ends a call (its deadline,
 // a backend lost, a bad response) after part of a response message has

@@ -441,3 +441,71 @@ func (cl *call) nextAttempt(seq int) {
 	applyCredits(cs)
 	cl.sc.srv.pool.open(cl, nil)
 }
+
+// reroutable reports whether a request frame that the call's upstream
+// stream refused may still be needed: the call may be rerouted (reroute).
+func (cl *call) reroutable() bool {
+	return cl.target.Reroute != nil && cl.rs.Load() == nil
+}
+
+// reroute hands a call that did not reach its backend to Target.Reroute
+// and, if that names another, opens a new upstream stream there. No replay
+// is needed: such a call forwarded nothing but its HEADERS, so everything
+// else it received is still in cl.pending (frames that the refused stream
+// no longer took go there too: holdUp). It reports true when the call was
+// rerouted, and end must do nothing.
+//
+// Only calls that are not retryable (Retry handles those, with its log),
+// only failures to open the stream and refused streams, and only before
+// the deadline.
+func (cl *call) reroute(e ending) bool {
+	if e.up == nil && !e.attempt || e.up != nil && (e.mode != endRST || e.rst != http2.ErrCodeRefusedStream) {
+		return false
+	}
+	cl.mu.Lock()
+	cur := cl.up.Load()
+	if cl.aborted || cl.rs.Load() != nil || cur != e.up ||
+		!cl.deadline.IsZero() && !time.Now().Before(cl.deadline) {
+		cl.mu.Unlock()
+		return false
+	}
+	if cur != nil {
+		uc := cur.c
+		uc.mu.Lock()
+		sent := cl.upData
+		uc.mu.Unlock()
+		if sent {
+			// Request DATA went to the refused stream and, once written,
+			// its credit to the client: it is gone.
+			cl.mu.Unlock()
+			return false
+		}
+	}
+	// Under cl.mu, as Retry: never concurrent with Done (end sets aborted
+	// under cl.mu before calling it) nor with itself.
+	next, ok := cl.target.Reroute.Reroute(Result{Code: e.code, Err: e.err, NotReached: true,
+		BytesIn: cl.bytesIn.Load(), BytesOut: cl.bytesOut.Load()})
+	if !ok {
+		cl.mu.Unlock()
+		return false
+	}
+	cl.up.Store(nil)
+	// Pool.open, on this goroutine, reads these without the lock; link
+	// reads them under it.
+	cl.target.Addr, cl.target.Upstream = next.Addr, next.Upstream
+	if len(next.Header) > 0 {
+		cl.reqFields = withFields(cl.reqFields, next.Header)
+	}
+	cl.mu.Unlock()
+	if cur != nil {
+		// Normally already gone (refused); a reset otherwise.
+		var cs []credit
+		uc := cur.c
+		uc.mu.Lock()
+		uc.resetLocked(cur, http2.ErrCodeCancel, &cs, nil)
+		uc.mu.Unlock()
+		applyCredits(cs)
+	}
+	cl.sc.srv.pool.open(cl, nil)
+	return true
+}

@@ -40,9 +40,10 @@ var _ h2proxy.Director = (*Proxy)(nil)
 // original destination exactly as Handle does; on any other listener they
 // cost one context lookup and allocate nothing.
 //
-// What the frame engine does not do yet is transparent retries on routes
-// without a retry policy, beyond the client's own retry of refused
-// streams.
+// Every call's Target names fc as its Rerouter (frame_retry.go): a call
+// that never reached its backend (failed dial, no stream capacity, refused
+// stream with nothing but HEADERS forwarded) goes to another endpoint on
+// every route, as in Handle.
 func (p *Proxy) Direct(ctx context.Context, req *h2proxy.Request) (h2proxy.Target, error) {
 	start := time.Now()
 	st := p.acquire()
@@ -80,22 +81,22 @@ func (p *Proxy) Direct(ctx context.Context, req *h2proxy.Request) (h2proxy.Targe
 	fc := &frameCall{p: p, st: st, cl: cl, ep: ep, lim: lim, start: start,
 		call: Call{Method: req.Method, Route: route.Name, Cluster: name, Endpoint: ep.Address(), Start: start, Attempts: 1}}
 	fc.call.PeerAddr = req.RemoteAddr
-	target := h2proxy.Target{Addr: ep.Address(), Upstream: st.upstream(name), Timeout: frameTimeout(route, req.Deadline), Done: fc.done}
-	sctx := ctx // the SERVER span's context once tracing made one
+	// Reroute: fc is a pointer, so it goes into the interface without an
+	// allocation (a method value such as fc.done costs one).
+	target := h2proxy.Target{Addr: ep.Address(), Upstream: st.upstream(name), Timeout: frameTimeout(route, req.Deadline), Done: fc.done, Reroute: fc}
 	if p.tracer != nil {
-		var sspan trace.Span
-		sctx, sspan = p.tracer.StartServer(ctx, req.Method, headerCarrier{req.Header}, remote(req))
+		sctx, sspan := p.tracer.StartServer(ctx, req.Method, headerCarrier{req.Header}, remote(req))
 		tracing.SetRoute(sctx, route.Name, name)
 		var out fieldCarrier
 		_, cspan := p.tracer.StartClient(sctx, req.Method, ep.Address(), 1, &out)
-		fc.server, fc.client = sspan, cspan
+		fc.sctx, fc.client = sctx, cspan
 		target.Header = out
 		fc.call.TraceID = sspan.SpanContext().TraceID()
 	}
 	// The retry budget counts every call, as the grpc engine's does.
 	st.Budgets[name].Deposit()
 	if pol != nil && (pol.IdleTimeout > 0 || pol.Retry != nil) {
-		fc.frameResilience(sctx, &target, pol, req) // frame_retry.go
+		fc.frameResilience(&target, pol, req) // frame_retry.go
 	}
 	return target, nil
 }
@@ -163,43 +164,47 @@ func frameTimeout(r *router.Route, deadline time.Time) time.Duration {
 
 // frameCall is one frame-engine call between Direct and its Done.
 type frameCall struct {
-	p     *Proxy
-	st    *State
-	cl    *balancer.Cluster
-	ep    *balancer.Endpoint
-	lim   *Limiter
+	p   *Proxy
+	st  *State
+	cl  *balancer.Cluster
+	ep  *balancer.Endpoint
+	lim *Limiter
+	// start is when the current attempt started (call.Start: the call).
 	start time.Time
 	call  Call
-	// server and client are the call's spans when tracing is on (client:
-	// the current attempt's).
-	server, client trace.Span
+	// sctx, when tracing is on, is the SERVER span's context (it holds the
+	// span and the caller's baggage, for the CLIENT spans of later
+	// attempts), client the current attempt's span; both nil otherwise.
+	// The struct stays in its allocation size class: nothing here is kept
+	// twice.
+	sctx   context.Context
+	client trace.Span
 	// rt is the retry state of a call on a route with retries
 	// (frame_retry.go), else nil.
 	rt *frameRetry
+	// transparent counts the attempts that did not reach a backend and
+	// were sent elsewhere (Reroute, retryAttempt).
+	transparent int
 }
 
 // done runs once when the engine finishes the stream.
 func (fc *frameCall) done(res h2proxy.Result) {
-	attemptStart := fc.start
-	if fc.rt != nil {
-		attemptStart = fc.rt.attemptStart
-	}
-	fc.cl.Done(fc.ep, attemptStart, res.Code, res.NotReached)
+	fc.cl.Done(fc.ep, fc.start, res.Code, res.NotReached)
 	fc.lim.Release()
 	fc.st.calls.Add(-1)
-	if fc.server != nil {
+	if fc.sctx != nil {
 		msg := ""
 		if res.Err != nil {
 			msg = res.Err.Error()
 		}
 		tracing.EndSpan(fc.client, res.Code, msg)
-		tracing.EndSpan(fc.server, res.Code, msg)
+		tracing.EndSpan(trace.SpanFromContext(fc.sctx), res.Code, msg)
 	}
 	if len(fc.p.observers) == 0 {
 		return
 	}
 	c := &fc.call
-	c.Code, c.Duration = res.Code, time.Since(fc.start)
+	c.Code, c.Duration = res.Code, time.Since(c.Start)
 	c.BytesIn, c.BytesOut = res.BytesIn, res.BytesOut
 	if res.Err != nil && !res.Committed {
 		c.Message = res.Err.Error()

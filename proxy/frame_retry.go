@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"context"
 	"slices"
 	"strconv"
 	"time"
@@ -19,7 +18,7 @@ import (
 // retries, with the grpc engine's statuses (errors.go) and decisions
 // (retry.go): the engine keeps the request for replay and asks
 // frameCall.retryAttempt before each new attempt.
-func (fc *frameCall) frameResilience(sctx context.Context, t *h2proxy.Target, pol *RoutePolicy, req *h2proxy.Request) {
+func (fc *frameCall) frameResilience(t *h2proxy.Target, pol *RoutePolicy, req *h2proxy.Request) {
 	if d := pol.IdleTimeout; d > 0 {
 		t.IdleTimeout = d
 		t.IdleErr = status.Error(codes.DeadlineExceeded, (&timeoutError{setting: settingIdle, d: d}).Error())
@@ -28,7 +27,7 @@ func (fc *frameCall) frameResilience(sctx context.Context, t *h2proxy.Target, po
 	if r == nil || r.Attempts <= 1 {
 		return
 	}
-	rt := &frameRetry{policy: r, hdr: fieldHeader(slices.Clone(req.Header.Fields())), sctx: sctx, attemptStart: fc.start}
+	rt := &frameRetry{policy: r, hdr: fieldHeader(slices.Clone(req.Header.Fields()))}
 	fc.rt = rt
 	t.Retry = fc.retryAttempt
 	t.RetryBufferBytes = r.MaxBufferBytes
@@ -46,14 +45,11 @@ func (fc *frameCall) frameResilience(sctx context.Context, t *h2proxy.Target, po
 // engine serialises retryAttempt and done, so it needs no lock.
 type frameRetry struct {
 	policy *RetryPolicy
-	base   h2proxy.Target  // the first attempt's Target; retries change Addr and Header
-	hdr    fieldHeader     // the request's fields, for ring_hash picks
-	sctx   context.Context // the SERVER span's context, for attempts' CLIENT spans
-	// attemptStart is when the current attempt started.
-	attemptStart time.Time
-	// tries counts failed attempts that reached a backend, transparent
-	// the retries of attempts that did not.
-	tries, transparent int
+	base   h2proxy.Target // the first attempt's Target; retries change Addr and Header
+	hdr    fieldHeader    // the request's fields, for ring_hash picks
+	// tries counts failed attempts that reached a backend (frameCall
+	// counts the transparent retries of those that did not).
+	tries int
 }
 
 // retryAttempt decides whether the failed attempt a is retried, as
@@ -70,7 +66,7 @@ func (fc *frameCall) retryAttempt(a h2proxy.RetryInfo) (h2proxy.Target, time.Dur
 	rt, r := fc.rt, fc.rt.policy
 	var wait time.Duration
 	if a.NotReached {
-		if rt.transparent >= maxNotReachedAttempts-1 {
+		if fc.transparent >= maxNotReachedAttempts-1 {
 			return h2proxy.Target{}, 0, false
 		}
 	} else {
@@ -101,26 +97,55 @@ func (fc *frameCall) retryAttempt(a h2proxy.RetryInfo) (h2proxy.Target, time.Dur
 		return h2proxy.Target{}, 0, false
 	}
 	if a.NotReached {
-		rt.transparent++
+		fc.transparent++
 	}
-	// The failed attempt is over: the balancer and the trace hear of it now.
-	fc.cl.Done(fc.ep, rt.attemptStart, a.Code, a.NotReached)
+	t := rt.base
+	t.Addr, t.Header = ep.Address(), fc.moveTo(ep, &a.Result)
+	return t, wait, true
+}
+
+// Reroute implements h2proxy.Rerouter for every frame call: an attempt
+// that never reached its backend (failed dial, no stream capacity, refused
+// stream) goes to another endpoint, as callRun.run retries it on every
+// route: at most maxNotReachedAttempts attempts in a row, no retry budget,
+// no backoff. On a route with retries the engine asks retryAttempt
+// instead. Like retryAttempt, it runs under the engine's lock for the call,
+// never concurrently with done.
+func (fc *frameCall) Reroute(a h2proxy.Result) (h2proxy.Target, bool) {
+	if fc.transparent >= maxNotReachedAttempts-1 {
+		return h2proxy.Target{}, false
+	}
+	info := balancer.PickInfo{Method: fc.call.Method, Exclude: fc.ep}
+	if fc.rt != nil {
+		info.Header = fc.rt.hdr
+	}
+	ep, err := fc.cl.Pick(&info)
+	if err != nil {
+		return h2proxy.Target{}, false
+	}
+	fc.transparent++
+	return h2proxy.Target{Addr: ep.Address(), Upstream: fc.st.upstream(fc.call.Cluster), Header: fc.moveTo(ep, &a)}, true
+}
+
+// moveTo ends the failed attempt (the balancer and the trace hear of it)
+// and starts the next one on ep, the endpoint already picked: it returns
+// the header fields that attempt sends, its traceparent and
+// grpc-previous-rpc-attempts.
+func (fc *frameCall) moveTo(ep *balancer.Endpoint, a *h2proxy.Result) fieldCarrier {
+	fc.cl.Done(fc.ep, fc.start, a.Code, a.NotReached)
 	n := fc.call.Attempts + 1
-	fc.ep, rt.attemptStart = ep, time.Now()
+	fc.ep, fc.start = ep, time.Now()
 	fc.call.Attempts, fc.call.Endpoint = n, ep.Address()
 	var out fieldCarrier
-	if fc.server != nil {
+	if fc.sctx != nil {
 		msg := ""
 		if a.Err != nil {
 			msg = a.Err.Error()
 		}
 		tracing.EndSpan(fc.client, a.Code, msg)
-		_, fc.client = fc.p.tracer.StartClient(rt.sctx, fc.call.Method, ep.Address(), n, &out)
+		_, fc.client = fc.p.tracer.StartClient(fc.sctx, fc.call.Method, ep.Address(), n, &out)
 	}
-	out = append(out, hpack.HeaderField{Name: "grpc-previous-rpc-attempts", Value: strconv.Itoa(n - 1)})
-	t := rt.base
-	t.Addr, t.Header = ep.Address(), out
-	return t, wait, true
+	return append(out, hpack.HeaderField{Name: "grpc-previous-rpc-attempts", Value: strconv.Itoa(n - 1)})
 }
 
 // fieldHeader is a copy of the request's fields for the picks of retries

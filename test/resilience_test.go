@@ -784,14 +784,19 @@ func TestRateLimit(t *testing.T) {
 
 // TestTransparentRetryNotReached: a call whose stream could not be opened
 // (connection refused) never reached a backend, so it goes to another
-// endpoint even on a route without a retry policy, with its messages.
+// endpoint even on a route without a retry policy, with its messages, on
+// both engines.
 func TestTransparentRetryNotReached(t *testing.T) {
 	t.Parallel()
+	forEngines(t, testTransparentRetryNotReached)
+}
+
+func testTransparentRetryNotReached(t *testing.T, engine string) {
 	bs := startBackends(t, "nr", 2)
 	// No health watching and no outlier detection: meshd keeps picking
 	// the dead backend, and only the transparent retry saves the calls.
 	m := startMesh(t, meshYAML("  - name: r\n    match: {prefix: /}\n    cluster: c\n",
-		"  - name: c\n    endpoints: "+addrs(bs)+"\n    health: {disabled: true}\n"+noOutlier, ""))
+		"  - name: c\n    endpoints: "+addrs(bs)+"\n    health: {disabled: true}\n"+noOutlier, "engine: "+engine))
 	cc := dial(t, m.Addr)
 	waitServing(t, cc)
 	client := testpb.NewTestServiceClient(cc)
