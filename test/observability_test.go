@@ -96,7 +96,9 @@ func startObserved(t testing.TB, yaml string, topts ...tracing.Option) *observed
 		server.WithAdminOptions(admin.WithMetrics(o.metrics.Handler()), admin.WithHealthPollInterval(10*time.Millisecond)),
 	}
 	if o.tp.Enabled() {
-		sopts = append(sopts, server.WithStatsHandlers(o.tp.ServerHandler(), o.tp.ClientHandler()))
+		// As `meshd run` does: both engines trace (the frame engine through
+		// its own spans, which WithStatsHandlers alone would not enable).
+		sopts = append(sopts, server.WithTracing(o.tp))
 	}
 	o.mesh = runMesh(t, cfg, sopts...)
 	o.metrics.SetSource(o.srv)
