@@ -106,6 +106,25 @@ type Target struct {
 	// connection reader) and must not block.
 	Done func(Result)
 
+	// TimeoutErr names the setting behind Timeout for the client, so that
+	// a call cut by meshd's budget says which one (the grpc engine's
+	// statuses). nil: every deadline gets the generic DEADLINE_EXCEEDED.
+	// It applies only when now+Timeout is earlier than the client's own
+	// deadline, i.e. when Timeout is what sets the effective deadline:
+	//   - meshd's deadline timer ends the call with its status
+	//     (status.Code and status.Message of it) instead of the generic
+	//     one;
+	//   - a backend's DEADLINE_EXCEEDED (grpc-status 4) arriving at most
+	//     50ms before that deadline is the backend's timer for the
+	//     grpc-timeout meshd sent firing a moment before meshd's own: the
+	//     same timeout, so its grpc-message is replaced by TimeoutErr's
+	//     (and a grpc-status-details-bin, which would contradict it,
+	//     dropped). Other trailers pass through unchanged.
+	// When the client's deadline is the earlier, it is the client's own
+	// and keeps the generic status. The Director should hand out one
+	// error value per setting, not build one per call.
+	TimeoutErr error
+
 	// The call's resilience settings (retry.go). Their zero values turn
 	// them off and cost nothing: no buffer, no timer, no lock.
 
@@ -147,6 +166,33 @@ type Target struct {
 	// is kept. A call that Retry and RetryBufferBytes make retryable
 	// leaves this to Retry.
 	Reroute Rerouter
+
+	// The cluster's limit on calls waiting for an upstream stream
+	// (meshd's max_pending). nil: no limit, and no cost.
+
+	// Pending, if non-nil, counts the call while it waits for an upstream
+	// stream: for a connection being dialled, or for a new connection
+	// because every one to the backend is at its MAX_CONCURRENT_STREAMS.
+	// A call that finds a free stream slot never touches it. When
+	// AcquirePending reports false the call is refused at once with
+	// PendingErr's status (no reroute, no retry); otherwise
+	// ReleasePending is called exactly once when the wait ends: the
+	// stream is linked, the attempt fails or is abandoned, or the call
+	// ends. Both may be called on any of meshd's goroutines and must not
+	// block.
+	Pending PendingLimiter
+	// PendingErr is the status error (status.Code and status.Message of
+	// it) a call refused by Pending gets; nil: RESOURCE_EXHAUSTED with a
+	// generic message.
+	PendingErr error
+}
+
+// PendingLimiter bounds the calls waiting for an upstream stream
+// (Target.Pending). Every true AcquirePending is paired with one
+// ReleasePending.
+type PendingLimiter interface {
+	AcquirePending() bool
+	ReleasePending()
 }
 
 // Rerouter re-targets a call that never reached its backend (Target.Reroute).
@@ -229,6 +275,9 @@ type call struct {
 	deadline  time.Time
 	reqFields []hpack.HeaderField // request HEADERS for upstream, grpc-timeout added at link time
 	reqEnd    bool                // request HEADERS carried END_STREAM
+	// timeoutOwned: Target.Timeout, not the client, set deadline, and
+	// Target.TimeoutErr names it.
+	timeoutOwned bool
 
 	// reqTrack is used only by the client connection's reader; respTrack
 	// only by the backend connection's reader.
@@ -245,7 +294,10 @@ type call struct {
 	pending []op // request frames received before the upstream stream existed
 	aborted bool // ended: do not link, drop request frames
 	resInit bool // the Target's resilience settings were applied (retry.go)
-	timer   *time.Timer
+	// pendHeld: the call holds a slot of Target.Pending (it waits in a
+	// backend's waiters); releasePendingLocked frees it.
+	pendHeld bool
+	timer    *time.Timer
 
 	// terminal is guarded by sc.mu: the first path that sets it decides
 	// what the client sees and reports the Result.
@@ -548,6 +600,7 @@ func (cl *call) link(uc *upConn, fl *flusher) linkResult {
 	}
 	c.mu.Unlock()
 	cl.pending = nil
+	cl.releasePendingLocked() // the wait, if any, ends with a stream
 	if rs == nil {
 		cl.up.Store(st)
 	}
@@ -630,6 +683,7 @@ func (cl *call) end(e ending) {
 
 	cl.mu.Lock()
 	cl.aborted = true
+	cl.releasePendingLocked()
 	up := cl.up.Load()
 	pending := cl.pending
 	cl.pending = nil
@@ -690,6 +744,58 @@ func (cl *call) end(e ending) {
 	}
 }
 
+// holdPending takes a slot of Target.Pending for a call about to wait in a
+// backend's waiters (called with Pool.mu held), unless it holds one
+// already or has ended. false: the limit is reached; the call must be
+// refused with refusePending.
+func (cl *call) holdPending() bool {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	if cl.pendHeld || cl.aborted {
+		return true
+	}
+	if !cl.target.Pending.AcquirePending() {
+		return false
+	}
+	cl.pendHeld = true
+	return true
+}
+
+// releasePendingLocked ends the call's wait for an upstream stream, if it
+// holds a slot of Target.Pending. Called with cl.mu held.
+func (cl *call) releasePendingLocked() {
+	if cl.pendHeld {
+		cl.pendHeld = false
+		cl.target.Pending.ReleasePending()
+	}
+}
+
+// releasePending is releasePendingLocked without cl.mu held.
+func (cl *call) releasePending() {
+	cl.mu.Lock()
+	cl.releasePendingLocked()
+	cl.mu.Unlock()
+}
+
+// errPendingLimit is Result.Err of a call Target.Pending refused without
+// a PendingErr.
+var errPendingLimit = errors.New("h2proxy: too many calls waiting for an upstream stream")
+
+// refusePending ends a call that Target.Pending did not admit into the
+// wait: at once, with PendingErr's status, and for good (a reroute or a
+// retry would wait too).
+func (cl *call) refusePending() {
+	err := cl.target.PendingErr
+	var st *status.Status
+	if err == nil {
+		err = errPendingLimit
+		st = status.New(codes.ResourceExhausted, "meshd: too many calls waiting for an upstream stream")
+	} else {
+		st = status.Convert(err)
+	}
+	cl.end(ending{mode: endStatus, st: st, code: st.Code(), err: err, notReached: true, decided: true})
+}
+
 // rstAfterFinalLocked asks a client that is still sending to stop, after the
 // complete response (RFC 9113 §8.1: RST_STREAM(NO_ERROR) after the response).
 func (c *conn) rstAfterFinalLocked(st *hstream, fl *flusher) {
@@ -706,9 +812,53 @@ func (cl *call) fail(code codes.Code, msg string, err error, notReached bool) {
 		attempt: notReached && retryableNotReached(code, err)})
 }
 
-// onDeadline runs on the deadline timer's goroutine.
+// onDeadline runs on the deadline timer's goroutine (and on a backend
+// reader whose backend reset the stream for the same deadline).
 func (cl *call) onDeadline() {
+	if cl.timeoutOwned {
+		st := status.Convert(cl.target.TimeoutErr)
+		cl.end(ending{mode: endStatus, st: st, code: st.Code(), err: ErrDeadline})
+		return
+	}
 	cl.fail(codes.DeadlineExceeded, "meshd: deadline exceeded", ErrDeadline, false)
+}
+
+// ownerSlack is how early a backend may answer DEADLINE_EXCEEDED before
+// meshd's deadline for Target.Timeout and still be taken as ending the call
+// for that deadline (Target.TimeoutErr): grpc-timeout is encoded with
+// truncation, and the backend's timer can fire just before meshd's own.
+// The grpc engine uses the same slack.
+const ownerSlack = 50 * time.Millisecond
+
+// ownTimeoutTrailers rewrites the final response fields of a backend's
+// DEADLINE_EXCEEDED (code is their grpc-status) to name Target.TimeoutErr
+// when the deadline behind them is meshd's Target.Timeout (see TimeoutErr).
+// Otherwise, the common case, it costs a comparison and returns fields as
+// they are. fields is the call's own copy (filterResponse) and is
+// rewritten in place. Backend reader goroutine.
+func (cl *call) ownTimeoutTrailers(code codes.Code, fields []hpack.HeaderField) []hpack.HeaderField {
+	if code != codes.DeadlineExceeded || !cl.timeoutOwned || time.Until(cl.deadline) > ownerSlack {
+		return fields
+	}
+	msg := encodeGrpcMessage(status.Convert(cl.target.TimeoutErr).Message())
+	out, set := fields[:0], false
+	for _, f := range fields {
+		switch f.Name {
+		case "grpc-status-details-bin":
+			// Its message would replace grpc-message at the client.
+			continue
+		case "grpc-message":
+			if set {
+				continue
+			}
+			f.Value, set = msg, true
+		}
+		out = append(out, f)
+	}
+	if !set {
+		out = append(out, hpack.HeaderField{Name: "grpc-message", Value: msg})
+	}
+	return out
 }
 
 // onReqData forwards client DATA (client reader goroutine). flen is the

@@ -309,6 +309,9 @@ func (cl *call) attemptFailed(e ending) bool {
 	}
 	rs.waiting, rs.linkable = true, false
 	cl.up.Store(nil)
+	// An attempt cut while waiting for its stream (per-try timeout) waits
+	// no more; the backoff is not a wait for a stream.
+	cl.releasePendingLocked()
 	pending := cl.pending
 	cl.pending = nil
 	var cs []credit

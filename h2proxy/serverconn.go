@@ -480,6 +480,7 @@ func (sc *serverConn) startCall(cl *call, f *http2.MetaHeadersFrame) {
 	if target.Timeout > 0 {
 		if d := now.Add(target.Timeout); deadline.IsZero() || d.Before(deadline) {
 			deadline = d
+			cl.timeoutOwned = target.TimeoutErr != nil
 		}
 	}
 	cl.deadline = deadline

@@ -168,14 +168,23 @@ func (p *Pool) open(cl *call, fl *flusher) {
 		p.mu.Unlock()
 		return
 	}
+	if b.dialing == 0 && len(b.conns) >= maxConnsPerBackend {
+		p.mu.Unlock()
+		cl.fail(codes.Unavailable, "meshd: backend "+addr+" has no stream capacity", errors.New("h2proxy: backend stream capacity exhausted"), true)
+		return
+	}
+	// The call waits for an upstream stream: for a dial in progress, or
+	// for the one started here (no connection yet, or every one at the
+	// backend's MAX_CONCURRENT_STREAMS). That is what Target.Pending
+	// counts; it is released when the wait ends (link, dial failure,
+	// the attempt or the call ending).
+	if cl.target.Pending != nil && !cl.holdPending() {
+		p.mu.Unlock()
+		cl.refusePending()
+		return
+	}
 	b.waiters = append(b.waiters, cl)
 	if b.dialing == 0 {
-		if len(b.conns) >= maxConnsPerBackend {
-			b.waiters = b.waiters[:len(b.waiters)-1]
-			p.mu.Unlock()
-			cl.fail(codes.Unavailable, "meshd: backend "+addr+" has no stream capacity", errors.New("h2proxy: backend stream capacity exhausted"), true)
-			return
-		}
 		p.startDialLocked(b)
 	}
 	p.mu.Unlock()
@@ -260,6 +269,9 @@ func (p *Pool) dial(b *backend) {
 	}
 	p.mu.Unlock()
 	for _, cl := range failed {
+		// The wait is over, whether the call now ends, is rerouted or
+		// retried (a new wait takes a new slot).
+		cl.releasePending()
 		msg := "meshd: backend " + b.addr + " unavailable"
 		if err != nil {
 			msg = fmt.Sprintf("meshd: connect to backend %s: %v", b.addr, err)
@@ -534,6 +546,7 @@ func (uc *upConn) onHeaders(f *http2.MetaHeadersFrame) error {
 			if !ok {
 				code = httpStatusToCode(httpStatus)
 			}
+			fields = cl.ownTimeoutTrailers(code, fields)
 			// Trailers-only: the one answer a retry may replace.
 			cl.end(ending{mode: endForward, final: op{kind: opHeaders, end: true, fields: fields}, code: code, fl: &uc.fl, up: st})
 			return nil
@@ -546,6 +559,7 @@ func (uc *upConn) onHeaders(f *http2.MetaHeadersFrame) error {
 	}
 	fields := filterResponse(f.Fields)
 	code, _ := grpcStatusOf(fields)
+	fields = cl.ownTimeoutTrailers(code, fields)
 	cl.end(ending{mode: endForward, final: op{kind: opHeaders, end: true, fields: fields}, code: code, fl: &uc.fl, up: st})
 	return nil
 }

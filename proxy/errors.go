@@ -68,6 +68,29 @@ const (
 	settingIdle    = "idle_timeout"
 )
 
+// timeoutErrs are a route's timeout statuses as status errors, for the
+// frame engine (RoutePolicy.timeoutErr): built once, shared by its calls.
+type timeoutErrs struct {
+	timeout, maxGRPC       time.Duration // the route's settings they name
+	timeoutErr, maxGRPCErr error         // nil where the setting is 0
+}
+
+func newTimeoutErrs(timeout, maxGRPC time.Duration) *timeoutErrs {
+	e := &timeoutErrs{timeout: timeout, maxGRPC: maxGRPC}
+	if timeout > 0 {
+		e.timeoutErr = timeoutStatus(&timeoutError{setting: settingTimeout, d: timeout})
+	}
+	if maxGRPC > 0 {
+		e.maxGRPCErr = timeoutStatus(&timeoutError{setting: settingMaxGRPC, d: maxGRPC})
+	}
+	return e
+}
+
+// timeoutStatus is the status a client gets for te.
+func timeoutStatus(te *timeoutError) error {
+	return status.Error(codes.DeadlineExceeded, te.Error())
+}
+
 // timeoutOf returns the meshd timeout that ended ctx, or nil.
 func timeoutOf(ctx context.Context) *timeoutError {
 	if ctx.Err() == nil {

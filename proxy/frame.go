@@ -83,7 +83,14 @@ func (p *Proxy) Direct(ctx context.Context, req *h2proxy.Request) (h2proxy.Targe
 	fc.call.PeerAddr = req.RemoteAddr
 	// Reroute: fc is a pointer, so it goes into the interface without an
 	// allocation (a method value such as fc.done costs one).
-	target := h2proxy.Target{Addr: ep.Address(), Upstream: st.upstream(name), Timeout: frameTimeout(route, req.Deadline), Done: fc.done, Reroute: fc}
+	target := h2proxy.Target{Addr: ep.Address(), Upstream: st.upstream(name), Done: fc.done, Reroute: fc}
+	if d, capped := frameTimeout(route, req.Deadline); d > 0 {
+		// The engine sends it only when d, not the client, sets the
+		// deadline; the same value for every call of the route.
+		target.Timeout, target.TimeoutErr = d, pol.timeoutErr(route, capped)
+	}
+	// max_pending: only a cluster with the limit hands it to the engine.
+	target.Pending, target.PendingErr = lim.framePending(name)
 	if p.tracer != nil {
 		sctx, sspan := p.tracer.StartServer(ctx, req.Method, headerCarrier{req.Header}, remote(req))
 		tracing.SetRoute(sctx, route.Name, name)
@@ -152,14 +159,40 @@ func (c *fieldCarrier) Keys() []string {
 // frameTimeout is the route's budget for the engine: the route timeout, and
 // max_grpc_timeout when the client's own deadline is later than that cap.
 // The engine then takes the tighter of this and the client's deadline.
-func frameTimeout(r *router.Route, deadline time.Time) time.Duration {
-	t := r.Timeout
+// capped reports that the cap, not the route timeout, is the budget (as in
+// callContext, the route timeout names an equal budget).
+func frameTimeout(r *router.Route, deadline time.Time) (t time.Duration, capped bool) {
+	t = r.Timeout
 	if r.MaxGRPCTimeout > 0 && !deadline.IsZero() && time.Until(deadline) > r.MaxGRPCTimeout {
 		if t == 0 || r.MaxGRPCTimeout < t {
-			t = r.MaxGRPCTimeout
+			t, capped = r.MaxGRPCTimeout, true
 		}
 	}
-	return t
+	return t, capped
+}
+
+// timeoutErr is the status the frame engine sends when r's route timeout
+// (capped false) or max_grpc_timeout cap (capped true) ends a call: the
+// grpc engine's, naming the setting. Every call of the route gets the same
+// error value, so this allocates nothing after the route's first call. A
+// nil pol (a State without policies) builds it per call.
+func (pol *RoutePolicy) timeoutErr(r *router.Route, capped bool) error {
+	var e *timeoutErrs
+	if pol != nil {
+		e = pol.timeouts.Load()
+	}
+	if e == nil || e.timeout != r.Timeout || e.maxGRPC != r.MaxGRPCTimeout {
+		// The policy is the route's, so the settings only differ if a
+		// State pairs policies and routes oddly: correct, if not free.
+		e = newTimeoutErrs(r.Timeout, r.MaxGRPCTimeout)
+		if pol != nil {
+			pol.timeouts.CompareAndSwap(nil, e)
+		}
+	}
+	if capped {
+		return e.maxGRPCErr
+	}
+	return e.timeoutErr
 }
 
 // frameCall is one frame-engine call between Direct and its Done.
@@ -234,4 +267,20 @@ func (p *Proxy) frameFailed(req *h2proxy.Request, start time.Time, route, cluste
 		o.ObserveCall(c)
 	}
 	return err
+}
+
+// framePending returns what the frame engine's Target needs to enforce
+// max_pending for cluster (h2proxy.Target.Pending and PendingErr), or nils
+// when there is no such limit, so that ordinary calls carry nothing. The
+// error is built once per Limiter, not per call.
+func (l *Limiter) framePending(cluster string) (h2proxy.PendingLimiter, error) {
+	if l == nil || l.maxPending <= 0 {
+		return nil, nil
+	}
+	if e := l.pendingErr.Load(); e != nil {
+		return l, *e
+	}
+	err := errMaxPending(cluster, l.maxPending)
+	l.pendingErr.CompareAndSwap(nil, &err)
+	return l, *l.pendingErr.Load()
 }

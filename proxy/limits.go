@@ -23,6 +23,10 @@ type Limiter struct {
 	maxRequests int64 // 0: no limit
 	maxPending  int64 // 0: no limit
 	n           *limiterCounts
+	// pendingErr caches errMaxPending for the frame engine, built at the
+	// first call that needs it (the Limiter does not know its cluster's
+	// name when made; each State has its own Limiter per cluster).
+	pendingErr atomic.Pointer[error]
 }
 
 type limiterCounts struct {

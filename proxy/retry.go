@@ -64,6 +64,10 @@ type RoutePolicy struct {
 	RateLimit *TokenBucket
 	// Retry is the retry policy (nil: transparent retries only).
 	Retry *RetryPolicy
+
+	// timeouts caches the frame engine's statuses for the route's timeout
+	// and max_grpc_timeout (timeoutErr), built by the route's first call.
+	timeouts atomic.Pointer[timeoutErrs]
 }
 
 // callRun is one call's forwarding state across its attempts.

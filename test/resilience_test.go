@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -71,6 +72,10 @@ func (d *deadlineRecorder) get(c string) (time.Duration, bool) {
 // backend gets it, and that a timeout meshd enforces is DEADLINE_EXCEEDED.
 func TestTimeouts(t *testing.T) {
 	t.Parallel()
+	forEngines(t, testTimeouts)
+}
+
+func testTimeouts(t *testing.T, engine string) {
 	rec := &deadlineRecorder{left: map[string]time.Duration{}}
 	bs := startBackends(t, "to", 1, backend.WithServerOptions(grpc.UnaryInterceptor(rec.intercept)))
 	route := func(name, extra string) string {
@@ -83,7 +88,7 @@ func TestTimeouts(t *testing.T) {
 			route("cap-no-client-deadline", "    max_grpc_timeout: 300ms\n")+
 			route("cap-looser", "    max_grpc_timeout: 10s\n")+
 			"  - name: default\n    match: {prefix: /}\n    cluster: c\n",
-		"  - name: c\n    endpoints: "+addrs(bs)+"\n", ""))
+		"  - name: c\n    endpoints: "+addrs(bs)+"\n", "engine: "+engine))
 	cc := dial(t, m.Addr)
 	waitServing(t, cc)
 	client := testpb.NewTestServiceClient(cc)
@@ -138,8 +143,12 @@ func TestTimeouts(t *testing.T) {
 			if took > 3*time.Second {
 				t.Errorf("DEADLINE_EXCEEDED after %v; the deadline was 300ms", took)
 			}
-			if msg := status.Convert(err).Message(); tc.wantText != "" && !strings.Contains(msg, tc.wantText) {
+			msg := status.Convert(err).Message()
+			if tc.wantText != "" && !strings.Contains(msg, tc.wantText) {
 				t.Errorf("message %q does not name %q", msg, tc.wantText)
+			}
+			if tc.wantText == "" && (strings.Contains(msg, "route timeout") || strings.Contains(msg, "max_grpc_timeout")) {
+				t.Errorf("message %q names a meshd setting; the client's deadline fired", msg)
 			}
 		})
 	}
@@ -649,11 +658,15 @@ func clusterLimits(t *testing.T, admin, cluster string) (active, pending int64) 
 // RESOURCE_EXHAUSTED at once instead of queueing.
 func TestConcurrencyLimits(t *testing.T) {
 	t.Parallel()
+	forEngines(t, testConcurrencyLimits)
+}
+
+func testConcurrencyLimits(t *testing.T, engine string) {
 	t.Run("max_requests", func(t *testing.T) {
 		t.Parallel()
 		bs := startBackends(t, "mr", 1)
 		m := startMesh(t, meshYAML("  - name: r\n    match: {prefix: /}\n    cluster: c\n",
-			"  - name: c\n    endpoints: "+addrs(bs)+"\n    max_requests: 2\n", ""))
+			"  - name: c\n    endpoints: "+addrs(bs)+"\n    max_requests: 2\n", "engine: "+engine))
 		cc := dial(t, m.Addr)
 		waitServing(t, cc)
 		client := testpb.NewTestServiceClient(cc)
@@ -694,11 +707,15 @@ func TestConcurrencyLimits(t *testing.T) {
 	})
 	t.Run("max_pending", func(t *testing.T) {
 		t.Parallel()
+		if engine == "frame" {
+			testFramePending(t)
+			return
+		}
 		// One stream slot on the backend's only connection: a second call
 		// waits for it inside meshd ("pending").
 		bs := startBackends(t, "mp", 1, backend.WithHealth(backend.HealthNone), backend.WithServerOptions(grpc.MaxConcurrentStreams(1)))
 		m := startMesh(t, meshYAML("  - name: r\n    match: {prefix: /}\n    cluster: c\n",
-			"  - name: c\n    endpoints: "+addrs(bs)+"\n    health: {disabled: true}\n    max_pending: 1\n", ""))
+			"  - name: c\n    endpoints: "+addrs(bs)+"\n    health: {disabled: true}\n    max_pending: 1\n", "engine: "+engine))
 		cc := dial(t, m.Addr)
 		waitServing(t, cc)
 		client := testpb.NewTestServiceClient(cc)
@@ -748,6 +765,171 @@ func TestConcurrencyLimits(t *testing.T) {
 			t.Fatal("the pending call never got its stream")
 		}
 	})
+}
+
+// testFramePending is max_pending on the frame engine, whose pool does not
+// make a call wait for a stream slot on a full connection but dials another
+// (it keeps two per backend, more while all are at the backend's
+// MAX_CONCURRENT_STREAMS): the call is pending while that dial is in
+// progress. The backend's SETTINGS on the new connection are held back
+// (settingsGate), so the wait lasts until the test ends it.
+func testFramePending(t *testing.T) {
+	bs := startBackends(t, "mpf", 1, backend.WithHealth(backend.HealthNone), backend.WithServerOptions(grpc.MaxConcurrentStreams(1)))
+	gate := startSettingsGate(t, bs[0].Addr, 2)
+	m := startMesh(t, meshYAML("  - name: r\n    match: {prefix: /}\n    cluster: c\n",
+		"  - name: c\n    endpoints: ["+gate.Addr()+"]\n    health: {disabled: true}\n    max_pending: 1\n", "engine: frame"))
+	cc := dial(t, m.Addr)
+	waitServing(t, cc)
+	client := testpb.NewTestServiceClient(cc)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// Two streams open: both connections the gate lets through are full.
+	var streams []testpb.TestService_FullDuplexCallClient
+	for range 2 {
+		st, err := client.FullDuplexCall(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := st.Send(&testpb.StreamingOutputCallRequest{ResponseParameters: []*testpb.ResponseParameters{{Size: 1}}}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.Recv(); err != nil {
+			t.Fatal(err)
+		}
+		streams = append(streams, st)
+	}
+	if _, pending := clusterLimits(t, m.Admin, "c"); pending != 0 {
+		t.Fatalf("pending = %d with every call linked; want 0", pending)
+	}
+	waiting := make(chan error, 1)
+	go func() {
+		_, err := client.EmptyCall(ctx, &testpb.Empty{})
+		waiting <- err
+	}()
+	waitFor(t, 5*time.Second, "the call to wait for a new connection", func() bool {
+		_, pending := clusterLimits(t, m.Admin, "c")
+		return pending == 1
+	})
+	start := time.Now()
+	_, err := client.EmptyCall(ctxMD(t), &testpb.Empty{})
+	took := time.Since(start)
+	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(status.Convert(err).Message(), "max_pending") {
+		t.Fatalf("call over max_pending: %v, want RESOURCE_EXHAUSTED naming max_pending", err)
+	}
+	if took > time.Second {
+		t.Errorf("refusal took %v; it must be immediate", took)
+	}
+	// The new connection comes up: the waiting call gets its stream.
+	gate.Open()
+	select {
+	case err := <-waiting:
+		if err != nil {
+			t.Fatalf("the pending call failed: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the pending call never got its stream")
+	}
+	if _, pending := clusterLimits(t, m.Admin, "c"); pending != 0 {
+		t.Fatalf("pending = %d after the wait ended; want 0", pending)
+	}
+	for _, st := range streams {
+		if err := st.CloseSend(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.Recv(); err != io.EOF {
+			t.Fatalf("stream: %v", err)
+		}
+	}
+}
+
+// settingsGate is a TCP front for a backend: it lets the first free
+// connections through, and on later ones holds back the backend's bytes
+// (its HTTP/2 SETTINGS first) until Open, so that a dial of them stays in
+// progress, deterministically.
+type settingsGate struct {
+	lis     net.Listener
+	backend string
+	free    int
+	open    chan struct{}
+	once    sync.Once
+	done    chan struct{}
+	wg      sync.WaitGroup
+	mu      sync.Mutex
+	conns   []net.Conn
+	stopped bool
+}
+
+func startSettingsGate(t testing.TB, backendAddr string, free int) *settingsGate {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &settingsGate{lis: lis, backend: backendAddr, free: free, open: make(chan struct{}), done: make(chan struct{})}
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		for n := 0; ; n++ {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			g.serve(c, n >= free)
+		}
+	}()
+	t.Cleanup(g.stop)
+	return g
+}
+
+func (g *settingsGate) serve(c net.Conn, gated bool) {
+	up, err := net.Dial("tcp", g.backend)
+	g.mu.Lock()
+	if err != nil || g.stopped {
+		g.mu.Unlock()
+		_ = c.Close()
+		if up != nil {
+			_ = up.Close()
+		}
+		return
+	}
+	g.conns = append(g.conns, c, up)
+	g.mu.Unlock()
+	g.wg.Add(2)
+	go func() {
+		defer g.wg.Done()
+		_, _ = io.Copy(up, c)
+		_ = up.Close()
+	}()
+	go func() {
+		defer g.wg.Done()
+		if gated {
+			select {
+			case <-g.open:
+			case <-g.done:
+				return
+			}
+		}
+		_, _ = io.Copy(c, up)
+		_ = c.Close()
+	}()
+}
+
+func (g *settingsGate) Addr() string { return g.lis.Addr().String() }
+
+// Open lets the held connections through.
+func (g *settingsGate) Open() { g.once.Do(func() { close(g.open) }) }
+
+// stop closes the listener and every connection and waits.
+func (g *settingsGate) stop() {
+	_ = g.lis.Close()
+	close(g.done)
+	g.mu.Lock()
+	g.stopped = true
+	for _, c := range g.conns {
+		_ = c.Close()
+	}
+	g.mu.Unlock()
+	g.wg.Wait()
 }
 
 // TestRateLimit: a route's token bucket answers RESOURCE_EXHAUSTED past
