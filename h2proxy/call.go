@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -241,8 +242,9 @@ type Result struct {
 	// Committed reports that response headers or data were forwarded to the
 	// client, after which meshd can no longer answer on the backend's behalf.
 	Committed bool
-	// BytesIn and BytesOut count DATA payload bytes forwarded client→backend
-	// and backend→client.
+	// BytesIn and BytesOut count gRPC message bytes forwarded
+	// client→backend and backend→client: DATA payload without the 5-byte
+	// message prefixes, as the grpc engine counts them.
 	BytesIn, BytesOut int64
 }
 
@@ -866,6 +868,7 @@ func (cl *call) ownTimeoutTrailers(code codes.Code, fields []hpack.HeaderField) 
 func (cl *call) onReqData(data []byte, end bool, fl *flusher) {
 	sh := cl.sc.sh
 	if len(data) > 0 {
+		prefix := cl.reqTrack.prefixBytes
 		if n, bad := cl.reqTrack.feed(data, uint64(sh.cfg.MaxRecvMsgSize)); bad {
 			cl.sc.credit(cl.down, int64(len(data)))
 			cl.fail(codes.ResourceExhausted,
@@ -873,7 +876,7 @@ func (cl *call) onReqData(data []byte, end bool, fl *flusher) {
 				ErrMessageTooLarge, false)
 			return
 		}
-		cl.bytesIn.Add(int64(len(data)))
+		cl.bytesIn.Add(int64(len(data)) - int64(cl.reqTrack.prefixBytes-prefix))
 		if it := cl.idle.Load(); it != nil {
 			it.touch()
 		}
@@ -888,8 +891,13 @@ func (cl *call) onRespData(up *hstream, data []byte, end bool, fl *flusher) {
 		return // a retried call's abandoned attempt
 	}
 	sh := cl.sc.sh
-	if len(data) > 0 && sh.cfg.MaxSendMsgSize > 0 {
-		if n, bad := cl.respTrack.feed(data, uint64(sh.cfg.MaxSendMsgSize)); bad {
+	prefix := cl.respTrack.prefixBytes
+	if len(data) > 0 {
+		limit := uint64(math.MaxUint64) // MaxSendMsgSize 0: no limit, but still count prefixes
+		if sh.cfg.MaxSendMsgSize > 0 {
+			limit = uint64(sh.cfg.MaxSendMsgSize)
+		}
+		if n, bad := cl.respTrack.feed(data, limit); bad {
 			up.c.credit(up, int64(len(data)))
 			cl.end(ending{
 				mode: endStatus, code: codes.ResourceExhausted, err: ErrMessageTooLarge,
@@ -898,7 +906,7 @@ func (cl *call) onRespData(up *hstream, data []byte, end bool, fl *flusher) {
 			return
 		}
 	}
-	cl.bytesOut.Add(int64(len(data)))
+	cl.bytesOut.Add(int64(len(data)) - int64(cl.respTrack.prefixBytes-prefix))
 	if it := cl.idle.Load(); it != nil {
 		it.touch()
 	}

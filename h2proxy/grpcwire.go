@@ -210,6 +210,9 @@ type msgTracker struct {
 	remain uint64  // payload bytes left in the current message
 	hdr    [5]byte // partial prefix
 	hn     uint8   // bytes of hdr filled
+	// prefixBytes counts the prefix bytes passed so far, so that a
+	// caller can report message payload bytes as the grpc engine does.
+	prefixBytes uint64
 }
 
 // feed advances over p. It reports the declared length of the first message
@@ -230,10 +233,12 @@ func (m *msgTracker) feed(p []byte, limit uint64) (uint64, bool) {
 		if m.hn == 0 && len(p) >= 5 {
 			n = uint64(binary.BigEndian.Uint32(p[1:5]))
 			p = p[5:]
+			m.prefixBytes += 5
 		} else {
 			k := copy(m.hdr[m.hn:], p)
 			m.hn += uint8(k)
 			p = p[k:]
+			m.prefixBytes += uint64(k)
 			if m.hn < 5 {
 				return 0, false
 			}

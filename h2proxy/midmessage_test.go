@@ -320,5 +320,9 @@ func TestMsgTrackerAdvance(t *testing.T) {
 				t.Fatalf("chunk %d: after %d bytes inMessage = %v, want %v", chunk, off, m.inMessage(), !boundary[off])
 			}
 		}
+		// 8 messages: 8 prefixes, however the bytes were cut.
+		if m.prefixBytes != 8*5 {
+			t.Fatalf("chunk %d: prefixBytes = %d, want 40", chunk, m.prefixBytes)
+		}
 	}
 }

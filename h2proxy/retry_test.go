@@ -139,8 +139,9 @@ func TestRetryReplaysStreamingRequest(t *testing.T) {
 	if len(infos) != 1 || infos[0].Code != codes.Unavailable || infos[0].NotReached || infos[0].PerTry || infos[0].Committed {
 		t.Fatalf("Retry asked %+v, want once with UNAVAILABLE", infos)
 	}
-	// BytesIn counts what the client sent, not the replay.
-	want := int64(msgs * (5 + proto.Size(&testpb.StreamingInputCallRequest{Payload: &testpb.Payload{Body: msgBody(0, size)}})))
+	// BytesIn counts what the client sent (message bytes, prefixes
+	// excluded), not the replay.
+	want := int64(msgs * (proto.Size(&testpb.StreamingInputCallRequest{Payload: &testpb.Payload{Body: msgBody(0, size)}})))
 	if res := p.nextResult(t); res.Code != codes.OK || res.Err != nil || res.BytesIn != want {
 		t.Fatalf("Result = %+v, want OK with %d bytes in", res, want)
 	}

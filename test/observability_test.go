@@ -519,20 +519,27 @@ clusters:
 	}
 }
 
-// TestAccessLog: one parseable JSON line per call with every field, and
-// none with sample_ratio 0.
+// TestAccessLog: one parseable JSON line per call with every field, the
+// same on both engines (bytes count message bytes), and none with
+// sample_ratio 0.
 func TestAccessLog(t *testing.T) {
 	t.Parallel()
 	bs := startBackends(t, "be", 1)
-	for _, tc := range []struct {
-		name  string
-		ratio string
-		want  int
-	}{{"all", "1.0", 3}, {"none", "0", 0}} {
+	type accessCase struct {
+		name, engine string
+		ratio        string
+		want         int
+	}
+	var cases []accessCase
+	for _, e := range engines {
+		cases = append(cases, accessCase{e + "/all", e, "1.0", 3})
+	}
+	cases = append(cases, accessCase{"grpc/none", "grpc", "0", 0})
+	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			logFile := filepath.Join(t.TempDir(), "access.log")
-			o := startObserved(t, simpleConfig("grpc", bs, "")+fmt.Sprintf("access_log: {enabled: true, path: %s, sample_ratio: %s}\n", logFile, tc.ratio))
+			o := startObserved(t, simpleConfig(tc.engine, bs, "")+fmt.Sprintf("access_log: {enabled: true, path: %s, sample_ratio: %s}\n", logFile, tc.ratio))
 			cc := dial(t, o.Addr)
 			client := testpb.NewTestServiceClient(cc)
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
