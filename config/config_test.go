@@ -256,7 +256,7 @@ clusters:
 		got, want any
 	}{
 		{"drain_timeout", cfg.DrainTimeout.D(), 10 * time.Second},
-		{"engine", cfg.Engine, "grpc"},
+		{"engine", cfg.Engine, "frame"},
 		{"max_message_size", cfg.MaxMessageSize, 16 << 20},
 		// Unset, so OTEL_TRACES_SAMPLER can apply.
 		{"tracing.sample_ratio", cfg.Tracing.SampleRatio, (*float64)(nil)},
@@ -283,7 +283,7 @@ clusters:
 			t.Errorf("clusters[%d] defaults: lb %q, health %+v, all_down %q", i, cl.LB, cl.Health, cl.AllDown)
 		}
 	}
-	if got, want := cfg.Summary(), "1 listener(s), 1 route(s), 2 cluster(s) (1 from consul), engine grpc"; got != want {
+	if got, want := cfg.Summary(), "1 listener(s), 1 route(s), 2 cluster(s) (1 from consul), engine frame"; got != want {
 		t.Errorf("Summary() = %q, want %q", got, want)
 	}
 }

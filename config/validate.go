@@ -355,7 +355,7 @@ func (c *Config) applyDefaults() {
 		c.DrainTimeout = Duration(10 * time.Second)
 	}
 	if c.Engine == "" {
-		c.Engine = "grpc"
+		c.Engine = "frame"
 	}
 	if c.MaxMessageSize == 0 {
 		c.MaxMessageSize = DefaultMaxMessageSize
