@@ -709,18 +709,8 @@ func (cl *call) end(e ending) {
 		// Never linked; or, after a retry decision, between attempts (the
 		// failed attempt's stream is already reset).
 		notReached = notReached || !e.decided
-	} else {
-		uc := up.c
-		code := e.upCode
-		if code == 0 {
-			code = http2.ErrCodeCancel
-		}
-		uc.mu.Lock()
-		if up.id == 0 {
-			notReached = true
-		}
-		uc.resetLocked(up, code, &cs, e.fl)
-		uc.mu.Unlock()
+	} else if resetUp(up, e.upCode, &cs, e.fl) {
+		notReached = true
 	}
 	applyCredits(cs)
 
@@ -812,6 +802,21 @@ func (c *conn) rstAfterFinalLocked(st *hstream, fl *flusher) {
 func (cl *call) fail(code codes.Code, msg string, err error, notReached bool) {
 	cl.end(ending{mode: endStatus, st: status.New(code, msg), code: code, err: err, notReached: notReached,
 		attempt: notReached && retryableNotReached(code, err)})
+}
+
+// resetUp resets the upstream stream up with code (CANCEL when 0) and
+// reports whether its HEADERS were never written: the backend never saw
+// the stream, so the call did not reach it.
+func resetUp(up *hstream, code http2.ErrCode, cs *[]credit, fl *flusher) (neverSent bool) {
+	if code == 0 {
+		code = http2.ErrCodeCancel
+	}
+	uc := up.c
+	uc.mu.Lock()
+	neverSent = up.id == 0
+	uc.resetLocked(up, code, cs, fl)
+	uc.mu.Unlock()
+	return neverSent
 }
 
 // onDeadline runs on the deadline timer's goroutine (and on a backend

@@ -317,17 +317,9 @@ func (cl *call) attemptFailed(e ending) bool {
 	var cs []credit
 	notReached := e.notReached
 	if cur != nil {
-		uc := cur.c
-		code := e.upCode
-		if code == 0 {
-			code = http2.ErrCodeCancel
-		}
-		uc.mu.Lock()
-		if cur.id == 0 {
+		if resetUp(cur, e.upCode, &cs, e.fl) {
 			notReached = true
 		}
-		uc.resetLocked(cur, code, &cs, e.fl)
-		uc.mu.Unlock()
 	} else if e.up == nil {
 		notReached = true
 	}
