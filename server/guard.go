@@ -51,11 +51,13 @@ func (c guardedCreds) Clone() credentials.TransportCredentials {
 func (s *Server) ListenerStats() map[string]h2guard.Stats {
 	out := make(map[string]h2guard.Stats, len(s.listeners))
 	for _, l := range s.listeners {
-		st := l.guard.Stats()
+		var st h2guard.Stats
 		if fs, ok := l.srv.(frameServer); ok {
 			// The frame engine's listeners have no guard in front
 			// (frame.go): the engine counts for itself.
 			st = frameListenerStats(fs.Server)
+		} else {
+			st = l.guard.Stats()
 		}
 		if ll, ok := l.capped.(*limitListener); ok {
 			st.ConnsRejected = ll.rejected.Load()

@@ -73,7 +73,7 @@ type listener struct {
 	cfg    config.Listener
 	lis    net.Listener
 	srv    dataServer     // grpc.Server or the frame engine (frame.go)
-	guard  *h2guard.Guard // HTTP/2 abuse protection and counters (guard.go)
+	guard  *h2guard.Guard // HTTP/2 abuse protection and counters (guard.go); nil for engine frame
 	capped net.Listener   // the max_connections limiter, for its count
 }
 
@@ -354,6 +354,23 @@ func (s *Server) listen(cfg *config.Config) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, lc := range cfg.Listeners {
+		lis, err := net.Listen("tcp", lc.Address)
+		if err != nil {
+			return fmt.Errorf("server: listener %s: %w", lc.Name, err)
+		}
+		capped := limit(lis, lc.MaxConnections)
+		if cfg.Engine == "frame" {
+			// The frame engine applies TLS, limits, keepalive and
+			// original_dst itself and polices HTTP/2 inside its own
+			// connections (frame.go): no grpc options, no guard.
+			srv, fl, err := s.frameListener(cfg, lc, capped)
+			if err != nil {
+				lis.Close()
+				return fmt.Errorf("server: listener %s: %w", lc.Name, err)
+			}
+			s.listeners = append(s.listeners, &listener{cfg: lc, lis: fl, srv: srv, capped: capped})
+			continue
+		}
 		opts := append(s.proxy.ServerOptions(cfg.MaxMessageSize), grpc.MaxConcurrentStreams(lc.MaxConcurrentStreams))
 		if s.serverStats != nil {
 			opts = append(opts, grpc.StatsHandler(s.serverStats))
@@ -363,23 +380,10 @@ func (s *Server) listen(cfg *config.Config) error {
 		// handshake limits: listener.go.
 		extra, err := s.listenerOptions(lc, guard)
 		if err != nil {
+			lis.Close()
 			return fmt.Errorf("server: listener %s: %w", lc.Name, err)
 		}
 		opts = append(opts, extra...)
-		lis, err := net.Listen("tcp", lc.Address)
-		if err != nil {
-			return fmt.Errorf("server: listener %s: %w", lc.Name, err)
-		}
-		capped := limit(lis, lc.MaxConnections)
-		if cfg.Engine == "frame" {
-			srv, fl, err := s.frameListener(cfg, lc, capped)
-			if err != nil {
-				lis.Close()
-				return fmt.Errorf("server: listener %s: %w", lc.Name, err)
-			}
-			s.listeners = append(s.listeners, &listener{cfg: lc, lis: fl, srv: srv, guard: guard, capped: capped})
-			continue
-		}
 		s.listeners = append(s.listeners, &listener{cfg: lc, lis: guardPlaintext(lc, capped, guard), srv: grpc.NewServer(opts...), guard: guard, capped: capped})
 	}
 	if cfg.Admin.Address != "" {
