@@ -26,66 +26,15 @@ import (
 
 // rawBackend is an HTTP/2 server written with the x/net Framer that answers
 // each request HEADERS with whatever onHeaders writes, to play backends
-// that refuse streams or go away.
+// that refuse streams or go away (rawFrameBackend, reroute_test.go, does
+// the serving).
 func rawBackend(t *testing.T, onHeaders func(fr *http2.Framer, f *http2.MetaHeadersFrame)) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []net.Conn
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			nc, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, nc)
-			mu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				pre := make([]byte, len(http2.ClientPreface))
-				if _, err := io.ReadFull(nc, pre); err != nil {
-					return
-				}
-				fr := http2.NewFramer(nc, nc)
-				fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-				if fr.WriteSettings() != nil {
-					return
-				}
-				for {
-					f, err := fr.ReadFrame()
-					if err != nil {
-						return
-					}
-					switch f := f.(type) {
-					case *http2.SettingsFrame:
-						if !f.IsAck() {
-							_ = fr.WriteSettingsAck()
-						}
-					case *http2.MetaHeadersFrame:
-						onHeaders(fr, f)
-					}
-				}
-			}()
+	return rawFrameBackend(t, func(fr *http2.Framer, f http2.Frame) {
+		if h, ok := f.(*http2.MetaHeadersFrame); ok {
+			onHeaders(fr, h)
 		}
-	}()
-	t.Cleanup(func() {
-		_ = ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			_ = c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
 	})
-	return ln.Addr().String()
 }
 
 // TestNotReachedRetriedTransparently: a stream the backend never processed

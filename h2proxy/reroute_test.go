@@ -256,8 +256,10 @@ func TestRefusedAfterDataNotRerouted(t *testing.T) {
 	}
 }
 
-// rawFrameBackend is rawBackend with every frame after the preface handed
-// to onFrame (SETTINGS are acknowledged first).
+// rawFrameBackend is an HTTP/2 server written with the x/net Framer that
+// hands every frame after the preface to onFrame (SETTINGS are
+// acknowledged first), to play backends that misbehave on purpose. Its
+// connections are closed and its goroutines joined at test cleanup.
 func rawFrameBackend(t *testing.T, onFrame func(fr *http2.Framer, f http2.Frame)) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
