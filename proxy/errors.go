@@ -86,6 +86,30 @@ func newTimeoutErrs(timeout, maxGRPC time.Duration) *timeoutErrs {
 	return e
 }
 
+// callLimitErrs are a route's idle_timeout and per_try_timeout statuses as
+// status errors, for the frame engine (RoutePolicy.callLimitErrs): built
+// once, shared by its calls. nil where the setting is off.
+type callLimitErrs struct {
+	idle, perTry error
+}
+
+// callLimitErrs returns the route's idle and per-try statuses, building
+// them on the route's first call; the policy's settings never change.
+func (pol *RoutePolicy) callLimitErrs() *callLimitErrs {
+	if e := pol.limits.Load(); e != nil {
+		return e
+	}
+	e := &callLimitErrs{}
+	if d := pol.IdleTimeout; d > 0 {
+		e.idle = timeoutStatus(&timeoutError{setting: settingIdle, d: d})
+	}
+	if r := pol.Retry; r != nil && r.PerTryTimeout > 0 {
+		e.perTry = timeoutStatus(&timeoutError{setting: settingPerTry, d: r.PerTryTimeout})
+	}
+	pol.limits.CompareAndSwap(nil, e)
+	return pol.limits.Load()
+}
+
 // timeoutStatus is the status a client gets for te.
 func timeoutStatus(te *timeoutError) error {
 	return status.Error(codes.DeadlineExceeded, te.Error())

@@ -6,8 +6,6 @@ import (
 	"time"
 
 	"golang.org/x/net/http2/hpack"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/meshd/meshd/balancer"
 	"github.com/meshd/meshd/h2proxy"
@@ -21,7 +19,7 @@ import (
 func (fc *frameCall) frameResilience(t *h2proxy.Target, pol *RoutePolicy, req *h2proxy.Request) {
 	if d := pol.IdleTimeout; d > 0 {
 		t.IdleTimeout = d
-		t.IdleErr = status.Error(codes.DeadlineExceeded, (&timeoutError{setting: settingIdle, d: d}).Error())
+		t.IdleErr = pol.callLimitErrs().idle
 	}
 	r := pol.Retry
 	if r == nil || r.Attempts <= 1 {
@@ -36,7 +34,7 @@ func (fc *frameCall) frameResilience(t *h2proxy.Target, pol *RoutePolicy, req *h
 	}
 	if d := r.PerTryTimeout; d > 0 {
 		t.PerTryTimeout = d
-		t.PerTryErr = status.Error(codes.DeadlineExceeded, (&timeoutError{setting: settingPerTry, d: d}).Error())
+		t.PerTryErr = pol.callLimitErrs().perTry
 	}
 	rt.base = *t
 }

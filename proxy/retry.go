@@ -68,6 +68,9 @@ type RoutePolicy struct {
 	// timeouts caches the frame engine's statuses for the route's timeout
 	// and max_grpc_timeout (timeoutErr), built by the route's first call.
 	timeouts atomic.Pointer[timeoutErrs]
+	// limits caches its statuses for idle_timeout and per_try_timeout
+	// (callLimitErrs), built the same way.
+	limits atomic.Pointer[callLimitErrs]
 }
 
 // callRun is one call's forwarding state across its attempts.

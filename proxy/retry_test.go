@@ -3,14 +3,45 @@ package proxy
 import (
 	"context"
 	"errors"
-	"github.com/meshd/meshd/router"
+	"strings"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"github.com/meshd/meshd/router"
 )
+
+// TestCallLimitErrs: the frame engine's idle and per-try statuses name
+// their setting like the grpc engine's, and every call of a route gets the
+// same error values (built once, no allocation per call). Not parallel:
+// AllocsPerRun refuses to run beside other tests.
+func TestCallLimitErrs(t *testing.T) {
+	pol := &RoutePolicy{IdleTimeout: 2 * time.Second, Retry: &RetryPolicy{Attempts: 2, PerTryTimeout: 300 * time.Millisecond}}
+	e := pol.callLimitErrs()
+	for _, c := range []struct {
+		err  error
+		want string
+	}{
+		{e.idle, "idle_timeout 2s"},
+		{e.perTry, "per_try_timeout 300ms"},
+	} {
+		if st := status.Convert(c.err); st.Code() != codes.DeadlineExceeded || !strings.Contains(st.Message(), c.want) {
+			t.Errorf("status %v, want DEADLINE_EXCEEDED naming %q", c.err, c.want)
+		}
+	}
+	if again := pol.callLimitErrs(); again.idle != e.idle || again.perTry != e.perTry {
+		t.Error("a second call built new statuses")
+	}
+	if n := testing.AllocsPerRun(100, func() { _ = pol.callLimitErrs() }); n != 0 {
+		t.Errorf("%v allocations per call, want 0", n)
+	}
+	if off := (&RoutePolicy{}).callLimitErrs(); off.idle != nil || off.perTry != nil {
+		t.Errorf("a route without the settings got statuses %+v", off)
+	}
+}
 
 func TestBackoffBounds(t *testing.T) {
 	t.Parallel()
