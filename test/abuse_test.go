@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"math"
 	"net/http"
 	"os"
@@ -895,8 +896,18 @@ func scrapeMetrics(t testing.TB, admin string) map[string]float64 {
 		t.Fatalf("GET /metrics: %v", err)
 	}
 	defer resp.Body.Close()
+	out, err := parseMetrics(resp.Body)
+	if err != nil {
+		t.Fatalf("read /metrics: %v", err)
+	}
+	return out
+}
+
+// parseMetrics reads the Prometheus text format into every sample by its
+// series as written: name{label="value",...}.
+func parseMetrics(r io.Reader) (map[string]float64, error) {
 	out := map[string]float64{}
-	sc := bufio.NewScanner(resp.Body)
+	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		line := sc.Text()
@@ -908,8 +919,5 @@ func scrapeMetrics(t testing.TB, admin string) map[string]float64 {
 			out[line[:i]] = v
 		}
 	}
-	if err := sc.Err(); err != nil {
-		t.Fatalf("read /metrics: %v", err)
-	}
-	return out
+	return out, sc.Err()
 }

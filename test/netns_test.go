@@ -443,20 +443,8 @@ func (e *netnsEnv) scrape(t *testing.T, h netnsHost, admin string) map[string]fl
 		t.Fatalf("GET /metrics: %v", err)
 	}
 	defer resp.Body.Close()
-	out := map[string]float64{}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
-			out[line[:i]] = v
-		}
-	}
-	if err := sc.Err(); err != nil {
+	out, err := parseMetrics(resp.Body)
+	if err != nil {
 		t.Fatalf("read /metrics: %v", err)
 	}
 	return out
