@@ -11,7 +11,7 @@ import (
 	"sync/atomic"
 
 	"github.com/meshd/meshd/config"
-	"github.com/meshd/meshd/proxy"
+	"github.com/meshd/meshd/callrecord"
 )
 
 // DefaultQueueSize is how many lines may wait for the writer without
@@ -39,7 +39,7 @@ func WithRand(f func() float64) Option { return func(o *options) { o.rand = f } 
 // DefaultQueueSize); more are dropped and counted.
 func WithQueueSize(n int) Option { return func(o *options) { o.queueSize = n } }
 
-// Logger writes access log lines. It is a proxy.Observer; ObserveCall is
+// Logger writes access log lines. It is a callrecord.Observer; ObserveCall is
 // safe for concurrent use and never blocks on I/O. Create it with New or
 // Open and stop it with Close.
 type Logger struct {
@@ -53,7 +53,7 @@ type Logger struct {
 	closeErr  error
 }
 
-var _ proxy.Observer = (*Logger)(nil)
+var _ callrecord.Observer = (*Logger)(nil)
 
 // New returns a Logger writing to w. It starts the writer goroutine, which
 // Close stops. w is written from that goroutine only.
@@ -104,7 +104,7 @@ func dropLevel(groups []string, a slog.Attr) slog.Attr {
 }
 
 // ObserveCall writes c's line, if the call is sampled.
-func (l *Logger) ObserveCall(c *proxy.Call) {
+func (l *Logger) ObserveCall(c *callrecord.Call) {
 	if l.ratio < 1 && (l.ratio == 0 || l.rand() >= l.ratio) {
 		return
 	}

@@ -18,7 +18,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/meshd/meshd/accesslog"
-	"github.com/meshd/meshd/proxy"
+	"github.com/meshd/meshd/callrecord"
 )
 
 // readLines parses every line of file as a JSON object.
@@ -52,12 +52,12 @@ func TestLineFormat(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := time.Date(2025, 1, 2, 15, 4, 5, 0, time.UTC)
-	l.ObserveCall(&proxy.Call{
+	l.ObserveCall(&callrecord.Call{
 		Method: "/users.v1.Users/GetUser", Route: "users-get", Cluster: "users", Endpoint: "127.0.0.1:9001",
 		Code: codes.OK, Start: start, Duration: 1500 * time.Microsecond, Attempts: 2,
 		BytesIn: 18, BytesOut: 240, PeerAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 5555}, TraceID: mustTraceID(t, "4bf92f3577b34da6a3ce929d0e0e4736"),
 	})
-	l.ObserveCall(&proxy.Call{
+	l.ObserveCall(&callrecord.Call{
 		Method: "/nope.S/M", Code: codes.Unimplemented, Start: start, Duration: 20 * time.Microsecond,
 		Message: "meshd: no route for method /nope.S/M",
 	})
@@ -122,7 +122,7 @@ func TestSampling(t *testing.T) {
 				t.Fatal(err)
 			}
 			for range 100 {
-				l.ObserveCall(&proxy.Call{Method: "/a.S/M", Code: codes.OK})
+				l.ObserveCall(&callrecord.Call{Method: "/a.S/M", Code: codes.OK})
 			}
 			if err := l.Close(); err != nil {
 				t.Fatal(err)
@@ -160,7 +160,7 @@ func TestSlowWriterNeverBlocksCalls(t *testing.T) {
 	go func() {
 		defer close(done)
 		for range calls {
-			l.ObserveCall(&proxy.Call{Method: "/a.S/M", Code: codes.OK})
+			l.ObserveCall(&callrecord.Call{Method: "/a.S/M", Code: codes.OK})
 		}
 	}()
 	select {
@@ -191,7 +191,7 @@ func TestSlowWriterNeverBlocksCalls(t *testing.T) {
 		t.Errorf("%d lines written, %d dropped with a queue of 8: want at most %d kept (queue plus one 64 KiB batch)", written, dropped, limit)
 	}
 	// After Close, lines are dropped, not written or blocked on.
-	l.ObserveCall(&proxy.Call{Method: "/a.S/M"})
+	l.ObserveCall(&callrecord.Call{Method: "/a.S/M"})
 	if l.Dropped() != dropped+1 {
 		t.Errorf("a line after Close was not counted as dropped")
 	}
@@ -213,7 +213,7 @@ func TestConcurrentCallsWholeLines(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := range per {
-				l.ObserveCall(&proxy.Call{Method: fmt.Sprintf("/w%d.S/M%d", w, i), Code: codes.OK, Attempts: 1})
+				l.ObserveCall(&callrecord.Call{Method: fmt.Sprintf("/w%d.S/M%d", w, i), Code: codes.OK, Attempts: 1})
 			}
 		}()
 	}

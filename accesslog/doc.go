@@ -10,7 +10,7 @@
 // healthy endpoint...). Empty strings mean "none": no route matched, no
 // endpoint was tried, the call was not traced.
 //
-// A Logger is a proxy.Observer. Formatting happens on the call's goroutine;
+// A Logger is a callrecord.Observer. Formatting happens on the call's goroutine;
 // writing does not: lines go through a bounded queue to a writer goroutine,
 // so a slow disk or a blocked pipe never slows calls down. When the queue
 // is full, lines are dropped and counted (Dropped). Sampling keeps a fixed

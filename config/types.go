@@ -28,10 +28,10 @@ type Config struct {
 	// DrainTimeout is how long in-flight calls get to finish after SIGTERM.
 	// Default 10s.
 	DrainTimeout Duration `yaml:"drain_timeout"`
-	// Engine selects the data path: "frame" (HTTP/2 frame-level
-	// forwarding, the default) or "grpc" (grpc-go based pass-through).
-	// Both do everything this config describes; frame costs about a third
-	// of grpc's CPU per call.
+	// Engine names the data path. The frame engine (HTTP/2 frame-level
+	// forwarding) is the only one: "frame" is accepted for configs written
+	// when there were two, and "grpc" (the grpc-go engine, removed) is an
+	// error that says so. Optional.
 	Engine string `yaml:"engine"`
 	// MaxMessageSize is the largest gRPC message meshd forwards in either
 	// direction, in bytes. Default 16 MiB. Larger messages are answered with

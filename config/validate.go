@@ -45,11 +45,12 @@ func (c *Config) Validate() error {
 	v.routes(clusters)
 	v.resilience()
 	switch c.Engine {
-	case "", "grpc", "frame":
+	case "", "frame":
+	case "grpc":
+		v.add("engine", "the grpc engine was removed: the frame engine is meshd's only data path; delete this key (or write engine: frame)")
 	default:
-		v.add("engine", "unknown engine %q (want grpc or frame)", c.Engine)
+		v.add("engine", "unknown engine %q (the frame engine is meshd's only data path; delete this key)", c.Engine)
 	}
-	v.frameEngine()
 	if c.MaxMessageSize < 0 {
 		v.add("max_message_size", "must not be negative")
 	}
@@ -354,9 +355,6 @@ func (c *Config) applyDefaults() {
 	if c.DrainTimeout == 0 {
 		c.DrainTimeout = Duration(10 * time.Second)
 	}
-	if c.Engine == "" {
-		c.Engine = "frame"
-	}
 	if c.MaxMessageSize == 0 {
 		c.MaxMessageSize = DefaultMaxMessageSize
 	}
@@ -440,6 +438,6 @@ func (c *Config) Summary() string {
 			consul++
 		}
 	}
-	return fmt.Sprintf("%d listener(s), %d route(s), %d cluster(s) (%d from consul), engine %s",
-		len(c.Listeners), len(c.Routes), len(c.Clusters), consul, c.Engine)
+	return fmt.Sprintf("%d listener(s), %d route(s), %d cluster(s) (%d from consul)",
+		len(c.Listeners), len(c.Routes), len(c.Clusters), consul)
 }

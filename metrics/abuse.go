@@ -3,14 +3,14 @@ package metrics
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/meshd/meshd/h2guard"
+	"github.com/meshd/meshd/engine"
 )
 
 // ListenerSource is a Source that also reports its listeners' connection
 // and HTTP/2 abuse counters, by listener name (meshd's server does). The
 // listener metrics appear only for such a Source.
 type ListenerSource interface {
-	ListenerStats() map[string]h2guard.Stats
+	ListenerStats() map[string]engine.AbuseStats
 }
 
 var (
@@ -66,15 +66,15 @@ func (c listenerCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descConnsActive, prometheus.GaugeValue, float64(st.ConnsActive), name)
 		counter(descConnsRejected, st.ConnsRejected, name)
 		for r, v := range st.Closed {
-			counter(descConnsClosed, v, name, h2guard.Reason(r).String())
+			counter(descConnsClosed, v, name, engine.AbuseReason(r).String())
 		}
 		for i, v := range st.FramesReceived {
-			counter(descFramesReceived, v, name, h2guard.FrameTypeName(i))
+			counter(descFramesReceived, v, name, engine.FrameTypeName(i))
 		}
 		counter(descEmptyFrames, st.EmptyFramesReceived, name)
 		for i := range st.GoAwaysSent {
-			counter(descGoAwaysSent, st.GoAwaysSent[i], name, h2guard.ErrCodeName(i))
-			counter(descResetsSent, st.ResetsSent[i], name, h2guard.ErrCodeName(i))
+			counter(descGoAwaysSent, st.GoAwaysSent[i], name, engine.ErrCodeName(i))
+			counter(descResetsSent, st.ResetsSent[i], name, engine.ErrCodeName(i))
 		}
 	}
 }

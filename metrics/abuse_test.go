@@ -3,17 +3,17 @@ package metrics_test
 import (
 	"testing"
 
-	"github.com/meshd/meshd/h2guard"
+	"github.com/meshd/meshd/engine"
 	"github.com/meshd/meshd/metrics"
 )
 
 // listenerSource is a Source that also reports listener counters.
 type listenerSource struct {
 	source
-	stats map[string]h2guard.Stats
+	stats map[string]engine.AbuseStats
 }
 
-func (s listenerSource) ListenerStats() map[string]h2guard.Stats { return s.stats }
+func (s listenerSource) ListenerStats() map[string]engine.AbuseStats { return s.stats }
 
 var _ metrics.ListenerSource = listenerSource{}
 
@@ -25,15 +25,15 @@ func TestListenerMetrics(t *testing.T) {
 		t.Error("listener metrics from a Source without listeners")
 	}
 
-	var st h2guard.Stats
+	var st engine.AbuseStats
 	st.ConnsAccepted, st.ConnsActive, st.ConnsRejected = 10, 3, 4
-	st.Closed[h2guard.RapidReset] = 2
+	st.Closed[engine.AbuseRapidReset] = 2
 	st.FramesReceived[3] = 1000 // RST_STREAM
-	st.FramesReceived[h2guard.NumFrameTypes-1] = 7
+	st.FramesReceived[engine.NumFrameTypes-1] = 7
 	st.EmptyFramesReceived = 11
 	st.GoAwaysSent[0xb] = 2 // ENHANCE_YOUR_CALM
 	st.ResetsSent[0x7] = 50 // REFUSED_STREAM
-	m.SetSource(listenerSource{stats: map[string]h2guard.Stats{"main": st}})
+	m.SetSource(listenerSource{stats: map[string]engine.AbuseStats{"main": st}})
 	mfs := scrape(t, m)
 	main := map[string]string{"listener": "main"}
 	with := func(k, v string) map[string]string { return map[string]string{"listener": "main", k: v} }
@@ -58,7 +58,7 @@ func TestListenerMetrics(t *testing.T) {
 			t.Errorf("%s%v = %g, want %g", c.name, c.labels, got, c.want)
 		}
 	}
-	if n := len(series(mfs, "meshd_listener_connections_closed_total", main)); n != int(h2guard.NumReasons) {
-		t.Errorf("%d closed_total series, want one per reason (%d)", n, h2guard.NumReasons)
+	if n := len(series(mfs, "meshd_listener_connections_closed_total", main)); n != int(engine.NumAbuseReasons) {
+		t.Errorf("%d closed_total series, want one per reason (%d)", n, engine.NumAbuseReasons)
 	}
 }

@@ -5,7 +5,7 @@
 // default one, so two meshd instances in one test binary do not collide)
 // holding three kinds of metrics:
 //
-//   - Per-call metrics, fed by the data path through proxy.Observer: the
+//   - Per-call metrics, fed by the data path through callrecord.Observer: the
 //     familiar grpc_server_handled_total and grpc_server_handling_seconds
 //     shape (with meshd's route and cluster labels), upstream attempts and
 //     retries, message bytes, and the number of calls in flight.

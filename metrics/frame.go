@@ -3,7 +3,7 @@ package metrics
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/meshd/meshd/h2proxy"
+	"github.com/meshd/meshd/engine"
 )
 
 // FrameSource is a Source that also reports the frame engine's counters,
@@ -11,7 +11,7 @@ import (
 // meshd_frame_* metrics appear only for such a Source, and only for the
 // listeners it reports.
 type FrameSource interface {
-	FrameStats() map[string]h2proxy.Stats
+	FrameStats() map[string]engine.Stats
 }
 
 var (

@@ -3,17 +3,17 @@ package metrics_test
 import (
 	"testing"
 
-	"github.com/meshd/meshd/h2proxy"
+	"github.com/meshd/meshd/engine"
 	"github.com/meshd/meshd/metrics"
 )
 
 // frameSource is a Source that also reports frame engine counters.
 type frameSource struct {
 	source
-	stats map[string]h2proxy.Stats
+	stats map[string]engine.Stats
 }
 
-func (s frameSource) FrameStats() map[string]h2proxy.Stats { return s.stats }
+func (s frameSource) FrameStats() map[string]engine.Stats { return s.stats }
 
 var _ metrics.FrameSource = frameSource{}
 
@@ -24,7 +24,7 @@ func TestFrameMetrics(t *testing.T) {
 	if mfs := scrape(t, m); mfs["meshd_frame_mid_message_resets_total"] != nil {
 		t.Error("frame metrics from a Source without a frame engine")
 	}
-	m.SetSource(frameSource{stats: map[string]h2proxy.Stats{
+	m.SetSource(frameSource{stats: map[string]engine.Stats{
 		"main": {ActiveStreams: 5, UpstreamConns: 2, UpstreamStreams: 4, BufferedBytes: 4096, ProtocolErrors: 1,
 			StreamErrors: 3, DeadlinesExceeded: 7, MessagesTooLarge: 8, DialErrors: 9, MidMessageResets: 6},
 		"edge": {},

@@ -12,7 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc/codes"
 
-	"github.com/meshd/meshd/proxy"
+	"github.com/meshd/meshd/callrecord"
 )
 
 // Label values that stand in for methods meshd does not name one by one.
@@ -52,8 +52,8 @@ func WithDroppedSpans(f func() uint64) Option { return func(o *options) { o.drop
 // (accesslog.Logger.Dropped). Without it the counter reads 0.
 func WithDroppedLogLines(f func() uint64) Option { return func(o *options) { o.droppedLog = f } }
 
-// Metrics is meshd's Prometheus instrumentation. It is a proxy.Observer
-// (and a proxy.StartObserver, for the in-flight gauge); ObserveCall and
+// Metrics is meshd's Prometheus instrumentation. It is a callrecord.Observer
+// (and a callrecord.StartObserver, for the in-flight gauge); ObserveCall and
 // CallStarted are safe for concurrent use and do not block on other calls
 // once a call's label set has been seen. Create it with New.
 type Metrics struct {
@@ -81,8 +81,8 @@ type Metrics struct {
 }
 
 var (
-	_ proxy.Observer      = (*Metrics)(nil)
-	_ proxy.StartObserver = (*Metrics)(nil)
+	_ callrecord.Observer      = (*Metrics)(nil)
+	_ callrecord.StartObserver = (*Metrics)(nil)
 )
 
 // New builds the registry with every meshd metric and the Go runtime and
@@ -171,7 +171,7 @@ func (m *Metrics) SetSource(src Source) { m.state.set(src) }
 func (m *Metrics) CallStarted() { m.active.Inc() }
 
 // ObserveCall records a finished call.
-func (m *Metrics) ObserveCall(c *proxy.Call) {
+func (m *Metrics) ObserveCall(c *callrecord.Call) {
 	m.active.Dec()
 	s := m.seriesFor(c)
 	s.code(c.Code).Inc()
@@ -224,7 +224,7 @@ func (s *series) code(c codes.Code) prometheus.Counter {
 
 // seriesFor returns the call's series, creating it on first sight and
 // applying the method cap.
-func (m *Metrics) seriesFor(c *proxy.Call) *series {
+func (m *Metrics) seriesFor(c *callrecord.Call) *series {
 	key := seriesKey{c.Method, c.Route, c.Cluster}
 	if c.Route == "" {
 		key = seriesKey{method: Unmatched}

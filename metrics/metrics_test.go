@@ -18,7 +18,7 @@ import (
 	"github.com/meshd/meshd/balancer"
 	"github.com/meshd/meshd/discovery"
 	"github.com/meshd/meshd/metrics"
-	"github.com/meshd/meshd/proxy"
+	"github.com/meshd/meshd/callrecord"
 )
 
 // scrape fetches /metrics from a real HTTP server in front of m and parses
@@ -113,7 +113,7 @@ func labelValues(mfs map[string]*dto.MetricFamily, name, label string) []string 
 }
 
 // observe runs one call through m the way the proxy does.
-func observe(m *metrics.Metrics, c proxy.Call) {
+func observe(m *metrics.Metrics, c callrecord.Call) {
 	m.CallStarted()
 	m.ObserveCall(&c)
 }
@@ -123,14 +123,14 @@ func TestCallCountsAndLatency(t *testing.T) {
 	m := metrics.New()
 	const method = "/users.v1.Users/GetUser"
 	for i := range 7 {
-		observe(m, proxy.Call{Method: method, Route: "users", Cluster: "users-a", Code: codes.OK,
+		observe(m, callrecord.Call{Method: method, Route: "users", Cluster: "users-a", Code: codes.OK,
 			Duration: time.Duration(i+1) * time.Millisecond, Attempts: 1, BytesIn: 10, BytesOut: 100})
 	}
 	for range 3 {
-		observe(m, proxy.Call{Method: method, Route: "users", Cluster: "users-a", Code: codes.Unavailable,
+		observe(m, callrecord.Call{Method: method, Route: "users", Cluster: "users-a", Code: codes.Unavailable,
 			Duration: 2 * time.Second, Attempts: 3})
 	}
-	observe(m, proxy.Call{Method: method, Route: "users", Cluster: "users-b", Code: codes.OK, Duration: time.Millisecond, Attempts: 1})
+	observe(m, callrecord.Call{Method: method, Route: "users", Cluster: "users-b", Code: codes.OK, Duration: time.Millisecond, Attempts: 1})
 
 	mfs := scrape(t, m)
 	base := map[string]string{"grpc_service": "users.v1.Users", "grpc_method": "GetUser", "route": "users", "cluster": "users-a"}
@@ -201,17 +201,17 @@ func TestMethodLabelsBounded(t *testing.T) {
 	m := metrics.New(metrics.WithMaxMethods(2))
 	// Three routed methods with a cap of two: the third is "other".
 	for i, method := range []string{"/a.S/One", "/a.S/Two", "/a.S/Three", "/a.S/One", "/a.S/Four"} {
-		observe(m, proxy.Call{Method: method, Route: "r", Cluster: "c", Code: codes.OK, Attempts: 1, Duration: time.Duration(i) * time.Millisecond})
+		observe(m, callrecord.Call{Method: method, Route: "r", Cluster: "c", Code: codes.OK, Attempts: 1, Duration: time.Duration(i) * time.Millisecond})
 	}
 	// A known method on another route keeps its name.
-	observe(m, proxy.Call{Method: "/a.S/One", Route: "r2", Cluster: "c", Code: codes.OK, Attempts: 1})
+	observe(m, callrecord.Call{Method: "/a.S/One", Route: "r2", Cluster: "c", Code: codes.OK, Attempts: 1})
 	// Calls that matched no route never get their own labels, however
 	// many distinct names clients invent.
 	for i := range 50 {
-		observe(m, proxy.Call{Method: fmt.Sprintf("/evil.S/M%d", i), Code: codes.Unimplemented})
+		observe(m, callrecord.Call{Method: fmt.Sprintf("/evil.S/M%d", i), Code: codes.Unimplemented})
 	}
 	// Not valid UTF-8: must neither panic nor break the exposition.
-	observe(m, proxy.Call{Method: "/x.S/\xff\xfe", Code: codes.Unimplemented})
+	observe(m, callrecord.Call{Method: "/x.S/\xff\xfe", Code: codes.Unimplemented})
 
 	mfs := scrape(t, m)
 	if got, want := labelValues(mfs, "grpc_server_handled_total", "grpc_method"), []string{"One", "Two", "other", "unmatched"}; fmt.Sprint(got) != fmt.Sprint(want) {
@@ -251,7 +251,7 @@ func TestConcurrentCalls(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := range perWorker {
-				observe(m, proxy.Call{Method: fmt.Sprintf("/p.S/M%d", (w+i)%10), Route: "r", Cluster: "c", Code: codes.OK, Attempts: 1})
+				observe(m, callrecord.Call{Method: fmt.Sprintf("/p.S/M%d", (w+i)%10), Route: "r", Cluster: "c", Code: codes.OK, Attempts: 1})
 			}
 		}()
 	}
@@ -278,7 +278,7 @@ func TestActiveStreams(t *testing.T) {
 	for range 3 {
 		m.CallStarted()
 	}
-	m.ObserveCall(&proxy.Call{Method: "/a.S/M", Route: "r", Cluster: "c"})
+	m.ObserveCall(&callrecord.Call{Method: "/a.S/M", Route: "r", Cluster: "c"})
 	if got := value(t, scrape(t, m), "meshd_active_streams", nil); got != 2 {
 		t.Errorf("active streams %v, want 2", got)
 	}
@@ -374,7 +374,7 @@ func TestStateMetrics(t *testing.T) {
 func TestMethodNotUTF8(t *testing.T) {
 	t.Parallel()
 	m := metrics.New()
-	observe(m, proxy.Call{Method: "/x.S\xff/M\xfe", Route: "all", Cluster: "c", Code: codes.OK, Attempts: 1})
+	observe(m, callrecord.Call{Method: "/x.S\xff/M\xfe", Route: "all", Cluster: "c", Code: codes.OK, Attempts: 1})
 	mfs := scrape(t, m)
 	if got := value(t, mfs, "grpc_server_handled_total", map[string]string{"grpc_service": "x.S\uFFFD", "grpc_method": "M\uFFFD"}); got != 1 {
 		t.Errorf("handled = %v, want 1", got)

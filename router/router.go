@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/meshd/meshd/config"
+	"github.com/meshd/meshd/policy"
 )
 
 // Headers is the read side of gRPC metadata; metadata.MD satisfies it.
@@ -31,6 +32,10 @@ type Route struct {
 	Retry *config.Retry
 	// Clusters are the weighted targets; a single-cluster route has one.
 	Clusters []config.WeightedCluster
+	// Policy is the route's policy value (timeouts, rate limit, retry),
+	// reached from the route so that no call looks it up by name. nil: no
+	// policy (tests, synthetic routes).
+	Policy *policy.Route
 
 	headers []headerMatcher
 	cum     []uint32 // cumulative weights for PickCluster
@@ -60,8 +65,24 @@ type Table struct {
 	prefixes  []int            // prefix routes, ascending
 }
 
+// Option configures New.
+type Option func(*options)
+
+type options struct {
+	policy func(config.Route) *policy.Route
+}
+
+// WithPolicy gives each route the policy value pol returns for it.
+func WithPolicy(pol func(config.Route) *policy.Route) Option {
+	return func(o *options) { o.policy = pol }
+}
+
 // New compiles routes (already validated by config) into a Table.
-func New(routes []config.Route) (*Table, error) {
+func New(routes []config.Route, opts ...Option) (*Table, error) {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
 	t := &Table{byMethod: map[string][]int{}, byService: map[string][]int{}}
 	for i, rc := range routes {
 		r := &Route{
@@ -72,6 +93,9 @@ func New(routes []config.Route) (*Table, error) {
 			MaxGRPCTimeout: rc.MaxGRPCTimeout.D(),
 			Retry:          rc.Retry,
 			Clusters:       rc.Clusters,
+		}
+		if o.policy != nil {
+			r.Policy = o.policy(rc)
 		}
 		if len(r.Clusters) == 0 && rc.Cluster != "" {
 			r.Clusters = []config.WeightedCluster{{Name: rc.Cluster, Weight: 1}}

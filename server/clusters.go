@@ -16,8 +16,9 @@ import (
 	"github.com/meshd/meshd/balancer"
 	"github.com/meshd/meshd/config"
 	"github.com/meshd/meshd/discovery"
-	"github.com/meshd/meshd/h2proxy"
-	"github.com/meshd/meshd/proxy"
+	"github.com/meshd/meshd/director"
+	"github.com/meshd/meshd/engine"
+	"github.com/meshd/meshd/policy"
 )
 
 // resolver is what a cluster's endpoints come from.
@@ -41,12 +42,12 @@ type clusterRun struct {
 	forget   func(*clusterRun) // drops the run from the original-dst owner index
 	// limiter and budget hold the cluster's call counters; each State gets
 	// a view with the limits of its config (resilience.go).
-	limiter *proxy.Limiter
-	budget  *proxy.RetryBudget
+	limiter *policy.Limiter
+	budget  *policy.RetryBudget
 	// upstream is how the frame engine reaches the endpoints over TLS;
 	// nil for h2c. A run is rebuilt when its TLS settings change, so a new
 	// Upstream (and with it new frame engine connections) comes with it.
-	upstream *h2proxy.Upstream
+	upstream *engine.Upstream
 }
 
 // sameAs reports whether the run can serve cfg unchanged.
@@ -119,11 +120,11 @@ func balancerOptions(c config.Cluster, log *slog.Logger) balancer.Options {
 	}
 }
 
-// upstreamCreds builds how both engines reach a cluster's endpoints: h2c
+// upstreamCreds builds how meshd reaches a cluster's endpoints: h2c
 // (insecure credentials, no Upstream), or TLS whose files are reloaded when
-// they change (tls.go), as grpc-go credentials and as the frame engine's
-// Upstream.
-func upstreamCreds(name string, t *config.UpstreamTLS, log *slog.Logger) (credentials.TransportCredentials, *h2proxy.Upstream, error) {
+// they change (tls.go), as grpc-go credentials for the health checks and as
+// the engine's Upstream for calls.
+func upstreamCreds(name string, t *config.UpstreamTLS, log *slog.Logger) (credentials.TransportCredentials, *engine.Upstream, error) {
 	if t == nil {
 		return insecure.NewCredentials(), nil, nil
 	}
@@ -140,10 +141,10 @@ func (s *Server) newClusterRun(c config.Cluster, maxMsg int, consul *api.Client)
 	if err != nil {
 		return nil, fmt.Errorf("cluster %q: tls: %w", c.Name, err)
 	}
-	dopts := append(proxy.DialOptions(maxMsg), grpc.WithTransportCredentials(creds))
-	if s.clientStats != nil {
-		dopts = append(dopts, grpc.WithStatsHandler(s.clientStats))
-	}
+	// grpc-go connections to endpoints carry their health checks only;
+	// calls go through the engine's pool. grpc-go's own retries and
+	// service config are off: a backend must not steer meshd's client.
+	dopts := []grpc.DialOption{grpc.WithTransportCredentials(creds), grpc.WithDisableRetry(), grpc.WithDisableServiceConfig()}
 	dial := func(ep discovery.Endpoint) (*grpc.ClientConn, error) {
 		return grpc.NewClient(ep.Address, dopts...)
 	}
@@ -180,7 +181,7 @@ func (s *Server) newClusterRun(c config.Cluster, maxMsg int, consul *api.Client)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &clusterRun{cfg: c, maxMsg: maxMsg, cl: cl, resolver: res, cancel: cancel, done: make(chan struct{}), forget: s.dests.forget,
-		limiter: proxy.NewLimiter(0, 0), budget: proxy.NewRetryBudget(0, 0, nil), upstream: upstream}
+		limiter: policy.NewLimiter(0, 0), budget: policy.NewRetryBudget(0, 0, nil), upstream: upstream}
 	go func() {
 		defer close(r.done)
 		// Watch returns ctx.Err() when stopped; anything else is logged
@@ -198,7 +199,7 @@ func (s *Server) newClusterRun(c config.Cluster, maxMsg int, consul *api.Client)
 // between two retry attempts) or the drain timeout passes. It runs on a
 // goroutine the Server owns; the caller holds s.mu and has checked that
 // the Server is not stopping.
-func (s *Server) retire(r *clusterRun, states []*proxy.State, drain time.Duration) {
+func (s *Server) retire(r *clusterRun, states []*director.State, drain time.Duration) {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()

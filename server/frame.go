@@ -8,36 +8,20 @@ import (
 	"net"
 	"slices"
 
-	"google.golang.org/grpc"
-
 	"github.com/meshd/meshd/config"
-	"github.com/meshd/meshd/h2guard"
-	"github.com/meshd/meshd/h2proxy"
+	"github.com/meshd/meshd/engine"
 )
 
-// dataServer is what a listener serves with: a grpc.Server for engine grpc,
-// the frame engine for engine frame.
-type dataServer interface {
-	Serve(net.Listener) error
-	// GracefulStop stops accepting, sends GOAWAY and waits for in-flight
-	// calls.
-	GracefulStop()
-	// Stop closes every connection at once.
-	Stop()
-}
-
-var _ dataServer = (*grpc.Server)(nil)
-
-// serveStopped reports whether err is a data server's normal "stopped".
+// serveStopped reports whether err is the engine's normal "stopped".
 func serveStopped(err error) bool {
-	return err == nil || errors.Is(err, grpc.ErrServerStopped) || errors.Is(err, h2proxy.ErrServerClosed)
+	return err == nil || errors.Is(err, engine.ErrServerClosed)
 }
 
-// frameServer adapts h2proxy.Server to dataServer. On an original_dst
-// listener odst accepts the connections instead of the engine
-// (frame_origdst.go); it is nil otherwise.
+// frameServer is one listener's engine. On an original_dst listener odst
+// accepts the connections instead of the engine (frame_origdst.go); it is
+// nil otherwise.
 type frameServer struct {
-	*h2proxy.Server
+	*engine.Server
 	odst *odstAccept
 }
 
@@ -50,6 +34,8 @@ func (f frameServer) Serve(ln net.Listener) error {
 	return f.Server.Serve(ln)
 }
 
+// GracefulStop stops accepting, sends GOAWAY and waits for in-flight
+// calls.
 func (f frameServer) GracefulStop() {
 	if f.odst != nil {
 		f.odst.stop()
@@ -62,6 +48,7 @@ func (f frameServer) GracefulStop() {
 	}
 }
 
+// Stop closes every connection at once.
 func (f frameServer) Stop() {
 	if f.odst != nil {
 		f.odst.stop()
@@ -72,29 +59,27 @@ func (f frameServer) Stop() {
 	}
 }
 
-// frameListener builds the frame engine for one listener. The engine does
-// its own HTTP/2 protocol policing (stream, header and frame limits, and
-// h2guard's flood, reset and handshake rules inside its connections), so no
-// h2guard sits in front of it; its counters reach /metrics through
-// frameListenerStats.
+// frameListener builds the engine for one listener. The engine does its
+// own HTTP/2 protocol policing (stream, header and frame limits, flood,
+// reset and handshake rules inside its connections); its counters reach
+// /metrics through ListenerStats.
 //
 // An original_dst listener's connections go through origdst's handshake
 // first (frame_origdst.go): opaque TCP is relayed to its original
 // destination and never reaches the engine, and the Director finds a gRPC
 // connection's original destination in the connection's context.
-func (s *Server) frameListener(cfg *config.Config, lc config.Listener, lis net.Listener) (dataServer, net.Listener, error) {
+func (s *Server) frameListener(cfg *config.Config, lc config.Listener, lis net.Listener) (frameServer, net.Listener, error) {
 	var idle config.Duration // nil (defaults skipped): kept, as listenerOptions does
 	if lc.IdleTimeout != nil {
 		idle = *lc.IdleTimeout
 	}
-	fs := h2proxy.NewServer(s.proxy, h2proxy.Config{
+	fs := engine.NewServer(s.dir, engine.Config{
 		MaxConcurrentStreams: lc.MaxConcurrentStreams,
 		MaxHeaderListSize:    lc.MaxHeaderListSize,
 		MaxRecvMsgSize:       cfg.MaxMessageSize,
 		MaxSendMsgSize:       cfg.MaxMessageSize,
 		HandshakeTimeout:     lc.HandshakeTimeout.D(),
-		// The listener's connection limits, with grpc-go's semantics as
-		// listenerOptions gives them to the grpc engine.
+		// The listener's connection limits, with grpc-go's semantics.
 		IdleTimeout:                  idle.D(),
 		MaxConnectionAge:             lc.MaxConnectionAge.D(),
 		MaxConnectionAgeGrace:        lc.MaxConnectionAgeGrace.D(),
@@ -102,12 +87,12 @@ func (s *Server) frameListener(cfg *config.Config, lc config.Listener, lis net.L
 		KeepaliveTimeout:             lc.Keepalive.Timeout.D(),
 		KeepaliveMinTime:             lc.Keepalive.MinTime.D(),
 		KeepalivePermitWithoutStream: lc.Keepalive.PermitWithoutStream != nil && *lc.Keepalive.PermitWithoutStream,
-		Logger:                       s.log.With("component", "h2proxy", "listener", lc.Name),
+		Logger:                       s.log.With("component", "engine", "listener", lc.Name),
 	})
 	if lc.TLS != nil {
 		tc, err := loadServerTLS(lc.TLS, s.log.With("listener", lc.Name))
 		if err != nil {
-			return nil, nil, fmt.Errorf("tls: %w", err)
+			return frameServer{}, nil, fmt.Errorf("tls: %w", err)
 		}
 		lis = tls.NewListener(lis, tc)
 	}
@@ -136,38 +121,16 @@ func (s *Server) forgetUpstream(addr string) {
 	}
 }
 
-// frameReasons maps the frame engine's close reasons to h2guard's (the
-// same rules under the same names).
-var frameReasons = [h2proxy.NumAbuseReasons]h2guard.Reason{
-	h2proxy.AbuseRapidReset:        h2guard.RapidReset,
-	h2proxy.AbuseEmptyFrames:       h2guard.EmptyFrames,
-	h2proxy.AbuseSettingsFlood:     h2guard.SettingsFlood,
-	h2proxy.AbusePingFlood:         h2guard.PingFlood,
-	h2proxy.AbuseWindowUpdateFlood: h2guard.WindowUpdateFlood,
-	h2proxy.AbuseExtraFrames:       h2guard.ExtraFrames,
-	h2proxy.AbuseProtocolError:     h2guard.ProtocolError,
-	h2proxy.AbuseFrameTooLarge:     h2guard.FrameTooLarge,
-	h2proxy.AbuseHeadersTooLarge:   h2guard.HeadersTooLarge,
-	h2proxy.AbuseNotHTTP2:          h2guard.NotHTTP2,
-	h2proxy.AbuseHandshakeTimeout:  h2guard.HandshakeTimeout,
-}
-
-// frameListenerStats reports a frame engine listener's counters in
-// h2guard's shape, so that both engines' listeners have the same
-// meshd_listener_* series. The frame and error code arrays are indexed
-// alike (the assignments do not compile if their sizes differ).
-func frameListenerStats(fs *h2proxy.Server) h2guard.Stats {
-	a := fs.AbuseStats()
-	st := h2guard.Stats{
-		ConnsAccepted:       a.ConnsAccepted,
-		ConnsActive:         fs.Stats().ActiveConns,
-		FramesReceived:      a.FramesReceived,
-		EmptyFramesReceived: a.EmptyFramesReceived,
-		GoAwaysSent:         a.GoAwaysSent,
-		ResetsSent:          a.ResetsSent,
+// ListenerStats returns each listener's connection and HTTP/2 abuse
+// counters by listener name (metrics.ListenerSource).
+func (s *Server) ListenerStats() map[string]engine.AbuseStats {
+	out := make(map[string]engine.AbuseStats, len(s.listeners))
+	for _, l := range s.listeners {
+		st := l.srv.AbuseStats()
+		if ll, ok := l.capped.(*limitListener); ok {
+			st.ConnsRejected = ll.rejected.Load()
+		}
+		out[l.cfg.Name] = st
 	}
-	for r, v := range a.Closed {
-		st.Closed[frameReasons[r]] += v
-	}
-	return st
+	return out
 }

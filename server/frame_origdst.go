@@ -11,7 +11,7 @@ import (
 	"google.golang.org/grpc/peer"
 
 	"github.com/meshd/meshd/config"
-	"github.com/meshd/meshd/h2proxy"
+	"github.com/meshd/meshd/engine"
 	"github.com/meshd/meshd/origdst"
 )
 
@@ -26,7 +26,7 @@ import (
 // connection is served with its origdst.Info in its context, the context
 // the engine hands its Director, where origdst.FromContext finds it.
 type odstAccept struct {
-	fs    *h2proxy.Server
+	fs    *engine.Server
 	creds *origdst.Credentials
 
 	mu       sync.Mutex
@@ -40,7 +40,7 @@ type odstAccept struct {
 // originalDstAccept makes lc's accept loop for the engine fs. Its
 // credentials are registered with s.dests, which ends their relays when
 // meshd stops.
-func (s *Server) originalDstAccept(lc config.Listener, fs *h2proxy.Server) *odstAccept {
+func (s *Server) originalDstAccept(lc config.Listener, fs *engine.Server) *odstAccept {
 	c := origdst.New(origdst.Options{
 		Inbound:       lc.OriginalDst.Direction == config.DirectionInbound,
 		DetectTimeout: lc.OriginalDst.DetectTimeout.D(),
@@ -59,14 +59,14 @@ func (s *Server) originalDstAccept(lc config.Listener, fs *h2proxy.Server) *odst
 	}
 }
 
-// serve accepts on ln until stop, like h2proxy.Server.Serve (whose
+// serve accepts on ln until stop, like engine.Server.Serve (whose
 // ErrServerClosed it returns once stopped), and closes ln on return.
 func (a *odstAccept) serve(ln net.Listener) error {
 	a.mu.Lock()
 	if a.stopped {
 		a.mu.Unlock()
 		_ = ln.Close()
-		return h2proxy.ErrServerClosed
+		return engine.ErrServerClosed
 	}
 	a.lns[ln] = struct{}{}
 	a.mu.Unlock()
@@ -84,7 +84,7 @@ func (a *odstAccept) serve(ln net.Listener) error {
 			stopped := a.stopped
 			a.mu.Unlock()
 			if stopped {
-				return h2proxy.ErrServerClosed
+				return engine.ErrServerClosed
 			}
 			if errors.Is(err, net.ErrClosed) {
 				return err
@@ -97,7 +97,7 @@ func (a *odstAccept) serve(ln net.Listener) error {
 			case <-t.C:
 			case <-a.stopping:
 				t.Stop()
-				return h2proxy.ErrServerClosed
+				return engine.ErrServerClosed
 			}
 			continue
 		}
@@ -106,7 +106,7 @@ func (a *odstAccept) serve(ln net.Listener) error {
 		if a.stopped {
 			a.mu.Unlock()
 			_ = nc.Close()
-			return h2proxy.ErrServerClosed
+			return engine.ErrServerClosed
 		}
 		a.shaking[nc] = struct{}{}
 		a.wg.Add(1)

@@ -14,7 +14,7 @@ import (
 	"google.golang.org/grpc/peer"
 
 	"github.com/meshd/meshd/config"
-	"github.com/meshd/meshd/h2proxy"
+	"github.com/meshd/meshd/engine"
 	"github.com/meshd/meshd/origdst"
 )
 
@@ -38,10 +38,10 @@ func TestFrameOriginalDstListener(t *testing.T) {
 	backendAddr := bl.Addr().String()
 
 	log := slog.New(slog.DiscardHandler)
-	s := &Server{log: log, dests: newDestinations(log, nil, func() int { return 1 << 20 })}
+	s := &Server{log: log, dests: newDestinations(log)}
 	defer s.dests.close()
 	infos := make(chan any, 1)
-	fs := h2proxy.NewServer(h2proxy.DirectorFunc(func(ctx context.Context, req *h2proxy.Request) (h2proxy.Target, error) {
+	fs := engine.NewServer(engine.DirectorFunc(func(ctx context.Context, req *engine.Request) (engine.Target, error) {
 		var auth any
 		if p, ok := peer.FromContext(ctx); ok {
 			auth = p.AuthInfo
@@ -52,11 +52,11 @@ func TestFrameOriginalDstListener(t *testing.T) {
 		}
 		// What proxy.Proxy.cluster does for the original_dst cluster.
 		if _, err := s.dests.Passthrough(backendAddr); err != nil {
-			return h2proxy.Target{}, err
+			return engine.Target{}, err
 		}
-		return h2proxy.Target{Addr: backendAddr}, nil
-	}), h2proxy.Config{HandshakeTimeout: 10 * time.Second, Logger: log})
-	s.frameSet.Store(&[]*h2proxy.Server{fs})
+		return engine.Target{Addr: backendAddr}, nil
+	}), engine.Config{HandshakeTimeout: 10 * time.Second, Logger: log})
+	s.frameSet.Store(&[]*engine.Server{fs})
 	lc := config.Listener{Name: "out", OriginalDst: &config.OriginalDst{Direction: config.DirectionOutbound, DetectTimeout: config.Duration(time.Second)}}
 	srv := frameServer{Server: fs, odst: s.originalDstAccept(lc, fs)}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

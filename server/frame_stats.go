@@ -1,15 +1,13 @@
 package server
 
-import "github.com/meshd/meshd/h2proxy"
+import "github.com/meshd/meshd/engine"
 
-// FrameStats returns the frame engine's counters by listener name
-// (metrics.FrameSource); empty when engine is grpc.
-func (s *Server) FrameStats() map[string]h2proxy.Stats {
-	out := make(map[string]h2proxy.Stats)
+// FrameStats returns each listener's engine counters by listener name
+// (metrics.FrameSource).
+func (s *Server) FrameStats() map[string]engine.Stats {
+	out := make(map[string]engine.Stats, len(s.listeners))
 	for _, l := range s.listeners {
-		if fs, ok := l.srv.(frameServer); ok {
-			out[l.cfg.Name] = fs.Stats()
-		}
+		out[l.cfg.Name] = l.srv.Stats()
 	}
 	return out
 }

@@ -12,7 +12,7 @@ import (
 // than taking the server's lock, so a scrape neither waits for a reload
 // nor holds up a shutdown.
 func (s *Server) ClusterStatuses() []balancer.ClusterStatus {
-	st := s.proxy.State()
+	st := s.dir.State()
 	if st == nil {
 		return nil
 	}

@@ -10,13 +10,12 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/stats"
 
 	"github.com/meshd/meshd/balancer"
 	"github.com/meshd/meshd/config"
 	"github.com/meshd/meshd/discovery"
 	"github.com/meshd/meshd/origdst"
-	"github.com/meshd/meshd/proxy"
+	"github.com/meshd/meshd/director"
 )
 
 // passthroughIdle is how long a passthrough cluster (one original
@@ -26,11 +25,9 @@ const passthroughIdle = 2 * time.Minute
 // destinations is the Server's side of transparent interception: which
 // cluster owns an address (from the clusters' live discovery snapshots),
 // and one small cluster per original destination that no cluster owns. It
-// implements proxy.Destinations.
+// implements director.Destinations.
 type destinations struct {
-	log         *slog.Logger
-	clientStats stats.Handler
-	maxMsg      func() int
+	log *slog.Logger
 
 	// owners maps "ip:port" to the owning cluster's name; rebuilt (copy on
 	// write) whenever a cluster's endpoints change.
@@ -64,10 +61,10 @@ type passthrough struct {
 	lastUsed atomic.Int64 // unix nanoseconds
 }
 
-var _ proxy.Destinations = (*destinations)(nil)
+var _ director.Destinations = (*destinations)(nil)
 
-func newDestinations(log *slog.Logger, clientStats stats.Handler, maxMsg func() int) *destinations {
-	d := &destinations{log: log, clientStats: clientStats, maxMsg: maxMsg, byRun: map[*clusterRun]ownedAddrs{}, pool: map[string]*passthrough{}}
+func newDestinations(log *slog.Logger) *destinations {
+	d := &destinations{log: log, byRun: map[*clusterRun]ownedAddrs{}, pool: map[string]*passthrough{}}
 	d.owners.Store(&map[string]string{})
 	return d
 }
@@ -123,13 +120,13 @@ func (d *destinations) rebuildLocked() {
 	d.owners.Store(&m)
 }
 
-// Owner implements proxy.Destinations.
+// Owner implements director.Destinations.
 func (d *destinations) Owner(addr string) (string, bool) {
 	name, ok := (*d.owners.Load())[addr]
 	return name, ok
 }
 
-// Passthrough implements proxy.Destinations: the cluster whose only
+// Passthrough implements director.Destinations: the cluster whose only
 // endpoint is addr, created on first use. Health watching is off (the
 // destination was the app's choice, whatever it serves) and so is outlier
 // ejection (there is nowhere else to send the call).
@@ -151,10 +148,6 @@ func (d *destinations) Passthrough(addr string) (*balancer.Cluster, error) {
 		p.lastUsed.Store(now)
 		return p.cl, nil
 	}
-	dopts := append(proxy.DialOptions(d.maxMsg()), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if d.clientStats != nil {
-		dopts = append(dopts, grpc.WithStatsHandler(d.clientStats))
-	}
 	cl, err := balancer.NewCluster(balancer.Options{
 		Name:    config.OriginalDstCluster,
 		Health:  balancer.HealthOptions{Disabled: true},
@@ -165,7 +158,9 @@ func (d *destinations) Passthrough(addr string) (*balancer.Cluster, error) {
 		OnClosed: d.upstreamClosed,
 		Logger:   d.log.With("component", "balancer", "cluster", config.OriginalDstCluster, "dst", addr),
 	}, func(ep discovery.Endpoint) (*grpc.ClientConn, error) {
-		return grpc.NewClient(ep.Address, dopts...)
+		// Health watching is off: this connection is never used, but
+		// the balancer's endpoints own one.
+		return grpc.NewClient(ep.Address, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	})
 	if err != nil {
 		return nil, fmt.Errorf("server: original destination %s: %w", addr, err)

@@ -12,7 +12,7 @@ import (
 // by name, and forgets a cluster whose run stopped.
 func TestDestinationsOwner(t *testing.T) {
 	t.Parallel()
-	d := newDestinations(slog.New(slog.DiscardHandler), nil, func() int { return 1 << 20 })
+	d := newDestinations(slog.New(slog.DiscardHandler))
 	defer d.close()
 	users, users2, orders := &clusterRun{}, &clusterRun{}, &clusterRun{}
 	var got []discovery.Endpoint
@@ -56,7 +56,7 @@ func TestDestinationsOwner(t *testing.T) {
 // and closed with the Server.
 func TestDestinationsPassthrough(t *testing.T) {
 	t.Parallel()
-	d := newDestinations(slog.New(slog.DiscardHandler), nil, func() int { return 1 << 20 })
+	d := newDestinations(slog.New(slog.DiscardHandler))
 	a, err := d.Passthrough("127.0.0.1:1")
 	if err != nil {
 		t.Fatal(err)

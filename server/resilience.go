@@ -8,8 +8,9 @@ import (
 
 	"github.com/meshd/meshd/balancer"
 	"github.com/meshd/meshd/config"
-	"github.com/meshd/meshd/h2proxy"
-	"github.com/meshd/meshd/proxy"
+	"github.com/meshd/meshd/director"
+	"github.com/meshd/meshd/engine"
+	"github.com/meshd/meshd/policy"
 	"github.com/meshd/meshd/router"
 )
 
@@ -17,50 +18,56 @@ import (
 // up before switching to them anyway.
 const warmTimeout = 5 * time.Second
 
-// newState builds the data path's view of cfg. Clusters that a reload kept
-// keep their call counters; only the limits of the new config apply to
-// new calls. Route rate limits keep their bucket when unchanged, so a
-// reload does not hand every route a fresh burst. buckets is the new
-// route → bucket index to keep once the State is in force.
-func (s *Server) newState(cfg *config.Config, table *router.Table, runs map[string]*clusterRun) (st *proxy.State, buckets map[string]*proxy.TokenBucket) {
-	st = &proxy.State{
+// newState builds the data path's view of cfg: table is the route table
+// (its routes carry the policies policies built). Clusters that a reload
+// kept keep their call counters; only the limits of the new config apply
+// to new calls.
+func (s *Server) newState(cfg *config.Config, table *router.Table, runs map[string]*clusterRun) *director.State {
+	st := &director.State{
 		Table:       table,
 		Clusters:    make(map[string]*balancer.Cluster, len(runs)),
-		Limits:      make(map[string]*proxy.Limiter, len(runs)),
-		Budgets:     make(map[string]*proxy.RetryBudget, len(runs)),
-		Policies:    make(map[string]*proxy.RoutePolicy, len(cfg.Routes)),
+		Limits:      make(map[string]*policy.Limiter, len(runs)),
+		Budgets:     make(map[string]*policy.RetryBudget, len(runs)),
 		RetryBuffer: s.retryBuf.WithLimit(cfg.MaxRetryBufferBytes),
 	}
 	for _, c := range cfg.Clusters {
 		r := runs[c.Name]
 		st.Clusters[c.Name] = r.cl
-		st.Limits[c.Name] = r.limiter.WithLimits(c.MaxRequests, c.MaxPending)
+		st.Limits[c.Name] = r.limiter.WithLimits(c.Name, c.MaxRequests, c.MaxPending)
 		st.Budgets[c.Name] = r.budget.WithParams(*c.RetryBudget.BudgetPercent, *c.RetryBudget.MinRetriesPerSecond)
 		if r.upstream != nil {
 			if st.Upstreams == nil {
-				st.Upstreams = make(map[string]*h2proxy.Upstream)
+				st.Upstreams = make(map[string]*engine.Upstream)
 			}
 			st.Upstreams[c.Name] = r.upstream
 		}
 	}
-	buckets = make(map[string]*proxy.TokenBucket)
-	for _, r := range cfg.Routes {
-		pol := &proxy.RoutePolicy{IdleTimeout: r.IdleTimeout.D(), Retry: retryPolicy(r.Retry)}
+	return st
+}
+
+// policies returns the function that builds each route's policy value,
+// and the route → rate-limit bucket index to keep once the config is in
+// force. A route's bucket is kept when its rate limit did not change, so
+// a reload does not hand every route a fresh burst.
+func (s *Server) policies() (func(config.Route) *policy.Route, map[string]*policy.TokenBucket) {
+	buckets := make(map[string]*policy.TokenBucket)
+	return func(r config.Route) *policy.Route {
+		pol := &policy.Route{Name: r.Name, Timeout: r.Timeout.D(), MaxGRPCTimeout: r.MaxGRPCTimeout.D(),
+			IdleTimeout: r.IdleTimeout.D(), Retry: retryPolicy(r.Retry)}
 		if rl := r.RateLimit; rl != nil {
 			b := s.buckets[r.Name]
 			if !b.Same(rl.RequestsPerSecond, rl.Burst) {
-				b = proxy.NewTokenBucket(rl.RequestsPerSecond, rl.Burst, nil)
+				b = policy.NewTokenBucket(rl.RequestsPerSecond, rl.Burst, nil)
 			}
 			pol.RateLimit = b
 			buckets[r.Name] = b
 		}
-		st.Policies[r.Name] = pol
-	}
-	return st, buckets
+		return pol.Init()
+	}, buckets
 }
 
 // retryPolicy translates a route's retry section (defaults applied).
-func retryPolicy(r *config.Retry) *proxy.RetryPolicy {
+func retryPolicy(r *config.Retry) *policy.Retry {
 	if r == nil {
 		return nil
 	}
@@ -68,7 +75,7 @@ func retryPolicy(r *config.Retry) *proxy.RetryPolicy {
 	for i, c := range r.RetryOn {
 		on[i] = c.C()
 	}
-	return &proxy.RetryPolicy{
+	return &policy.Retry{
 		Attempts:       r.Attempts,
 		RetryOn:        on,
 		PerTryTimeout:  r.PerTryTimeout.D(),
@@ -124,7 +131,7 @@ func warmed(cl *balancer.Cluster) bool {
 }
 
 // drained reports whether no call runs on any of states.
-func drained(states []*proxy.State) bool {
+func drained(states []*director.State) bool {
 	for _, st := range states {
 		if st.Active() > 0 {
 			return false
@@ -134,8 +141,8 @@ func drained(states []*proxy.State) bool {
 }
 
 // holding returns the States among old that hold cl.
-func holding(old []*proxy.State, cl *balancer.Cluster) []*proxy.State {
-	var out []*proxy.State
+func holding(old []*director.State, cl *balancer.Cluster) []*director.State {
+	var out []*director.State
 	for _, st := range old {
 		for _, c := range st.Clusters {
 			if c == cl {
@@ -149,7 +156,7 @@ func holding(old []*proxy.State, cl *balancer.Cluster) []*proxy.State {
 
 // pruneStates drops the States no call runs on: once swapped out, a
 // drained State never gets a call again.
-func pruneStates(old []*proxy.State) []*proxy.State {
+func pruneStates(old []*director.State) []*director.State {
 	out := old[:0]
 	for _, st := range old {
 		if st.Active() > 0 {

@@ -13,29 +13,26 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/stats"
 
 	"github.com/meshd/meshd/admin"
+	"github.com/meshd/meshd/callrecord"
 	"github.com/meshd/meshd/config"
+	"github.com/meshd/meshd/director"
 	"github.com/meshd/meshd/discovery"
-	"github.com/meshd/meshd/h2guard"
-	"github.com/meshd/meshd/h2proxy"
-	"github.com/meshd/meshd/proxy"
+	"github.com/meshd/meshd/engine"
+	"github.com/meshd/meshd/policy"
 	"github.com/meshd/meshd/router"
 	"github.com/meshd/meshd/tracing"
 )
 
 // Server is a running meshd. Create it with New, start it with Run.
 type Server struct {
-	log         *slog.Logger
-	proxy       *proxy.Proxy
-	serverStats stats.Handler
-	tracer      *tracing.Provider // for the frame engine's spans
-	clientStats stats.Handler
-	adminOpts   []admin.Option
-	dests       *destinations // transparent interception (origdst.go)
-	observers   []proxy.Observer
+	log       *slog.Logger
+	dir       *director.Director
+	tracer    *tracing.Provider // nil: tracing off
+	adminOpts []admin.Option
+	dests     *destinations // transparent interception (origdst.go)
+	observers []callrecord.Observer
 
 	// reloadMu serializes reloads (file, SIGHUP, Consul KV). It is held
 	// while new clusters warm up; mu is not, so the admin API and metrics
@@ -43,9 +40,9 @@ type Server struct {
 	reloadMu  sync.Mutex
 	fileCfg   *config.Config                // the file's config in force (reloadMu)
 	kvData    []byte                        // the Consul config_key value in force, nil if none (reloadMu)
-	buckets   map[string]*proxy.TokenBucket // route rate limits by route name (reloadMu)
-	oldStates []*proxy.State                // swapped-out States calls may still run on (reloadMu)
-	retryBuf  *proxy.ByteBudget             // process-wide retry buffer usage
+	buckets   map[string]*policy.TokenBucket // route rate limits by route name (reloadMu)
+	oldStates []*director.State              // swapped-out States calls may still run on (reloadMu)
+	retryBuf  *policy.ByteBudget             // process-wide retry buffer usage
 
 	mu       sync.Mutex // guards runs, consul, kv and Run's start/stop
 	cfg      atomic.Pointer[config.Config]
@@ -55,8 +52,8 @@ type Server struct {
 	kv       *kvWatch // the consul.config_key watch, nil when none (kv.go)
 
 	listeners []*listener
-	frames    []*h2proxy.Server                 // engine frame's servers, for stats
-	frameSet  atomic.Pointer[[]*h2proxy.Server] // the same, for forgetUpstream
+	frames    []*engine.Server                 // every listener's engine, for stats
+	frameSet  atomic.Pointer[[]*engine.Server] // the same, for forgetUpstream
 	admin     *admin.Server
 	started   atomic.Bool
 	draining  atomic.Bool
@@ -72,9 +69,8 @@ type Server struct {
 type listener struct {
 	cfg    config.Listener
 	lis    net.Listener
-	srv    dataServer     // grpc.Server or the frame engine (frame.go)
-	guard  *h2guard.Guard // HTTP/2 abuse protection and counters (guard.go); nil for engine frame
-	capped net.Listener   // the max_connections limiter, for its count
+	srv    frameServer  // the engine serving it (frame.go)
+	capped net.Listener // the max_connections limiter, for its count
 }
 
 // Option configures a Server.
@@ -83,19 +79,12 @@ type Option func(*Server)
 // WithLogger sets the logger.
 func WithLogger(l *slog.Logger) Option { return func(s *Server) { s.log = l } }
 
-// WithStatsHandlers installs stats handlers (tracing) on the listeners'
-// servers and on every upstream connection. Either may be nil.
-func WithStatsHandlers(server, client stats.Handler) Option {
-	return func(s *Server) { s.serverStats, s.clientStats = server, client }
-}
-
-// WithTracing traces every call with tp: the grpc engine through tp's stats
-// handlers, the frame engine through its own spans. A disabled provider
-// installs nothing.
+// WithTracing traces every call with tp: a SERVER span per call and a
+// CLIENT span per upstream attempt. A disabled provider installs nothing.
 func WithTracing(tp *tracing.Provider) Option {
 	return func(s *Server) {
 		if tp.Enabled() {
-			s.tracer, s.serverStats, s.clientStats = tp, tp.ServerHandler(), tp.ClientHandler()
+			s.tracer = tp
 		}
 	}
 }
@@ -107,7 +96,7 @@ func WithAdminOptions(opts ...admin.Option) Option {
 
 // WithObservers adds call observers (metrics, access log) to the data path;
 // each is told about every call when it ends.
-func WithObservers(obs ...proxy.Observer) Option {
+func WithObservers(obs ...callrecord.Observer) Option {
 	return func(s *Server) { s.observers = append(s.observers, obs...) }
 }
 
@@ -115,17 +104,17 @@ func WithObservers(obs ...proxy.Observer) Option {
 // starts, but nothing listens until Run.
 func New(cfg *config.Config, opts ...Option) (*Server, error) {
 	s := &Server{log: slog.New(slog.DiscardHandler), runs: map[string]*clusterRun{}, stopping: make(chan struct{}), closed: make(chan struct{}), serving: make(chan struct{}),
-		retryBuf: proxy.NewByteBudget(0)}
+		retryBuf: policy.NewByteBudget(0)}
 	for _, o := range opts {
 		o(s)
 	}
-	popts := []proxy.Option{proxy.WithTracing(s.clientStats != nil), proxy.WithTracer(s.tracer), proxy.WithLogger(s.log.With("component", "proxy"))}
+	dopts := []director.Option{director.WithTracer(s.tracer), director.WithLogger(s.log.With("component", "director"))}
 	for _, o := range s.observers {
-		popts = append(popts, proxy.WithObserver(o))
+		dopts = append(dopts, director.WithObserver(o))
 	}
-	s.dests = newDestinations(s.log.With("component", "origdst"), s.clientStats, func() int { return s.cfg.Load().MaxMessageSize })
-	popts = append(popts, proxy.WithDestinations(s.dests))
-	s.proxy = proxy.New(popts...)
+	s.dests = newDestinations(s.log.With("component", "origdst"))
+	dopts = append(dopts, director.WithDestinations(s.dests))
+	s.dir = director.New(dopts...)
 	if err := s.Reload(cfg); err != nil {
 		return nil, err
 	}
@@ -221,7 +210,8 @@ func (s *Server) apply(cfg *config.Config) error {
 		}
 		consul = c
 	}
-	table, err := router.New(cfg.Routes)
+	policies, buckets := s.policies()
+	table, err := router.New(cfg.Routes, router.WithPolicy(policies))
 	if err != nil {
 		return fmt.Errorf("server: %w", err)
 	}
@@ -250,7 +240,7 @@ func (s *Server) apply(cfg *config.Config) error {
 		// The first config is warmed by Run, before it serves.
 		s.warm(context.Background(), fresh)
 	}
-	st, buckets := s.newState(cfg, table, next)
+	st := s.newState(cfg, table, next)
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -260,7 +250,7 @@ func (s *Server) apply(cfg *config.Config) error {
 		return errors.New("server: stopping")
 	default:
 	}
-	if prev := s.proxy.Swap(st); prev != nil {
+	if prev := s.dir.Swap(st); prev != nil {
 		s.oldStates = append(pruneStates(s.oldStates), prev)
 	}
 	drain := cfg.DrainTimeout.D()
@@ -359,32 +349,14 @@ func (s *Server) listen(cfg *config.Config) error {
 			return fmt.Errorf("server: listener %s: %w", lc.Name, err)
 		}
 		capped := limit(lis, lc.MaxConnections)
-		if cfg.Engine == "frame" {
-			// The frame engine applies TLS, limits, keepalive and
-			// original_dst itself and polices HTTP/2 inside its own
-			// connections (frame.go): no grpc options, no guard.
-			srv, fl, err := s.frameListener(cfg, lc, capped)
-			if err != nil {
-				lis.Close()
-				return fmt.Errorf("server: listener %s: %w", lc.Name, err)
-			}
-			s.listeners = append(s.listeners, &listener{cfg: lc, lis: fl, srv: srv, capped: capped})
-			continue
-		}
-		opts := append(s.proxy.ServerOptions(cfg.MaxMessageSize), grpc.MaxConcurrentStreams(lc.MaxConcurrentStreams))
-		if s.serverStats != nil {
-			opts = append(opts, grpc.StatsHandler(s.serverStats))
-		}
-		guard := h2guard.New(h2guard.Limits{MaxHeaderListSize: lc.MaxHeaderListSize}, h2guard.WithLogger(s.log.With("component", "h2guard", "listener", lc.Name)))
-		// TLS, keepalive, connection age, original_dst, header and
-		// handshake limits: listener.go.
-		extra, err := s.listenerOptions(lc, guard)
+		// The engine applies TLS, limits, keepalive and original_dst
+		// itself and polices HTTP/2 inside its own connections (frame.go).
+		srv, fl, err := s.frameListener(cfg, lc, capped)
 		if err != nil {
 			lis.Close()
 			return fmt.Errorf("server: listener %s: %w", lc.Name, err)
 		}
-		opts = append(opts, extra...)
-		s.listeners = append(s.listeners, &listener{cfg: lc, lis: guardPlaintext(lc, capped, guard), srv: grpc.NewServer(opts...), guard: guard, capped: capped})
+		s.listeners = append(s.listeners, &listener{cfg: lc, lis: fl, srv: srv, capped: capped})
 	}
 	if cfg.Admin.Address != "" {
 		a, err := admin.Listen(cfg.Admin.Address, s, append([]admin.Option{admin.WithLogger(s.log.With("component", "admin"))}, s.adminOpts...)...)
@@ -497,7 +469,7 @@ func (s *Server) Ready() error {
 	case !s.started.Load():
 		return errors.New("listeners not up (clusters warming)")
 	}
-	st := s.proxy.State()
+	st := s.dir.State()
 	if st == nil {
 		return errors.New("no config loaded")
 	}
@@ -547,7 +519,7 @@ func (s *Server) ConfigDump() any {
 
 // Routes implements admin.Source.
 func (s *Server) Routes() any {
-	st := s.proxy.State()
+	st := s.dir.State()
 	if st == nil {
 		return []any{}
 	}
@@ -567,7 +539,7 @@ func (s *Server) Routes() any {
 		if r.Timeout > 0 {
 			v.Timeout = r.Timeout.String()
 		}
-		if pol := st.Policies[r.Name]; pol != nil {
+		if pol := r.Policy; pol != nil {
 			if pol.IdleTimeout > 0 {
 				v.IdleTimeout = pol.IdleTimeout.String()
 			}
@@ -590,10 +562,10 @@ func (s *Server) Clusters() any {
 	type clusterView struct {
 		Status      any                     `json:"status"`
 		Discovery   *discovery.WatchStatus  `json:"discovery,omitempty"`
-		Limits      *proxy.LimiterStats     `json:"limits,omitempty"`
-		RetryBudget *proxy.RetryBudgetStats `json:"retry_budget,omitempty"`
+		Limits      *policy.LimiterStats     `json:"limits,omitempty"`
+		RetryBudget *policy.RetryBudgetStats `json:"retry_budget,omitempty"`
 	}
-	st := s.proxy.State()
+	st := s.dir.State()
 	out := map[string]clusterView{}
 	for name, r := range s.runs {
 		v := clusterView{Status: r.cl.Status()}

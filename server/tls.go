@@ -17,7 +17,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/meshd/meshd/config"
-	"github.com/meshd/meshd/h2proxy"
+	"github.com/meshd/meshd/engine"
 )
 
 // certCheckInterval is how often, at most, a handshake looks at whether the
@@ -220,9 +220,9 @@ func (u *upstreamTLS) creds() credentials.TransportCredentials {
 
 // upstream is the frame engine's way to the cluster's endpoints: a TLS
 // dial with the current settings. The server name defaults to the
-// endpoint's host, as grpc-go's authority does; h2proxy requires ALPN h2.
-func (u *upstreamTLS) upstream(cluster string) *h2proxy.Upstream {
-	return &h2proxy.Upstream{Name: cluster, Dial: func(ctx context.Context, addr string) (net.Conn, error) {
+// endpoint's host, as grpc-go's authority does; the engine requires ALPN h2.
+func (u *upstreamTLS) upstream(cluster string) *engine.Upstream {
+	return &engine.Upstream{Name: cluster, Dial: func(ctx context.Context, addr string) (net.Conn, error) {
 		d := tls.Dialer{Config: u.r.get().tc}
 		return d.DialContext(ctx, "tcp", addr)
 	}}

@@ -34,7 +34,7 @@ import (
 	"github.com/meshd/meshd/config"
 	"github.com/meshd/meshd/internal/otlptest"
 	"github.com/meshd/meshd/metrics"
-	"github.com/meshd/meshd/proxy"
+	"github.com/meshd/meshd/callrecord"
 	"github.com/meshd/meshd/server"
 	"github.com/meshd/meshd/tracing"
 )
@@ -71,7 +71,7 @@ func startObserved(t testing.TB, yaml string, topts ...tracing.Option) *observed
 		}
 	}
 	mopts := []metrics.Option{metrics.WithMaxMethods(cfg.Metrics.MaxMethods), metrics.WithDroppedSpans(o.tp.Dropped)}
-	obs := []proxy.Observer{}
+	obs := []callrecord.Observer{}
 	if o.access != nil {
 		mopts = append(mopts, metrics.WithDroppedLogLines(o.access.Dropped))
 	}

@@ -11,7 +11,7 @@ import (
 	"github.com/meshd/meshd/admin"
 	"github.com/meshd/meshd/config"
 	"github.com/meshd/meshd/metrics"
-	"github.com/meshd/meshd/proxy"
+	"github.com/meshd/meshd/callrecord"
 	"github.com/meshd/meshd/server"
 	"github.com/meshd/meshd/tracing"
 )
@@ -71,7 +71,7 @@ func newTelemetry(ctx context.Context, cfg *config.Config, log *slog.Logger) (*t
 // serverOptions returns the server options that install the telemetry,
 // after base.
 func (t *telemetry) serverOptions(base ...server.Option) []server.Option {
-	obs := []proxy.Observer{t.metrics}
+	obs := []callrecord.Observer{t.metrics}
 	if t.access != nil {
 		obs = append(obs, t.access)
 	}

@@ -1,0 +1,17 @@
+// Package director makes each call's decision for the frame engine
+// (engine.Director): it looks the call up in the route table (router),
+// applies the route's policy (policy: admission, time budget, retry
+// decision), picks an endpoint of the route's cluster (balancer) and hands
+// the engine a Target. When the engine reports the call's end, the
+// director tells the balancer (load, outlier detection), ends the call's
+// spans (tracing) and hands a callrecord.Call to the observers (metrics,
+// access log).
+//
+// Direct runs on the client connection's reader goroutine, so it never
+// blocks: lookup, admission and pick work on immutable snapshots. A
+// call's per-call state (call.go) is owned by the engine's serialisation
+// of Done, Reroute and Retry: they are never called concurrently.
+//
+// Transparent (original_dst) calls are routed by their original
+// destination (origdst.go).
+package director

@@ -1,0 +1,141 @@
+package director
+
+import (
+	"context"
+	"sync"
+
+	"github.com/meshd/meshd/balancer"
+	"github.com/meshd/meshd/config"
+	"github.com/meshd/meshd/origdst"
+	"github.com/meshd/meshd/router"
+)
+
+// OriginalDstHeader is the pseudo header a route's header match can test to
+// select calls by their connection's original destination ("ip:port"), e.g.
+// {name: ":original-dst", exact: "10.0.0.5:9000"} or {regex: ".*:9000"}.
+// It is seen only by routing: clients cannot set it, and it is never
+// forwarded.
+const OriginalDstHeader = ":original-dst"
+
+// Destinations resolves the clusters of calls that arrived on a transparent
+// (original_dst) listener. The server implements it over its clusters' live
+// discovery snapshots.
+type Destinations interface {
+	// Owner returns the name of a cluster one of whose current endpoints
+	// has the address addr ("ip:port").
+	Owner(addr string) (string, bool)
+	// Passthrough returns a cluster whose only endpoint is addr.
+	Passthrough(addr string) (*balancer.Cluster, error)
+}
+
+// WithDestinations enables routing by original destination.
+func WithDestinations(dests Destinations) Option {
+	return func(d *Director) {
+		d.dst = &dstRouting{
+			dests:       dests,
+			inbound:     syntheticRoute(RouteInbound, config.OriginalDstCluster),
+			passthrough: syntheticRoute(RouteOriginalDst, config.OriginalDstCluster),
+		}
+	}
+}
+
+// dstRouting is the Director's state for transparent calls.
+type dstRouting struct {
+	dests       Destinations
+	inbound     *router.Route
+	passthrough *router.Route
+	// owners caches the synthetic route to each owner cluster, so routing
+	// a transparent call allocates no route.
+	owners sync.Map // cluster name → *router.Route
+}
+
+// Names of the routes meshd makes up for transparent calls that no
+// configured route took; they appear in logs, metrics and traces.
+const (
+	// RouteInbound takes every call of an inbound listener to its original
+	// destination, the local application.
+	RouteInbound = config.RouteInbound
+	// RouteOriginalDst takes an outbound call to the cluster owning its
+	// original destination, or to the destination itself.
+	RouteOriginalDst = config.RouteOriginalDst
+)
+
+// lookup is Table.Lookup extended for transparent calls: an inbound call
+// goes to its original destination; an outbound call takes the first route
+// that matches it (":original-dst" visible to header matches), else the
+// cluster that owns its original destination, else the destination itself.
+func (d *Director) lookup(ctx context.Context, st *State, method string, md router.Headers) *router.Route {
+	if d.dst == nil {
+		return st.Table.Lookup(method, md)
+	}
+	info, ok := origdst.FromContext(ctx)
+	if !ok {
+		return st.Table.Lookup(method, md)
+	}
+	if info.Inbound {
+		return d.dst.inbound
+	}
+	addr := info.Dst.String()
+	if r := st.Table.Lookup(method, dstHeaders{md: md, dst: addr}); r != nil {
+		return r
+	}
+	if name, ok := d.dst.dests.Owner(addr); ok && st.Clusters[name] != nil {
+		return d.dst.owner(name)
+	}
+	return d.dst.passthrough
+}
+
+// cluster returns the loaded cluster called name; the built-in
+// original_dst cluster resolves to the call's own original destination.
+// It returns nil when there is no such cluster.
+func (d *Director) cluster(ctx context.Context, st *State, name string) *balancer.Cluster {
+	if cl := st.Clusters[name]; cl != nil || name != config.OriginalDstCluster || d.dst == nil {
+		return cl
+	}
+	info, ok := origdst.FromContext(ctx)
+	if !ok {
+		return nil
+	}
+	cl, err := d.dst.dests.Passthrough(info.Dst.String())
+	if err != nil {
+		return nil
+	}
+	return cl
+}
+
+// owner returns the cached route to cluster, named "original_dst:CLUSTER".
+func (d *dstRouting) owner(cluster string) *router.Route {
+	if r, ok := d.owners.Load(cluster); ok {
+		return r.(*router.Route)
+	}
+	r, _ := d.owners.LoadOrStore(cluster, syntheticRoute(RouteOriginalDst+":"+cluster, cluster))
+	return r.(*router.Route)
+}
+
+// syntheticRoute compiles a catch-all route to one cluster. The shape is
+// fixed and always compiles; nil (no route: UNIMPLEMENTED) is only a
+// safeguard.
+func syntheticRoute(name, cluster string) *router.Route {
+	t, err := router.New([]config.Route{{Name: name, Match: config.Match{Prefix: "/"}, Cluster: cluster}})
+	if err != nil {
+		return nil
+	}
+	return t.Routes()[0]
+}
+
+// dstHeaders shows routing the call's metadata plus OriginalDstHeader. The
+// inbound metadata itself is not changed: what is forwarded stays as sent.
+type dstHeaders struct {
+	md  router.Headers
+	dst string
+}
+
+func (h dstHeaders) Get(key string) []string {
+	if key == OriginalDstHeader {
+		return []string{h.dst}
+	}
+	if h.md == nil {
+		return nil
+	}
+	return h.md.Get(key)
+}

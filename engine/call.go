@@ -1,0 +1,933 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// Director chooses the backend for each inbound stream.
+type Director interface {
+	// Direct is called once per inbound stream, after its request headers
+	// are decoded, on the client connection's reader goroutine: it must not
+	// block (no I/O, no waiting), or it stalls every stream of that client
+	// connection. Picking from an in-memory snapshot, as meshd's balancer
+	// does, is the intended use; dialing is done by the Pool, asynchronously.
+	//
+	// ctx is the client connection's context: it is cancelled when the
+	// connection closes, not when the stream ends; the stream's deadline is
+	// req.Deadline. req and everything it references are valid only until
+	// Direct returns.
+	//
+	// A non-nil error ends the stream with a gRPC status: status.Code and
+	// status.Message of err (so a *status.Status error keeps its code), sent
+	// as a trailers-only response. Target.Done is not called then.
+	Direct(ctx context.Context, req *Request) (Target, error)
+}
+
+// DirectorFunc adapts a function to the Director interface.
+type DirectorFunc func(ctx context.Context, req *Request) (Target, error)
+
+// Direct calls f(ctx, req).
+func (f DirectorFunc) Direct(ctx context.Context, req *Request) (Target, error) { return f(ctx, req) }
+
+// Request describes an inbound stream to the Director. It is reused between
+// streams: it is valid only during Director.Direct.
+type Request struct {
+	// Method is the :path pseudo header, e.g. "/pkg.Svc/Method".
+	Method string
+	// Authority is :authority (or the Host header when :authority is absent).
+	Authority string
+	// Header holds the request's regular header fields (lowercase names,
+	// pseudo headers excluded), values as on the wire (-bin values stay
+	// base64).
+	Header *Header
+	// Deadline is the client's deadline from grpc-timeout; zero if none.
+	Deadline time.Time
+	// RemoteAddr is the client connection's remote address.
+	RemoteAddr net.Addr
+}
+
+// Header gives read access to decoded request header fields. Its Get method
+// makes it satisfy interface{ Get(string) []string }, like metadata.MD.
+type Header struct {
+	fields []hpack.HeaderField
+}
+
+// Get returns the values of the fields named name (which must be lowercase,
+// as HTTP/2 field names are), or nil.
+func (h *Header) Get(name string) []string {
+	var vs []string
+	for _, f := range h.fields {
+		if f.Name == name {
+			vs = append(vs, f.Value)
+		}
+	}
+	return vs
+}
+
+// Fields returns the header fields in wire order. The slice must not be
+// modified or retained past Director.Direct.
+func (h *Header) Fields() []hpack.HeaderField { return h.fields }
+
+// Target is the Director's decision for one stream.
+type Target struct {
+	// Addr is the backend's host:port. The backend speaks HTTP/2 over
+	// whatever Upstream dials (e.g. TLS with ALPN h2), or, when Upstream
+	// is nil, over Config.Dial or plain TCP (h2c with prior knowledge).
+	Addr string
+
+	// Upstream, if non-nil, is how to reach Addr: its Dial (e.g. TLS with
+	// the cluster's CA, server name and client certificate) and, by its
+	// identity, which pooled connections the stream may use. Streams with
+	// different Upstreams never share a connection, even to the same Addr.
+	// nil: Config.Dial, or plain TCP, and no cost beyond that.
+	Upstream *Upstream
+
+	// Timeout is the route's time budget; 0 means none. The effective
+	// deadline is the earlier of the client's deadline and now+Timeout; it
+	// is sent upstream as grpc-timeout and enforced by meshd.
+	Timeout time.Duration
+	// Header lists extra request header fields sent upstream (e.g.
+	// traceparent, grpc-previous-rpc-attempts). A field here replaces every
+	// inbound field of the same name. Names must be lowercase. May be nil.
+	Header []hpack.HeaderField
+	// Done, if non-nil, is called exactly once when the stream ends, with
+	// the outcome. It may be called on any of meshd's goroutines (often a
+	// connection reader) and must not block.
+	Done func(Result)
+
+	// TimeoutErr names the setting behind Timeout for the client, so that
+	// a call cut by meshd's budget says which one (the grpc engine's
+	// statuses). nil: every deadline gets the generic DEADLINE_EXCEEDED.
+	// It applies only when now+Timeout is earlier than the client's own
+	// deadline, i.e. when Timeout is what sets the effective deadline:
+	//   - meshd's deadline timer ends the call with its status
+	//     (status.Code and status.Message of it) instead of the generic
+	//     one;
+	//   - a backend's DEADLINE_EXCEEDED (grpc-status 4) arriving at most
+	//     50ms before that deadline is the backend's timer for the
+	//     grpc-timeout meshd sent firing a moment before meshd's own: the
+	//     same timeout, so its grpc-message is replaced by TimeoutErr's
+	//     (and a grpc-status-details-bin, which would contradict it,
+	//     dropped). Other trailers pass through unchanged.
+	// When the client's deadline is the earlier, it is the client's own
+	// and keeps the generic status. The Director should hand out one
+	// error value per setting, not build one per call.
+	TimeoutErr error
+
+	// The call's resilience settings (retry.go). Their zero values turn
+	// them off and cost nothing: no buffer, no timer, no lock.
+
+	// IdleTimeout ends the call, with IdleErr's status, once no request or
+	// response DATA (nor response HEADERS) has crossed meshd for this long.
+	// 0: none.
+	IdleTimeout time.Duration
+	// IdleErr is the status error the client gets when IdleTimeout fires
+	// (status.Code and status.Message of it); nil: DEADLINE_EXCEEDED.
+	IdleErr error
+	// Retry, with RetryBufferBytes > 0, makes the call retryable: meshd
+	// keeps a copy of the request DATA for replay and, when an attempt
+	// fails before anything of its response was forwarded to the client,
+	// calls Retry (on one of meshd's goroutines; it must not block) with
+	// how the attempt ended. ok true: after backoff, a new upstream stream
+	// is opened to next.Addr (through next.Upstream) with next.Header and
+	// the request replayed; next's Done and resilience fields are ignored,
+	// the first Target's stay. ok false: the attempt's outcome is the
+	// call's. Retry is never called concurrently with itself or with Done,
+	// and never after Done.
+	Retry func(RetryInfo) (next Target, backoff time.Duration, ok bool)
+	// RetryBufferBytes caps the request bytes kept for replay; once the
+	// request is larger the call is no longer retried and the copy freed.
+	RetryBufferBytes int64
+	// RetryBuffer, if non-nil, is a limit shared by many calls on the
+	// bytes they keep for replay; a call it refuses is no longer retried.
+	RetryBuffer BufferLimiter
+	// PerTryTimeout bounds each attempt of a retryable call until its
+	// response starts; the attempt then ends with PerTryErr's status
+	// (nil: DEADLINE_EXCEEDED) and may be retried. 0: none.
+	PerTryTimeout time.Duration
+	// PerTryErr is the status of an attempt cut by PerTryTimeout.
+	PerTryErr error
+
+	// Reroute, if non-nil, moves the call to another backend when it never
+	// reached this one (see Rerouter). It costs calls that reach their
+	// backend nothing: such a call forwarded nothing but its request
+	// HEADERS, and its request DATA is still held in the call, so no copy
+	// is kept. A call that Retry and RetryBufferBytes make retryable
+	// leaves this to Retry.
+	Reroute Rerouter
+
+	// The cluster's limit on calls waiting for an upstream stream
+	// (meshd's max_pending). nil: no limit, and no cost.
+
+	// Pending, if non-nil, counts the call while it waits for an upstream
+	// stream: for a connection being dialled, or for a new connection
+	// because every one to the backend is at its MAX_CONCURRENT_STREAMS.
+	// A call that finds a free stream slot never touches it. When
+	// AcquirePending reports false the call is refused at once with
+	// PendingErr's status (no reroute, no retry); otherwise
+	// ReleasePending is called exactly once when the wait ends: the
+	// stream is linked, the attempt fails or is abandoned, or the call
+	// ends. Both may be called on any of meshd's goroutines and must not
+	// block.
+	Pending PendingLimiter
+	// PendingErr is the status error (status.Code and status.Message of
+	// it) a call refused by Pending gets; nil: RESOURCE_EXHAUSTED with a
+	// generic message.
+	PendingErr error
+}
+
+// PendingLimiter bounds the calls waiting for an upstream stream
+// (Target.Pending). Every true AcquirePending is paired with one
+// ReleasePending.
+type PendingLimiter interface {
+	AcquirePending() bool
+	ReleasePending()
+}
+
+// Rerouter re-targets a call that never reached its backend (Target.Reroute).
+// An interface, not a func field, so that the Director can hand over the
+// per-call state it already allocated (a pointer) at no cost.
+type Rerouter interface {
+	// Reroute is called when the call's upstream stream could not be
+	// opened (the dial failed, the backend has no stream capacity) or the
+	// backend refused it (REFUSED_STREAM, excluded by GOAWAY, connection
+	// lost before the stream was processed) while nothing of the request
+	// but its HEADERS had been forwarded. failed is how that attempt ended
+	// (NotReached true, Committed false).
+	//
+	// ok true: the same call goes, at once, to next.Addr through
+	// next.Upstream, with next.Header added to its request HEADERS (a field
+	// there replaces every earlier one of the same name); next's other
+	// fields are ignored, the first Target's stay. ok false: failed is the
+	// call's outcome (Done reports it).
+	//
+	// It runs on one of meshd's goroutines and must not block; it is never
+	// called concurrently with itself or with Done, and never after Done.
+	// It must bound the reroutes of a call (a failure to open a stream can
+	// be immediate, and the next attempt then starts on the same stack).
+	// A refused stream whose request DATA was already forwarded is not
+	// rerouted: the client gets REFUSED_STREAM, which gRPC clients retry
+	// transparently.
+	Reroute(failed Result) (next Target, ok bool)
+}
+
+// Result is the outcome of one proxied stream.
+type Result struct {
+	// Code is the final grpc-status the client saw: the backend's, or the
+	// one meshd produced. When meshd had to reset the client stream instead
+	// of sending its status, because part of a response message had already
+	// been forwarded (Stats.MidMessageResets), Code is still the status
+	// meshd meant (DEADLINE_EXCEEDED, UNAVAILABLE...): the client sees
+	// DEADLINE_EXCEEDED if its own deadline has passed, CANCELLED otherwise.
+	Code codes.Code
+	// Err is the meshd-side error (deadline, cancellation, dial failure,
+	// lost connection, protocol error); nil when the backend answered.
+	Err error
+	// NotReached reports that the request never reached the backend (its
+	// HEADERS were never written, the backend refused the stream or its
+	// GOAWAY excluded it, or the dial failed): retrying it is safe.
+	NotReached bool
+	// Committed reports that response headers or data were forwarded to the
+	// client, after which meshd can no longer answer on the backend's behalf.
+	Committed bool
+	// BytesIn and BytesOut count gRPC message bytes forwarded
+	// client→backend and backend→client: DATA payload without the 5-byte
+	// message prefixes, as the grpc engine counts them.
+	BytesIn, BytesOut int64
+}
+
+// Errors reported in Result.Err.
+var (
+	// ErrClientGone: the client reset the stream or its connection closed.
+	ErrClientGone = errors.New("engine: client cancelled the stream")
+	// ErrDeadline: the effective deadline passed inside meshd.
+	ErrDeadline = errors.New("engine: deadline exceeded")
+	// ErrUpstreamLost: the backend connection closed before the stream ended.
+	ErrUpstreamLost = errors.New("engine: upstream connection lost")
+	// ErrMessageTooLarge: a message exceeded MaxRecvMsgSize or MaxSendMsgSize.
+	ErrMessageTooLarge = errors.New("engine: message too large")
+	// ErrRefused: the backend refused the stream or excluded it with GOAWAY.
+	ErrRefused = errors.New("engine: backend refused the stream")
+	// ErrPerTryTimeout: Target.PerTryTimeout cut the attempt.
+	ErrPerTryTimeout = errors.New("engine: per-try timeout")
+	// ErrIdleTimeout: Target.IdleTimeout passed without a message.
+	ErrIdleTimeout = errors.New("engine: idle timeout")
+)
+
+// call is one proxied stream: the client-side hstream (down) and, once
+// linked, the backend-side hstream (up).
+type call struct {
+	sc     *serverConn
+	down   *hstream
+	target Target
+
+	// Set on the client reader before the call is shared, read-only after.
+	deadline  time.Time
+	reqFields []hpack.HeaderField // request HEADERS for upstream, grpc-timeout added at link time
+	reqEnd    bool                // request HEADERS carried END_STREAM
+	// timeoutOwned: Target.Timeout, not the client, set deadline, and
+	// Target.TimeoutErr names it.
+	timeoutOwned bool
+
+	// reqTrack is used only by the client connection's reader; respTrack
+	// only by the backend connection's reader.
+	reqTrack, respTrack msgTracker
+
+	up atomic.Pointer[hstream]
+	// upData: a request frame after the HEADERS was queued on the stream
+	// cl.up (it may have reached the backend, and its credit the client),
+	// so a refused stream cannot be rerouted. Guarded by that stream's
+	// connection mutex; reset when a stream is linked.
+	upData bool
+
+	mu      sync.Mutex
+	pending []op // request frames received before the upstream stream existed
+	aborted bool // ended: do not link, drop request frames
+	resInit bool // the Target's resilience settings were applied (retry.go)
+	// pendHeld: the call holds a slot of Target.Pending (it waits in a
+	// backend's waiters); releasePendingLocked frees it.
+	pendHeld bool
+	timer    *time.Timer
+
+	// terminal is guarded by sc.mu: the first path that sets it decides
+	// what the client sees and reports the Result.
+	terminal bool
+
+	bytesIn, bytesOut atomic.Int64
+
+	// rs is the retry state of a retryable call, idle its idle timer;
+	// both nil unless the Target asks for them (retry.go). Set once, under
+	// mu, before the first upstream stream is linked.
+	rs   atomic.Pointer[retryState]
+	idle atomic.Pointer[idleTimer]
+}
+
+type endMode uint8
+
+const (
+	endStatus     endMode = iota // answer the client with a meshd status (a reset if it holds part of a message)
+	endForward                   // forward the backend's final frame
+	endRST                       // reset the client stream
+	endClientGone                // the client stream is already gone
+)
+
+// ending describes how a call ends.
+type ending struct {
+	mode       endMode
+	st         *status.Status // endStatus
+	httpStatus string         // endStatus: ":status" of an early rejection ("" = 200)
+	final      op             // endForward
+	rst        http2.ErrCode  // endRST
+	upCode     http2.ErrCode  // RST_STREAM code for a still-open upstream stream
+	code       codes.Code     // Result.Code
+	err        error          // Result.Err
+	notReached bool
+	fl         *flusher // the calling reader's flusher, nil elsewhere
+
+	// For retryable calls (retry.go): up is the upstream stream whose
+	// event ends the call (an ending from a stream the call has left is
+	// ignored); attempt marks the end of an attempt that a retry may
+	// replace; perTrySeq is the attempt a per-try timeout cut; decided
+	// says the retry decision is made: end for good, with notReached as
+	// given.
+	up        *hstream
+	attempt   bool
+	perTrySeq int
+	decided   bool
+}
+
+// dataOp copies p into a pooled buffer and returns the DATA op for it.
+func (sh *shared) dataOp(p []byte, end bool, src *hstream) op {
+	o := op{kind: opData, end: end, src: src}
+	if len(p) > 0 {
+		b := sh.getBuf(len(p))
+		n := copy(*b, p)
+		o.buf = b
+		o.data = (*b)[:n]
+	}
+	return o
+}
+
+// dropOp releases an op that will not be written, returning its credit.
+func (sh *shared) dropOp(o *op, cs *[]credit) {
+	if o.kind == opData && len(o.data) > 0 {
+		if o.src != nil {
+			*cs = append(*cs, credit{c: o.src.c, st: o.src, n: int64(len(o.data))})
+		}
+	}
+	if o.buf != nil && !o.partial {
+		sh.putBuf(o.buf)
+	}
+	*o = op{}
+}
+
+// forwardUp sends a request frame to the backend stream, or holds it until
+// the stream is linked.
+func (cl *call) forwardUp(o op, fl *flusher) {
+	up := cl.up.Load()
+	if up == nil || cl.logging() {
+		cl.holdUp(nil, o, fl)
+		return
+	}
+	uc := up.c
+	uc.mu.Lock()
+	ok := uc.pushLocked(up, o, fl)
+	if ok {
+		cl.upData = true
+	}
+	uc.mu.Unlock()
+	if ok {
+		return
+	}
+	if cl.reroutable() {
+		// The backend may have refused up, the call be moving to another
+		// one: it needs the frame then.
+		cl.holdUp(up, o, fl)
+		return
+	}
+	var cs []credit
+	cl.sc.sh.dropOp(&o, &cs)
+	applyCredits(cs)
+}
+
+// holdUp is forwardUp's slow path: under cl.mu, it logs the frame of a
+// retryable call, and holds it while the call has no upstream stream (or
+// only left, the stream that refused a push), else sends it.
+func (cl *call) holdUp(left *hstream, o op, fl *flusher) {
+	cl.mu.Lock()
+	if rs := cl.rs.Load(); rs != nil {
+		rs.logOpLocked(&o)
+	}
+	up := cl.up.Load()
+	if up == nil || up == left {
+		if !cl.aborted {
+			cl.pending = append(cl.pending, o)
+			cl.mu.Unlock()
+			return
+		}
+		cl.mu.Unlock()
+		var cs []credit
+		cl.sc.sh.dropOp(&o, &cs)
+		applyCredits(cs)
+		return
+	}
+	cl.mu.Unlock()
+	uc := up.c
+	uc.mu.Lock()
+	ok := uc.pushLocked(up, o, fl)
+	if ok {
+		cl.upData = true
+	}
+	uc.mu.Unlock()
+	if !ok {
+		var cs []credit
+		cl.sc.sh.dropOp(&o, &cs)
+		applyCredits(cs)
+	}
+}
+
+// forwardUpData sends request DATA to the backend stream, or holds it until
+// the stream is linked.
+func (cl *call) forwardUpData(p []byte, end bool, fl *flusher) {
+	up := cl.up.Load()
+	if up == nil || cl.logging() {
+		cl.holdUpData(nil, p, end, fl)
+		return
+	}
+	uc := up.c
+	uc.mu.Lock()
+	ok := uc.pushDataLocked(up, p, end, cl.down, fl)
+	if ok {
+		cl.upData = true
+	}
+	uc.mu.Unlock()
+	if ok {
+		return
+	}
+	if cl.reroutable() {
+		cl.holdUpData(up, p, end, fl) // as in forwardUp
+		return
+	}
+	cl.down.c.credit(cl.down, int64(len(p)))
+}
+
+// holdUpData is holdUp for DATA.
+func (cl *call) holdUpData(left *hstream, p []byte, end bool, fl *flusher) {
+	cl.mu.Lock()
+	if rs := cl.rs.Load(); rs != nil {
+		rs.logDataLocked(p, end)
+	}
+	up := cl.up.Load()
+	if up == nil || up == left {
+		aborted := cl.aborted
+		if !aborted {
+			var t *op
+			if n := len(cl.pending); n > 0 {
+				t = &cl.pending[n-1]
+			}
+			if o, packed := cl.sc.sh.appendData(t, p, end, cl.down); !packed {
+				cl.pending = append(cl.pending, o)
+			}
+		}
+		cl.mu.Unlock()
+		if aborted {
+			cl.down.c.credit(cl.down, int64(len(p)))
+		}
+		return
+	}
+	cl.mu.Unlock()
+	uc := up.c
+	uc.mu.Lock()
+	ok := uc.pushDataLocked(up, p, end, cl.down, fl)
+	if ok {
+		cl.upData = true
+	}
+	uc.mu.Unlock()
+	if !ok {
+		cl.down.c.credit(cl.down, int64(len(p)))
+	}
+}
+
+// forwardDownData sends response DATA, received on up, to the client
+// stream.
+func (cl *call) forwardDownData(up *hstream, p []byte, fl *flusher) {
+	c := &cl.sc.conn
+	c.mu.Lock()
+	ok := c.pushDataLocked(cl.down, p, false, up, fl)
+	if ok {
+		cl.down.respStarted = true
+	}
+	c.mu.Unlock()
+	if !ok {
+		up.c.credit(up, int64(len(p)))
+	}
+}
+
+// forwardDown sends a response frame, received on up, to the client
+// stream.
+func (cl *call) forwardDown(up *hstream, o op, fl *flusher) {
+	if !cl.admit(up) {
+		return // a retried call's abandoned attempt
+	}
+	if it := cl.idle.Load(); it != nil {
+		it.touch()
+	}
+	c := &cl.sc.conn
+	c.mu.Lock()
+	ok := c.pushLocked(cl.down, o, fl)
+	if ok {
+		cl.down.respStarted = true
+	}
+	c.mu.Unlock()
+	if !ok {
+		var cs []credit
+		c.sh.dropOp(&o, &cs)
+		applyCredits(cs)
+	}
+}
+
+type linkResult uint8
+
+const (
+	linkOK      linkResult = iota
+	linkRetry              // the connection cannot take the stream; try another
+	linkAborted            // the call already ended
+)
+
+// link opens the call's upstream stream on uc: it reserves a stream slot,
+// queues the request HEADERS and any request frames received so far.
+func (cl *call) link(uc *upConn, fl *flusher) linkResult {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	if cl.aborted {
+		return linkAborted
+	}
+	if !cl.resInit {
+		cl.resInit = true
+		if cl.target.Retry != nil || cl.target.IdleTimeout > 0 {
+			cl.startResilienceLocked()
+		}
+	}
+	rs := cl.rs.Load()
+	if rs != nil && (!rs.linkable || uc.b.addr != cl.target.Addr) {
+		// A connection dialled for an attempt the call has left.
+		return linkAborted
+	}
+	fields := cl.reqFields
+	if !cl.deadline.IsZero() {
+		rem := time.Until(cl.deadline)
+		if rem <= 0 {
+			// The deadline timer ends the call; never send a spent budget.
+			return linkAborted
+		}
+		fields = append(fields, hpack.HeaderField{Name: "grpc-timeout", Value: string(appendTimeout(make([]byte, 0, 10), rem))})
+	}
+	st := &hstream{c: &uc.conn, call: cl, inWin: uc.ourInitWin}
+	st.q = st.qbuf[:0]
+	c := &uc.conn
+	c.mu.Lock()
+	if !uc.usableLocked() {
+		c.mu.Unlock()
+		return linkRetry
+	}
+	c.numStreams++
+	uc.reserved++
+	c.sh.stats.UpstreamStreams.Add(1)
+	if rs != nil {
+		// Published before the HEADERS can leave, so the backend's answer
+		// is never taken for a stale attempt's.
+		rs.linkable = false
+		cl.up.Store(st)
+	}
+	c.pushLocked(st, op{kind: opHeaders, fields: fields, end: cl.reqEnd}, fl)
+	cl.upData = len(cl.pending) > 0
+	var rejected []op
+	for i := range cl.pending {
+		if !c.pushLocked(st, cl.pending[i], fl) {
+			rejected = append(rejected, cl.pending[i])
+		}
+		cl.pending[i] = op{}
+	}
+	c.mu.Unlock()
+	cl.pending = nil
+	cl.releasePendingLocked() // the wait, if any, ends with a stream
+	if rs == nil {
+		cl.up.Store(st)
+	}
+	if len(rejected) > 0 {
+		var cs []credit
+		for i := range rejected {
+			c.sh.dropOp(&rejected[i], &cs)
+		}
+		applyCredits(cs)
+	}
+	return linkOK
+}
+
+// end finishes the call once: it decides what the client sees, resets the
+// upstream stream if it is still open and reports the Result.
+func (cl *call) end(e ending) {
+	if !e.decided && (e.attempt || e.up != nil && cl.rs.Load() != nil) && cl.attemptFailed(e) {
+		return // a stale attempt's event, or the call is being retried
+	}
+	if e.notReached && !e.decided && cl.target.Reroute != nil && cl.reroute(e) {
+		return // the call goes to another backend
+	}
+	sc := &cl.sc.conn
+	st := cl.down
+	var cs []credit
+	sc.mu.Lock()
+	if cl.terminal {
+		if e.mode == endClientGone && !st.removed {
+			sc.discardLocked(st, &cs)
+			st.finalQueued, st.sendDone, st.recvDone = true, true, true
+			sc.removeStreamLocked(st)
+		}
+		sc.mu.Unlock()
+		if e.mode == endForward {
+			sc.sh.dropOp(&e.final, &cs)
+		}
+		applyCredits(cs)
+		return
+	}
+	cl.terminal = true
+	switch e.mode {
+	case endClientGone:
+		sc.discardLocked(st, &cs)
+		st.finalQueued, st.sendDone, st.recvDone = true, true, true
+		sc.removeStreamLocked(st)
+	case endStatus:
+		sc.discardDataLocked(st, &cs)
+		if st.respSent.inMessage() {
+			// The client holds part of a response message (the writer has
+			// it): trailers now would end the stream inside that message,
+			// which a client reports as a malformed response (grpc-go:
+			// INTERNAL "unexpected EOF"), not as meshd's status. A reset
+			// is the one clean ending left; grpc-go clients report
+			// CANCEL as DEADLINE_EXCEEDED once their own deadline has
+			// passed, CANCELLED otherwise.
+			if !sc.closed && !st.removed {
+				sc.sh.stats.MidMessageResets.Add(1)
+			}
+			sc.resetLocked(st, http2.ErrCodeCancel, &cs, e.fl)
+		} else {
+			fields := statusFields(e.st, !st.respStarted)
+			if e.httpStatus != "" && !st.respStarted {
+				fields[0].Value = e.httpStatus
+			}
+			sc.pushLocked(st, op{kind: opHeaders, fields: fields, end: true}, e.fl)
+			sc.rstAfterFinalLocked(st, e.fl)
+		}
+	case endForward:
+		if sc.pushLocked(st, e.final, e.fl) {
+			st.respStarted = true
+		} else {
+			sc.sh.dropOp(&e.final, &cs)
+		}
+		sc.rstAfterFinalLocked(st, e.fl)
+	case endRST:
+		sc.resetLocked(st, e.rst, &cs, e.fl)
+	}
+	committed := st.respStarted
+	sc.mu.Unlock()
+
+	cl.mu.Lock()
+	cl.aborted = true
+	cl.releasePendingLocked()
+	up := cl.up.Load()
+	pending := cl.pending
+	cl.pending = nil
+	timer := cl.timer
+	done := cl.target.Done
+	if rs := cl.rs.Load(); rs != nil {
+		rs.stopLocked()
+	}
+	if it := cl.idle.Load(); it != nil {
+		it.t.Stop()
+	}
+	cl.mu.Unlock()
+	if timer != nil {
+		timer.Stop()
+	}
+	for i := range pending {
+		sc.sh.dropOp(&pending[i], &cs)
+	}
+	notReached := e.notReached
+	if up == nil {
+		// Never linked; or, after a retry decision, between attempts (the
+		// failed attempt's stream is already reset).
+		notReached = notReached || !e.decided
+	} else if resetUp(up, e.upCode, &cs, e.fl) {
+		notReached = true
+	}
+	applyCredits(cs)
+
+	switch e.code {
+	case codes.DeadlineExceeded:
+		if e.err != nil {
+			sc.sh.stats.DeadlinesExceeded.Add(1)
+		}
+	case codes.ResourceExhausted:
+		if errors.Is(e.err, ErrMessageTooLarge) {
+			sc.sh.stats.MessagesTooLarge.Add(1)
+		}
+	}
+	if done != nil {
+		done(Result{
+			Code:       e.code,
+			Err:        e.err,
+			NotReached: notReached,
+			Committed:  committed,
+			BytesIn:    cl.bytesIn.Load(),
+			BytesOut:   cl.bytesOut.Load(),
+		})
+	}
+}
+
+// holdPending takes a slot of Target.Pending for a call about to wait in a
+// backend's waiters (called with Pool.mu held), unless it holds one
+// already or has ended. false: the limit is reached; the call must be
+// refused with refusePending.
+func (cl *call) holdPending() bool {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	if cl.pendHeld || cl.aborted {
+		return true
+	}
+	if !cl.target.Pending.AcquirePending() {
+		return false
+	}
+	cl.pendHeld = true
+	return true
+}
+
+// releasePendingLocked ends the call's wait for an upstream stream, if it
+// holds a slot of Target.Pending. Called with cl.mu held.
+func (cl *call) releasePendingLocked() {
+	if cl.pendHeld {
+		cl.pendHeld = false
+		cl.target.Pending.ReleasePending()
+	}
+}
+
+// releasePending is releasePendingLocked without cl.mu held.
+func (cl *call) releasePending() {
+	cl.mu.Lock()
+	cl.releasePendingLocked()
+	cl.mu.Unlock()
+}
+
+// errPendingLimit is Result.Err of a call Target.Pending refused without
+// a PendingErr.
+var errPendingLimit = errors.New("engine: too many calls waiting for an upstream stream")
+
+// refusePending ends a call that Target.Pending did not admit into the
+// wait: at once, with PendingErr's status, and for good (a reroute or a
+// retry would wait too).
+func (cl *call) refusePending() {
+	err := cl.target.PendingErr
+	var st *status.Status
+	if err == nil {
+		err = errPendingLimit
+		st = status.New(codes.ResourceExhausted, "meshd: too many calls waiting for an upstream stream")
+	} else {
+		st = status.Convert(err)
+	}
+	cl.end(ending{mode: endStatus, st: st, code: st.Code(), err: err, notReached: true, decided: true})
+}
+
+// rstAfterFinalLocked asks a client that is still sending to stop, after the
+// complete response (RFC 9113 §8.1: RST_STREAM(NO_ERROR) after the response).
+func (c *conn) rstAfterFinalLocked(st *hstream, fl *flusher) {
+	if c.closed || st.recvDone || st.removed {
+		return
+	}
+	st.appendOp(op{kind: opRST, val: uint32(http2.ErrCodeNo)})
+	c.activateLocked(st, fl)
+}
+
+// fail ends the call with a meshd status; the backend, if any, is cancelled.
+func (cl *call) fail(code codes.Code, msg string, err error, notReached bool) {
+	cl.end(ending{mode: endStatus, st: status.New(code, msg), code: code, err: err, notReached: notReached,
+		attempt: notReached && retryableNotReached(code, err)})
+}
+
+// resetUp resets the upstream stream up with code (CANCEL when 0) and
+// reports whether its HEADERS were never written: the backend never saw
+// the stream, so the call did not reach it.
+func resetUp(up *hstream, code http2.ErrCode, cs *[]credit, fl *flusher) (neverSent bool) {
+	if code == 0 {
+		code = http2.ErrCodeCancel
+	}
+	uc := up.c
+	uc.mu.Lock()
+	neverSent = up.id == 0
+	uc.resetLocked(up, code, cs, fl)
+	uc.mu.Unlock()
+	return neverSent
+}
+
+// onDeadline runs on the deadline timer's goroutine (and on a backend
+// reader whose backend reset the stream for the same deadline).
+func (cl *call) onDeadline() {
+	if cl.timeoutOwned {
+		st := status.Convert(cl.target.TimeoutErr)
+		cl.end(ending{mode: endStatus, st: st, code: st.Code(), err: ErrDeadline})
+		return
+	}
+	cl.fail(codes.DeadlineExceeded, "meshd: deadline exceeded", ErrDeadline, false)
+}
+
+// ownerSlack is how early a backend may answer DEADLINE_EXCEEDED before
+// meshd's deadline for Target.Timeout and still be taken as ending the call
+// for that deadline (Target.TimeoutErr): grpc-timeout is encoded with
+// truncation, and the backend's timer can fire just before meshd's own.
+// The grpc engine uses the same slack.
+const ownerSlack = 50 * time.Millisecond
+
+// ownTimeoutTrailers rewrites the final response fields of a backend's
+// DEADLINE_EXCEEDED (code is their grpc-status) to name Target.TimeoutErr
+// when the deadline behind them is meshd's Target.Timeout (see TimeoutErr).
+// Otherwise, the common case, it costs a comparison and returns fields as
+// they are. fields is the call's own copy (filterResponse) and is
+// rewritten in place. Backend reader goroutine.
+func (cl *call) ownTimeoutTrailers(code codes.Code, fields []hpack.HeaderField) []hpack.HeaderField {
+	if code != codes.DeadlineExceeded || !cl.timeoutOwned || time.Until(cl.deadline) > ownerSlack {
+		return fields
+	}
+	msg := encodeGrpcMessage(status.Convert(cl.target.TimeoutErr).Message())
+	out, set := fields[:0], false
+	for _, f := range fields {
+		switch f.Name {
+		case "grpc-status-details-bin":
+			// Its message would replace grpc-message at the client.
+			continue
+		case "grpc-message":
+			if set {
+				continue
+			}
+			f.Value, set = msg, true
+		}
+		out = append(out, f)
+	}
+	if !set {
+		out = append(out, hpack.HeaderField{Name: "grpc-message", Value: msg})
+	}
+	return out
+}
+
+// onReqData forwards client DATA (client reader goroutine). flen is the
+// frame's flow-controlled length; padding was already credited.
+func (cl *call) onReqData(data []byte, end bool, fl *flusher) {
+	sh := cl.sc.sh
+	if len(data) > 0 {
+		prefix := cl.reqTrack.prefixBytes
+		if n, bad := cl.reqTrack.feed(data, uint64(sh.cfg.MaxRecvMsgSize)); bad {
+			cl.sc.credit(cl.down, int64(len(data)))
+			cl.fail(codes.ResourceExhausted,
+				fmt.Sprintf("meshd: received message larger than max (%d vs. %d)", n, sh.cfg.MaxRecvMsgSize),
+				ErrMessageTooLarge, false)
+			return
+		}
+		cl.bytesIn.Add(int64(len(data)) - int64(cl.reqTrack.prefixBytes-prefix))
+		if it := cl.idle.Load(); it != nil {
+			it.touch()
+		}
+	}
+	cl.forwardUpData(data, end, fl)
+}
+
+// onRespData forwards backend DATA (backend reader goroutine).
+func (cl *call) onRespData(up *hstream, data []byte, end bool, fl *flusher) {
+	if !cl.admit(up) {
+		up.c.credit(up, int64(len(data)))
+		return // a retried call's abandoned attempt
+	}
+	sh := cl.sc.sh
+	prefix := cl.respTrack.prefixBytes
+	if len(data) > 0 {
+		limit := uint64(math.MaxUint64) // MaxSendMsgSize 0: no limit, but still count prefixes
+		if sh.cfg.MaxSendMsgSize > 0 {
+			limit = uint64(sh.cfg.MaxSendMsgSize)
+		}
+		if n, bad := cl.respTrack.feed(data, limit); bad {
+			up.c.credit(up, int64(len(data)))
+			cl.end(ending{
+				mode: endStatus, code: codes.ResourceExhausted, err: ErrMessageTooLarge,
+				st: status.New(codes.ResourceExhausted, fmt.Sprintf("meshd: response message larger than max (%d vs. %d)", n, sh.cfg.MaxSendMsgSize)),
+			})
+			return
+		}
+	}
+	cl.bytesOut.Add(int64(len(data)) - int64(cl.respTrack.prefixBytes-prefix))
+	if it := cl.idle.Load(); it != nil {
+		it.touch()
+	}
+	if end {
+		// DATA with END_STREAM and no trailers: forwarded as is; the client
+		// reports the missing status itself.
+		cl.end(ending{mode: endForward, final: sh.dataOp(data, end, up), code: codes.Internal, fl: fl})
+		return
+	}
+	cl.forwardDownData(up, data, fl)
+}
+
+// credit returns n bytes received on st to the peer at once (data meshd
+// dropped or padding).
+func (c *conn) credit(st *hstream, n int64) {
+	c.mu.Lock()
+	c.addCreditLocked(st, n)
+	c.mu.Unlock()
+}

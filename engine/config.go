@@ -1,0 +1,219 @@
+package engine
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"time"
+)
+
+// Defaults applied to zero Config fields.
+const (
+	DefaultMaxConcurrentStreams = 1000
+	DefaultInitialWindowSize    = 1 << 20
+	DefaultConnWindowSize       = 16 << 20
+	DefaultMaxFrameSize         = 16 << 10
+	DefaultMaxHeaderListSize    = 1 << 20
+	DefaultMaxRecvMsgSize       = 16 << 20
+	DefaultConnsPerBackend      = 2
+	DefaultDialTimeout          = 5 * time.Second
+	DefaultHandshakeTimeout     = 10 * time.Second
+	DefaultKeepaliveTime        = 2 * time.Hour
+	DefaultKeepaliveTimeout     = 20 * time.Second
+)
+
+// Config tunes a Server and its upstream Pool. The zero value of every field
+// selects the documented default, so Config{} is a working configuration.
+type Config struct {
+	// MaxConcurrentStreams is advertised to clients as
+	// SETTINGS_MAX_CONCURRENT_STREAMS; streams opened beyond it are refused
+	// with RST_STREAM(REFUSED_STREAM), which gRPC clients retry transparently.
+	// Default 1000.
+	MaxConcurrentStreams uint32
+
+	// InitialWindowSize is the per-stream flow-control window meshd grants to
+	// clients (request direction) and to backends (response direction).
+	// meshd returns window only for bytes it has forwarded, so this bounds
+	// the data meshd buffers per stream and direction. Default 1 MiB; values
+	// below 65535 are raised to 65535 (the HTTP/2 default, which a peer may
+	// use before it has seen meshd's SETTINGS).
+	InitialWindowSize uint32
+
+	// ConnWindowSize is the connection-level flow-control window meshd grants
+	// to each client and backend connection; it bounds the data buffered per
+	// connection. Default 16 MiB; never below InitialWindowSize.
+	ConnWindowSize uint32
+
+	// MaxFrameSize is the largest frame payload meshd accepts
+	// (SETTINGS_MAX_FRAME_SIZE) and the size of its largest pooled DATA
+	// buffers (smaller frames get smaller ones). Default 16384, the HTTP/2
+	// minimum; at most 1<<24-1.
+	MaxFrameSize uint32
+
+	// MaxHeaderListSize is advertised as SETTINGS_MAX_HEADER_LIST_SIZE and
+	// enforced on request and response header blocks. Default 1 MiB.
+	MaxHeaderListSize uint32
+
+	// MaxRecvMsgSize is the largest gRPC message (as declared by its 5-byte
+	// length prefix) meshd forwards from a client; a larger one ends the call
+	// with RESOURCE_EXHAUSTED and cancels the backend stream. Default 16 MiB.
+	MaxRecvMsgSize int
+
+	// MaxSendMsgSize is the largest gRPC message meshd forwards from a
+	// backend to a client. Default 0: no limit (clients enforce their own).
+	MaxSendMsgSize int
+
+	// ConnsPerBackend is how many HTTP/2 connections the Pool keeps to each
+	// backend address, so that their reader and writer goroutines spread
+	// over cores. More are opened when the backend's
+	// SETTINGS_MAX_CONCURRENT_STREAMS is reached. Default 2.
+	ConnsPerBackend int
+
+	// DialTimeout bounds dialing a backend and receiving its SETTINGS.
+	// Default 5s.
+	DialTimeout time.Duration
+
+	// Dial, if set, opens backend connections instead of a plain TCP dial,
+	// e.g. to return a *tls.Conn that completed its handshake with ALPN
+	// "h2" (HTTP/2 is then spoken on it directly). ctx carries DialTimeout.
+	// Default: net.Dialer over TCP (h2c with prior knowledge).
+	Dial func(ctx context.Context, addr string) (net.Conn, error)
+
+	// IdleTimeout closes client and backend connections that had no open
+	// stream for this long (client connections get a graceful GOAWAY with
+	// debug data "max_idle", as grpc-go's MaxConnectionIdle sends).
+	// Default 0: idle connections are kept.
+	IdleTimeout time.Duration
+
+	// MaxConnectionAge drains client connections (graceful GOAWAY with
+	// debug data "max_age": no new streams, the open ones may finish) after
+	// this long, plus or minus 10% of jitter, as grpc-go's
+	// keepalive.ServerParameters.MaxConnectionAge does. Default 0: never.
+	MaxConnectionAge time.Duration
+
+	// MaxConnectionAgeGrace closes a connection this long after
+	// MaxConnectionAge drained it, whatever streams are still open.
+	// Default 0: no limit (the connection closes when its last stream
+	// ends).
+	MaxConnectionAgeGrace time.Duration
+
+	// KeepaliveTime: after this long without any frame from a client, meshd
+	// sends it a PING. Default 2h (grpc-go's and meshd's config default);
+	// negative disables keepalive pings.
+	KeepaliveTime time.Duration
+
+	// KeepaliveTimeout: a client that sends nothing (not even the PING's
+	// ACK) for this long after a keepalive PING has its connection closed.
+	// Default 20s.
+	KeepaliveTimeout time.Duration
+
+	// KeepaliveMinTime is the shortest interval between a client's PINGs
+	// that grpc-go's keepalive enforcement allows: a PING sooner than that
+	// after the previous one is a strike, unless response data was sent
+	// to the client since, and the third strike closes the connection
+	// with GOAWAY ENHANCE_YOUR_CALM "too_many_pings". Default 0: no
+	// interval enforcement (the PING flood rule, see AbusePingFlood,
+	// still applies). Unlike grpc-go (whose zero means 5m), zero is off so
+	// that Config{} answers only floods; meshd's
+	// listener config always sets it (default 10s).
+	KeepaliveMinTime time.Duration
+
+	// KeepalivePermitWithoutStream allows client PINGs at KeepaliveMinTime
+	// on a connection with no open stream. When false (grpc-go's
+	// default), such a PING sooner than 2h after the previous one is a
+	// strike. Only with KeepaliveMinTime set.
+	KeepalivePermitWithoutStream bool
+
+	// HandshakeTimeout closes client connections that have not completed
+	// their TLS handshake (when the listener's connections are TLS) and
+	// sent the HTTP/2 preface and first SETTINGS frame in this long, so a
+	// client that connects and sends nothing, or a byte at a time, does
+	// not hold a connection. Default 10s.
+	HandshakeTimeout time.Duration
+
+	// Logger receives connection-level events (protocol errors, dial
+	// failures). Default: discard.
+	Logger *slog.Logger
+
+	// abuse holds the Server's client connection counters (AbuseStats).
+	// withDefaults allocates it, so each NewServer gets its own.
+	abuse *abuseCounters
+}
+
+// withDefaults returns cfg with every zero field replaced by its default and
+// out-of-range values clamped.
+func (cfg Config) withDefaults() Config {
+	if cfg.MaxConcurrentStreams == 0 {
+		cfg.MaxConcurrentStreams = DefaultMaxConcurrentStreams
+	}
+	if cfg.InitialWindowSize == 0 {
+		cfg.InitialWindowSize = DefaultInitialWindowSize
+	}
+	if cfg.InitialWindowSize < 65535 {
+		cfg.InitialWindowSize = 65535
+	}
+	if cfg.InitialWindowSize > maxWindow {
+		cfg.InitialWindowSize = maxWindow
+	}
+	if cfg.ConnWindowSize == 0 {
+		cfg.ConnWindowSize = DefaultConnWindowSize
+	}
+	if cfg.ConnWindowSize < cfg.InitialWindowSize {
+		cfg.ConnWindowSize = cfg.InitialWindowSize
+	}
+	if cfg.ConnWindowSize > maxWindow {
+		cfg.ConnWindowSize = maxWindow
+	}
+	if cfg.MaxFrameSize == 0 {
+		cfg.MaxFrameSize = DefaultMaxFrameSize
+	}
+	if cfg.MaxFrameSize < DefaultMaxFrameSize {
+		cfg.MaxFrameSize = DefaultMaxFrameSize
+	}
+	if cfg.MaxFrameSize > 1<<24-1 {
+		cfg.MaxFrameSize = 1<<24 - 1
+	}
+	if cfg.MaxHeaderListSize == 0 {
+		cfg.MaxHeaderListSize = DefaultMaxHeaderListSize
+	}
+	if cfg.MaxRecvMsgSize <= 0 {
+		cfg.MaxRecvMsgSize = DefaultMaxRecvMsgSize
+	}
+	if cfg.MaxSendMsgSize < 0 {
+		cfg.MaxSendMsgSize = 0
+	}
+	if cfg.ConnsPerBackend <= 0 {
+		cfg.ConnsPerBackend = DefaultConnsPerBackend
+	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = DefaultDialTimeout
+	}
+	if cfg.IdleTimeout < 0 {
+		cfg.IdleTimeout = 0
+	}
+	if cfg.MaxConnectionAge < 0 {
+		cfg.MaxConnectionAge = 0
+	}
+	if cfg.MaxConnectionAgeGrace < 0 {
+		cfg.MaxConnectionAgeGrace = 0
+	}
+	if cfg.KeepaliveTime == 0 {
+		cfg.KeepaliveTime = DefaultKeepaliveTime // negative stays: off
+	}
+	if cfg.KeepaliveTimeout <= 0 {
+		cfg.KeepaliveTimeout = DefaultKeepaliveTimeout
+	}
+	if cfg.KeepaliveMinTime < 0 {
+		cfg.KeepaliveMinTime = 0
+	}
+	if cfg.HandshakeTimeout <= 0 {
+		cfg.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.abuse == nil {
+		cfg.abuse = new(abuseCounters)
+	}
+	return cfg
+}

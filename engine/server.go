@@ -1,0 +1,367 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"math/bits"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// ErrServerClosed is returned by Serve after Shutdown or Close.
+var ErrServerClosed = errors.New("engine: server closed")
+
+// shared is the state common to a Server and its Pool.
+type shared struct {
+	cfg   Config
+	log   *slog.Logger
+	bufs  bufPool
+	stats counters
+}
+
+func (sh *shared) getBuf(n int) *[]byte { return sh.bufs.get(n) }
+
+func (sh *shared) putBuf(b *[]byte) { sh.bufs.put(b) }
+
+// minBufShift sets the smallest DATA buffer class, 1 KiB.
+const minBufShift = 10
+
+// bufPool holds the buffers DATA payloads are copied into while they wait
+// to be written, in size classes: 1 KiB, 2 KiB, 4 KiB... and the largest,
+// MaxFrameSize. A frame gets the smallest class that holds it, so a small
+// frame does not pin a max-frame-size buffer: with one 16 KiB buffer per
+// frame, a backlog of 1 KiB gRPC messages took 16 times its size in heap.
+type bufPool struct {
+	sizes []int
+	pools []sync.Pool // pools[i] holds *[]byte of len sizes[i]
+}
+
+func newBufPool(maxFrame int) bufPool {
+	var sizes []int
+	for sz := 1 << minBufShift; sz < maxFrame; sz <<= 1 {
+		sizes = append(sizes, sz)
+	}
+	sizes = append(sizes, maxFrame)
+	return bufPool{sizes: sizes, pools: make([]sync.Pool, len(sizes))}
+}
+
+// class returns the index of the smallest class of at least n bytes (the
+// largest class for anything bigger).
+func (p *bufPool) class(n int) int {
+	i := 0
+	if n > 1<<minBufShift {
+		i = bits.Len(uint(n-1)) - minBufShift
+	}
+	return min(i, len(p.sizes)-1)
+}
+
+// get returns a buffer of at least n bytes (at most the largest class).
+func (p *bufPool) get(n int) *[]byte {
+	i := p.class(n)
+	if v := p.pools[i].Get(); v != nil {
+		return v.(*[]byte)
+	}
+	b := make([]byte, p.sizes[i])
+	return &b
+}
+
+// put returns a buffer obtained from get.
+func (p *bufPool) put(b *[]byte) {
+	if i := p.class(len(*b)); p.sizes[i] == len(*b) {
+		p.pools[i].Put(b)
+	}
+}
+
+func statusInternal(msg string) *status.Status { return status.New(codes.Internal, msg) }
+
+// counters backs Stats.
+type counters struct {
+	ActiveConns, ActiveStreams, StreamsTotal        atomic.Int64
+	UpstreamConns, UpstreamStreams                  atomic.Int64
+	ProtocolErrors, StreamErrors, RefusedStreams    atomic.Int64
+	DeadlinesExceeded, MessagesTooLarge, DialErrors atomic.Int64
+	MidMessageResets                                atomic.Int64
+}
+
+// Stats is a snapshot of a Server's counters, for /metrics.
+type Stats struct {
+	ActiveConns     int64 // open client connections
+	ActiveStreams   int64 // client streams open
+	StreamsTotal    int64 // client streams accepted since start
+	UpstreamConns   int64 // open backend connections
+	UpstreamStreams int64 // backend streams open or being opened
+	// ProtocolErrors counts connections closed with a GOAWAY error code
+	// (client or backend misbehaviour, ENHANCE_YOUR_CALM).
+	ProtocolErrors int64
+	// StreamErrors counts streams reset because the peer broke the
+	// protocol on them (flow control, malformed headers).
+	StreamErrors int64
+	// RefusedStreams counts client streams refused at MaxConcurrentStreams.
+	RefusedStreams    int64
+	DeadlinesExceeded int64 // calls ended by meshd's deadline timer
+	MessagesTooLarge  int64 // calls ended by MaxRecvMsgSize/MaxSendMsgSize
+	DialErrors        int64 // failed backend dials
+	// MidMessageResets counts calls meshd ended (deadline, lost backend,
+	// oversized or malformed response) after part of a response message had
+	// been forwarded to the client: they are reset with RST_STREAM(CANCEL)
+	// instead of getting meshd's status, which would cut the message short.
+	MidMessageResets int64
+	// BufferedBytes is the DATA payload queued in meshd right now, waiting
+	// to be written (typically for a peer's flow-control window); bounded
+	// by the windows meshd advertises. Summed over connections when Stats
+	// is called, so the data path pays no shared counter.
+	BufferedBytes int64
+}
+
+// Server is a gRPC-aware HTTP/2 forwarding proxy: it accepts h2c
+// (prior-knowledge) connections, asks its Director where each stream goes,
+// and forwards frames to the backend through its Pool. All methods are safe
+// for concurrent use.
+type Server struct {
+	director Director
+	sh       *shared
+	pool     *Pool
+	ctx      context.Context
+	cancel   context.CancelFunc
+
+	mu        sync.Mutex
+	listeners map[*net.Listener]struct{}
+	conns     map[*serverConn]struct{}
+	shutdown  bool          // no new connections
+	closed    bool          // Close was called: no goroutine may be started
+	allGone   chan struct{} // closed when shutdown and no connection is left
+	wg        sync.WaitGroup
+}
+
+// NewServer returns a Server that routes streams with d. cfg's zero fields
+// take their defaults.
+func NewServer(d Director, cfg Config) *Server {
+	sh := &shared{cfg: cfg.withDefaults()}
+	sh.bufs = newBufPool(int(sh.cfg.MaxFrameSize))
+	sh.log = sh.cfg.Logger.With("component", "engine")
+	s := &Server{
+		director:  d,
+		sh:        sh,
+		pool:      newPool(sh),
+		listeners: make(map[*net.Listener]struct{}),
+		conns:     make(map[*serverConn]struct{}),
+		allGone:   make(chan struct{}),
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	return s
+}
+
+// Pool returns the Server's upstream connection pool.
+func (s *Server) Pool() *Pool { return s.pool }
+
+// Stats returns a snapshot of the Server's counters.
+func (s *Server) Stats() Stats {
+	c := &s.sh.stats
+	return Stats{
+		ActiveConns:       c.ActiveConns.Load(),
+		ActiveStreams:     c.ActiveStreams.Load(),
+		StreamsTotal:      c.StreamsTotal.Load(),
+		UpstreamConns:     c.UpstreamConns.Load(),
+		UpstreamStreams:   c.UpstreamStreams.Load(),
+		ProtocolErrors:    c.ProtocolErrors.Load(),
+		StreamErrors:      c.StreamErrors.Load(),
+		RefusedStreams:    c.RefusedStreams.Load(),
+		DeadlinesExceeded: c.DeadlinesExceeded.Load(),
+		MessagesTooLarge:  c.MessagesTooLarge.Load(),
+		DialErrors:        c.DialErrors.Load(),
+		MidMessageResets:  c.MidMessageResets.Load(),
+		BufferedBytes:     s.bufferedBytes(),
+	}
+}
+
+// bufferedBytes sums the DATA queued on every client and backend
+// connection.
+func (s *Server) bufferedBytes() int64 {
+	s.mu.Lock()
+	conns := make([]*conn, 0, len(s.conns))
+	for sc := range s.conns {
+		conns = append(conns, &sc.conn)
+	}
+	s.mu.Unlock()
+	s.pool.mu.Lock()
+	for uc := range s.pool.all {
+		conns = append(conns, &uc.conn)
+	}
+	s.pool.mu.Unlock()
+	var n int64
+	for _, c := range conns {
+		c.mu.Lock()
+		n += c.queued
+		c.mu.Unlock()
+	}
+	return n
+}
+
+// Serve accepts connections on ln and serves each on its own goroutines. It
+// returns ErrServerClosed after Shutdown or Close, or the accept error that
+// stopped it. Serve closes ln on return.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.shutdown {
+		s.mu.Unlock()
+		_ = ln.Close()
+		return ErrServerClosed
+	}
+	s.listeners[&ln] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, &ln)
+		s.mu.Unlock()
+		_ = ln.Close()
+	}()
+	var backoff time.Duration
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			s.mu.Lock()
+			down := s.shutdown
+			s.mu.Unlock()
+			if down {
+				return ErrServerClosed
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return err
+			}
+			// Resource exhaustion (EMFILE and the like): back off as
+			// net/http does instead of spinning.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			s.sh.log.Warn("engine: accept failed", "err", err, "retry_in", backoff)
+			t := time.NewTimer(backoff)
+			select {
+			case <-t.C:
+			case <-s.ctx.Done():
+				t.Stop()
+				return ErrServerClosed
+			}
+			continue
+		}
+		backoff = 0
+		s.mu.Lock()
+		if s.closed || s.shutdown {
+			s.mu.Unlock()
+			_ = nc.Close()
+			return ErrServerClosed
+		}
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go func() {
+			defer s.wg.Done()
+			s.ServeConn(s.ctx, nc)
+		}()
+	}
+}
+
+// ServeConn serves one already-accepted connection (TLS-terminated, or from
+// a listener that resolves SO_ORIGINAL_DST) and returns when it is closed.
+// ctx is the parent of the connection context that Director.Direct gets, so
+// values the caller put in it (meshd's server: the connection's original
+// destination, as a grpc peer) reach the Director. Cancelling ctx closes the
+// connection at once; Shutdown drains it gracefully.
+func (s *Server) ServeConn(ctx context.Context, nc net.Conn) {
+	sc := newServerConn(s, ctx)
+	sc.init(s.sh, nc, false)
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		_ = nc.Close()
+		return
+	}
+	s.conns[sc] = struct{}{}
+	drain := s.shutdown
+	s.mu.Unlock()
+	s.sh.stats.ActiveConns.Add(1)
+	if drain {
+		sc.startDrain()
+	}
+	stop := context.AfterFunc(ctx, func() { sc.hardClose(ctx.Err()) })
+	sc.serve()
+	stop()
+	s.sh.stats.ActiveConns.Add(-1)
+	s.mu.Lock()
+	delete(s.conns, sc)
+	if s.shutdown && len(s.conns) == 0 {
+		select {
+		case <-s.allGone:
+		default:
+			close(s.allGone)
+		}
+	}
+	s.mu.Unlock()
+}
+
+// Shutdown stops accepting connections and drains the open ones: each gets
+// a GOAWAY announcing shutdown, then, after a PING round trip, the final
+// GOAWAY with the last stream it will process. In-flight streams run to
+// completion until ctx is done; then everything left is closed hard.
+// Shutdown returns ctx.Err() if it had to force the close.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.shutdown = true
+	for ln := range s.listeners {
+		_ = (*ln).Close()
+	}
+	conns := make([]*serverConn, 0, len(s.conns))
+	for sc := range s.conns {
+		conns = append(conns, sc)
+	}
+	if len(s.conns) == 0 {
+		select {
+		case <-s.allGone:
+		default:
+			close(s.allGone)
+		}
+	}
+	s.mu.Unlock()
+	for _, sc := range conns {
+		sc.startDrain()
+	}
+	var err error
+	select {
+	case <-s.allGone:
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	if err == nil {
+		// Client connections are gone, so no backend stream is left: let
+		// backend connections close with a GOAWAY before the hard stop.
+		s.pool.drain()
+		err = s.pool.waitIdle(ctx)
+	}
+	s.Close()
+	return err
+}
+
+// Close closes the listeners and every client and backend connection at
+// once and waits for all of the Server's goroutines to exit.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	s.shutdown = true
+	s.closed = true
+	for ln := range s.listeners {
+		_ = (*ln).Close()
+	}
+	conns := make([]*serverConn, 0, len(s.conns))
+	for sc := range s.conns {
+		conns = append(conns, sc)
+	}
+	s.mu.Unlock()
+	s.cancel()
+	for _, sc := range conns {
+		sc.hardClose(ErrServerClosed)
+	}
+	s.wg.Wait()
+	s.pool.close()
+	return nil
+}

@@ -1,0 +1,731 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"io"
+	"math"
+	"net"
+	"strings"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// drainPing is the payload of the PING that separates the two GOAWAYs of a
+// graceful shutdown.
+const drainPing = "meshdrai"
+
+// serverConn is one client (downstream) connection.
+type serverConn struct {
+	conn
+	srv    *Server
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	// Reader goroutine only.
+	req         Request
+	hdr         Header
+	sawSettings bool
+	ab          abuseScanner // abuse rules and frame counts (abuse.go)
+
+	ka keepalive // age, keepalive and ping policy (keepalive.go)
+
+	// Guarded by conn.mu.
+	drainPhase  int    // 0 none, 1 first GOAWAY sent, 2 final GOAWAY sent
+	drainDebug  string // debug data of both drain GOAWAYs ("max_age", "max_idle")
+	acceptLimit uint32 // streams above it are ignored (after the final GOAWAY)
+	drainTimer  *time.Timer
+	idleTimer   *time.Timer
+}
+
+func newServerConn(s *Server, ctx context.Context) *serverConn {
+	sc := &serverConn{srv: s, acceptLimit: 1<<31 - 1}
+	sc.ctx, sc.cancel = context.WithCancel(ctx)
+	return sc
+}
+
+// serve runs the connection until it closes: the calling goroutine is the
+// reader; the writer is a second goroutine that serve waits for.
+func (sc *serverConn) serve() {
+	defer sc.cancel()
+	ctr := sc.sh.cfg.abuse
+	ctr.accepted.Add(1)
+	// The handshake deadline covers the TLS handshake (which the first
+	// write runs on a TLS connection), the preface and the first SETTINGS
+	// frame; readLoop lifts it when that arrives.
+	_ = sc.nc.SetDeadline(time.Now().Add(sc.sh.cfg.HandshakeTimeout))
+	if err := sc.writePreamble(); err != nil {
+		if isTimeout(err) {
+			ctr.closed[AbuseHandshakeTimeout].Add(1)
+		}
+		_ = sc.nc.Close()
+		return
+	}
+	_ = sc.nc.SetWriteDeadline(time.Time{})
+	// Nothing was read yet, so the reader can be put under the buffer.
+	sc.ab.init(sc.nc, ctr, &sc.sh.cfg)
+	sc.br.Reset(&sc.ab)
+	var pre [len(http2.ClientPreface)]byte
+	n, err := io.ReadFull(sc.br, pre[:])
+	// A rule broken in the same read as the preface fails that read; the
+	// scanner checked the preface (abuseError comes after a good one), so
+	// the connection is answered as HTTP/2 and closed for the rule.
+	var early abuseError
+	earlyAbuse := errors.As(err, &early)
+	if earlyAbuse {
+		err = nil
+	} else if err != nil || string(pre[:]) != http2.ClientPreface {
+		switch {
+		case string(pre[:n]) != http2.ClientPreface[:n]:
+			ctr.closed[AbuseNotHTTP2].Add(1)
+		case isTimeout(err):
+			ctr.closed[AbuseHandshakeTimeout].Add(1)
+		}
+		_ = sc.nc.Close()
+		return
+	}
+	sc.req.RemoteAddr = sc.nc.RemoteAddr()
+	sc.req.Header = &sc.hdr
+
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		sc.writeLoop()
+	}()
+	sc.armIdle()
+	sc.armKeepalive()
+	if earlyAbuse {
+		err = early
+	} else {
+		err = sc.readLoop()
+	}
+	sc.ab.flush()
+	var aerr abuseError
+	switch {
+	case errors.As(err, &aerr):
+		sc.closeForAbuse(aerr)
+	case !sc.sawSettings && isTimeout(err):
+		ctr.closed[AbuseHandshakeTimeout].Add(1)
+	default:
+		sc.countGoAway(err)
+	}
+	sc.readErrorToClose(err)
+	for _, st := range sc.finishRead(err) {
+		if st.call != nil {
+			st.call.end(ending{mode: endClientGone, code: codes.Canceled, err: ErrClientGone, fl: &sc.fl})
+		}
+	}
+	sc.fl.flush()
+	<-done
+	// After closeForAbuse, the writer half-closed the socket and left the
+	// close to the reader; everywhere else this is a second close.
+	_ = sc.nc.Close()
+	sc.mu.Lock()
+	if sc.drainTimer != nil {
+		sc.drainTimer.Stop()
+	}
+	if sc.idleTimer != nil {
+		sc.idleTimer.Stop()
+	}
+	sc.stopKeepaliveLocked()
+	sc.mu.Unlock()
+}
+
+func (sc *serverConn) readLoop() error {
+	for {
+		// A frame already buffered arrived with the read that brought it:
+		// activity is stamped once per read that may block, not per frame.
+		mayBlock := (sc.ka.track || len(sc.fl.dirty) > 0) && !sc.frameBuffered()
+		if mayBlock && len(sc.fl.dirty) > 0 {
+			sc.fl.flush() // about to block: write what this input produced
+		}
+		f, err := sc.rfr.ReadFrame()
+		if mayBlock {
+			sc.ka.markRead()
+		}
+		if err != nil {
+			var se http2.StreamError
+			if errors.As(err, &se) {
+				sc.onStreamError(se)
+				continue
+			}
+			return err
+		}
+		if sc.closedFlag.Load() {
+			continue // closing: drain until the peer's EOF
+		}
+		if !sc.sawSettings {
+			if sf, ok := f.(*http2.SettingsFrame); !ok || sf.IsAck() {
+				return connError{http2.ErrCodeProtocol, "first frame is not SETTINGS"}
+			}
+			sc.sawSettings = true
+			sc.endHandshake()
+		}
+		switch f := f.(type) {
+		case *http2.MetaHeadersFrame:
+			err = sc.onHeaders(f)
+		case *http2.DataFrame:
+			err = sc.onData(f)
+		case *http2.WindowUpdateFrame:
+			err = sc.onWindowUpdate(f)
+		case *http2.RSTStreamFrame:
+			err = sc.onRST(f)
+		case *http2.SettingsFrame:
+			if !f.IsAck() {
+				sc.mu.Lock()
+				err = sc.applySettingsLocked(f, &sc.fl)
+				sc.mu.Unlock()
+			}
+		case *http2.PingFrame:
+			err = sc.onPing(f)
+		case *http2.GoAwayFrame:
+			sc.mu.Lock()
+			// The client opens no more streams; close once the open ones end.
+			sc.draining = true
+			if sc.numStreams == 0 {
+				sc.closeGracefullyLocked()
+			}
+			sc.mu.Unlock()
+		case *http2.PushPromiseFrame:
+			err = connError{http2.ErrCodeProtocol, "PUSH_PROMISE from a client"}
+		default:
+			// PRIORITY, PRIORITY_UPDATE and unknown extension frames are ignored.
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+func (sc *serverConn) onPing(f *http2.PingFrame) error {
+	if f.IsAck() {
+		if string(f.Data[:]) == drainPing {
+			sc.finishDrain()
+		}
+		return nil
+	}
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	if err := sc.ab.onPing(sc.outWin); err != nil {
+		return err
+	}
+	if !sc.pushCtrlLocked(op{kind: opPing, end: true, ping: f.Data}, &sc.fl) {
+		return connError{http2.ErrCodeEnhanceYourCalm, "too many queued control frames"}
+	}
+	// As grpc-go, the PING is answered before the policy is applied: the
+	// ACK precedes the GOAWAY.
+	return sc.checkPingPolicyLocked()
+}
+
+func (sc *serverConn) onWindowUpdate(f *http2.WindowUpdateFrame) error {
+	sc.mu.Lock()
+	if err := sc.ab.onWindowUpdate(sc.outWin); err != nil {
+		sc.mu.Unlock()
+		return err
+	}
+	st, err := sc.onWindowUpdateLocked(f, &sc.fl)
+	if err == nil && f.StreamID == 0 {
+		sc.ab.connIncrements += int64(f.Increment)
+	}
+	sc.mu.Unlock()
+	if st != nil && st.call != nil {
+		sc.sh.stats.StreamErrors.Add(1)
+		st.call.end(ending{mode: endRST, rst: http2.ErrCodeFlowControl, code: codes.Internal, err: errors.New("engine: client stream window overflow")})
+	}
+	return err
+}
+
+// onStreamError handles a stream error found by the Framer (malformed
+// header block, zero window increment).
+func (sc *serverConn) onStreamError(se http2.StreamError) {
+	sc.sh.stats.StreamErrors.Add(1)
+	sc.mu.Lock()
+	st := sc.streams[se.StreamID]
+	if st == nil {
+		if se.StreamID%2 == 1 && se.StreamID > sc.maxPeerStreamID {
+			sc.maxPeerStreamID = se.StreamID // the stream was opened and is now closed
+		}
+		ok := sc.pushCtrlLocked(op{kind: opRST, streamID: se.StreamID, val: uint32(se.Code)}, &sc.fl)
+		if ok {
+			sc.sh.cfg.abuse.reset(se.Code)
+		} else if !sc.closed {
+			sc.sh.cfg.abuse.goAway(http2.ErrCodeEnhanceYourCalm)
+			sc.goAwayLocked(http2.ErrCodeEnhanceYourCalm, "too many queued control frames")
+		}
+		sc.mu.Unlock()
+		return
+	}
+	sc.mu.Unlock()
+	st.call.end(ending{mode: endRST, rst: se.Code, code: codes.Internal, err: se})
+}
+
+func (sc *serverConn) onRST(f *http2.RSTStreamFrame) error {
+	sc.mu.Lock()
+	st := sc.streams[f.StreamID]
+	if st == nil {
+		idle := sc.isIdleStreamLocked(f.StreamID)
+		sc.mu.Unlock()
+		if idle {
+			return connError{http2.ErrCodeProtocol, "RST_STREAM on idle stream"}
+		}
+		return nil
+	}
+	sc.mu.Unlock()
+	// The client cancelled: nothing more is sent to it, and the backend
+	// stream is cancelled so the backend's handler sees its context end.
+	st.call.end(ending{mode: endClientGone, code: codes.Canceled, err: ErrClientGone, upCode: http2.ErrCodeCancel, fl: &sc.fl})
+	return nil
+}
+
+func (sc *serverConn) onData(f *http2.DataFrame) error {
+	id := f.StreamID
+	flen := int64(f.Length)
+	data := f.Data()
+	sc.mu.Lock()
+	if err := sc.consumeConnLocked(flen); err != nil {
+		sc.mu.Unlock()
+		return err
+	}
+	st := sc.streams[id]
+	if st == nil || st.recvDone {
+		idle := st == nil && sc.isIdleStreamLocked(id)
+		sc.addCreditLocked(nil, flen)
+		sc.mu.Unlock()
+		if idle {
+			return connError{http2.ErrCodeProtocol, "DATA on idle stream"}
+		}
+		if st != nil {
+			sc.sh.stats.StreamErrors.Add(1)
+			st.call.end(ending{mode: endRST, rst: http2.ErrCodeStreamClosed, code: codes.Internal, err: errors.New("engine: client sent DATA after END_STREAM")})
+		}
+		return nil
+	}
+	if flen > st.inWin {
+		sc.addCreditLocked(nil, flen)
+		sc.mu.Unlock()
+		sc.sh.stats.StreamErrors.Add(1)
+		st.call.end(ending{mode: endRST, rst: http2.ErrCodeFlowControl, code: codes.Internal, err: errors.New("engine: client exceeded stream window")})
+		return nil
+	}
+	st.inWin -= flen
+	end := f.StreamEnded()
+	if end {
+		st.recvDone = true
+	}
+	if st.finalQueued {
+		// The response is complete (or failed); the request body is moot.
+		sc.addCreditLocked(nil, flen)
+		if st.sendDone && st.recvDone {
+			sc.removeStreamLocked(st)
+		}
+		sc.mu.Unlock()
+		return nil
+	}
+	if pad := flen - int64(len(data)); pad > 0 {
+		sc.addCreditLocked(st, pad)
+	}
+	sc.mu.Unlock()
+	if len(data) == 0 && !end {
+		return nil // an empty DATA frame carries nothing to forward
+	}
+	st.call.onReqData(data, end, &sc.fl)
+	return nil
+}
+
+func (sc *serverConn) onHeaders(f *http2.MetaHeadersFrame) error {
+	id := f.StreamID
+	sc.mu.Lock()
+	if id%2 == 0 {
+		sc.mu.Unlock()
+		return connError{http2.ErrCodeProtocol, "client stream id is even"}
+	}
+	if id <= sc.maxPeerStreamID {
+		st := sc.streams[id]
+		sc.mu.Unlock()
+		if st == nil {
+			return nil // a stream meshd already closed or reset: ignore
+		}
+		return sc.onTrailers(st, f)
+	}
+	sc.maxPeerStreamID = id
+	if id > sc.acceptLimit {
+		sc.mu.Unlock()
+		return nil // after the final GOAWAY: not processed, the client retries elsewhere
+	}
+	if uint32(sc.numStreams) >= sc.sh.cfg.MaxConcurrentStreams {
+		sc.sh.stats.RefusedStreams.Add(1)
+		ok := sc.pushCtrlLocked(op{kind: opRST, streamID: id, val: uint32(http2.ErrCodeRefusedStream)}, &sc.fl)
+		sc.mu.Unlock()
+		if !ok {
+			return connError{http2.ErrCodeEnhanceYourCalm, "too many queued control frames"}
+		}
+		return nil
+	}
+	st := &hstream{c: &sc.conn, id: id, inWin: sc.ourInitWin, outWin: sc.peerInitWin, gotHeaders: true}
+	st.q = st.qbuf[:0]
+	cl := &call{sc: sc, down: st}
+	st.call = cl
+	if f.StreamEnded() {
+		st.recvDone = true
+	}
+	sc.streams[id] = st
+	sc.numStreams++
+	sc.sh.stats.ActiveStreams.Add(1)
+	sc.sh.stats.StreamsTotal.Add(1)
+	sc.mu.Unlock()
+	sc.startCall(cl, f)
+	return nil
+}
+
+// onTrailers handles a second HEADERS block from the client (request
+// trailers, unusual in gRPC): it must end the stream and is forwarded.
+func (sc *serverConn) onTrailers(st *hstream, f *http2.MetaHeadersFrame) error {
+	sc.mu.Lock()
+	if st.recvDone || !f.StreamEnded() || len(f.PseudoFields()) > 0 {
+		sc.mu.Unlock()
+		sc.sh.stats.StreamErrors.Add(1)
+		st.call.end(ending{mode: endRST, rst: http2.ErrCodeProtocol, code: codes.Internal, err: errors.New("engine: malformed request trailers")})
+		return nil
+	}
+	st.recvDone = true
+	final := st.finalQueued
+	if final && st.sendDone {
+		sc.removeStreamLocked(st)
+	}
+	sc.mu.Unlock()
+	if final {
+		return nil
+	}
+	st.call.forwardUp(op{kind: opHeaders, end: true, fields: filterResponse(f.RegularFields())}, &sc.fl)
+	return nil
+}
+
+// startCall validates the request headers, asks the Director for a target
+// and opens the upstream stream.
+func (sc *serverConn) startCall(cl *call, f *http2.MetaHeadersFrame) {
+	if f.Truncated {
+		cl.end(ending{mode: endStatus, code: codes.ResourceExhausted, httpStatus: "431",
+			st: status.New(codes.ResourceExhausted, "meshd: request header list too large")})
+		return
+	}
+	var method, path, authority string
+	for _, hf := range f.PseudoFields() {
+		switch hf.Name {
+		case ":method":
+			method = hf.Value
+		case ":path":
+			path = hf.Value
+		case ":authority":
+			authority = hf.Value
+		}
+	}
+	var contentType, timeout, host string
+	regular := f.RegularFields()
+	for _, hf := range regular {
+		switch hf.Name {
+		case "content-type":
+			contentType = hf.Value
+		case "grpc-timeout":
+			timeout = hf.Value
+		case "host":
+			host = hf.Value
+		}
+	}
+	if path == "" || f.PseudoValue("scheme") == "" {
+		sc.sh.stats.StreamErrors.Add(1)
+		cl.end(ending{mode: endRST, rst: http2.ErrCodeProtocol, code: codes.Internal, err: errors.New("engine: request without :path or :scheme")})
+		return
+	}
+	if !isGRPCContentType(contentType) {
+		cl.end(ending{mode: endStatus, code: codes.InvalidArgument, httpStatus: "415",
+			st: status.Newf(codes.InvalidArgument, "meshd: invalid gRPC request content-type %q", contentType)})
+		return
+	}
+	if method != "POST" {
+		cl.end(ending{mode: endStatus, code: codes.Internal, httpStatus: "405",
+			st: status.Newf(codes.Internal, "meshd: :method %q, want POST", method)})
+		return
+	}
+	if authority == "" {
+		authority = host
+	}
+	now := time.Now()
+	var deadline time.Time
+	if timeout != "" {
+		d, ok := parseTimeout(timeout)
+		if !ok {
+			cl.end(ending{mode: endStatus, code: codes.Internal, httpStatus: "400",
+				st: status.Newf(codes.Internal, "meshd: malformed grpc-timeout %q", timeout)})
+			return
+		}
+		deadline = now.Add(d)
+	}
+
+	sc.hdr.fields = regular
+	sc.req.Method = path
+	sc.req.Authority = authority
+	sc.req.Deadline = deadline
+	target, err := sc.srv.director.Direct(sc.ctx, &sc.req)
+	sc.hdr.fields = nil
+	if err != nil {
+		s := status.Convert(err)
+		cl.end(ending{mode: endStatus, st: s, code: s.Code(), err: err, fl: &sc.fl})
+		return
+	}
+	cl.target = target
+	if target.Timeout > 0 {
+		if d := now.Add(target.Timeout); deadline.IsZero() || d.Before(deadline) {
+			deadline = d
+			cl.timeoutOwned = target.TimeoutErr != nil
+		}
+	}
+	cl.deadline = deadline
+	cl.reqFields = upstreamHeaders(path, authority, regular, target.Header)
+	cl.reqEnd = f.StreamEnded()
+	if !deadline.IsZero() {
+		rem := deadline.Sub(now)
+		if rem <= 0 {
+			cl.fail(codes.DeadlineExceeded, "meshd: deadline exceeded", ErrDeadline, true)
+			return
+		}
+		cl.mu.Lock()
+		cl.timer = time.AfterFunc(rem, cl.onDeadline)
+		cl.mu.Unlock()
+	}
+	if target.Addr == "" {
+		cl.fail(codes.Unavailable, "meshd: director returned no backend address", errNoAddr, true)
+		return
+	}
+	sc.srv.pool.open(cl, &sc.fl)
+}
+
+// isGRPCContentType reports whether ct is application/grpc or a subtype
+// (application/grpc+proto, application/grpc;...).
+func isGRPCContentType(ct string) bool {
+	const base = "application/grpc"
+	if !strings.HasPrefix(ct, base) {
+		return false
+	}
+	if len(ct) == len(base) {
+		return true
+	}
+	switch ct[len(base)] {
+	case '+', ';':
+		return true
+	}
+	return false
+}
+
+// upstreamHeaders builds the request header block sent to the backend:
+// fresh pseudo headers, the client's fields minus hop-by-hop ones,
+// grpc-timeout (re-added per attempt with the remaining budget) and the
+// fields the Director replaces, then te: trailers and the Director's fields.
+func upstreamHeaders(path, authority string, regular, extra []hpack.HeaderField) []hpack.HeaderField {
+	out := make([]hpack.HeaderField, 0, len(regular)+len(extra)+6)
+	out = append(out,
+		hpack.HeaderField{Name: ":method", Value: "POST"},
+		hpack.HeaderField{Name: ":scheme", Value: "http"},
+		hpack.HeaderField{Name: ":path", Value: path})
+	if authority != "" {
+		out = append(out, hpack.HeaderField{Name: ":authority", Value: authority})
+	}
+	for _, f := range regular {
+		if isHopByHop(f.Name) || f.Name == "te" || f.Name == "grpc-timeout" || replaced(f.Name, extra) {
+			continue
+		}
+		out = append(out, f)
+	}
+	out = append(out, hpack.HeaderField{Name: "te", Value: "trailers"})
+	return append(out, extra...)
+}
+
+func replaced(name string, extra []hpack.HeaderField) bool {
+	for _, e := range extra {
+		if e.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+// startDrain begins a graceful shutdown: GOAWAY with the highest stream id
+// (no stream is refused yet), then a PING; when the PING returns, every
+// stream the client started before seeing the GOAWAY has arrived, and the
+// final GOAWAY names the last one (RFC 9113 §6.8).
+func (sc *serverConn) startDrain() { sc.startDrainReason("") }
+
+// startDrainReason is startDrain with debug data in both GOAWAYs, as
+// grpc-go's Drain sends ("max_age", "max_idle").
+func (sc *serverConn) startDrainReason(debug string) {
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	if sc.closed || sc.drainPhase > 0 {
+		return
+	}
+	sc.drainPhase = 1
+	sc.drainDebug = debug
+	if sc.pushCtrlLocked(op{kind: opGoAway, streamID: 1<<31 - 1, val: uint32(http2.ErrCodeNo), data: debugData(debug)}, nil) {
+		sc.sh.cfg.abuse.goAway(http2.ErrCodeNo)
+	}
+	sc.pushCtrlLocked(op{kind: opPing, ping: [8]byte([]byte(drainPing))}, nil)
+	sc.drainTimer = time.AfterFunc(closeTimeout, sc.finishDrain)
+}
+
+// finishDrain sends the final GOAWAY (on the PING's ACK, or after
+// closeTimeout if the client does not answer).
+func (sc *serverConn) finishDrain() {
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	if sc.closed || sc.drainPhase != 1 {
+		return
+	}
+	sc.drainPhase = 2
+	sc.acceptLimit = sc.maxPeerStreamID
+	if sc.pushCtrlLocked(op{kind: opGoAway, streamID: sc.maxPeerStreamID, val: uint32(http2.ErrCodeNo), data: debugData(sc.drainDebug)}, nil) {
+		sc.sh.cfg.abuse.goAway(http2.ErrCodeNo)
+	}
+	sc.draining = true
+	if sc.numStreams == 0 {
+		sc.closeGracefullyLocked()
+	}
+}
+
+// debugData is a GOAWAY's debug data: nil when there is none.
+func debugData(s string) []byte {
+	if s == "" {
+		return nil
+	}
+	return []byte(s)
+}
+
+// armIdle starts the idle check when Config.IdleTimeout is set.
+func (sc *serverConn) armIdle() {
+	d := sc.sh.cfg.IdleTimeout
+	if d <= 0 {
+		return
+	}
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	sc.idleTimer = time.AfterFunc(d, sc.checkIdle)
+}
+
+func (sc *serverConn) checkIdle() {
+	d := sc.sh.cfg.IdleTimeout
+	sc.mu.Lock()
+	if sc.closed {
+		sc.mu.Unlock()
+		return
+	}
+	if sc.numStreams == 0 {
+		if idle := time.Since(sc.idleSince); idle >= d {
+			sc.mu.Unlock()
+			sc.startDrainReason("max_idle")
+			return
+		} else {
+			sc.idleTimer.Reset(d - idle)
+		}
+	} else {
+		sc.idleTimer.Reset(d)
+	}
+	sc.mu.Unlock()
+}
+
+// endHandshake lifts the handshake deadline once the first SETTINGS frame
+// arrived. A close that started meanwhile set its own read deadline, which
+// is put back.
+func (sc *serverConn) endHandshake() {
+	_ = sc.nc.SetReadDeadline(time.Time{})
+	if sc.closedFlag.Load() {
+		_ = sc.nc.SetReadDeadline(time.Now().Add(closeTimeout))
+	}
+}
+
+// closeForAbuse closes a connection that broke an abuse rule (abuse.go):
+// GOAWAY with the rule's code and name; once the writer has taken the
+// GOAWAY, the connection shuts down (the writer half-closes the socket);
+// meanwhile and then, the reader discards what the client still sends
+// until it closes, for at most abuseDrainTime and abuseDrainMax bytes,
+// and serve closes the socket. Closing at once with the client's flood
+// unread would send a TCP reset, which can destroy the GOAWAY before the
+// client reads it. The shutdown waits for the writer to take the GOAWAY
+// because a writer that finds its connection closed after a write exits
+// without collecting what was queued meanwhile.
+func (sc *serverConn) closeForAbuse(aerr abuseError) {
+	ctr := sc.sh.cfg.abuse
+	ctr.closed[aerr.reason].Add(1)
+	reason := aerr.reason.String()
+	sc.mu.Lock()
+	if sc.closed {
+		sc.mu.Unlock()
+		return
+	}
+	// ctrl only shrinks when the writer takes all of it: once it is not
+	// longer than pos, the GOAWAY is on its way.
+	pos := len(sc.ctrl)
+	if sc.pushCtrlLocked(op{kind: opGoAway, streamID: sc.maxPeerStreamID, val: uint32(aerr.code), data: []byte(reason)}, nil) {
+		ctr.goAway(aerr.code)
+	}
+	sc.mu.Unlock()
+	sc.sh.stats.ProtocolErrors.Add(1)
+	sc.sh.log.Debug("engine: closing abusive client connection", "remote", sc.nc.RemoteAddr(), "reason", reason)
+
+	shut := false
+	shutdown := func() {
+		sc.mu.Lock()
+		if !shut && (len(sc.ctrl) <= pos || sc.closed) {
+			sc.shutdownLocked(connError{code: aerr.code, reason: reason})
+			sc.graceful = true
+			shut = true
+		}
+		sc.mu.Unlock()
+	}
+	// Read the socket directly: the scanner's verdict is in.
+	sc.br.Reset(sc.nc)
+	end := time.Now().Add(abuseDrainTime)
+	for total := 0; total < abuseDrainMax; {
+		shutdown()
+		deadline := end
+		if poll := time.Now().Add(abuseShutdownPoll); !shut && poll.Before(end) {
+			deadline = poll
+		}
+		_ = sc.nc.SetReadDeadline(deadline)
+		n, err := sc.br.Discard(bufioSize)
+		total += n
+		if err != nil && !(isTimeout(err) && !shut && time.Now().Before(end)) {
+			break
+		}
+	}
+	pos = math.MaxInt // the writer is stuck: shut down without the GOAWAY
+	shutdown()
+}
+
+// countGoAway counts the GOAWAY readErrorToClose is about to send for err,
+// if any.
+func (sc *serverConn) countGoAway(err error) {
+	var code http2.ErrCode
+	var cerr connError
+	var ce http2.ConnectionError
+	switch {
+	case errors.As(err, &cerr):
+		code = cerr.code
+	case errors.As(err, &ce):
+		code = http2.ErrCode(ce)
+	case errors.Is(err, http2.ErrFrameTooLarge):
+		code = http2.ErrCodeFrameSize
+	default:
+		return
+	}
+	if !sc.closedFlag.Load() {
+		sc.sh.cfg.abuse.goAway(code)
+	}
+}
+
+// isTimeout reports whether err is a deadline expiry.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
