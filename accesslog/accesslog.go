@@ -10,8 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/meshd/meshd/config"
 	"github.com/meshd/meshd/callrecord"
+	"github.com/meshd/meshd/config"
 )
 
 // DefaultQueueSize is how many lines may wait for the writer without

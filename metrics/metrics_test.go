@@ -16,9 +16,9 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/meshd/meshd/balancer"
+	"github.com/meshd/meshd/callrecord"
 	"github.com/meshd/meshd/discovery"
 	"github.com/meshd/meshd/metrics"
-	"github.com/meshd/meshd/callrecord"
 )
 
 // scrape fetches /metrics from a real HTTP server in front of m and parses

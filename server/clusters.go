@@ -15,8 +15,8 @@ import (
 
 	"github.com/meshd/meshd/balancer"
 	"github.com/meshd/meshd/config"
-	"github.com/meshd/meshd/discovery"
 	"github.com/meshd/meshd/director"
+	"github.com/meshd/meshd/discovery"
 	"github.com/meshd/meshd/engine"
 	"github.com/meshd/meshd/policy"
 )

@@ -13,9 +13,9 @@ import (
 
 	"github.com/meshd/meshd/balancer"
 	"github.com/meshd/meshd/config"
+	"github.com/meshd/meshd/director"
 	"github.com/meshd/meshd/discovery"
 	"github.com/meshd/meshd/origdst"
-	"github.com/meshd/meshd/director"
 )
 
 // passthroughIdle is how long a passthrough cluster (one original

@@ -38,8 +38,8 @@ type Server struct {
 	// while new clusters warm up; mu is not, so the admin API and metrics
 	// do not wait for a warm-up.
 	reloadMu  sync.Mutex
-	fileCfg   *config.Config                // the file's config in force (reloadMu)
-	kvData    []byte                        // the Consul config_key value in force, nil if none (reloadMu)
+	fileCfg   *config.Config                 // the file's config in force (reloadMu)
+	kvData    []byte                         // the Consul config_key value in force, nil if none (reloadMu)
 	buckets   map[string]*policy.TokenBucket // route rate limits by route name (reloadMu)
 	oldStates []*director.State              // swapped-out States calls may still run on (reloadMu)
 	retryBuf  *policy.ByteBudget             // process-wide retry buffer usage
@@ -560,8 +560,8 @@ func (s *Server) Clusters() any {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	type clusterView struct {
-		Status      any                     `json:"status"`
-		Discovery   *discovery.WatchStatus  `json:"discovery,omitempty"`
+		Status      any                      `json:"status"`
+		Discovery   *discovery.WatchStatus   `json:"discovery,omitempty"`
 		Limits      *policy.LimiterStats     `json:"limits,omitempty"`
 		RetryBudget *policy.RetryBudgetStats `json:"retry_budget,omitempty"`
 	}

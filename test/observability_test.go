@@ -31,10 +31,10 @@ import (
 
 	"github.com/meshd/meshd/accesslog"
 	"github.com/meshd/meshd/admin"
+	"github.com/meshd/meshd/callrecord"
 	"github.com/meshd/meshd/config"
 	"github.com/meshd/meshd/internal/otlptest"
 	"github.com/meshd/meshd/metrics"
-	"github.com/meshd/meshd/callrecord"
 	"github.com/meshd/meshd/server"
 	"github.com/meshd/meshd/tracing"
 )
