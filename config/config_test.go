@@ -121,7 +121,6 @@ tracing:
   otlp_endpoint: 127.0.0.1:4317
   sample_ratio: 0.25
 drain_timeout: 30s
-engine: grpc
 max_message_size: 1024
 `
 	src = strings.NewReplacer("CRT", crt, "KEY", key, "CA", ca).Replace(src)
@@ -208,7 +207,6 @@ max_message_size: 1024
 		{"tracing.otlp_endpoint", cfg.Tracing.OTLPEndpoint, "127.0.0.1:4317"},
 		{"tracing.sample_ratio", *cfg.Tracing.SampleRatio, 0.25},
 		{"drain_timeout", cfg.DrainTimeout, d(30 * time.Second)},
-		{"engine", cfg.Engine, "grpc"},
 		{"max_message_size", cfg.MaxMessageSize, 1024},
 		{"file", cfg.File, "full.yaml"},
 	} {
@@ -219,7 +217,7 @@ max_message_size: 1024
 	if err := cfg.CheckFiles(); err != nil {
 		t.Errorf("CheckFiles: %v", err)
 	}
-	if got, want := cfg.Summary(), "1 listener(s), 3 route(s), 2 cluster(s) (1 from consul), engine grpc"; got != want {
+	if got, want := cfg.Summary(), "1 listener(s), 3 route(s), 2 cluster(s) (1 from consul)"; got != want {
 		t.Errorf("Summary() = %q, want %q", got, want)
 	}
 	if c := cfg.Cluster("users-canary"); c == nil || c.Consul == nil {
@@ -256,7 +254,6 @@ clusters:
 		got, want any
 	}{
 		{"drain_timeout", cfg.DrainTimeout.D(), 10 * time.Second},
-		{"engine", cfg.Engine, "frame"},
 		{"max_message_size", cfg.MaxMessageSize, 16 << 20},
 		// Unset, so OTEL_TRACES_SAMPLER can apply.
 		{"tracing.sample_ratio", cfg.Tracing.SampleRatio, (*float64)(nil)},
@@ -283,7 +280,7 @@ clusters:
 			t.Errorf("clusters[%d] defaults: lb %q, health %+v, all_down %q", i, cl.LB, cl.Health, cl.AllDown)
 		}
 	}
-	if got, want := cfg.Summary(), "1 listener(s), 1 route(s), 2 cluster(s) (1 from consul), engine frame"; got != want {
+	if got, want := cfg.Summary(), "1 listener(s), 1 route(s), 2 cluster(s) (1 from consul)"; got != want {
 		t.Errorf("Summary() = %q, want %q", got, want)
 	}
 }

@@ -3,10 +3,14 @@ package config
 import (
 	"fmt"
 	"time"
+
+	"github.com/meshd/meshd/engine"
 )
 
 // Listener defaults. They are the values a listener gets when its config
-// leaves the key out; the README's reference repeats them.
+// leaves the key out; the README's reference repeats them. Those the
+// engine also applies to a zero engine.Config are the engine's constants,
+// so there is one value for each.
 const (
 	// DefaultIdleTimeout closes client connections that carried no call
 	// for an hour (Envoy's HTTP idle_timeout default), so abandoned
@@ -14,10 +18,10 @@ const (
 	DefaultIdleTimeout = time.Hour
 	// DefaultKeepaliveTime is how long a connection may be silent before
 	// meshd pings the client (grpc-go's default).
-	DefaultKeepaliveTime = 2 * time.Hour
+	DefaultKeepaliveTime = engine.DefaultKeepaliveTime
 	// DefaultKeepaliveTimeout is how long meshd waits for a ping's answer
 	// before closing the connection (grpc-go's default).
-	DefaultKeepaliveTimeout = 20 * time.Second
+	DefaultKeepaliveTimeout = engine.DefaultKeepaliveTimeout
 	// DefaultKeepaliveMinTime is the shortest interval between client pings
 	// meshd tolerates. grpc-go's own default (5m) sends GOAWAY
 	// "too_many_pings" to common client settings (30s, 1m); a proxy in front
@@ -27,12 +31,12 @@ const (
 	// (Envoy allows 60 KiB). grpc-go's own default, 16 MiB, would let one
 	// client make meshd decode and forward 16 MiB of metadata per call,
 	// and send 16 MiB of CONTINUATION frames per header block.
-	DefaultMaxHeaderListSize = 64 << 10
+	DefaultMaxHeaderListSize = engine.DefaultMaxHeaderListSize
 	// DefaultHandshakeTimeout is how long a new connection has to finish
 	// its TLS handshake and send the HTTP/2 preface and first SETTINGS
 	// (grpc-go's default, 2 minutes, lets slowloris connections that send
 	// a byte a second sit on file descriptors for that long).
-	DefaultHandshakeTimeout = 10 * time.Second
+	DefaultHandshakeTimeout = engine.DefaultHandshakeTimeout
 	// DefaultDetectTimeout is how long an original_dst listener waits for a
 	// connection's first bytes before treating it as opaque TCP (a
 	// server-speaks-first protocol such as SMTP or MySQL).
@@ -82,6 +86,103 @@ type ListenerLimits struct {
 	// handshake and sent the HTTP/2 preface and first SETTINGS frame in
 	// this long. Default 10s.
 	HandshakeTimeout Duration `yaml:"handshake_timeout"`
+	// FloodProtection holds the thresholds of the rules that close client
+	// connections abusing HTTP/2 (README "Hardening"). Each key left out
+	// takes its one documented default.
+	FloodProtection FloodProtection `yaml:"flood_protection"`
+}
+
+// FloodProtection are a listener's HTTP/2 abuse thresholds. A connection
+// that breaks one gets GOAWAY ENHANCE_YOUR_CALM with the rule's name and is
+// counted in meshd_listener_connections_closed_total{reason}.
+type FloodProtection struct {
+	// RapidResetMinStreams: once a client opened this many streams, half
+	// of them reset within a second of opening closes the connection
+	// (rapid_reset, CVE-2023-44487). Default 500 (Envoy's): clients that
+	// cancel most of their calls early (hedging, deadlines of a few
+	// milliseconds) pass 100 in normal operation.
+	RapidResetMinStreams int `yaml:"rapid_reset_min_streams"`
+	// MaxConsecutiveEmptyFrames: DATA, HEADERS or CONTINUATION frames with
+	// no payload and no END_STREAM allowed in a row (empty_frames).
+	// Default 10.
+	MaxConsecutiveEmptyFrames int `yaml:"max_consecutive_empty_frames"`
+	// SettingsBurst and SettingsPerSecond: the token bucket of non-ACK
+	// SETTINGS frames (settings_flood). Defaults 100 and 10.
+	SettingsBurst     int     `yaml:"settings_burst"`
+	SettingsPerSecond float64 `yaml:"settings_per_second"`
+	// PingBurst and PingsPerSecond: the token bucket of non-ACK PING
+	// frames, which also earns two tokens per DATA frame sent to the
+	// client (ping_flood). Defaults 100 and 1.
+	PingBurst      int     `yaml:"ping_burst"`
+	PingsPerSecond float64 `yaml:"pings_per_second"`
+	// WindowUpdatesPerDataFrame: a client may send 100 + 2*(streams + this
+	// * DATA frames sent to it) WINDOW_UPDATE frames (window_update_flood).
+	// Default 10.
+	WindowUpdatesPerDataFrame int `yaml:"window_updates_per_data_frame"`
+	// ExtraFramesPerStream: a client may send this * (1 + streams)
+	// PRIORITY and unknown-type frames (extra_frames). Default 100.
+	ExtraFramesPerStream int `yaml:"extra_frames_per_stream"`
+}
+
+// Engine returns the thresholds as the engine takes them, every default
+// applied (zero fields take engine.DefaultAbuseLimits' values there).
+func (f FloodProtection) Engine() engine.AbuseLimits {
+	return engine.AbuseLimits{
+		MinResetStreams:           f.RapidResetMinStreams,
+		MaxConsecutiveEmptyFrames: f.MaxConsecutiveEmptyFrames,
+		SettingsBurst:             f.SettingsBurst,
+		SettingsPerSecond:         f.SettingsPerSecond,
+		PingBurst:                 f.PingBurst,
+		PingsPerSecond:            f.PingsPerSecond,
+		PingsPerDataFrame:         engine.DefaultAbuseLimits.PingsPerDataFrame,
+		WindowUpdatesPerDataFrame: f.WindowUpdatesPerDataFrame,
+		ExtraFramesPerStream:      f.ExtraFramesPerStream,
+	}
+}
+
+// applyDefaults fills in the documented defaults, so /config_dump shows
+// the thresholds in force.
+func (f *FloodProtection) applyDefaults() {
+	d := engine.DefaultAbuseLimits
+	def := func(v *int, x int) {
+		if *v == 0 {
+			*v = x
+		}
+	}
+	deff := func(v *float64, x float64) {
+		if *v == 0 {
+			*v = x
+		}
+	}
+	def(&f.RapidResetMinStreams, d.MinResetStreams)
+	def(&f.MaxConsecutiveEmptyFrames, d.MaxConsecutiveEmptyFrames)
+	def(&f.SettingsBurst, d.SettingsBurst)
+	deff(&f.SettingsPerSecond, d.SettingsPerSecond)
+	def(&f.PingBurst, d.PingBurst)
+	deff(&f.PingsPerSecond, d.PingsPerSecond)
+	def(&f.WindowUpdatesPerDataFrame, d.WindowUpdatesPerDataFrame)
+	def(&f.ExtraFramesPerStream, d.ExtraFramesPerStream)
+}
+
+// validate checks that no threshold is negative; p is the section's path.
+func (f FloodProtection) validate(v *validator, p string) {
+	for _, c := range []struct {
+		key string
+		val float64
+	}{
+		{"rapid_reset_min_streams", float64(f.RapidResetMinStreams)},
+		{"max_consecutive_empty_frames", float64(f.MaxConsecutiveEmptyFrames)},
+		{"settings_burst", float64(f.SettingsBurst)},
+		{"settings_per_second", f.SettingsPerSecond},
+		{"ping_burst", float64(f.PingBurst)},
+		{"pings_per_second", f.PingsPerSecond},
+		{"window_updates_per_data_frame", float64(f.WindowUpdatesPerDataFrame)},
+		{"extra_frames_per_stream", float64(f.ExtraFramesPerStream)},
+	} {
+		if c.val < 0 {
+			v.add(p+"."+c.key, "must not be negative (0 or absent: the default)")
+		}
+	}
 }
 
 // Keepalive is a listener's HTTP/2 keepalive policy.
@@ -144,6 +245,7 @@ func (v *validator) listenerLimits(p string, l *Listener) {
 	if l.MaxConnectionAgeGrace > 0 && l.MaxConnectionAge == 0 {
 		v.add(p+".max_connection_age_grace", "needs max_connection_age")
 	}
+	l.FloodProtection.validate(v, p+".flood_protection")
 	if k := l.Keepalive; k.Timeout > 0 && k.Time > 0 && k.Timeout > k.Time {
 		v.add(p+".keepalive.timeout", "longer than keepalive.time (%s > %s)", k.Timeout.D(), k.Time.D())
 	}
@@ -194,6 +296,7 @@ func (l *Listener) applyLimitDefaults() {
 	if l.MaxHeaderListSize == 0 {
 		l.MaxHeaderListSize = DefaultMaxHeaderListSize
 	}
+	l.FloodProtection.applyDefaults()
 	if l.HandshakeTimeout == 0 {
 		l.HandshakeTimeout = Duration(DefaultHandshakeTimeout)
 	}

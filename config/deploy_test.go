@@ -27,6 +27,10 @@ func TestListenerLimitsParse(t *testing.T) {
 	dp := func(s string) *config.Duration { v := d(s); return &v }
 	no := false
 	yes := true
+	fp := config.FloodProtection{RapidResetMinStreams: 500, MaxConsecutiveEmptyFrames: 10, SettingsBurst: 100, SettingsPerSecond: 10,
+		PingBurst: 100, PingsPerSecond: 1, WindowUpdatesPerDataFrame: 10, ExtraFramesPerStream: 100}
+	fpSet := fp
+	fpSet.RapidResetMinStreams, fpSet.PingsPerSecond = 200, 5
 	for _, tc := range []struct {
 		name   string
 		yaml   string
@@ -36,7 +40,7 @@ func TestListenerLimitsParse(t *testing.T) {
 		{
 			name: "defaults",
 			limits: config.ListenerLimits{IdleTimeout: dp("1h"), Keepalive: config.Keepalive{Time: d("2h"), Timeout: d("20s"), MinTime: d("10s"), PermitWithoutStream: &yes},
-				MaxHeaderListSize: 65536, HandshakeTimeout: d("10s")},
+				MaxHeaderListSize: 65536, HandshakeTimeout: d("10s"), FloodProtection: fp},
 		},
 		{
 			name: "everything set",
@@ -46,15 +50,16 @@ func TestListenerLimitsParse(t *testing.T) {
     max_connection_age_grace: 1m
     keepalive: {time: 1m, timeout: 5s, min_time: 30s, permit_without_stream: false}
     max_header_list_size: 16384
-    handshake_timeout: 3s`,
+    handshake_timeout: 3s
+    flood_protection: {rapid_reset_min_streams: 200, pings_per_second: 5}`,
 			limits: config.ListenerLimits{MaxConnections: 5000, IdleTimeout: dp("5m"), MaxConnectionAge: d("30m"), MaxConnectionAgeGrace: d("1m"),
-				Keepalive: config.Keepalive{Time: d("1m"), Timeout: d("5s"), MinTime: d("30s"), PermitWithoutStream: &no}, MaxHeaderListSize: 16384, HandshakeTimeout: d("3s")},
+				Keepalive: config.Keepalive{Time: d("1m"), Timeout: d("5s"), MinTime: d("30s"), PermitWithoutStream: &no}, MaxHeaderListSize: 16384, HandshakeTimeout: d("3s"), FloodProtection: fpSet},
 		},
 		{
 			name: "idle timeout 0s disables",
 			yaml: "    idle_timeout: 0s",
 			limits: config.ListenerLimits{IdleTimeout: dp("0s"), Keepalive: config.Keepalive{Time: d("2h"), Timeout: d("20s"), MinTime: d("10s"), PermitWithoutStream: &yes},
-				MaxHeaderListSize: 65536, HandshakeTimeout: d("10s")},
+				MaxHeaderListSize: 65536, HandshakeTimeout: d("10s"), FloodProtection: fp},
 		},
 		{
 			name:   "original_dst defaults to outbound",
@@ -124,15 +129,10 @@ func TestListenerLimitsInvalid(t *testing.T) {
 }
 
 // A route may send calls to the built-in original_dst cluster and test the
-// original destination with the ":original-dst" pseudo header, on either
-// engine.
+// original destination with the ":original-dst" pseudo header.
 func TestOriginalDstRoute(t *testing.T) {
 	t.Parallel()
-	for _, engine := range []string{"grpc", "frame"} {
-		t.Run(engine, func(t *testing.T) {
-			t.Parallel()
-			_, err := config.Parse([]byte(`
-engine: `+engine+`
+	_, err := config.Parse([]byte(`
 listeners:
   - {name: out, address: 127.0.0.1:15001, original_dst: {direction: outbound}}
   - {name: in, address: 127.0.0.1:15006, original_dst: {direction: inbound}}
@@ -143,10 +143,8 @@ routes:
   - {name: rest, match: {prefix: /}, cluster: c}
 clusters: [{name: c, endpoints: [127.0.0.1:9001]}]
 `), "r.yaml")
-			if err != nil {
-				t.Fatalf("Parse: %v", err)
-			}
-		})
+	if err != nil {
+		t.Fatalf("Parse: %v", err)
 	}
 }
 

@@ -39,31 +39,9 @@ import (
 // Thresholds, after Envoy's HTTP/2 protections.
 const (
 	// A stream reset by the client within prematureResetAge of opening
-	// counts as premature; once minResetStreams streams were opened, half
-	// of them premature closes the connection. minResetStreams is Envoy's
-	// 500, not 100: a client that cancels most of its calls
-	// early (hedging, or TestChaos: 300 calls on one connection, nearly
-	// all cancelled within 100ms) crosses 100 in normal operation and
-	// would lose its connection and every call on it.
+	// counts as premature (AbuseLimits.MinResetStreams says when that
+	// closes the connection).
 	prematureResetAge = time.Second
-	minResetStreams   = 500
-	// maxConsecutiveEmptyFrames DATA, HEADERS or CONTINUATION frames with no
-	// payload and no END_STREAM may follow each other.
-	maxConsecutiveEmptyFrames = 10
-	// Token buckets for non-ACK SETTINGS and PING frames. PINGs also earn
-	// pingsPerDataFrame tokens per DATA frame sent to the client (a grpc-go
-	// client sends a BDP-estimation ping per burst of data it receives).
-	settingsBurst     = 100
-	settingsPerSecond = 10
-	pingBurst         = 100
-	pingsPerSecond    = 1
-	pingsPerDataFrame = 2
-	// WINDOW_UPDATE frames allowed: 100 + 2*(streams +
-	// windowUpdatesPerDataFrame * DATA frames sent).
-	windowUpdatesPerDataFrame = 10
-	// PRIORITY and unknown-type frames allowed: extraFramesPerStream * (1 +
-	// streams).
-	extraFramesPerStream = 100
 
 	// bytesPerDataFrame converts the DATA bytes sent to a client into the
 	// DATA frames the PING and WINDOW_UPDATE allowances count, which the
@@ -255,6 +233,7 @@ type abuseScanner struct {
 
 	maxFrame      uint32
 	maxHeaderList uint32
+	lim           *AbuseLimits
 
 	preface int // preface bytes matched; -1: a bad preface, scanning stopped
 	hdr     [9]byte
@@ -296,8 +275,9 @@ type abuseScanner struct {
 func (a *abuseScanner) init(r io.Reader, ctr *abuseCounters, cfg *Config) {
 	a.r, a.ctr, a.born = r, ctr, time.Now()
 	a.maxFrame, a.maxHeaderList = cfg.MaxFrameSize, cfg.MaxHeaderListSize
-	a.settingsTokens = settingsBurst
-	a.pingTokens = pingBurst
+	a.lim = &cfg.Abuse
+	a.settingsTokens = float64(a.lim.SettingsBurst)
+	a.pingTokens = float64(a.lim.PingBurst)
 }
 
 func (a *abuseScanner) now() time.Duration { return time.Since(a.born) }
@@ -432,14 +412,14 @@ func (a *abuseScanner) onFrame(f frameHdr) error {
 			uint32(a.now()/time.Millisecond)-slot.atMS <= uint32(prematureResetAge/time.Millisecond) {
 			slot.id = 0 // one reset per stream
 			a.premature++
-			if a.streams >= minResetStreams && 2*a.premature >= a.streams {
+			if a.streams >= uint64(a.lim.MinResetStreams) && 2*a.premature >= a.streams {
 				return calm(AbuseRapidReset)
 			}
 		}
 	case ftSettings:
 		if f.flags&flAck == 0 {
 			now := a.now()
-			a.settingsTokens = min(settingsBurst, a.settingsTokens+(now-a.settingsAt).Seconds()*settingsPerSecond)
+			a.settingsTokens = min(float64(a.lim.SettingsBurst), a.settingsTokens+(now-a.settingsAt).Seconds()*a.lim.SettingsPerSecond)
 			a.settingsAt = now
 			if a.settingsTokens < 1 {
 				return calm(AbuseSettingsFlood)
@@ -475,7 +455,7 @@ func (a *abuseScanner) payload(f frameHdr, empty bool) error {
 	}
 	a.empty++
 	a.consecutiveEmpty++
-	if a.consecutiveEmpty > maxConsecutiveEmptyFrames {
+	if a.consecutiveEmpty > a.lim.MaxConsecutiveEmptyFrames {
 		return calm(AbuseEmptyFrames)
 	}
 	return nil
@@ -483,7 +463,7 @@ func (a *abuseScanner) payload(f frameHdr, empty bool) error {
 
 func (a *abuseScanner) extraFrame() error {
 	a.extra++
-	if a.extra > extraFramesPerStream*(1+a.streams) {
+	if a.extra > uint64(a.lim.ExtraFramesPerStream)*(1+a.streams) {
 		return calm(AbuseExtraFrames)
 	}
 	return nil
@@ -501,8 +481,8 @@ func (a *abuseScanner) dataFramesSent(outWin int64) uint64 {
 // holds c.mu (outWin is the connection window).
 func (a *abuseScanner) onPing(outWin int64) error {
 	now, data := a.now(), a.dataFramesSent(outWin)
-	earned := float64(max(data, a.pingData)-a.pingData) * pingsPerDataFrame
-	a.pingTokens = min(pingBurst, a.pingTokens+(now-a.pingAt).Seconds()*pingsPerSecond+earned)
+	earned := float64(max(data, a.pingData)-a.pingData) * a.lim.PingsPerDataFrame
+	a.pingTokens = min(float64(a.lim.PingBurst), a.pingTokens+(now-a.pingAt).Seconds()*a.lim.PingsPerSecond+earned)
 	a.pingAt, a.pingData = now, max(data, a.pingData)
 	if a.pingTokens < 1 {
 		return calm(AbusePingFlood)
@@ -515,7 +495,7 @@ func (a *abuseScanner) onPing(outWin int64) error {
 // c.mu.
 func (a *abuseScanner) onWindowUpdate(outWin int64) error {
 	a.windowUpdates++
-	if a.windowUpdates > 100+2*(a.streams+windowUpdatesPerDataFrame*a.dataFramesSent(outWin)) {
+	if a.windowUpdates > 100+2*(a.streams+uint64(a.lim.WindowUpdatesPerDataFrame)*a.dataFramesSent(outWin)) {
 		return calm(AbuseWindowUpdateFlood)
 	}
 	return nil

@@ -148,7 +148,7 @@ func TestAbuseRules(t *testing.T) {
 		code   http2.ErrCode // 0: closed without GOAWAY
 		reason AbuseReason
 	}{
-		{name: "rapid reset", n: 2 * minResetStreams, reason: AbuseRapidReset, code: http2.ErrCodeEnhanceYourCalm,
+		{name: "rapid reset", n: 2 * DefaultAbuseLimits.MinResetStreams, reason: AbuseRapidReset, code: http2.ErrCodeEnhanceYourCalm,
 			write: func(fr *http2.Framer, i int) error {
 				id := uint32(2*i + 1)
 				if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block, EndStream: true, EndHeaders: true}); err != nil {
@@ -156,9 +156,9 @@ func TestAbuseRules(t *testing.T) {
 				}
 				return fr.WriteRSTStream(id, http2.ErrCodeCancel)
 			}},
-		{name: "ping flood", n: 2 * pingBurst, reason: AbusePingFlood, code: http2.ErrCodeEnhanceYourCalm,
+		{name: "ping flood", n: 2 * DefaultAbuseLimits.PingBurst, reason: AbusePingFlood, code: http2.ErrCodeEnhanceYourCalm,
 			write: func(fr *http2.Framer, i int) error { return fr.WritePing(false, [8]byte{byte(i)}) }},
-		{name: "settings flood", n: 2 * settingsBurst, reason: AbuseSettingsFlood, code: http2.ErrCodeEnhanceYourCalm,
+		{name: "settings flood", n: 2 * DefaultAbuseLimits.SettingsBurst, reason: AbuseSettingsFlood, code: http2.ErrCodeEnhanceYourCalm,
 			write: func(fr *http2.Framer, i int) error {
 				return fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 65535})
 			}},
@@ -178,7 +178,7 @@ func TestAbuseRules(t *testing.T) {
 			}},
 		{name: "WINDOW_UPDATE flood", n: 1000, reason: AbuseWindowUpdateFlood, code: http2.ErrCodeEnhanceYourCalm,
 			write: func(fr *http2.Framer, i int) error { return fr.WriteWindowUpdate(0, 1) }},
-		{name: "PRIORITY flood", n: 2 * extraFramesPerStream, reason: AbuseExtraFrames, code: http2.ErrCodeEnhanceYourCalm,
+		{name: "PRIORITY flood", n: 2 * DefaultAbuseLimits.ExtraFramesPerStream, reason: AbuseExtraFrames, code: http2.ErrCodeEnhanceYourCalm,
 			write: func(fr *http2.Framer, i int) error {
 				return fr.WritePriority(uint32(2*i+1), http2.PriorityParam{Weight: 1})
 			}},

@@ -13,7 +13,7 @@ const (
 	DefaultInitialWindowSize    = 1 << 20
 	DefaultConnWindowSize       = 16 << 20
 	DefaultMaxFrameSize         = 16 << 10
-	DefaultMaxHeaderListSize    = 1 << 20
+	DefaultMaxHeaderListSize    = 64 << 10
 	DefaultMaxRecvMsgSize       = 16 << 20
 	DefaultConnsPerBackend      = 2
 	DefaultDialTimeout          = 5 * time.Second
@@ -51,7 +51,9 @@ type Config struct {
 	MaxFrameSize uint32
 
 	// MaxHeaderListSize is advertised as SETTINGS_MAX_HEADER_LIST_SIZE and
-	// enforced on request and response header blocks. Default 1 MiB.
+	// enforced on request and response header blocks. Default 64 KiB
+	// (Envoy allows 60 KiB; grpc-go's 16 MiB would let one client make
+	// meshd decode and forward 16 MiB of metadata per call).
 	MaxHeaderListSize uint32
 
 	// MaxRecvMsgSize is the largest gRPC message (as declared by its 5-byte
@@ -131,6 +133,11 @@ type Config struct {
 	// not hold a connection. Default 10s.
 	HandshakeTimeout time.Duration
 
+	// Abuse holds the thresholds of the flood and reset rules applied to
+	// client connections (abuse.go). Zero fields take the defaults of
+	// DefaultAbuseLimits.
+	Abuse AbuseLimits
+
 	// Logger receives connection-level events (protocol errors, dial
 	// failures). Default: discard.
 	Logger *slog.Logger
@@ -209,6 +216,7 @@ func (cfg Config) withDefaults() Config {
 	if cfg.HandshakeTimeout <= 0 {
 		cfg.HandshakeTimeout = DefaultHandshakeTimeout
 	}
+	cfg.Abuse = cfg.Abuse.withDefaults()
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -216,4 +224,76 @@ func (cfg Config) withDefaults() Config {
 		cfg.abuse = new(abuseCounters)
 	}
 	return cfg
+}
+
+// AbuseLimits are the thresholds of the rules that close a client
+// connection abusing HTTP/2 (AbuseReason). Each has one default, after
+// Envoy's HTTP/2 protections; zero selects it.
+type AbuseLimits struct {
+	// MinResetStreams: once a client opened this many streams, half of
+	// them reset within a second of opening (premature resets) closes the
+	// connection with GOAWAY ENHANCE_YOUR_CALM "rapid_reset"
+	// (CVE-2023-44487). Default 500, Envoy's: a client that cancels most
+	// of its calls early (hedging, deadlines in the low milliseconds, a
+	// chaos drill) crosses 100 in normal operation and would lose its
+	// connection and every call on it, while an attacker at 500 streams is
+	// stopped after a few milliseconds of work.
+	MinResetStreams int
+	// MaxConsecutiveEmptyFrames DATA, HEADERS or CONTINUATION frames with
+	// no payload and no END_STREAM may follow each other. Default 10.
+	MaxConsecutiveEmptyFrames int
+	// SettingsBurst and SettingsPerSecond are the token bucket of non-ACK
+	// SETTINGS frames. Defaults 100 and 10.
+	SettingsBurst     int
+	SettingsPerSecond float64
+	// PingBurst and PingsPerSecond are the token bucket of non-ACK PING
+	// frames, which also earns PingsPerDataFrame tokens per DATA frame
+	// sent to the client (a grpc-go client sends a BDP-estimation ping per
+	// burst of data it receives). Defaults 100, 1 and 2.
+	PingBurst         int
+	PingsPerSecond    float64
+	PingsPerDataFrame float64
+	// WindowUpdatesPerDataFrame: a client may send 100 + 2*(streams +
+	// this * DATA frames sent to it) WINDOW_UPDATE frames. Default 10.
+	WindowUpdatesPerDataFrame int
+	// ExtraFramesPerStream: a client may send this * (1 + streams)
+	// PRIORITY and unknown-type frames. Default 100.
+	ExtraFramesPerStream int
+}
+
+// DefaultAbuseLimits are the thresholds a zero AbuseLimits field takes.
+var DefaultAbuseLimits = AbuseLimits{
+	MinResetStreams:           500,
+	MaxConsecutiveEmptyFrames: 10,
+	SettingsBurst:             100,
+	SettingsPerSecond:         10,
+	PingBurst:                 100,
+	PingsPerSecond:            1,
+	PingsPerDataFrame:         2,
+	WindowUpdatesPerDataFrame: 10,
+	ExtraFramesPerStream:      100,
+}
+
+func (l AbuseLimits) withDefaults() AbuseLimits {
+	d := DefaultAbuseLimits
+	setInt := func(v *int, def int) {
+		if *v <= 0 {
+			*v = def
+		}
+	}
+	setFloat := func(v *float64, def float64) {
+		if *v <= 0 {
+			*v = def
+		}
+	}
+	setInt(&l.MinResetStreams, d.MinResetStreams)
+	setInt(&l.MaxConsecutiveEmptyFrames, d.MaxConsecutiveEmptyFrames)
+	setInt(&l.SettingsBurst, d.SettingsBurst)
+	setFloat(&l.SettingsPerSecond, d.SettingsPerSecond)
+	setInt(&l.PingBurst, d.PingBurst)
+	setFloat(&l.PingsPerSecond, d.PingsPerSecond)
+	setFloat(&l.PingsPerDataFrame, d.PingsPerDataFrame)
+	setInt(&l.WindowUpdatesPerDataFrame, d.WindowUpdatesPerDataFrame)
+	setInt(&l.ExtraFramesPerStream, d.ExtraFramesPerStream)
+	return l
 }

@@ -87,6 +87,7 @@ func (s *Server) frameListener(cfg *config.Config, lc config.Listener, lis net.L
 		KeepaliveTimeout:             lc.Keepalive.Timeout.D(),
 		KeepaliveMinTime:             lc.Keepalive.MinTime.D(),
 		KeepalivePermitWithoutStream: lc.Keepalive.PermitWithoutStream != nil && *lc.Keepalive.PermitWithoutStream,
+		Abuse:                        lc.FloodProtection.Engine(),
 		Logger:                       s.log.With("component", "engine", "listener", lc.Name),
 	})
 	if lc.TLS != nil {
