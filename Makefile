@@ -55,7 +55,7 @@ bench:
 	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./... | tee bench.out
 
 # The load harness (cmd/meshbench, see README "Load harness"): a real backend,
-# bin/meshd per engine and nginx if installed, interleaved rounds; prints
+# bin/meshd and nginx if installed, interleaved rounds; prints
 # medians, ratios to direct and the issue's targets. Under 2 minutes;
 # `make bench-load BENCH_LOAD_ARGS='-mode full -json load.json'` for the
 # long run (under 10 minutes).

@@ -10,8 +10,7 @@
 // per data path:
 //
 //	direct        the backend itself
-//	meshd-grpc    bin/meshd with `engine: grpc`
-//	meshd-frame   bin/meshd with `engine: frame` (reported unavailable if the binary rejects it)
+//	meshd         bin/meshd (the frame engine, meshd's one data path)
 //	nginx         /usr/sbin/nginx with grpc_pass, 2 workers, its own prefix and config
 //
 // Then it runs several rounds. Each round measures every target in a

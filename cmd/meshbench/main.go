@@ -116,7 +116,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	meshdBin := fs.String("meshd", "bin/meshd", "the meshd binary (make build)")
 	nginxBin := fs.String("nginx", "/usr/sbin/nginx", "the nginx binary; the nginx target is skipped if it does not exist")
 	install := fs.Bool("install-nginx", false, "run `apt-get install -y nginx-light` if the nginx binary is missing")
-	targetList := fs.String("targets", "direct,meshd-grpc,meshd-frame,nginx", "comma-separated: direct, meshd-ENGINE, nginx")
+	targetList := fs.String("targets", "direct,meshd,nginx", "comma-separated: direct, meshd, nginx")
 	jsonOut := fs.String("json", "", "also write every value as JSON to this file")
 	pprofPrefix := fs.String("meshd-pprof", "", "fetch CPU and heap profiles from meshd's admin /debug/pprof/ (if it serves them) into PREFIX-TARGET-{cpu,heap}.pprof")
 	rounds := fs.Int("rounds", 0, "override the mode's number of rounds")
@@ -253,15 +253,14 @@ func (h *harness) run(ctx context.Context, names []string, meshdBin, nginxBin st
 		switch {
 		case n == direct:
 			t.addr, t.version = backendAddr, "grpc-go "+backendVersion()
-		case strings.HasPrefix(n, "meshd-"):
-			engine := strings.TrimPrefix(n, "meshd-")
-			t.proc, t.addr, t.admin, err = startMeshd(ctx, meshdBin, dir, engine, backendAddr)
+		case n == "meshd":
+			t.proc, t.addr, t.admin, err = startMeshd(ctx, meshdBin, dir, backendAddr)
 			t.version = meshdVersion(meshdBin)
 		case n == nginx:
 			t.proc, t.addr, t.version, err = startNginx(ctx, nginxBin, dir, backendAddr, h.p.NginxWorkers)
 			t.withWorkers = true
 		default:
-			return fmt.Errorf("meshbench: unknown target %q (want direct, meshd-ENGINE or nginx)", n)
+			return fmt.Errorf("meshbench: unknown target %q (want direct, meshd or nginx)", n)
 		}
 		if errors.Is(err, errUnavailable) {
 			t.unavailable, err = err.Error(), nil

@@ -151,14 +151,14 @@ func TestChecks(t *testing.T) {
 		r.set(nginx, "unary_calls_per_s", i, v*0.5)
 		r.set(nginx, "p99_ms", i, 2)
 		r.set(nginx, "cpu_s_per_10k", i, 0.3)
-		r.set("meshd-grpc", "unary_calls_per_s", i, v*0.8) // 1.6× nginx, 0.8× direct
-		r.set("meshd-grpc", "p99_ms", i, 1.5)
-		r.set("meshd-grpc", "cpu_s_per_10k", i, 0.6)
-		r.set("meshd-grpc", "stream_msgs_per_s", i, v*0.5)
-		r.set("meshd-grpc", "peak_rss_mib", i, 30)
+		r.set("meshd", "unary_calls_per_s", i, v*0.8) // 1.6× nginx, 0.8× direct
+		r.set("meshd", "p99_ms", i, 1.5)
+		r.set("meshd", "cpu_s_per_10k", i, 0.6)
+		r.set("meshd", "stream_msgs_per_s", i, v*0.5)
+		r.set("meshd", "peak_rss_mib", i, 30)
 	}
-	r.set("meshd-grpc", "idle_rss_mib", 0, 120)
-	targets := []string{direct, "meshd-grpc", nginx}
+	r.set("meshd", "idle_rss_mib", 0, 120)
+	targets := []string{direct, "meshd", nginx}
 	r.deriveAddedP99(targets)
 	p, _ := planFor("quick")
 	want := map[string]string{
@@ -179,7 +179,7 @@ func TestChecks(t *testing.T) {
 			t.Errorf("%s: %s (%s), want %s", c.Name, c.Result, c.Detail, want[c.Name])
 		}
 	}
-	for _, c := range checks(r, p, []string{direct, "meshd-grpc"}, false) {
+	for _, c := range checks(r, p, []string{direct, "meshd"}, false) {
 		if strings.Contains(c.Name, "nginx") && c.Result != "n/a" {
 			t.Errorf("without nginx, %s = %s, want n/a", c.Name, c.Result)
 		}
@@ -196,11 +196,9 @@ func TestChecks(t *testing.T) {
 // meshd's strict config schema.
 func TestMeshdConfigIsValid(t *testing.T) {
 	t.Parallel()
-	for _, engine := range []string{"grpc", "frame"} {
-		y := meshdConfig(engine, "127.0.0.1:15000", "127.0.0.1:15001", "127.0.0.1:9001")
-		if _, err := config.Parse([]byte(y), "meshbench.yaml"); err != nil {
-			t.Errorf("engine %s: %v\n%s", engine, err, y)
-		}
+	y := meshdConfig("127.0.0.1:15000", "127.0.0.1:15001", "127.0.0.1:9001")
+	if _, err := config.Parse([]byte(y), "meshbench.yaml"); err != nil {
+		t.Errorf("%v\n%s", err, y)
 	}
 }
 

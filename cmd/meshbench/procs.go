@@ -201,10 +201,9 @@ func freeAddr() (string, error) {
 	return l.Addr().String(), nil
 }
 
-// meshdConfig routes every call to the one backend through the given engine.
-func meshdConfig(engine, admin, listen, backendAddr string) string {
+// meshdConfig routes every call to the one backend.
+func meshdConfig(admin, listen, backendAddr string) string {
 	return fmt.Sprintf(`# written by meshbench
-engine: %s
 admin: {address: %s}
 listeners: [{name: main, address: %s}]
 drain_timeout: 2s
@@ -215,17 +214,16 @@ routes:
 clusters:
   - name: backend
     endpoints: [%s]
-`, engine, admin, listen, backendAddr)
+`, admin, listen, backendAddr)
 }
 
 // errUnavailable marks a target this machine or binary cannot run; it is
 // reported, not fatal.
 var errUnavailable = errors.New("unavailable")
 
-// startMeshd validates and runs bin/meshd with the engine; a config the
-// binary rejects makes the target unavailable (an engine still being
-// written), anything else that fails is an error.
-func startMeshd(ctx context.Context, bin, dir, engine, backendAddr string) (*child, string, string, error) {
+// startMeshd validates and runs bin/meshd; a config the binary rejects
+// makes the target unavailable, anything else that fails is an error.
+func startMeshd(ctx context.Context, bin, dir, backendAddr string) (*child, string, string, error) {
 	admin, err := freeAddr()
 	if err != nil {
 		return nil, "", "", err
@@ -234,24 +232,24 @@ func startMeshd(ctx context.Context, bin, dir, engine, backendAddr string) (*chi
 	if err != nil {
 		return nil, "", "", err
 	}
-	file := fmt.Sprintf("%s/meshd-%s.yaml", dir, engine)
-	if err := os.WriteFile(file, []byte(meshdConfig(engine, admin, listen, backendAddr)), 0o644); err != nil {
+	file := dir + "/meshd.yaml"
+	if err := os.WriteFile(file, []byte(meshdConfig(admin, listen, backendAddr)), 0o644); err != nil {
 		return nil, "", "", fmt.Errorf("meshbench: %w", err)
 	}
 	if _, err := os.Stat(bin); err != nil {
 		return nil, "", "", fmt.Errorf("meshbench: meshd binary %s: %w (run `make build`)", bin, err)
 	}
 	if out, err := exec.CommandContext(ctx, bin, "validate", "-config", file).CombinedOutput(); err != nil {
-		return nil, "", "", fmt.Errorf("%w: %s rejects engine %q: %s", errUnavailable, bin, engine, strings.TrimSpace(string(out)))
+		return nil, "", "", fmt.Errorf("%w: %s rejects its config: %s", errUnavailable, bin, strings.TrimSpace(string(out)))
 	}
 	// -watch-interval 0: no config polling, which would add CPU unrelated to calls.
-	c, err := startChild("meshd-"+engine, exec.Command(bin, "run", "-config", file, "-log-level", "warn", "-watch-interval", "0"))
+	c, err := startChild("meshd", exec.Command(bin, "run", "-config", file, "-log-level", "warn", "-watch-interval", "0"))
 	if err != nil {
 		return nil, "", "", err
 	}
 	if err := waitHTTP(ctx, "http://"+admin+"/ready", c, 20*time.Second); err != nil {
 		c.stop(syscall.SIGTERM, 5*time.Second)
-		return nil, "", "", fmt.Errorf("meshbench: meshd (engine %s) not ready: %w\n%s", engine, err, c.log())
+		return nil, "", "", fmt.Errorf("meshbench: meshd not ready: %w\n%s", err, c.log())
 	}
 	return c, listen, admin, nil
 }
