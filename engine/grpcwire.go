@@ -128,9 +128,10 @@ func statusFields(st *status.Status, trailersOnly bool) []hpack.HeaderField {
 
 // isHopByHop reports header fields never forwarded in either direction:
 // connection-specific fields that HTTP/2 forbids and a proxy must not pass
-// on (RFC 9113 §8.2.2, httputil's hopHeaders), and meshd's own "x-meshd-*"
-// (the grpc engine drops the same prefix, proxy.DroppedHeader). "te" is
-// handled separately: only "te: trailers" is legal and gRPC needs it.
+// on (RFC 9113 §8.2.2, httputil's hopHeaders), and meshd's own "x-meshd-*".
+// This is meshd's one drop list (README "Headers meshd does not copy").
+// "te" is handled separately: only "te: trailers" is legal and gRPC needs
+// it.
 func isHopByHop(name string) bool {
 	switch name {
 	case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "host", "http2-settings":
