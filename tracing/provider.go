@@ -19,7 +19,6 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	semconv "go.opentelemetry.io/otel/semconv/v1.37.0"
 	"go.opentelemetry.io/otel/trace"
-	"google.golang.org/grpc/stats"
 )
 
 // instrumentationName names meshd's tracer (the span's instrumentation scope).
@@ -108,9 +107,9 @@ func WithQueueSize(n int) Option {
 // Provider creates meshd's spans and sends them to an OTLP collector.
 //
 // A disabled Provider (no endpoint configured, the zero Provider, or a nil
-// *Provider) costs nothing: Enabled reports false, the handler methods return
-// nil, StartServer and StartClient return non-recording spans without
-// allocating, and Shutdown and Dropped return zero values.
+// *Provider) costs nothing: Enabled reports false, StartServer and
+// StartClient return non-recording spans without allocating, and Shutdown
+// and Dropped return zero values.
 //
 // A Provider owns its propagator and tracer provider; it never touches
 // OpenTelemetry's global state. Its methods are safe for concurrent use.
@@ -120,9 +119,6 @@ type Provider struct {
 	prop   propagation.TextMapPropagator
 	gate   *gate
 	exp    *countingExporter
-
-	server *serverHandler
-	client *clientHandler
 
 	shutdownOnce sync.Once
 	shutdownErr  error
@@ -200,52 +196,18 @@ func New(ctx context.Context, opts ...Option) (*Provider, error) {
 		sdktrace.WithResource(res),
 		sdktrace.WithSpanProcessor(g),
 	)
-	p := &Provider{
+	return &Provider{
 		tp:     tp,
 		tracer: tp.Tracer(instrumentationName),
 		prop:   propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}),
 		gate:   g,
 		exp:    exp,
-	}
-	p.server = &serverHandler{p: p}
-	p.client = &clientHandler{p: p}
-	return p, nil
+	}, nil
 }
 
-// Enabled reports whether p records and exports spans. Callers use it to
-// decide whether to install the handlers at all.
+// Enabled reports whether p records and exports spans. The server uses it
+// to leave tracing out of the data path altogether when it is off.
 func (p *Provider) Enabled() bool { return p != nil && p.tp != nil }
-
-// ServerHandler returns the stats.Handler for meshd's listeners
-// (grpc.StatsHandler): one SERVER span per inbound call, parented on the
-// W3C traceparent/tracestate/baggage in its metadata. The span is in the
-// stream's context, so the director's SetRoute and the upstream call's
-// ClientHandler find it.
-//
-// It returns nil for a disabled Provider: check Enabled before installing,
-// since grpc-go ignores (and logs) a nil handler.
-func (p *Provider) ServerHandler() stats.Handler {
-	if !p.Enabled() {
-		return nil
-	}
-	return p.server
-}
-
-// ClientHandler returns the stats.Handler for upstream connections
-// (grpc.WithStatsHandler): one CLIENT span per attempt, a child of the span in
-// the call's context, with traceparent/tracestate/baggage injected into the
-// outgoing metadata (replacing any already there). WithAttempt passes it the
-// endpoint and attempt number. Calls with neither WithAttempt nor a span
-// context in their context, such as health checks sharing the connection,
-// get no span and no injected headers.
-//
-// It returns nil for a disabled Provider: check Enabled before installing.
-func (p *Provider) ClientHandler() stats.Handler {
-	if !p.Enabled() {
-		return nil
-	}
-	return p.client
-}
 
 // Shutdown stops accepting spans, exports those still queued and closes the
 // collector connection. If ctx ends first, the remaining exports are

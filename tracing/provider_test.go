@@ -9,7 +9,6 @@ import (
 
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
-	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 	"google.golang.org/grpc/codes"
 
 	"github.com/meshd/meshd/internal/otlptest"
@@ -37,8 +36,6 @@ func setEnv(t *testing.T, kv ...string) {
 	}
 }
 
-const sampledParent = "00-" + callerTrace + "-" + callerSpan + "-01"
-
 // oneSpan makes one SERVER span through the frame API and returns its span
 // context.
 func oneSpan(p *tracing.Provider, parent string) trace.SpanContext {
@@ -49,15 +46,6 @@ func oneSpan(p *tracing.Provider, parent string) trace.SpanContext {
 	_, span := p.StartServer(context.Background(), "/pkg.Svc/Do", hdr, "127.0.0.1:1")
 	tracing.EndSpan(span, codes.OK, "")
 	return span.SpanContext()
-}
-
-func shutdown(t *testing.T, p *tracing.Provider) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
-	defer cancel()
-	if err := p.Shutdown(ctx); err != nil {
-		t.Fatalf("Shutdown: %v", err)
-	}
 }
 
 func TestResourceFromEnv(t *testing.T) {
@@ -224,9 +212,6 @@ func checkDisabled(t *testing.T, p *tracing.Provider) {
 	if p.Enabled() {
 		t.Fatal("Enabled() = true")
 	}
-	if p.ServerHandler() != nil || p.ClientHandler() != nil {
-		t.Error("disabled provider returned non-nil handlers")
-	}
 	if err := p.Shutdown(context.Background()); err != nil {
 		t.Errorf("Shutdown: %v", err)
 	}
@@ -325,72 +310,6 @@ func TestQueueFull(t *testing.T) {
 	}
 }
 
-// TestFrameAPI drives the header-carrier layer the way the frame engine
-// will: extract from request headers, inject into the upstream request.
-func TestFrameAPI(t *testing.T) {
-	t.Parallel()
-	recv := otlptest.Start(t)
-	p := newProvider(t, recv.Addr, tracing.WithSampleRatio(0)) // parent-based: the caller decides
-
-	in := propagation.MapCarrier{
-		"traceparent": sampledParent,
-		"tracestate":  "vendor=abc",
-		"baggage":     "tenant=acme",
-	}
-	ctx, server := p.StartServer(context.Background(), "/pkg.v1.Svc/Do", in, "[2001:db8::1]:4567")
-	tracing.SetRoute(ctx, "r1", "c1")
-	out := propagation.MapCarrier{"traceparent": "stale"}
-	_, client := p.StartClient(ctx, "/pkg.v1.Svc/Do", "10.9.9.9:7000", 2, out)
-	tracing.EndSpan(client, codes.Unavailable, "upstream went away")
-	tracing.EndSpan(server, codes.NotFound, "no such thing")
-
-	want := "00-" + callerTrace + "-" + client.SpanContext().SpanID().String() + "-01"
-	if out["traceparent"] != want {
-		t.Errorf("injected traceparent %q, want %q", out["traceparent"], want)
-	}
-	if out["tracestate"] != "vendor=abc" || out["baggage"] != "tenant=acme" {
-		t.Errorf("injected tracestate %q baggage %q, want the caller's", out["tracestate"], out["baggage"])
-	}
-
-	shutdown(t, p)
-	spans := recv.Spans()
-	srv, cli := byKind(spans, tracepb.Span_SPAN_KIND_SERVER), byKind(spans, tracepb.Span_SPAN_KIND_CLIENT)
-	if len(srv) != 1 || len(cli) != 1 {
-		t.Fatalf("got %d SERVER and %d CLIENT spans, want 1 each", len(srv), len(cli))
-	}
-	if parentID(srv[0]) != callerSpan || parentID(cli[0]) != spanID(srv[0]) {
-		t.Errorf("parents: SERVER %s (want %s), CLIENT %s (want %s)", parentID(srv[0]), callerSpan, parentID(cli[0]), spanID(srv[0]))
-	}
-	for _, s := range spans {
-		if s.GetName() != "pkg.v1.Svc/Do" {
-			t.Errorf("span name %q", s.GetName())
-		}
-		wantAttrs(t, s, map[string]any{"rpc.system": "grpc", "rpc.service": "pkg.v1.Svc", "rpc.method": "Do"})
-	}
-	wantAttrs(t, srv[0], map[string]any{
-		"network.peer.address": "2001:db8::1",
-		"network.peer.port":    4567,
-		"meshd.route":          "r1",
-		"meshd.cluster":        "c1",
-		"rpc.grpc.status_code": int(codes.NotFound),
-	})
-	wantAttrs(t, cli[0], map[string]any{
-		"server.address":       "10.9.9.9",
-		"server.port":          7000,
-		"network.peer.address": "10.9.9.9",
-		"network.peer.port":    7000,
-		"meshd.endpoint":       "10.9.9.9:7000",
-		"meshd.attempt":        2,
-		"rpc.grpc.status_code": int(codes.Unavailable),
-	})
-	if st := cli[0].GetStatus(); st.GetCode() != tracepb.Status_STATUS_CODE_ERROR || st.GetMessage() != "upstream went away" {
-		t.Errorf("CLIENT status %v, want Error with the message", st)
-	}
-	if st := srv[0].GetStatus(); st.GetCode() == tracepb.Status_STATUS_CODE_ERROR {
-		t.Errorf("SERVER status %v: NotFound is an answer, not a server fault", st)
-	}
-}
-
 func TestSetRouteAllocs(t *testing.T) { // not parallel: AllocsPerRun forbids it
 	recv := otlptest.Start(t)
 	p := newProvider(t, recv.Addr, tracing.WithSampleRatio(0))
@@ -403,26 +322,5 @@ func TestSetRouteAllocs(t *testing.T) { // not parallel: AllocsPerRun forbids it
 		if a := testing.AllocsPerRun(100, func() { tracing.SetRoute(c, "r", "c") }); a != 0 {
 			t.Errorf("SetRoute with %s: %v allocs, want 0", name, a)
 		}
-	}
-}
-
-func TestWithAttemptContext(t *testing.T) {
-	t.Parallel()
-	type key struct{}
-	parent, cancel := context.WithCancel(context.WithValue(context.Background(), key{}, "v"))
-	ctx := tracing.WithAttempt(parent, "10.0.0.1:80", 3)
-	if ctx.Value(key{}) != "v" {
-		t.Error("WithAttempt hides the parent's values")
-	}
-	child, cancelChild := context.WithTimeout(ctx, time.Minute)
-	defer cancelChild()
-	cancel()
-	select {
-	case <-child.Done():
-	case <-time.After(waitTimeout):
-		t.Fatal("cancelling the parent did not reach a context derived from WithAttempt's")
-	}
-	if ctx.Err() == nil {
-		t.Error("WithAttempt's context not cancelled with its parent")
 	}
 }

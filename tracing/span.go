@@ -37,49 +37,13 @@ func SetRoute(ctx context.Context, route, cluster string) {
 	span.SetAttributes(RouteKey.String(route), ClusterKey.String(cluster))
 }
 
-// WithAttempt returns a context that tells ClientHandler which endpoint an
-// upstream attempt goes to and its 1-based number, for the attempt's CLIENT
-// span. The proxy wraps the outgoing context with it before opening the
-// stream on that endpoint's connection. It costs one small allocation; a
-// caller whose Provider is disabled may skip it.
-func WithAttempt(ctx context.Context, endpoint string, attempt int) context.Context {
-	return &attemptCtx{Context: ctx, endpoint: endpoint, attempt: attempt}
-}
-
-// attemptCtx carries WithAttempt's values. It is its own context type, not
-// context.WithValue, so that it takes one allocation instead of two (the
-// value would be boxed separately). Done and Value delegate to the parent,
-// which is what the context package checks to avoid extra goroutines in
-// WithCancel.
-type attemptCtx struct {
-	context.Context
-	endpoint string
-	attempt  int
-}
-
-type attemptCtxKey struct{}
-
-func (c *attemptCtx) Value(key any) any {
-	if _, ok := key.(attemptCtxKey); ok {
-		return c
-	}
-	return c.Context.Value(key)
-}
-
-func attemptFromContext(ctx context.Context) (endpoint string, attempt int, ok bool) {
-	a, ok := ctx.Value(attemptCtxKey{}).(*attemptCtx)
-	if !ok {
-		return "", 0, false
-	}
-	return a.endpoint, a.attempt, true
-}
-
-// StartServer starts the SERVER span for an inbound call handled without
-// grpc-go streams (meshd's frame engine): method is the :path
-// ("/pkg.Svc/Method"), hdr the request's header fields, from which the W3C
-// trace context and baggage are extracted, and peer the caller's "ip:port".
-// The returned context carries the span and the baggage, for StartClient.
-// End the span with EndSpan.
+// StartServer starts the SERVER span of an inbound call, when the call is
+// accepted: method is the :path ("/pkg.Svc/Method"), hdr the request's
+// header fields, from which the caller's W3C trace context and baggage are
+// extracted (nil: none), and peer the caller's "ip:port" ("" leaves the
+// peer attributes out). The span continues the caller's trace, or starts
+// one. The returned context carries the span and the baggage, for SetRoute
+// and StartClient. End the span with EndSpan.
 //
 // For a disabled Provider it returns ctx and a non-recording span, without
 // allocating.
@@ -87,19 +51,36 @@ func (p *Provider) StartServer(ctx context.Context, method string, hdr propagati
 	if !p.Enabled() {
 		return ctx, trace.SpanFromContext(context.Background())
 	}
-	ctx, span := p.startServer(ctx, method, hdr)
-	if span.IsRecording() && peer != "" {
-		host, port := splitHostPort(peer)
-		span.SetAttributes(peerAttrs(host, port)...)
+	if hdr != nil {
+		ctx = p.prop.Extract(ctx, hdr)
+	}
+	name, svc, rpcMethod := splitMethod(method)
+	// Attributes are set after the sampling decision rather than passed to
+	// Start: meshd's samplers ignore them, and unsampled calls then build
+	// none.
+	ctx, span := p.tracer.Start(ctx, name, trace.WithSpanKind(trace.SpanKindServer))
+	if span.IsRecording() {
+		attrs := rpcAttrs(svc, rpcMethod)
+		if peer != "" {
+			attrs = append(attrs, peerAttrs(splitHostPort(peer))...)
+		}
+		span.SetAttributes(attrs...)
 	}
 	return ctx, span
 }
 
-// StartClient starts the CLIENT span for one upstream attempt, a child of the
-// span in ctx, and writes traceparent, tracestate and baggage into out
-// (the attempt's request header fields; nil skips that). method is the
-// :path, endpoint the upstream "host:port" and attempt its 1-based number.
-// End the span with EndSpan.
+// StartClient starts the CLIENT span of one upstream attempt, a child of the
+// span in ctx (StartServer's context), and writes traceparent, tracestate
+// and baggage into out, the attempt's extra request header fields (nil skips
+// that). The injected traceparent names this span, so the backend's spans
+// hang under the attempt that reached it; out must let these replace
+// whatever the caller sent under the same names. method is the :path,
+// endpoint the upstream "host:port" and attempt its 1-based number: a retry
+// or a reroute is a new StartClient, with the next number, after EndSpan of
+// the previous attempt. End the span with EndSpan.
+//
+// Unsampled calls still get a span context and an injected traceparent
+// (flagged not sampled), so the trace stays connected past meshd.
 //
 // For a disabled Provider it returns ctx and a non-recording span and writes
 // nothing, without allocating.
@@ -107,7 +88,20 @@ func (p *Provider) StartClient(ctx context.Context, method, endpoint string, att
 	if !p.Enabled() {
 		return ctx, trace.SpanFromContext(context.Background())
 	}
-	return p.startClient(ctx, method, endpoint, attempt, true, out)
+	name, svc, rpcMethod := splitMethod(method)
+	ctx, span := p.tracer.Start(ctx, name, trace.WithSpanKind(trace.SpanKindClient))
+	if span.IsRecording() {
+		host, port := splitHostPort(endpoint)
+		attrs := rpcAttrs(svc, rpcMethod)
+		attrs = append(attrs, serverAttrs(host, port)...)
+		attrs = append(attrs, peerAttrs(host, port)...)
+		attrs = append(attrs, EndpointKey.String(endpoint), AttemptKey.Int(attempt))
+		span.SetAttributes(attrs...)
+	}
+	if out != nil {
+		p.prop.Inject(ctx, out)
+	}
+	return ctx, span
 }
 
 // EndSpan records a call's gRPC status on span and ends it. The status code
@@ -140,45 +134,6 @@ func isError(span trace.Span, code codes.Code) bool {
 		return false
 	}
 	return true
-}
-
-// startServer extracts the caller's context from hdr and starts the SERVER
-// span with the RPC attributes. Peer attributes are the caller's business.
-func (p *Provider) startServer(ctx context.Context, fullMethod string, hdr propagation.TextMapCarrier) (context.Context, trace.Span) {
-	if hdr != nil {
-		ctx = p.prop.Extract(ctx, hdr)
-	}
-	name, svc, method := splitMethod(fullMethod)
-	// Attributes are set after the sampling decision rather than passed to
-	// Start: meshd's samplers ignore them, and unsampled calls then build
-	// none.
-	ctx, span := p.tracer.Start(ctx, name, trace.WithSpanKind(trace.SpanKindServer))
-	if span.IsRecording() {
-		span.SetAttributes(rpcAttrs(svc, method)...)
-	}
-	return ctx, span
-}
-
-// startClient starts the CLIENT span and injects its context into out.
-// haveEndpoint is false when the grpc-go handler got no WithAttempt; it then
-// fills the address attributes in from the stream's headers.
-func (p *Provider) startClient(ctx context.Context, fullMethod, endpoint string, attempt int, haveEndpoint bool, out propagation.TextMapCarrier) (context.Context, trace.Span) {
-	name, svc, method := splitMethod(fullMethod)
-	ctx, span := p.tracer.Start(ctx, name, trace.WithSpanKind(trace.SpanKindClient))
-	if span.IsRecording() {
-		attrs := rpcAttrs(svc, method)
-		if haveEndpoint {
-			host, port := splitHostPort(endpoint)
-			attrs = append(attrs, serverAttrs(host, port)...)
-			attrs = append(attrs, peerAttrs(host, port)...)
-			attrs = append(attrs, EndpointKey.String(endpoint), AttemptKey.Int(attempt))
-		}
-		span.SetAttributes(attrs...)
-	}
-	if out != nil {
-		p.prop.Inject(ctx, out)
-	}
-	return ctx, span
 }
 
 // splitMethod splits "/pkg.Svc/Method" into the span name "pkg.Svc/Method"

@@ -82,8 +82,8 @@ func (t *telemetry) serverOptions(base ...server.Option) []server.Option {
 	if t.pprof {
 		opts = append(opts, server.WithAdminOptions(admin.WithPprof()))
 	}
-	// A disabled provider's handlers are nil: install nothing, so tracing
-	// off costs nothing on the data path.
+	// A disabled provider is not installed at all, so tracing off costs
+	// nothing on the data path.
 	if t.tracing.Enabled() {
 		opts = append(opts, server.WithTracing(t.tracing))
 	}
