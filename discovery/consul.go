@@ -187,106 +187,166 @@ func (c *Consul) Status() WatchStatus {
 // (WithEmptyHold). The loop logs when queries start failing and when they
 // recover, not on every retry.
 func (c *Consul) Watch(ctx context.Context, update func([]Endpoint)) error {
-	var (
-		index    uint64 // WaitIndex of the next query; 0 = answer at once
-		last     []Endpoint
-		sent     bool
-		failing  bool
-		failures uint64
-		filtered bool
-		// suspect: Consul was unreachable or its index went backwards
-		// since the last non-empty snapshot, so an empty answer may be a
-		// restarted agent that has not re-registered its services yet.
-		suspect   bool
-		holdUntil time.Time // while non-zero, an empty answer is held back
-	)
+	w := &watchLoop{c: c, update: update}
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		wait := c.opts.waitTime
-		if !holdUntil.IsZero() {
-			// Ask again when the hold ends, even if nothing changes.
-			wait = max(min(wait, time.Until(holdUntil)), time.Millisecond)
-		}
-		entries, meta, err := c.query(ctx, index, wait)
+		entries, meta, err := c.query(ctx, w.index, w.waitTime())
 		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			failures++
-			// As consul's api/watch does: after an error, start over with a
-			// non-blocking query. A restarted Consul may have lower indexes,
-			// and waiting on the old one would hide changes until WaitTime.
-			index = 0
-			suspect = true
-			c.setFailure(err, failures)
-			delay := c.backoff(failures)
-			// Log the transition only: retries can go on for hours, and
-			// Status carries the current error.
-			if !failing {
-				failing = true
-				c.log.Warn("consul query failing; keeping the last snapshot",
-					"error", err, "endpoints", len(last), "retry_in", delay)
-			}
-			if err := sleepCtx(ctx, delay); err != nil {
+			if err := w.failed(ctx, err); err != nil {
 				return err
 			}
 			continue
 		}
-		if failing {
-			failing = false
-			c.log.Info("consul query recovered", "failures", failures)
-		}
-		failures = 0
-		if meta.ResultsFilteredByACLs != filtered {
-			filtered = meta.ResultsFilteredByACLs
-			if filtered {
-				c.log.Warn("consul hid some instances from this token (ACLs); check its service:read and node:read rules")
-			} else {
-				c.log.Info("consul no longer hides instances from this token")
-			}
-		}
-		if index > 0 && meta.LastIndex < index {
-			suspect = true
-		}
-		index = nextIndex(index, meta.LastIndex)
+		w.answered(entries, meta)
+	}
+}
 
-		snap := consulEndpoints(entries)
-		if hold := c.opts.emptyHold; len(snap) == 0 && len(last) > 0 && suspect && hold > 0 {
-			now := time.Now()
-			if holdUntil.IsZero() {
-				holdUntil = now.Add(hold)
-				c.log.Warn("consul answered no instances right after an outage or index reset; keeping the last snapshot meanwhile (a restarted agent may not have re-registered them yet)",
-					"endpoints", len(last), "hold", hold)
-			}
-			if now.Before(holdUntil) {
-				c.setSuccess(meta.LastIndex, true)
-				continue
-			}
-			c.log.Warn("consul still answers no instances; the hold is over, applying it", "hold", hold)
-		}
-		if !holdUntil.IsZero() {
-			// The hold ends here: instances are back, or it ran out.
-			if len(snap) > 0 {
-				c.log.Info("consul answers instances again; hold ended", "endpoints", len(snap))
-			}
-			holdUntil = time.Time{}
-		}
+// watchLoop is the state of one Watch call. It belongs to the goroutine
+// running that call, so it needs no lock; what other goroutines may see is
+// copied into c.status (under c.mu) by setFailure and setSuccess.
+type watchLoop struct {
+	c      *Consul
+	update func([]Endpoint)
+
+	index    uint64 // WaitIndex of the next query; 0 = answer at once
+	last     []Endpoint
+	sent     bool
+	failing  bool
+	failures uint64
+	filtered bool
+	// suspect: Consul was unreachable or its index went backwards since
+	// the last non-empty snapshot, so an empty answer may be a restarted
+	// agent that has not re-registered its services yet.
+	suspect   bool
+	holdUntil time.Time // while non-zero, an empty answer is held back
+}
+
+// waitTime is the WaitTime of the next query. While an empty answer is
+// held back, the query must return when the hold ends even if nothing
+// changes, or the hold would last a whole WaitTime.
+func (w *watchLoop) waitTime() time.Duration {
+	wait := w.c.opts.waitTime
+	if !w.holdUntil.IsZero() {
+		wait = max(min(wait, time.Until(w.holdUntil)), time.Millisecond)
+	}
+	return wait
+}
+
+// failed handles a failed query: it records the failure, logs the first one
+// of a run and sleeps the backoff. It returns non-nil only when ctx is done,
+// which ends Watch; the last snapshot stays in force meanwhile.
+func (w *watchLoop) failed(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	w.failures++
+	// As consul's api/watch does: after an error, start over with a
+	// non-blocking query. A restarted Consul may have lower indexes, and
+	// waiting on the old one would hide changes until WaitTime.
+	w.index = 0
+	w.suspect = true
+	w.c.setFailure(err, w.failures)
+	delay := w.c.backoff(w.failures)
+	// Log the transition only: retries can go on for hours, and Status
+	// carries the current error.
+	if !w.failing {
+		w.failing = true
+		w.c.log.Warn("consul query failing; keeping the last snapshot",
+			"error", err, "endpoints", len(w.last), "retry_in", delay)
+	}
+	return sleepCtx(ctx, delay)
+}
+
+// answered handles a successful query: it advances the index, then either
+// holds an empty answer back or delivers the snapshot if it changed.
+func (w *watchLoop) answered(entries []*api.ServiceEntry, meta *api.QueryMeta) {
+	if w.failing {
+		w.failing = false
+		w.c.log.Info("consul query recovered", "failures", w.failures)
+	}
+	w.failures = 0
+	w.noteACLFiltering(meta.ResultsFilteredByACLs)
+	if w.index > 0 && meta.LastIndex < w.index {
+		w.suspect = true
+	}
+	w.index = nextIndex(w.index, meta.LastIndex)
+
+	snap := consulEndpoints(entries)
+	if w.holdEmpty(snap) {
+		w.c.setSuccess(meta.LastIndex, true)
+		return
+	}
+	w.endHold(snap)
+	w.deliver(snap)
+	// Record success only after the snapshot is delivered, so that a
+	// reader seeing Synced (or a new Index) knows the consumer has it.
+	w.c.setSuccess(meta.LastIndex, false)
+}
+
+// noteACLFiltering logs when Consul starts or stops hiding instances from
+// this token: a partial answer looks like a healthy one otherwise, and the
+// operator has to fix the token's rules. Only changes are logged.
+func (w *watchLoop) noteACLFiltering(filtered bool) {
+	if filtered == w.filtered {
+		return
+	}
+	w.filtered = filtered
+	if filtered {
+		w.c.log.Warn("consul hid some instances from this token (ACLs); check its service:read and node:read rules")
+	} else {
+		w.c.log.Info("consul no longer hides instances from this token")
+	}
+}
+
+// holdEmpty reports whether snap is to be held back: it is empty, the last
+// snapshot was not, and it came right after an outage or an index reset
+// (see [WithEmptyHold]). The first such answer starts the hold; once the
+// hold has run out the empty answer is applied after all.
+func (w *watchLoop) holdEmpty(snap []Endpoint) bool {
+	hold := w.c.opts.emptyHold
+	if len(snap) > 0 || len(w.last) == 0 || !w.suspect || hold <= 0 {
+		return false
+	}
+	now := time.Now()
+	if w.holdUntil.IsZero() {
+		w.holdUntil = now.Add(hold)
+		w.c.log.Warn("consul answered no instances right after an outage or index reset; keeping the last snapshot meanwhile (a restarted agent may not have re-registered them yet)",
+			"endpoints", len(w.last), "hold", hold)
+	}
+	if now.Before(w.holdUntil) {
+		return true
+	}
+	w.c.log.Warn("consul still answers no instances; the hold is over, applying it", "hold", hold)
+	return false
+}
+
+// endHold ends a hold because snap is applied (instances are back, or the
+// hold ran out), and clears the suspicion once Consul answers instances: a
+// later empty answer is then an ordinary one.
+func (w *watchLoop) endHold(snap []Endpoint) {
+	if !w.holdUntil.IsZero() {
 		if len(snap) > 0 {
-			suspect = false
+			w.c.log.Info("consul answers instances again; hold ended", "endpoints", len(snap))
 		}
-		// The index also moves for changes meshd does not use (check
-		// output, instances filtered out by tag or health, a re-registration
-		// with the same data), so compare payloads, as Traefik's
-		// configuration watcher does.
-		if !sent || !equalEndpoints(last, snap) {
-			update(cloneEndpoints(snap))
-			last, sent = snap, true
-		}
-		// Record success only after the snapshot is delivered, so that a
-		// reader seeing Synced (or a new Index) knows the consumer has it.
-		c.setSuccess(meta.LastIndex, false)
+		w.holdUntil = time.Time{}
+	}
+	if len(snap) > 0 {
+		w.suspect = false
+	}
+}
+
+// deliver hands snap to the update callback unless it equals the last one.
+// The first answer is always delivered, even empty: "no instances" is an
+// answer, and the consumer waits for one. The index also moves for changes
+// meshd does not use (check output, instances filtered out by tag or
+// health, a re-registration with the same data), so payloads are compared,
+// as Traefik's configuration watcher does.
+func (w *watchLoop) deliver(snap []Endpoint) {
+	if !w.sent || !equalEndpoints(w.last, snap) {
+		w.update(cloneEndpoints(snap))
+		w.last, w.sent = snap, true
 	}
 }
 

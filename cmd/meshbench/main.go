@@ -204,7 +204,11 @@ func (h *harness) failed(t string, n int64, err error) {
 
 func (h *harness) progress(format string, a ...any) { fmt.Fprintf(h.log, format+"\n", a...) }
 
-func (h *harness) run(ctx context.Context, names []string, meshdBin, nginxBin string, install bool, pprofPrefix, jsonOut string, stdout io.Writer) (err error) {
+// run starts the backend and every target, measures them, prints the report
+// (and writes it as JSON if asked) and checks that the run is valid. Every
+// process it starts is stopped by a defer here before it returns, also on
+// error or interruption.
+func (h *harness) run(ctx context.Context, names []string, meshdBin, nginxBin string, install bool, pprofPrefix, jsonOut string, stdout io.Writer) error {
 	started := time.Now()
 	loadStart := loadAvg()
 	dir, err := os.MkdirTemp("", "meshbench")
@@ -212,13 +216,9 @@ func (h *harness) run(ctx context.Context, names []string, meshdBin, nginxBin st
 		return fmt.Errorf("meshbench: %w", err)
 	}
 	defer os.RemoveAll(dir)
-
 	if slices.Contains(names, nginx) && install {
-		if _, err := os.Stat(nginxBin); err != nil {
-			h.progress("installing nginx-light (apt-get install -y nginx-light)")
-			if err := installNginx(ctx); err != nil {
-				return err
-			}
+		if err := h.ensureNginx(ctx, nginxBin); err != nil {
+			return err
 		}
 	}
 
@@ -233,62 +233,113 @@ func (h *harness) run(ctx context.Context, names []string, meshdBin, nginxBin st
 	h.progress("backend (pid %d) at %s", backendProc.pid(), backendAddr)
 
 	var all []*target
-	defer func() {
-		for _, t := range slices.Backward(all) {
-			if t.cl != nil {
-				t.cl.Close()
-			}
-			switch {
-			case t.proc == nil:
-			case t.withWorkers:
-				stopNginx(t.proc)
-			default:
-				t.proc.stop(syscall.SIGTERM, 5*time.Second)
-			}
-		}
-	}()
+	defer func() { stopTargets(all) }() // all as it is on return
 	for _, n := range names {
 		t := &target{name: n}
 		all = append(all, t)
-		switch {
-		case n == direct:
-			t.addr, t.version = backendAddr, "grpc-go "+backendVersion()
-		case n == "meshd":
-			t.proc, t.addr, t.admin, err = startMeshd(ctx, meshdBin, dir, backendAddr)
-			t.version = meshdVersion(meshdBin)
-		case n == nginx:
-			t.proc, t.addr, t.version, err = startNginx(ctx, nginxBin, dir, backendAddr, h.p.NginxWorkers)
-			t.withWorkers = true
-		default:
-			return fmt.Errorf("meshbench: unknown target %q (want direct, meshd or nginx)", n)
-		}
-		if errors.Is(err, errUnavailable) {
-			t.unavailable, err = err.Error(), nil
-			h.progress("%s: UNAVAILABLE: %s", n, t.unavailable)
-			continue
-		}
-		if err != nil {
+		if err := h.startTarget(ctx, t, dir, backendAddr, meshdBin, nginxBin); err != nil {
 			return err
 		}
-		if t.cl, err = dialClient(t.addr, h.p.Conns); err != nil {
-			return err
-		}
-		if err := probe(ctx, t.cl, h.unary, 20*time.Second); err != nil {
-			return fmt.Errorf("meshbench: %s at %s does not answer: %w%s", n, t.addr, err, procLog(t))
-		}
-		pid := "-"
-		if t.proc != nil {
-			pid = fmt.Sprint(t.pids())
-		}
-		h.progress("%s: %s at %s, pids %s", n, t.version, t.addr, pid)
 	}
+	avail := available(all)
+	if err := h.measure(ctx, avail, pprofPrefix); err != nil {
+		return err
+	}
+
+	rep := h.conclude(all, avail, started, loadStart)
+	h.printReport(stdout, rep)
+	if jsonOut != "" {
+		if err := h.writeJSONReport(jsonOut, rep); err != nil {
+			return err
+		}
+	}
+	return h.verify(avail)
+}
+
+// ensureNginx installs nginx-light if nginxBin does not exist (-install-nginx).
+func (h *harness) ensureNginx(ctx context.Context, nginxBin string) error {
+	if _, err := os.Stat(nginxBin); err == nil {
+		return nil
+	}
+	h.progress("installing nginx-light (apt-get install -y nginx-light)")
+	return installNginx(ctx)
+}
+
+// startTarget starts t's proxy (none for direct) in front of the backend at
+// backendAddr, dials it and waits until a call gets through, so that no
+// phase measures a target still starting. A proxy that cannot run here
+// (errUnavailable) marks t unavailable and is not an error: the report says
+// why and the other targets are still measured.
+func (h *harness) startTarget(ctx context.Context, t *target, dir, backendAddr, meshdBin, nginxBin string) error {
+	var err error
+	switch {
+	case t.name == direct:
+		t.addr, t.version = backendAddr, "grpc-go "+backendVersion()
+	case t.name == "meshd":
+		t.proc, t.addr, t.admin, err = startMeshd(ctx, meshdBin, dir, backendAddr)
+		t.version = meshdVersion(meshdBin)
+	case t.name == nginx:
+		t.proc, t.addr, t.version, err = startNginx(ctx, nginxBin, dir, backendAddr, h.p.NginxWorkers)
+		t.withWorkers = true
+	default:
+		return fmt.Errorf("meshbench: unknown target %q (want direct, meshd or nginx)", t.name)
+	}
+	if errors.Is(err, errUnavailable) {
+		t.unavailable = err.Error()
+		h.progress("%s: UNAVAILABLE: %s", t.name, t.unavailable)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if t.cl, err = dialClient(t.addr, h.p.Conns); err != nil {
+		return err
+	}
+	if err := probe(ctx, t.cl, h.unary, 20*time.Second); err != nil {
+		return fmt.Errorf("meshbench: %s at %s does not answer: %w%s", t.name, t.addr, err, procLog(t))
+	}
+	pid := "-"
+	if t.proc != nil {
+		pid = fmt.Sprint(t.pids())
+	}
+	h.progress("%s: %s at %s, pids %s", t.name, t.version, t.addr, pid)
+	return nil
+}
+
+// stopTargets closes the clients and stops the processes of targets, last
+// started first. nginx is stopped through stopNginx because its workers do
+// not die with their master.
+func stopTargets(targets []*target) {
+	for _, t := range slices.Backward(targets) {
+		if t.cl != nil {
+			t.cl.Close()
+		}
+		switch {
+		case t.proc == nil:
+		case t.withWorkers:
+			stopNginx(t.proc)
+		default:
+			t.proc.stop(syscall.SIGTERM, 5*time.Second)
+		}
+	}
+}
+
+// available is the targets that are not unavailable, in order.
+func available(all []*target) []*target {
 	var avail []*target
 	for _, t := range all {
 		if t.unavailable == "" {
 			avail = append(avail, t)
 		}
 	}
+	return avail
+}
 
+// measure runs every phase: the rounds against every available target, the
+// idle-stream rounds against the proxies, and the CPU profiles if asked.
+// Each round takes the targets in a rotated order, so slow drift on the
+// machine spreads over all targets instead of biasing one (see doc.go).
+func (h *harness) measure(ctx context.Context, avail []*target, pprofPrefix string) error {
 	for r := range h.p.Rounds {
 		for i := range avail {
 			t := avail[(i+r)%len(avail)] // rotate the order each round
@@ -320,22 +371,38 @@ func (h *harness) run(ctx context.Context, names []string, meshdBin, nginxBin st
 			}
 		}
 	}
-	if ctx.Err() != nil {
-		return ctx.Err()
-	}
+	return ctx.Err()
+}
 
-	var availNames []string
+// runReport is what the report of a finished run is made from.
+type runReport struct {
+	all        []*target // also the unavailable ones: the report says why
+	availNames []string  // the measured targets
+	checks     []check
+	started    time.Time
+	loadStart  string // load average at start and end: a busy machine
+	loadEnd    string // explains noisy figures
+}
+
+// conclude derives the figures that compare targets and evaluates the checks.
+func (h *harness) conclude(all, avail []*target, started time.Time, loadStart string) runReport {
+	rep := runReport{all: all, started: started, loadStart: loadStart}
 	for _, t := range avail {
-		availNames = append(availNames, t.name)
+		rep.availNames = append(rep.availNames, t.name)
 	}
-	h.res.deriveAddedP99(availNames)
-	cks := checks(h.res, h.p, availNames, slices.Contains(availNames, nginx))
-	loadEnd := loadAvg()
+	h.res.deriveAddedP99(rep.availNames)
+	rep.checks = checks(h.res, h.p, rep.availNames, slices.Contains(rep.availNames, nginx))
+	rep.loadEnd = loadAvg()
+	return rep
+}
 
+// printReport writes the human report to stdout: the conditions of the run,
+// each target's version or why it was not measured, and the table.
+func (h *harness) printReport(stdout io.Writer, rep runReport) {
 	fmt.Fprintf(stdout, "meshbench -mode %s: %d round(s), interleaved; %d CPUs, load average %s at start, %s at end\n",
-		h.p.Mode, h.p.Rounds, runtime.NumCPU(), loadStart, loadEnd)
+		h.p.Mode, h.p.Rounds, runtime.NumCPU(), rep.loadStart, rep.loadEnd)
 	fmt.Fprintf(stdout, "client, backend and proxy share this machine: compare ratios from one run, not absolute figures.\n")
-	for _, t := range all {
+	for _, t := range rep.all {
 		state := t.version
 		if t.unavailable != "" {
 			state = "UNAVAILABLE: " + t.unavailable
@@ -344,35 +411,33 @@ func (h *harness) run(ctx context.Context, names []string, meshdBin, nginxBin st
 		}
 		fmt.Fprintf(stdout, "  %-12s %s\n", t.name, state)
 	}
-	printTable(stdout, h.res, h.p, availNames, cks)
-	fmt.Fprintf(stdout, "\ntook %.0fs\n", time.Since(started).Seconds())
+	printTable(stdout, h.res, h.p, rep.availNames, rep.checks)
+	fmt.Fprintf(stdout, "\ntook %.0fs\n", time.Since(rep.started).Seconds())
+}
 
-	if jsonOut != "" {
-		rep := jsonReport{
-			Mode: h.p.Mode, Plan: h.p, Started: started.UTC().Format(time.RFC3339), Seconds: time.Since(started).Seconds(),
-			CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), LoadAvgStart: loadStart, LoadAvgEnd: loadEnd, Checks: cks,
-		}
-		rep.Metrics, rep.VsDirect, rep.VsNginx = buildJSON(h.res, h.p, availNames)
-		for _, t := range all {
-			jt := jsonTarget{Name: t.name, Available: t.unavailable == "", Reason: t.unavailable, Version: t.version, Errors: h.errs[t.name]}
-			if e := h.firstErr[t.name]; e != nil {
-				jt.FirstErr = e.Error()
-			}
-			rep.Targets = append(rep.Targets, jt)
-		}
-		f, err := os.Create(jsonOut)
-		if err != nil {
-			return fmt.Errorf("meshbench: %w", err)
-		}
-		err = writeJSON(f, rep)
-		if cerr := f.Close(); err == nil && cerr != nil {
-			err = fmt.Errorf("meshbench: %w", cerr)
-		}
-		if err != nil {
-			return err
-		}
+// writeJSONReport writes every value of the run as JSON to path (-json).
+func (h *harness) writeJSONReport(path string, rep runReport) error {
+	jr := jsonReport{
+		Mode: h.p.Mode, Plan: h.p, Started: rep.started.UTC().Format(time.RFC3339), Seconds: time.Since(rep.started).Seconds(),
+		CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), LoadAvgStart: rep.loadStart, LoadAvgEnd: rep.loadEnd, Checks: rep.checks,
 	}
-	return h.verify(avail)
+	jr.Metrics, jr.VsDirect, jr.VsNginx = buildJSON(h.res, h.p, rep.availNames)
+	for _, t := range rep.all {
+		jt := jsonTarget{Name: t.name, Available: t.unavailable == "", Reason: t.unavailable, Version: t.version, Errors: h.errs[t.name]}
+		if e := h.firstErr[t.name]; e != nil {
+			jt.FirstErr = e.Error()
+		}
+		jr.Targets = append(jr.Targets, jt)
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return fmt.Errorf("meshbench: %w", err)
+	}
+	err = writeJSON(f, jr)
+	if cerr := f.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("meshbench: %w", cerr)
+	}
+	return err
 }
 
 // verify fails the run if any call failed or a target measured nothing: the

@@ -40,7 +40,75 @@ func main() {
 	}
 }
 
+// run starts Consul, three backends, an OTLP receiver and meshd, sends
+// traffic through meshd while the backends change, prints what happened and
+// stops everything. Everything it starts is stopped by a defer here, in
+// reverse order of starting, so meshd drains before its backends and Consul
+// go away.
 func run() error {
+	opts := parseFlags()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	agent, err := startConsul()
+	if err != nil {
+		return err
+	}
+	defer agent.Close()
+	d := &demo{agent: agent}
+	defer d.stopBackends()
+	if err := d.startBackends(); err != nil {
+		return err
+	}
+	if d.recv, err = startReceiver(); err != nil {
+		return err
+	}
+	defer d.recv.Stop()
+
+	dir, err := os.MkdirTemp("", "meshdemo")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	d.listen, d.admin = freeAddr(), freeAddr()
+	m, err := d.startMeshd(opts.meshdBin, dir)
+	if err != nil {
+		return err
+	}
+	defer m.stop()
+	if err := waitReady(ctx, d.admin, m.done); err != nil {
+		return fmt.Errorf("%w\nmeshd output:\n%s", err, m.log.String())
+	}
+	fmt.Printf("    meshd ready: gRPC on %s, admin on http://%s (/ready /clusters /routes /config_dump)\n", d.listen, d.admin)
+
+	cc, err := grpc.NewClient(d.listen, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer cc.Close()
+	t, completed := d.sendTraffic(ctx, testpb.NewTestServiceClient(cc), opts.rate, opts.duration)
+	if !completed {
+		return nil // interrupted (Ctrl-C): no summary, just stop everything
+	}
+	d.printSummary(t)
+	if opts.keep {
+		d.keepRunning(ctx, m)
+	}
+	step("stopping meshd (SIGTERM: drain, exit 0), the backends and Consul")
+	return nil
+}
+
+// options are the demo's command-line settings.
+type options struct {
+	meshdBin string
+	duration time.Duration
+	rate     int
+	keep     bool
+}
+
+// parseFlags parses the command line. -consul is handed on through
+// MESHD_CONSUL_BIN, which is where consultest.Launch looks for the binary.
+func parseFlags() options {
 	meshdBin := flag.String("meshd", "bin/meshd", "the meshd binary")
 	consulBin := flag.String("consul", "", "the consul binary (default: scripts/install-consul.sh)")
 	duration := flag.Duration("duration", 12*time.Second, "how long to send traffic")
@@ -50,49 +118,69 @@ func run() error {
 	if *consulBin != "" {
 		os.Setenv("MESHD_CONSUL_BIN", *consulBin)
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+	return options{meshdBin: *meshdBin, duration: *duration, rate: *rate, keep: *keep}
+}
 
+// demo is what run has started and the steps that use it. run owns it and
+// uses it from its own goroutine only.
+type demo struct {
+	agent    *consultest.Agent
+	backends []*backend.Backend // users-a..c, and users-d once it joins
+	recv     *otlptest.Receiver
+	listen   string // meshd's gRPC listener
+	admin    string // meshd's admin server
+}
+
+// startConsul starts the Consul agent meshd discovers the backends from.
+func startConsul() (*consultest.Agent, error) {
 	step("starting a Consul agent (consul agent -dev on loopback)")
 	agent, err := consultest.Launch()
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer agent.Close()
 	fmt.Printf("    consul HTTP API at %s\n", agent.Addr)
+	return agent, nil
+}
 
+// startBackends starts users-a..c and registers them in Consul. What
+// started before an error is in d.backends already, for stopBackends.
+func (d *demo) startBackends() error {
 	step("starting 3 gRPC backends and registering them in Consul as service \"users\"")
-	var backends []*backend.Backend
-	defer func() {
-		for _, b := range backends {
-			b.Stop()
-		}
-	}()
 	for _, name := range []string{"users-a", "users-b", "users-c"} {
-		b, err := startBackend(agent.Client, name)
+		b, err := startBackend(d.agent.Client, name)
 		if err != nil {
 			return err
 		}
-		backends = append(backends, b)
+		d.backends = append(d.backends, b)
 		fmt.Printf("    %s at %s\n", name, b.Addr)
 	}
+	return nil
+}
 
+// stopBackends stops every backend started, including one that joined
+// during the traffic.
+func (d *demo) stopBackends() {
+	for _, b := range d.backends {
+		b.Stop()
+	}
+}
+
+// startReceiver starts the OTLP receiver meshd exports its spans to, so the
+// summary can show a trace.
+func startReceiver() (*otlptest.Receiver, error) {
 	step("starting an OTLP/gRPC trace receiver for meshd's spans")
 	recv, err := otlptest.Listen()
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer recv.Stop()
 	fmt.Printf("    OTLP receiver at %s\n", recv.Addr)
+	return recv, nil
+}
 
-	dir, err := os.MkdirTemp("", "meshdemo")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(dir)
-	listen, admin := freeAddr(), freeAddr()
-	cfgFile := filepath.Join(dir, "meshd.yaml")
-	cfg := fmt.Sprintf(`# written by meshdemo
+// meshdConfig is the config the demo runs meshd with: one route to the
+// Consul service "users", traced to the receiver at otlpAddr.
+func meshdConfig(admin, listen, consulAddr, otlpAddr string) string {
+	return fmt.Sprintf(`# written by meshdemo
 admin: {address: %s}
 listeners: [{name: main, address: %s}]
 routes:
@@ -107,110 +195,148 @@ clusters:
 consul: {address: %s}
 tracing: {otlp_endpoint: %s, sample_ratio: 1.0}
 drain_timeout: 5s
-`, admin, listen, agent.Addr, recv.Addr)
+`, admin, listen, consulAddr, otlpAddr)
+}
+
+// meshdProc is a running meshd. done receives what Wait returned, once; its
+// buffer of 1 lets a reader that is not stop put the result back.
+type meshdProc struct {
+	cmd  *exec.Cmd
+	log  bytes.Buffer // meshd's stdout and stderr, for an error message
+	done chan error
+}
+
+// startMeshd writes meshd's config into dir and starts meshd with it. The
+// caller owns the process and the goroutine that waits for it: it must call
+// stop, which ends both.
+func (d *demo) startMeshd(bin, dir string) (*meshdProc, error) {
+	cfgFile := filepath.Join(dir, "meshd.yaml")
+	cfg := meshdConfig(d.admin, d.listen, d.agent.Addr, d.recv.Addr)
 	if err := os.WriteFile(cfgFile, []byte(cfg), 0o644); err != nil {
-		return err
+		return nil, err
 	}
-	step("starting meshd: " + *meshdBin + " run -config " + cfgFile)
+	step("starting meshd: " + bin + " run -config " + cfgFile)
 	fmt.Print(indent(cfg))
-	var meshLog bytes.Buffer
-	meshd := exec.Command(*meshdBin, "run", "-config", cfgFile, "-log-level", "warn")
-	meshd.Stdout, meshd.Stderr = &meshLog, &meshLog
-	if err := meshd.Start(); err != nil {
-		return fmt.Errorf("start meshd: %w (run `make build` first)", err)
+	m := &meshdProc{cmd: exec.Command(bin, "run", "-config", cfgFile, "-log-level", "warn")}
+	m.cmd.Stdout, m.cmd.Stderr = &m.log, &m.log
+	if err := m.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start meshd: %w (run `make build` first)", err)
 	}
-	meshdDone := make(chan error, 1)
-	go func() { meshdDone <- meshd.Wait() }()
-	defer func() {
-		_ = meshd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-meshdDone:
-		case <-time.After(10 * time.Second):
-			_ = meshd.Process.Kill()
-			<-meshdDone
-		}
-	}()
-	if err := waitReady(ctx, admin, meshdDone); err != nil {
-		return fmt.Errorf("%w\nmeshd output:\n%s", err, meshLog.String())
-	}
-	fmt.Printf("    meshd ready: gRPC on %s, admin on http://%s (/ready /clusters /routes /config_dump)\n", listen, admin)
+	m.done = make(chan error, 1)
+	go func() { m.done <- m.cmd.Wait() }()
+	return m, nil
+}
 
-	cc, err := grpc.NewClient(listen, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return err
+// stop lets meshd drain and exit (SIGTERM), killing it if it takes more
+// than 10s. It returns once meshd has exited and been waited for.
+func (m *meshdProc) stop() {
+	_ = m.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-m.done:
+	case <-time.After(10 * time.Second):
+		_ = m.cmd.Process.Kill()
+		<-m.done
 	}
-	defer cc.Close()
-	client := testpb.NewTestServiceClient(cc)
+}
 
-	step(fmt.Sprintf("sending %d calls/s for %s through meshd, one client connection", *rate, *duration))
-	counts := map[string]int{}
-	failures := 0
-	tick := time.NewTicker(time.Second / time.Duration(*rate))
+// tally is what the traffic saw, for the summary.
+type tally struct {
+	counts   map[string]int // answered calls by backend (x-backend header)
+	failures int
+	total    int // calls planned
+}
+
+// sendTraffic makes rate calls/s for duration through meshd, one at a time,
+// printing each, and makes the backend changes of d.events on the way. It
+// reports false if ctx ended first.
+func (d *demo) sendTraffic(ctx context.Context, client testpb.TestServiceClient, rate int, duration time.Duration) (tally, bool) {
+	step(fmt.Sprintf("sending %d calls/s for %s through meshd, one client connection", rate, duration))
+	t := tally{counts: map[string]int{}}
+	tick := time.NewTicker(time.Second / time.Duration(rate))
 	defer tick.Stop()
 	start := time.Now()
-	total := int(duration.Seconds() * float64(*rate))
-	events := map[int]func(){
-		total / 4: func() {
-			note("users-b reports NOT_SERVING on grpc.health.v1: meshd ejects it at once")
-			backends[1].SetServing(false)
-		},
-		total / 2: func() {
-			note("users-b reports SERVING again: meshd re-admits it")
-			backends[1].SetServing(true)
-		},
-		3 * total / 4: func() {
-			b, err := startBackend(agent.Client, "users-d")
-			if err != nil {
-				note("could not start users-d: " + err.Error())
-				return
-			}
-			backends = append(backends, b)
-			note("users-d registered in Consul: meshd discovers it and sends it traffic")
-		},
-	}
-	for i := 0; i < total; i++ {
+	t.total = int(duration.Seconds() * float64(rate))
+	events := d.events(t.total)
+	for i := 0; i < t.total; i++ {
 		select {
 		case <-ctx.Done():
-			return nil
+			return t, false
 		case <-tick.C:
 		}
 		if ev, ok := events[i]; ok {
 			ev()
 		}
-		var hdr metadata.MD
-		callCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		t0 := time.Now()
-		_, err := client.UnaryCall(callCtx, &testpb.SimpleRequest{Payload: &testpb.Payload{Body: []byte("hello")}}, grpc.Header(&hdr))
-		cancel()
-		took := time.Since(t0)
-		who := "-"
-		if v := hdr.Get("x-backend"); len(v) > 0 {
-			who = v[0]
-		}
+		who, took, err := call(ctx, client)
 		if err != nil {
-			failures++
+			t.failures++
 			fmt.Printf("    call %3d  %6.2fs  FAILED %s\n", i+1, time.Since(start).Seconds(), status.Convert(err).Message())
 			continue
 		}
-		counts[who]++
+		t.counts[who]++
 		fmt.Printf("    call %3d  %6.2fs  → %-8s %6.2fms\n", i+1, time.Since(start).Seconds(), who, float64(took.Microseconds())/1000)
 	}
+	return t, true
+}
 
+// events are the changes made while traffic flows, keyed by the call they
+// precede, so that the calls show meshd ejecting an endpoint that reports
+// NOT_SERVING, re-admitting it, and discovering a new one.
+func (d *demo) events(total int) map[int]func() {
+	return map[int]func(){
+		total / 4: func() {
+			note("users-b reports NOT_SERVING on grpc.health.v1: meshd ejects it at once")
+			d.backends[1].SetServing(false)
+		},
+		total / 2: func() {
+			note("users-b reports SERVING again: meshd re-admits it")
+			d.backends[1].SetServing(true)
+		},
+		3 * total / 4: func() {
+			b, err := startBackend(d.agent.Client, "users-d")
+			if err != nil {
+				note("could not start users-d: " + err.Error())
+				return
+			}
+			d.backends = append(d.backends, b)
+			note("users-d registered in Consul: meshd discovers it and sends it traffic")
+		},
+	}
+}
+
+// call makes one unary call and returns who answered (the backend's
+// x-backend response header, "-" without one) and how long it took.
+func call(ctx context.Context, client testpb.TestServiceClient) (who string, took time.Duration, err error) {
+	var hdr metadata.MD
+	callCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	t0 := time.Now()
+	_, err = client.UnaryCall(callCtx, &testpb.SimpleRequest{Payload: &testpb.Payload{Body: []byte("hello")}}, grpc.Header(&hdr))
+	cancel()
+	took = time.Since(t0)
+	who = "-"
+	if v := hdr.Get("x-backend"); len(v) > 0 {
+		who = v[0]
+	}
+	return who, took, err
+}
+
+// printSummary prints how many calls each backend answered, then meshd's
+// own account of the run: its cluster view, its metrics and a trace.
+func (d *demo) printSummary(t tally) {
 	step("summary")
-	names := make([]string, 0, len(counts))
-	for n := range counts {
+	names := make([]string, 0, len(t.counts))
+	for n := range t.counts {
 		names = append(names, n)
 	}
 	sort.Strings(names)
 	for _, n := range names {
-		fmt.Printf("    %-8s answered %d calls\n", n, counts[n])
+		fmt.Printf("    %-8s answered %d calls\n", n, t.counts[n])
 	}
-	fmt.Printf("    failed calls: %d of %d\n", failures, total)
-	if body, err := get("http://" + admin + "/clusters"); err == nil {
+	fmt.Printf("    failed calls: %d of %d\n", t.failures, t.total)
+	if body, err := get("http://" + d.admin + "/clusters"); err == nil {
 		fmt.Println("    meshd's view of the cluster (GET /clusters, abridged):")
 		printClusters(body)
 	}
-	if body, err := get("http://" + admin + "/metrics"); err == nil {
+	if body, err := get("http://" + d.admin + "/metrics"); err == nil {
 		fmt.Println("    meshd's metrics (GET /metrics, grpc_server_handled_total):")
 		for _, line := range strings.Split(body, "\n") {
 			if strings.HasPrefix(line, "grpc_server_handled_total{") {
@@ -218,17 +344,19 @@ drain_timeout: 5s
 			}
 		}
 	}
-	printTrace(recv)
-	if *keep {
-		step("running until Ctrl-C; try: curl http://" + admin + "/clusters")
-		select {
-		case <-ctx.Done():
-		case err := <-meshdDone:
-			meshdDone <- err
-		}
+	printTrace(d.recv)
+}
+
+// keepRunning (-keep) leaves everything up to explore until Ctrl-C, or
+// until meshd exits by itself; then Wait's result goes back on m.done for
+// m.stop.
+func (d *demo) keepRunning(ctx context.Context, m *meshdProc) {
+	step("running until Ctrl-C; try: curl http://" + d.admin + "/clusters")
+	select {
+	case <-ctx.Done():
+	case err := <-m.done:
+		m.done <- err
 	}
-	step("stopping meshd (SIGTERM: drain, exit 0), the backends and Consul")
-	return nil
 }
 
 // startBackend starts a backend and registers it in Consul with a gRPC
