@@ -33,16 +33,15 @@ const (
 
 // balanceConfig is a meshd config with the given routes and clusters (YAML
 // block sequence items, indented by two).
-func balanceConfig(engine, routes, clusters string) string {
+func balanceConfig(routes, clusters string) string {
 	return fmt.Sprintf(`
-engine: %s
 admin: {address: 127.0.0.1:0}
 listeners: [{name: main, address: 127.0.0.1:0}]
 drain_timeout: 5s
 routes:
 %s
 clusters:
-%s`, engine, routes, clusters)
+%s`, routes, clusters)
 }
 
 // weightedEndpoints lists bs with weights ws as a YAML flow sequence of
@@ -167,28 +166,23 @@ func callCounts(bs []*backend.Backend) []int64 {
 // of a quarter on each of 4 backends.
 func TestBalanceRoundRobin(t *testing.T) {
 	t.Parallel()
-	for _, engine := range engines {
-		t.Run(engine, func(t *testing.T) {
-			t.Parallel()
-			bs := startBackends(t, "rr", 4)
-			_, client := startBalanced(t, balanceConfig(engine,
-				"  - {name: all, match: {prefix: /}, cluster: rr}",
-				"  - {name: rr, lb: round_robin, endpoints: "+addrs(bs)+"}"),
-				map[string][]*backend.Backend{"rr": bs})
-			const n = 4000
-			before := callCounts(bs)
-			mustFanOut(t, n, balanceWorkers, 60*time.Second, func(int) error {
-				_, err := answeredBy(client)
-				return err
-			})
-			got := callsSince(bs, before)
-			t.Logf("%s: round_robin over 4 backends, %d calls: %v", engine, n, got)
-			for i, c := range got {
-				if c < n/4*95/100 || c > n/4*105/100 {
-					t.Errorf("%s got %d of %d calls, want %d±5%%", bs[i].Name, c, n, n/4)
-				}
-			}
-		})
+	bs := startBackends(t, "rr", 4)
+	_, client := startBalanced(t, balanceConfig(
+		"  - {name: all, match: {prefix: /}, cluster: rr}",
+		"  - {name: rr, lb: round_robin, endpoints: "+addrs(bs)+"}"),
+		map[string][]*backend.Backend{"rr": bs})
+	const n = 4000
+	before := callCounts(bs)
+	mustFanOut(t, n, balanceWorkers, 60*time.Second, func(int) error {
+		_, err := answeredBy(client)
+		return err
+	})
+	got := callsSince(bs, before)
+	t.Logf("round_robin over 4 backends, %d calls: %v", n, got)
+	for i, c := range got {
+		if c < n/4*95/100 || c > n/4*105/100 {
+			t.Errorf("%s got %d of %d calls, want %d±5%%", bs[i].Name, c, n, n/4)
+		}
 	}
 }
 
@@ -197,33 +191,28 @@ func TestBalanceRoundRobin(t *testing.T) {
 func TestBalanceWeighted(t *testing.T) {
 	t.Parallel()
 	weights := []int{1, 2, 7}
-	for _, engine := range engines {
-		t.Run(engine, func(t *testing.T) {
-			t.Parallel()
-			bs := startBackends(t, "w", 3)
-			_, client := startBalanced(t, balanceConfig(engine,
-				"  - {name: all, match: {prefix: /}, cluster: weighted}",
-				"  - {name: weighted, endpoints: "+weightedEndpoints(bs, weights)+"}"),
-				map[string][]*backend.Backend{"weighted": bs})
-			const n = 5000
-			before := callCounts(bs)
-			mustFanOut(t, n, balanceWorkers, 60*time.Second, func(int) error {
-				_, err := answeredBy(client)
-				return err
-			})
-			got := callsSince(bs, before)
-			shares := make([]string, len(bs))
-			for i, c := range got {
-				share := 100 * float64(c) / n
-				shares[i] = fmt.Sprintf("%s(w%d)=%.1f%%", bs[i].Name, weights[i], share)
-				want := 100 * float64(weights[i]) / 10
-				if share < want-3 || share > want+3 {
-					t.Errorf("%s (weight %d) got %d of %d calls (%.1f%%), want %.0f%%±3", bs[i].Name, weights[i], c, n, share, want)
-				}
-			}
-			t.Logf("%s: weights 1:2:7 over %d calls: %s", engine, n, strings.Join(shares, " "))
-		})
+	bs := startBackends(t, "w", 3)
+	_, client := startBalanced(t, balanceConfig(
+		"  - {name: all, match: {prefix: /}, cluster: weighted}",
+		"  - {name: weighted, endpoints: "+weightedEndpoints(bs, weights)+"}"),
+		map[string][]*backend.Backend{"weighted": bs})
+	const n = 5000
+	before := callCounts(bs)
+	mustFanOut(t, n, balanceWorkers, 60*time.Second, func(int) error {
+		_, err := answeredBy(client)
+		return err
+	})
+	got := callsSince(bs, before)
+	shares := make([]string, len(bs))
+	for i, c := range got {
+		share := 100 * float64(c) / n
+		shares[i] = fmt.Sprintf("%s(w%d)=%.1f%%", bs[i].Name, weights[i], share)
+		want := 100 * float64(weights[i]) / 10
+		if share < want-3 || share > want+3 {
+			t.Errorf("%s (weight %d) got %d of %d calls (%.1f%%), want %.0f%%±3", bs[i].Name, weights[i], c, n, share, want)
+		}
 	}
+	t.Logf("weights 1:2:7 over %d calls: %s", n, strings.Join(shares, " "))
 }
 
 // withLatency makes a backend's TestService calls take at least d, as a
@@ -271,49 +260,44 @@ func TestBalanceLatencyAware(t *testing.T) {
 		{"peak_ewma", 0, 0.15},
 		{"round_robin", 0.30, 0.37}, // control: blind to latency
 	}
-	for _, engine := range engines {
-		t.Run(engine, func(t *testing.T) {
+	for _, tc := range cases {
+		t.Run(tc.lb, func(t *testing.T) {
 			t.Parallel()
-			for _, tc := range cases {
-				t.Run(tc.lb, func(t *testing.T) {
-					t.Parallel()
-					slow := startBackends(t, "slow", 1, withLatency(slowRTT))
-					fast := startBackends(t, "fast", 2, withLatency(fastRTT))
-					bs := slices.Concat(fast, slow)
-					_, client := startBalanced(t, balanceConfig(engine,
-						"  - {name: all, match: {prefix: /}, cluster: skew}",
-						fmt.Sprintf("  - {name: skew, lb: %s, endpoints: %s}", tc.lb, addrs(bs))),
-						map[string][]*backend.Backend{"skew": bs})
-					names := make([]string, maxCalls)
-					start := time.Now()
-					done, err := fanOut(maxCalls, workers, start.Add(budget), func(i int) error {
-						var err error
-						names[i], err = answeredBy(client)
-						return err
-					})
-					took := time.Since(start)
-					if err != nil {
-						t.Fatal(err)
-					}
-					if done < 100 {
-						t.Fatalf("only %d calls in %v; too few to judge", done, budget)
-					}
-					c := tally(names)
-					share := float64(c[slow[0].Name]) / float64(done)
-					t.Logf("%s %s: slow backend (%v) got %d of %d calls = %.1f%% (even share 33.3%%), fast (%v) %d+%d, in %v",
-						engine, tc.lb, slowRTT, c[slow[0].Name], done, 100*share, fastRTT, c[fast[0].Name], c[fast[1].Name], took.Round(time.Millisecond))
-					if share < tc.min || share > tc.max {
-						t.Errorf("%s: slow backend's share %.1f%%, want in [%.0f%%, %.0f%%]", tc.lb, 100*share, 100*tc.min, 100*tc.max)
-					}
-				})
+			slow := startBackends(t, "slow", 1, withLatency(slowRTT))
+			fast := startBackends(t, "fast", 2, withLatency(fastRTT))
+			bs := slices.Concat(fast, slow)
+			_, client := startBalanced(t, balanceConfig(
+				"  - {name: all, match: {prefix: /}, cluster: skew}",
+				fmt.Sprintf("  - {name: skew, lb: %s, endpoints: %s}", tc.lb, addrs(bs))),
+				map[string][]*backend.Backend{"skew": bs})
+			names := make([]string, maxCalls)
+			start := time.Now()
+			done, err := fanOut(maxCalls, workers, start.Add(budget), func(i int) error {
+				var err error
+				names[i], err = answeredBy(client)
+				return err
+			})
+			took := time.Since(start)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if done < 100 {
+				t.Fatalf("only %d calls in %v; too few to judge", done, budget)
+			}
+			c := tally(names)
+			share := float64(c[slow[0].Name]) / float64(done)
+			t.Logf("%s: slow backend (%v) got %d of %d calls = %.1f%% (even share 33.3%%), fast (%v) %d+%d, in %v",
+				tc.lb, slowRTT, c[slow[0].Name], done, 100*share, fastRTT, c[fast[0].Name], c[fast[1].Name], took.Round(time.Millisecond))
+			if share < tc.min || share > tc.max {
+				t.Errorf("%s: slow backend's share %.1f%%, want in [%.0f%%, %.0f%%]", tc.lb, 100*share, 100*tc.min, 100*tc.max)
 			}
 		})
 	}
 }
 
 // ringConfig is a ring_hash cluster over bs keyed by x-user.
-func ringConfig(engine string, bs []*backend.Backend) string {
-	return balanceConfig(engine,
+func ringConfig(bs []*backend.Backend) string {
+	return balanceConfig(
 		"  - {name: all, match: {prefix: /}, cluster: ring}",
 		"  - {name: ring, lb: ring_hash, hash_header: x-user, endpoints: "+addrs(bs)+"}")
 }
@@ -331,90 +315,85 @@ func TestBalanceRingHash(t *testing.T) {
 		repeated = 200 // keys probed 3 more times for stickiness
 	)
 	key := func(i int) string { return fmt.Sprintf("user-%d", i) }
-	for _, engine := range engines {
-		t.Run(engine, func(t *testing.T) {
-			t.Parallel()
-			bs := startBackends(t, "ring", 5)
-			m, client := startBalanced(t, ringConfig(engine, bs), map[string][]*backend.Backend{"ring": bs})
+	bs := startBackends(t, "ring", 5)
+	m, client := startBalanced(t, ringConfig(bs), map[string][]*backend.Backend{"ring": bs})
 
-			probe := func(what string) []string {
-				t.Helper()
-				got := make([]string, keys)
-				mustFanOut(t, keys, balanceWorkers, 90*time.Second, func(i int) error {
-					var err error
-					got[i], err = answeredBy(client, "x-user", key(i))
-					return err
-				})
-				c := tally(got)
-				names := make([]string, 0, len(c))
-				for n := range c {
-					names = append(names, n)
-				}
-				slices.Sort(names)
-				var b strings.Builder
-				for _, n := range names {
-					fmt.Fprintf(&b, " %s=%.1f%%", n, 100*float64(c[n])/keys)
-				}
-				t.Logf("%s: %d keys %s:%s", engine, keys, what, b.String())
-				return got
-			}
-			before := probe("over 5 backends")
-
-			// Stickiness: the same key, asked again, finds the same backend.
-			again := make([]string, 3*repeated)
-			mustFanOut(t, len(again), balanceWorkers, 30*time.Second, func(i int) error {
-				var err error
-				again[i], err = answeredBy(client, "x-user", key(i%repeated))
-				return err
-			})
-			for i, b := range again {
-				if k := i % repeated; b != before[k] {
-					t.Errorf("key %s went to %s, earlier to %s", key(k), b, before[k])
-				}
-			}
-			if c := tally(before); len(c) != len(bs) {
-				t.Fatalf("keys landed on %d backends, want %d: %v", len(c), len(bs), c)
-			}
-
-			removed := bs[2]
-			rest := slices.Delete(slices.Clone(bs), 2, 3)
-			cfg, err := config.Parse([]byte(ringConfig(engine, rest)), "ring.yaml")
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := m.srv.Reload(cfg); err != nil {
-				t.Fatalf("reload: %v", err)
-			}
-			for _, b := range rest {
-				waitState(t, m.Admin, "ring", b.Addr, "serving")
-			}
-			after := probe("over 4 backends, " + removed.Name + " removed")
-
-			var moved, movedOther, ofRemoved int
-			for i := range keys {
-				if before[i] == removed.Name {
-					ofRemoved++
-				}
-				if after[i] == removed.Name {
-					t.Fatalf("key %s still went to the removed %s", key(i), removed.Name)
-				}
-				if after[i] != before[i] {
-					moved++
-					if before[i] != removed.Name {
-						movedOther++
-					}
-				}
-			}
-			frac := float64(moved) / keys
-			t.Logf("%s: removing %s moved %d of %d keys (%.3f); it held %d; %d keys of other backends moved",
-				engine, removed.Name, moved, keys, frac, ofRemoved, movedOther)
-			if frac < 0.12 || frac > 0.30 {
-				t.Errorf("moved fraction %.3f, want in [0.12, 0.30]", frac)
-			}
-			if movedOther != 0 {
-				t.Errorf("%d keys of backends that stayed moved; only the %d keys of %s should have", movedOther, ofRemoved, removed.Name)
-			}
+	probe := func(what string) []string {
+		t.Helper()
+		got := make([]string, keys)
+		mustFanOut(t, keys, balanceWorkers, 90*time.Second, func(i int) error {
+			var err error
+			got[i], err = answeredBy(client, "x-user", key(i))
+			return err
 		})
+		c := tally(got)
+		names := make([]string, 0, len(c))
+		for n := range c {
+			names = append(names, n)
+		}
+		slices.Sort(names)
+		var b strings.Builder
+		for _, n := range names {
+			fmt.Fprintf(&b, " %s=%.1f%%", n, 100*float64(c[n])/keys)
+		}
+		t.Logf("%d keys %s:%s", keys, what, b.String())
+		return got
+	}
+	before := probe("over 5 backends")
+
+	// Stickiness: the same key, asked again, finds the same backend.
+	again := make([]string, 3*repeated)
+	mustFanOut(t, len(again), balanceWorkers, 30*time.Second, func(i int) error {
+		var err error
+		again[i], err = answeredBy(client, "x-user", key(i%repeated))
+		return err
+	})
+	for i, b := range again {
+		if k := i % repeated; b != before[k] {
+			t.Errorf("key %s went to %s, earlier to %s", key(k), b, before[k])
+		}
+	}
+	if c := tally(before); len(c) != len(bs) {
+		t.Fatalf("keys landed on %d backends, want %d: %v", len(c), len(bs), c)
+	}
+
+	removed := bs[2]
+	rest := slices.Delete(slices.Clone(bs), 2, 3)
+	cfg, err := config.Parse([]byte(ringConfig(rest)), "ring.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.srv.Reload(cfg); err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	for _, b := range rest {
+		waitState(t, m.Admin, "ring", b.Addr, "serving")
+	}
+	after := probe("over 4 backends, " + removed.Name + " removed")
+
+	var moved, movedOther, ofRemoved int
+	for i := range keys {
+		if before[i] == removed.Name {
+			ofRemoved++
+		}
+		if after[i] == removed.Name {
+			t.Fatalf("key %s still went to the removed %s", key(i), removed.Name)
+		}
+		if after[i] != before[i] {
+			moved++
+			if before[i] != removed.Name {
+				movedOther++
+			}
+		}
+	}
+	frac := float64(moved) / keys
+	t.Logf("removing %s moved %d of %d keys (%.3f); it held %d; %d keys of other backends moved",
+		removed.Name, moved, keys, frac, ofRemoved, movedOther)
+	if frac < 0.12 || frac > 0.30 {
+		t.Errorf("moved fraction %.3f, want in [0.12, 0.30]", frac)
+	}
+	if movedOther != 0 {
+		t.Errorf("%d keys of backends that stayed moved; only the %d keys of %s should have", movedOther, ofRemoved, removed.Name)
 	}
 }
 
@@ -423,59 +402,54 @@ func TestBalanceRingHash(t *testing.T) {
 // canary, and calls with another x-canary value fall through to the split.
 func TestBalanceSplit(t *testing.T) {
 	t.Parallel()
-	for _, engine := range engines {
-		t.Run(engine, func(t *testing.T) {
-			t.Parallel()
-			primary := startBackends(t, "main", 2)
-			canary := startBackends(t, "canary", 1)
-			_, client := startBalanced(t, balanceConfig(engine, `
+	primary := startBackends(t, "main", 2)
+	canary := startBackends(t, "canary", 1)
+	_, client := startBalanced(t, balanceConfig(`
   - name: forced-canary
     match: {prefix: /, headers: [{name: x-canary, exact: "1"}]}
     cluster: canary
   - name: split
     match: {prefix: /}
     clusters: [{name: main, weight: 90}, {name: canary, weight: 10}]`,
-				"  - {name: main, endpoints: "+addrs(primary)+"}\n  - {name: canary, endpoints: "+addrs(canary)+"}"),
-				map[string][]*backend.Backend{"main": primary, "canary": canary})
+		"  - {name: main, endpoints: "+addrs(primary)+"}\n  - {name: canary, endpoints: "+addrs(canary)+"}"),
+		map[string][]*backend.Backend{"main": primary, "canary": canary})
 
-			cases := []struct {
-				name string
-				md   []string
-				n    int
-				want float64 // canary share, percent
-				tol  float64 // points
-			}{
-				{"split without header", nil, 5000, 10, 3},
-				{"x-canary 1 forces canary", []string{"x-canary", "1"}, 500, 100, 0},
-				// 1,000 calls: ±4 points is over 4 standard deviations.
-				{"x-canary 0 falls through to split", []string{"x-canary", "0"}, 1000, 10, 4},
+	cases := []struct {
+		name string
+		md   []string
+		n    int
+		want float64 // canary share, percent
+		tol  float64 // points
+	}{
+		{"split without header", nil, 5000, 10, 3},
+		{"x-canary 1 forces canary", []string{"x-canary", "1"}, 500, 100, 0},
+		// 1,000 calls: ±4 points is over 4 standard deviations.
+		{"x-canary 0 falls through to split", []string{"x-canary", "0"}, 1000, 10, 4},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			names := make([]string, tc.n)
+			mustFanOut(t, tc.n, balanceWorkers/2, 60*time.Second, func(i int) error {
+				var err error
+				names[i], err = answeredBy(client, tc.md...)
+				return err
+			})
+			var toCanary, toMain int
+			for _, n := range names {
+				switch {
+				case strings.HasPrefix(n, "canary-"):
+					toCanary++
+				case strings.HasPrefix(n, "main-"):
+					toMain++
+				default:
+					t.Fatalf("answered by unknown backend %q", n)
+				}
 			}
-			for _, tc := range cases {
-				t.Run(tc.name, func(t *testing.T) {
-					t.Parallel()
-					names := make([]string, tc.n)
-					mustFanOut(t, tc.n, balanceWorkers/2, 60*time.Second, func(i int) error {
-						var err error
-						names[i], err = answeredBy(client, tc.md...)
-						return err
-					})
-					var toCanary, toMain int
-					for _, n := range names {
-						switch {
-						case strings.HasPrefix(n, "canary-"):
-							toCanary++
-						case strings.HasPrefix(n, "main-"):
-							toMain++
-						default:
-							t.Fatalf("answered by unknown backend %q", n)
-						}
-					}
-					share := 100 * float64(toCanary) / float64(tc.n)
-					t.Logf("%s %s: canary %d, main %d of %d calls: canary share %.1f%%", engine, tc.name, toCanary, toMain, tc.n, share)
-					if share < tc.want-tc.tol || share > tc.want+tc.tol {
-						t.Errorf("canary share %.1f%%, want %.0f%%±%.0f", share, tc.want, tc.tol)
-					}
-				})
+			share := 100 * float64(toCanary) / float64(tc.n)
+			t.Logf("%s: canary %d, main %d of %d calls: canary share %.1f%%", tc.name, toCanary, toMain, tc.n, share)
+			if share < tc.want-tc.tol || share > tc.want+tc.tol {
+				t.Errorf("canary share %.1f%%, want %.0f%%±%.0f", share, tc.want, tc.tol)
 			}
 		})
 	}

@@ -22,9 +22,8 @@ import (
 
 // consulConfig routes everything to one cluster whose section holds
 // fields (e.g. "consul: {service: users}"), discovered through agent.
-func consulConfig(engine, agent, cluster, fields string) string {
+func consulConfig(agent, cluster, fields string) string {
 	return fmt.Sprintf(`
-engine: %s
 admin: {address: 127.0.0.1:0}
 listeners: [{name: main, address: 127.0.0.1:0}]
 drain_timeout: 5s
@@ -36,7 +35,7 @@ routes:
 clusters:
   - name: %s
     %s
-`, engine, agent, cluster, cluster, fields)
+`, agent, cluster, cluster, fields)
 }
 
 // registration describes backend b as the instance id of service.
@@ -83,22 +82,18 @@ func waitGone(t testing.TB, admin, cluster, addr string) time.Time {
 func TestConsul(t *testing.T) {
 	t.Parallel()
 	shared := consultest.Start(t)
-	for _, engine := range engines {
-		t.Run(engine, func(t *testing.T) {
+	for _, tc := range consulCases {
+		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			for _, tc := range consulCases {
-				t.Run(tc.name, func(t *testing.T) {
-					t.Parallel()
-					tc.run(t, engine, shared)
-				})
-			}
+			tc.run(t, shared)
 		})
 	}
 }
 
+// consulCases share one agent, so each registers a service of its own name.
 var consulCases = []struct {
 	name string
-	run  func(t *testing.T, engine string, shared *consultest.Agent)
+	run  func(t *testing.T, shared *consultest.Agent)
 }{
 	{"membership under load", testConsulMembership},
 	{"ttl check critical", testConsulTTL},
@@ -110,13 +105,13 @@ var consulCases = []struct {
 // testConsulMembership: three instances share the traffic; a deregistered
 // one stops taking calls within a second, with no call failing; a new one
 // takes calls within a second.
-func testConsulMembership(t *testing.T, engine string, agent *consultest.Agent) {
-	svc := "members-" + engine
+func testConsulMembership(t *testing.T, agent *consultest.Agent) {
+	svc := "members"
 	bs := startBackends(t, svc, 4)
 	for _, b := range bs[:3] {
 		registerBackend(t, agent, svc, b.Name, b)
 	}
-	m := startMesh(t, consulConfig(engine, agent.Addr, "members", "consul: {service: "+svc+"}"))
+	m := startMesh(t, consulConfig(agent.Addr, "members", "consul: {service: "+svc+"}"))
 	for _, b := range bs[:3] {
 		waitState(t, m.Admin, "members", b.Addr, "serving")
 	}
@@ -175,8 +170,8 @@ func testConsulMembership(t *testing.T, engine string, agent *consultest.Agent) 
 
 // testConsulTTL: an instance whose TTL check goes critical leaves traffic
 // (passing_only defaults to true) and comes back when it passes again.
-func testConsulTTL(t *testing.T, engine string, agent *consultest.Agent) {
-	svc := "ttl-" + engine
+func testConsulTTL(t *testing.T, agent *consultest.Agent) {
+	svc := "ttl"
 	bs := startBackends(t, svc, 2)
 	registerBackend(t, agent, svc, bs[0].Name, bs[0])
 	checked := bs[1]
@@ -186,7 +181,7 @@ func testConsulTTL(t *testing.T, engine string, agent *consultest.Agent) {
 	register(t, agent, reg)
 	agent.SetTTL(t, checkID, api.HealthPassing)
 
-	m := startMesh(t, consulConfig(engine, agent.Addr, "ttl", "consul: {service: "+svc+"}"))
+	m := startMesh(t, consulConfig(agent.Addr, "ttl", "consul: {service: "+svc+"}"))
 	for _, b := range bs {
 		waitState(t, m.Admin, "ttl", b.Addr, "serving")
 	}
@@ -220,8 +215,8 @@ func testConsulTTL(t *testing.T, engine string, agent *consultest.Agent) {
 // testConsulFilters: a tag filter keeps only tagged instances; datacenter
 // dc1 (the agent's) works, dc2 (unknown) never yields endpoints and keeps
 // /ready failing; a service without instances answers UNAVAILABLE.
-func testConsulFilters(t *testing.T, engine string, agent *consultest.Agent) {
-	svc := "filter-" + engine
+func testConsulFilters(t *testing.T, agent *consultest.Agent) {
+	svc := "filter"
 	tagged := startBackends(t, svc+"-tagged", 1)[0]
 	plain := startBackends(t, svc+"-plain", 1)[0]
 	reg := registration(t, svc, tagged.Name, tagged)
@@ -240,14 +235,13 @@ func testConsulFilters(t *testing.T, engine string, agent *consultest.Agent) {
 		fmt.Fprintf(&clusters, "  - {name: %s, consul: %s}\n", c.name, c.consul)
 	}
 	m := startMesh(t, fmt.Sprintf(`
-engine: %s
 admin: {address: 127.0.0.1:0}
 listeners: [{name: main, address: 127.0.0.1:0}]
 drain_timeout: 5s
 consul: {address: %s}
 routes:
 %sclusters:
-%s`, engine, agent.Addr, routes.String(), clusters.String()))
+%s`, agent.Addr, routes.String(), clusters.String()))
 	client := testpb.NewTestServiceClient(dial(t, m.Addr))
 	call := func(route string) (string, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -328,14 +322,14 @@ routes:
 // endpoints (stale beats empty), stays ready and says discovery is failing;
 // once the agent is back, empty until re-registration, no call fails and
 // tracking resumes.
-func testConsulAgentLost(t *testing.T, engine string, _ *consultest.Agent) {
+func testConsulAgentLost(t *testing.T, _ *consultest.Agent) {
 	agent := consultest.Start(t)
-	svc := "lost-" + engine
+	svc := "lost"
 	bs := startBackends(t, svc, 3)
 	for _, b := range bs[:2] {
 		registerBackend(t, agent, svc, b.Name, b)
 	}
-	m := startMesh(t, consulConfig(engine, agent.Addr, "lost", "consul: {service: "+svc+"}"))
+	m := startMesh(t, consulConfig(agent.Addr, "lost", "consul: {service: "+svc+"}"))
 	for _, b := range bs[:2] {
 		waitState(t, m.Admin, "lost", b.Addr, "serving")
 	}
@@ -396,12 +390,12 @@ func testConsulAgentLost(t *testing.T, engine string, _ *consultest.Agent) {
 // testConsulUnreachableAtStart: meshd starts without Consul, is not ready
 // and says which cluster waits; once Consul is up with the service, it
 // becomes ready and serves.
-func testConsulUnreachableAtStart(t *testing.T, engine string, _ *consultest.Agent) {
+func testConsulUnreachableAtStart(t *testing.T, _ *consultest.Agent) {
 	agent := consultest.Start(t)
 	agent.Stop(t)
-	svc := "late-" + engine
+	svc := "late"
 	bs := startBackends(t, svc, 1)
-	m := startMesh(t, consulConfig(engine, agent.Addr, "late", "consul: {service: "+svc+"}"))
+	m := startMesh(t, consulConfig(agent.Addr, "late", "consul: {service: "+svc+"}"))
 	cc := dial(t, m.Addr)
 
 	var code int

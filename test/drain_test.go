@@ -134,7 +134,7 @@ func readyCode(admin string) int {
 
 // drainConfig routes everything to bs with the given drain_timeout.
 func drainConfig(bs []*backend.Backend, drain time.Duration) string {
-	return strings.Replace(simpleConfig("grpc", bs, ""), "drain_timeout: 5s", "drain_timeout: "+drain.String(), 1)
+	return strings.Replace(simpleConfig(bs, ""), "drain_timeout: 5s", "drain_timeout: "+drain.String(), 1)
 }
 
 // TestDrainBinary sends SIGTERM to the real binary with streams open: /ready

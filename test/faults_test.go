@@ -161,9 +161,8 @@ func startH2Backend(t testing.TB, onHeaders func(fr *http2.Framer, enc *hpack.En
 // timeout (the client's deadline bounds it) and everything else with
 // timeout, to one cluster of the given endpoints and extra cluster
 // settings.
-func faultConfig(engine string, endpoints []string, timeout time.Duration, cluster string) string {
+func faultConfig(endpoints []string, timeout time.Duration, cluster string) string {
 	return fmt.Sprintf(`
-engine: %s
 admin: {address: 127.0.0.1:0}
 listeners: [{name: main, address: 127.0.0.1:0}]
 drain_timeout: 2s
@@ -173,7 +172,7 @@ routes:
 clusters:
   - name: broken
     endpoints: [%s]
-%s`, engine, timeout, joinComma(endpoints), cluster)
+%s`, timeout, joinComma(endpoints), cluster)
 }
 
 func joinComma(s []string) string {
@@ -234,46 +233,41 @@ func endpointState(m *mesh, cluster, addr string) string {
 // takes a call: it never reports SERVING.
 func TestFaultBlackHole(t *testing.T) {
 	t.Parallel()
-	for _, engine := range engines {
-		t.Run(engine, func(t *testing.T) {
-			t.Parallel()
-			bh := startBlackHole(t)
-			t.Run("health disabled: calls reach it", func(t *testing.T) {
-				const timeout = 300 * time.Millisecond
-				m := startMesh(t, faultConfig(engine, []string{bh.Addr()}, timeout, "    health: {disabled: true}"))
-				client := testpb.NewTestServiceClient(dial(t, m.Addr))
-				code, took, err := timedCall(10*time.Second, func(ctx context.Context) error {
-					_, err := client.EmptyCall(ctx, &testpb.Empty{})
-					return err
-				})
-				wantAnswer(t, "route timeout", code, took, err, []codes.Code{codes.DeadlineExceeded}, timeout, timeout)
-				const deadline = 400 * time.Millisecond
-				code, took, err = timedCall(deadline, func(ctx context.Context) error {
-					_, err := client.UnaryCall(ctx, &testpb.SimpleRequest{})
-					return err
-				})
-				wantAnswer(t, "client deadline, no route timeout", code, took, err, []codes.Code{codes.DeadlineExceeded}, deadline, deadline)
-			})
-			t.Run("health on: never admitted", func(t *testing.T) {
-				good := startBackends(t, "good", 1)
-				m := startMesh(t, faultConfig(engine, []string{bh.Addr(), good[0].Addr}, 2*time.Second, ""))
-				cc := dial(t, m.Addr)
-				waitServing(t, cc)
-				client := testpb.NewTestServiceClient(cc)
-				for i := range 20 {
-					ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-					_, err := client.EmptyCall(ctx, &testpb.Empty{})
-					cancel()
-					if err != nil {
-						t.Fatalf("call %d: %v", i, err)
-					}
-				}
-				if st := endpointState(m, "broken", bh.Addr()); st != balancer.StatePending {
-					t.Errorf("black hole state %q, want %q", st, balancer.StatePending)
-				}
-			})
+	bh := startBlackHole(t)
+	t.Run("health disabled: calls reach it", func(t *testing.T) {
+		const timeout = 300 * time.Millisecond
+		m := startMesh(t, faultConfig([]string{bh.Addr()}, timeout, "    health: {disabled: true}"))
+		client := testpb.NewTestServiceClient(dial(t, m.Addr))
+		code, took, err := timedCall(10*time.Second, func(ctx context.Context) error {
+			_, err := client.EmptyCall(ctx, &testpb.Empty{})
+			return err
 		})
-	}
+		wantAnswer(t, "route timeout", code, took, err, []codes.Code{codes.DeadlineExceeded}, timeout, timeout)
+		const deadline = 400 * time.Millisecond
+		code, took, err = timedCall(deadline, func(ctx context.Context) error {
+			_, err := client.UnaryCall(ctx, &testpb.SimpleRequest{})
+			return err
+		})
+		wantAnswer(t, "client deadline, no route timeout", code, took, err, []codes.Code{codes.DeadlineExceeded}, deadline, deadline)
+	})
+	t.Run("health on: never admitted", func(t *testing.T) {
+		good := startBackends(t, "good", 1)
+		m := startMesh(t, faultConfig([]string{bh.Addr(), good[0].Addr}, 2*time.Second, ""))
+		cc := dial(t, m.Addr)
+		waitServing(t, cc)
+		client := testpb.NewTestServiceClient(cc)
+		for i := range 20 {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			_, err := client.EmptyCall(ctx, &testpb.Empty{})
+			cancel()
+			if err != nil {
+				t.Fatalf("call %d: %v", i, err)
+			}
+		}
+		if st := endpointState(m, "broken", bh.Addr()); st != balancer.StatePending {
+			t.Errorf("black hole state %q, want %q", st, balancer.StatePending)
+		}
+	})
 }
 
 // TestFaultStallMidStream: a real backend sends one message of a stream,
@@ -282,52 +276,46 @@ func TestFaultBlackHole(t *testing.T) {
 // backend sees the call cancelled.
 func TestFaultStallMidStream(t *testing.T) {
 	t.Parallel()
-	for _, engine := range engines {
-		t.Run(engine, func(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		route string
+		bound time.Duration
+	}{
+		{"route timeout", "timeout: 600ms", 600 * time.Millisecond},
+		{"idle timeout", "idle_timeout: 400ms", 400 * time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			for _, tc := range []struct {
-				name  string
-				route string
-				bound time.Duration
-			}{
-				{"route timeout", "timeout: 600ms", 600 * time.Millisecond},
-				{"idle timeout", "idle_timeout: 400ms", 400 * time.Millisecond},
-			} {
-				t.Run(tc.name, func(t *testing.T) {
-					t.Parallel()
-					bs := startBackends(t, "stall", 1)
-					m := startMesh(t, fmt.Sprintf(`
-engine: %s
+			bs := startBackends(t, "stall", 1)
+			m := startMesh(t, fmt.Sprintf(`
 admin: {address: 127.0.0.1:0}
 listeners: [{name: main, address: 127.0.0.1:0}]
 routes: [{name: all, match: {prefix: /}, cluster: c, %s}]
 clusters: [{name: c, endpoints: [%s]}]
-`, engine, tc.route, bs[0].Addr))
-					cc := dial(t, m.Addr)
-					waitServing(t, cc)
-					client := testpb.NewTestServiceClient(cc)
-					got := 0
-					code, took, err := timedCall(20*time.Second, func(ctx context.Context) error {
-						st, err := client.StreamingOutputCall(ctx, &testpb.StreamingOutputCallRequest{ResponseParameters: []*testpb.ResponseParameters{
-							{Size: 10}, {Size: 10, IntervalUs: int32((30 * time.Second).Microseconds())},
-						}})
-						if err != nil {
-							return err
-						}
-						for {
-							if _, err := st.Recv(); err != nil {
-								return err
-							}
-							got++
-						}
-					})
-					wantAnswer(t, "stalled stream", code, took, err, []codes.Code{codes.DeadlineExceeded}, tc.bound, tc.bound)
-					if got != 1 {
-						t.Errorf("client got %d messages before the stall was cut, want 1", got)
+`, tc.route, bs[0].Addr))
+			cc := dial(t, m.Addr)
+			waitServing(t, cc)
+			client := testpb.NewTestServiceClient(cc)
+			got := 0
+			code, took, err := timedCall(20*time.Second, func(ctx context.Context) error {
+				st, err := client.StreamingOutputCall(ctx, &testpb.StreamingOutputCallRequest{ResponseParameters: []*testpb.ResponseParameters{
+					{Size: 10}, {Size: 10, IntervalUs: int32((30 * time.Second).Microseconds())},
+				}})
+				if err != nil {
+					return err
+				}
+				for {
+					if _, err := st.Recv(); err != nil {
+						return err
 					}
-					waitFor(t, 5*time.Second, "the backend to see the call cancelled", func() bool { return bs[0].Cancelled() == 1 })
-				})
+					got++
+				}
+			})
+			wantAnswer(t, "stalled stream", code, took, err, []codes.Code{codes.DeadlineExceeded}, tc.bound, tc.bound)
+			if got != 1 {
+				t.Errorf("client got %d messages before the stall was cut, want 1", got)
 			}
+			waitFor(t, 5*time.Second, "the backend to see the call cancelled", func() bool { return bs[0].Cancelled() == 1 })
 		})
 	}
 }
@@ -358,33 +346,28 @@ var (
 // response. The call fails at once with a status, not at its deadline.
 func TestFaultMalformedResponse(t *testing.T) {
 	t.Parallel()
-	for _, engine := range engines {
-		t.Run(engine, func(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		answer func(*http2.Framer, *hpack.Encoder, *bytes.Buffer, uint32) error
+		want   []codes.Code
+	}{
+		{"invalid HPACK", sendGarbage, []codes.Code{codes.Unavailable, codes.Internal}},
+		{"HTML response", sendHTML, []codes.Code{codes.Unknown, codes.Internal, codes.Unavailable}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			for _, tc := range []struct {
-				name   string
-				answer func(*http2.Framer, *hpack.Encoder, *bytes.Buffer, uint32) error
-				want   []codes.Code
-			}{
-				{"invalid HPACK", sendGarbage, []codes.Code{codes.Unavailable, codes.Internal}},
-				{"HTML response", sendHTML, []codes.Code{codes.Unknown, codes.Internal, codes.Unavailable}},
-			} {
-				t.Run(tc.name, func(t *testing.T) {
-					t.Parallel()
-					be := startH2Backend(t, tc.answer)
-					m := startMesh(t, faultConfig(engine, []string{be.Addr()}, 5*time.Second, "    health: {disabled: true}"))
-					client := testpb.NewTestServiceClient(dial(t, m.Addr))
-					for i := range 3 {
-						code, took, err := timedCall(10*time.Second, func(ctx context.Context) error {
-							_, err := client.EmptyCall(ctx, &testpb.Empty{})
-							return err
-						})
-						wantAnswer(t, fmt.Sprintf("call %d", i), code, took, err, tc.want, 0, time.Second)
-					}
-					if be.requests.Load() == 0 {
-						t.Error("the backend saw no request")
-					}
+			be := startH2Backend(t, tc.answer)
+			m := startMesh(t, faultConfig([]string{be.Addr()}, 5*time.Second, "    health: {disabled: true}"))
+			client := testpb.NewTestServiceClient(dial(t, m.Addr))
+			for i := range 3 {
+				code, took, err := timedCall(10*time.Second, func(ctx context.Context) error {
+					_, err := client.EmptyCall(ctx, &testpb.Empty{})
+					return err
 				})
+				wantAnswer(t, fmt.Sprintf("call %d", i), code, took, err, tc.want, 0, time.Second)
+			}
+			if be.requests.Load() == 0 {
+				t.Error("the backend saw no request")
 			}
 		})
 	}
@@ -395,40 +378,35 @@ func TestFaultMalformedResponse(t *testing.T) {
 // on every call goes to the good backend.
 func TestFaultResetEveryStream(t *testing.T) {
 	t.Parallel()
-	for _, engine := range engines {
-		t.Run(engine, func(t *testing.T) {
-			t.Parallel()
-			bad := startH2Backend(t, resetStream)
-			good := startBackends(t, "good", 1, backend.WithHealth(backend.HealthNone))
-			m := startMesh(t, faultConfig(engine, []string{bad.Addr(), good[0].Addr}, 5*time.Second, `    health: {disabled: true}
+	bad := startH2Backend(t, resetStream)
+	good := startBackends(t, "good", 1, backend.WithHealth(backend.HealthNone))
+	m := startMesh(t, faultConfig([]string{bad.Addr(), good[0].Addr}, 5*time.Second, `    health: {disabled: true}
     outlier: {consecutive_failures: 3, failure_codes: [INTERNAL], base_ejection_time: 30s, max_ejection_percent: 50}`))
-			client := testpb.NewTestServiceClient(dial(t, m.Addr))
-			failed := 0
-			for i := range 40 {
-				code, took, err := timedCall(10*time.Second, func(ctx context.Context) error {
-					_, err := client.EmptyCall(ctx, &testpb.Empty{})
-					return err
-				})
-				if took > time.Second {
-					t.Errorf("call %d took %s", i, took)
-				}
-				switch {
-				case err == nil:
-				case code == codes.Internal && i < 20:
-					failed++
-				default:
-					t.Errorf("call %d: %v", i, err)
-				}
-			}
-			if failed == 0 || failed > 3 {
-				t.Errorf("%d calls failed before the ejection; want 1-3 (consecutive_failures 3, every other call goes to it)", failed)
-			}
-			if st := endpointState(m, "broken", bad.Addr()); st != balancer.StateEjected {
-				t.Errorf("resetting backend state %q, want %q", st, balancer.StateEjected)
-			}
-			t.Logf("%d of 40 calls failed (INTERNAL) before the resetting backend was ejected; it saw %d requests", failed, bad.requests.Load())
+	client := testpb.NewTestServiceClient(dial(t, m.Addr))
+	failed := 0
+	for i := range 40 {
+		code, took, err := timedCall(10*time.Second, func(ctx context.Context) error {
+			_, err := client.EmptyCall(ctx, &testpb.Empty{})
+			return err
 		})
+		if took > time.Second {
+			t.Errorf("call %d took %s", i, took)
+		}
+		switch {
+		case err == nil:
+		case code == codes.Internal && i < 20:
+			failed++
+		default:
+			t.Errorf("call %d: %v", i, err)
+		}
 	}
+	if failed == 0 || failed > 3 {
+		t.Errorf("%d calls failed before the ejection; want 1-3 (consecutive_failures 3, every other call goes to it)", failed)
+	}
+	if st := endpointState(m, "broken", bad.Addr()); st != balancer.StateEjected {
+		t.Errorf("resetting backend state %q, want %q", st, balancer.StateEjected)
+	}
+	t.Logf("%d of 40 calls failed (INTERNAL) before the resetting backend was ejected; it saw %d requests", failed, bad.requests.Load())
 }
 
 // TestFaultGoAwayUnderLoad: a backend that sends GOAWAY on its
@@ -436,47 +414,42 @@ func TestFaultResetEveryStream(t *testing.T) {
 // through. meshd moves to new connections without failing a call.
 func TestFaultGoAwayUnderLoad(t *testing.T) {
 	t.Parallel()
-	for _, engine := range engines {
-		t.Run(engine, func(t *testing.T) {
-			t.Parallel()
-			bs := startBackends(t, "goaway", 2, backend.WithServerOptions(grpc.KeepaliveParams(keepalive.ServerParameters{
-				MaxConnectionAge: 100 * time.Millisecond, MaxConnectionAgeGrace: 10 * time.Second,
-			})))
-			m := startMesh(t, simpleConfig(engine, bs, ""))
-			cc := dial(t, m.Addr)
-			waitServing(t, cc)
-			client := testpb.NewTestServiceClient(cc)
-			var (
-				ok, failed atomic.Int64
-				firstErr   atomic.Pointer[error]
-				wg         sync.WaitGroup
-			)
-			deadline := time.Now().Add(1500 * time.Millisecond)
-			for range 8 {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					for time.Now().Before(deadline) {
-						ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-						_, err := client.UnaryCall(ctx, &testpb.SimpleRequest{Payload: &testpb.Payload{Body: make([]byte, 512)}})
-						cancel()
-						if err != nil {
-							failed.Add(1)
-							firstErr.CompareAndSwap(nil, &err)
-							continue
-						}
-						ok.Add(1)
-					}
-				}()
+	bs := startBackends(t, "goaway", 2, backend.WithServerOptions(grpc.KeepaliveParams(keepalive.ServerParameters{
+		MaxConnectionAge: 100 * time.Millisecond, MaxConnectionAgeGrace: 10 * time.Second,
+	})))
+	m := startMesh(t, simpleConfig(bs, ""))
+	cc := dial(t, m.Addr)
+	waitServing(t, cc)
+	client := testpb.NewTestServiceClient(cc)
+	var (
+		ok, failed atomic.Int64
+		firstErr   atomic.Pointer[error]
+		wg         sync.WaitGroup
+	)
+	deadline := time.Now().Add(1500 * time.Millisecond)
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(deadline) {
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				_, err := client.UnaryCall(ctx, &testpb.SimpleRequest{Payload: &testpb.Payload{Body: make([]byte, 512)}})
+				cancel()
+				if err != nil {
+					failed.Add(1)
+					firstErr.CompareAndSwap(nil, &err)
+					continue
+				}
+				ok.Add(1)
 			}
-			wg.Wait()
-			if n := failed.Load(); n > 0 {
-				t.Errorf("%d of %d calls failed while the backends sent GOAWAY every 100ms; first: %v", n, n+ok.Load(), *firstErr.Load())
-			}
-			if ok.Load() < 100 {
-				t.Errorf("only %d calls succeeded", ok.Load())
-			}
-			t.Logf("%d calls, %d failed, across the backends' GOAWAYs", ok.Load()+failed.Load(), failed.Load())
-		})
+		}()
 	}
+	wg.Wait()
+	if n := failed.Load(); n > 0 {
+		t.Errorf("%d of %d calls failed while the backends sent GOAWAY every 100ms; first: %v", n, n+ok.Load(), *firstErr.Load())
+	}
+	if ok.Load() < 100 {
+		t.Errorf("only %d calls succeeded", ok.Load())
+	}
+	t.Logf("%d calls, %d failed, across the backends' GOAWAYs", ok.Load()+failed.Load(), failed.Load())
 }

@@ -18,7 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// forwardFixture is one meshd in front of one backend, per engine.
+// forwardFixture is one meshd in front of one backend.
 type forwardFixture struct {
 	client testpb.TestServiceClient
 	cc     *grpc.ClientConn
@@ -30,10 +30,10 @@ type forwardFixture struct {
 	}
 }
 
-func newForward(t *testing.T, engine string) *forwardFixture {
+func newForward(t *testing.T) *forwardFixture {
 	t.Helper()
 	bs := startBackends(t, "be", 1)
-	m := startMesh(t, simpleConfig(engine, bs, ""))
+	m := startMesh(t, simpleConfig(bs, ""))
 	cc := dial(t, m.Addr, grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(64<<20)))
 	waitServing(t, cc)
 	return &forwardFixture{client: testpb.NewTestServiceClient(cc), cc: cc, mesh: m, be: bs[0]}
@@ -49,16 +49,11 @@ func ctxMD(t *testing.T, kv ...string) context.Context {
 // each through meshd to a real backend.
 func TestForward(t *testing.T) {
 	t.Parallel()
-	for _, engine := range engines {
-		t.Run(engine, func(t *testing.T) {
+	f := newForward(t)
+	for _, tc := range forwardCases {
+		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			f := newForward(t, engine)
-			for _, tc := range forwardCases {
-				t.Run(tc.name, func(t *testing.T) {
-					t.Parallel()
-					tc.run(t, f)
-				})
-			}
+			tc.run(t, f)
 		})
 	}
 }
@@ -381,65 +376,51 @@ var forwardCases = []struct {
 // DEADLINE_EXCEEDED near the client's deadline, and cancels the backend.
 func TestDeadline(t *testing.T) {
 	t.Parallel()
-	for _, engine := range engines {
-		t.Run(engine, func(t *testing.T) {
-			t.Parallel()
-			f := newForward(t, engine)
-			before := f.be.Cancelled()
-			ctx, cancel := context.WithTimeout(metadata.AppendToOutgoingContext(context.Background(), "x-delay", "2s"), 200*time.Millisecond)
-			defer cancel()
-			start := time.Now()
-			_, err := f.client.UnaryCall(ctx, &testpb.SimpleRequest{})
-			took := time.Since(start)
-			if status.Code(err) != codes.DeadlineExceeded {
-				t.Fatalf("err = %v, want DEADLINE_EXCEEDED", err)
-			}
-			if took > 1500*time.Millisecond {
-				t.Errorf("deadline answered after %s, want near 200ms", took)
-			}
-			waitFor(t, 3*time.Second, "the backend to see the cancel", func() bool { return f.be.Cancelled() > before })
-			md := f.be.LastMetadata()
-			if md == nil {
-				t.Fatal("backend saw no call")
-			}
-		})
+	f := newForward(t)
+	before := f.be.Cancelled()
+	ctx, cancel := context.WithTimeout(metadata.AppendToOutgoingContext(context.Background(), "x-delay", "2s"), 200*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err := f.client.UnaryCall(ctx, &testpb.SimpleRequest{})
+	took := time.Since(start)
+	if status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("err = %v, want DEADLINE_EXCEEDED", err)
+	}
+	if took > 1500*time.Millisecond {
+		t.Errorf("deadline answered after %s, want near 200ms", took)
+	}
+	waitFor(t, 3*time.Second, "the backend to see the cancel", func() bool { return f.be.Cancelled() > before })
+	md := f.be.LastMetadata()
+	if md == nil {
+		t.Fatal("backend saw no call")
 	}
 }
 
 // TestClientCancel checks a client cancel cancels the backend's call.
 func TestClientCancel(t *testing.T) {
 	t.Parallel()
-	for _, engine := range engines {
-		t.Run(engine, func(t *testing.T) {
-			t.Parallel()
-			f := newForward(t, engine)
-			before := f.be.Cancelled()
-			ctx, cancel := context.WithCancel(metadata.AppendToOutgoingContext(context.Background(), "x-delay", "30s", "x-header-first", "1"))
-			st, err := f.client.StreamingOutputCall(ctx, &testpb.StreamingOutputCallRequest{ResponseParameters: []*testpb.ResponseParameters{{Size: 1}}})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := st.Header(); err != nil {
-				t.Fatal(err)
-			}
-			cancel()
-			waitFor(t, 3*time.Second, "the backend to see the cancel", func() bool { return f.be.Cancelled() > before })
-			if _, err := st.Recv(); status.Code(err) != codes.Canceled {
-				t.Errorf("client Recv after cancel = %v", err)
-			}
-		})
+	f := newForward(t)
+	before := f.be.Cancelled()
+	ctx, cancel := context.WithCancel(metadata.AppendToOutgoingContext(context.Background(), "x-delay", "30s", "x-header-first", "1"))
+	st, err := f.client.StreamingOutputCall(ctx, &testpb.StreamingOutputCallRequest{ResponseParameters: []*testpb.ResponseParameters{{Size: 1}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Header(); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	waitFor(t, 3*time.Second, "the backend to see the cancel", func() bool { return f.be.Cancelled() > before })
+	if _, err := st.Recv(); status.Code(err) != codes.Canceled {
+		t.Errorf("client Recv after cancel = %v", err)
 	}
 }
 
 // TestMeshdErrors checks the statuses meshd produces itself.
 func TestMeshdErrors(t *testing.T) {
 	t.Parallel()
-	for _, engine := range engines {
-		t.Run(engine, func(t *testing.T) {
-			t.Parallel()
-			bs := startBackends(t, "err", 1)
-			m := startMesh(t, `
-engine: `+engine+`
+	bs := startBackends(t, "err", 1)
+	m := startMesh(t, `
 listeners: [{name: main, address: 127.0.0.1:0}]
 routes:
   - {name: users, match: {service: grpc.testing.TestService}, cluster: good}
@@ -448,17 +429,15 @@ clusters:
   - {name: good, endpoints: `+addrs(bs)+`}
   - {name: dead, endpoints: [127.0.0.1:1], health: {disabled: false}}
 `)
-			cc := dial(t, m.Addr)
-			waitServing(t, cc)
-			err := cc.Invoke(ctxMD(t), "/other.v1.Svc/Call", &testpb.Empty{}, &testpb.Empty{})
-			if status.Code(err) != codes.Unimplemented || !strings.Contains(err.Error(), "/other.v1.Svc/Call") {
-				t.Errorf("no route: %v", err)
-			}
-			err = cc.Invoke(ctxMD(t), "/grpc.testing.UnimplementedService/UnimplementedCall", &testpb.Empty{}, &testpb.Empty{})
-			if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), `"dead"`) {
-				t.Errorf("no endpoint: %v", err)
-			}
-		})
+	cc := dial(t, m.Addr)
+	waitServing(t, cc)
+	err := cc.Invoke(ctxMD(t), "/other.v1.Svc/Call", &testpb.Empty{}, &testpb.Empty{})
+	if status.Code(err) != codes.Unimplemented || !strings.Contains(err.Error(), "/other.v1.Svc/Call") {
+		t.Errorf("no route: %v", err)
+	}
+	err = cc.Invoke(ctxMD(t), "/grpc.testing.UnimplementedService/UnimplementedCall", &testpb.Empty{}, &testpb.Empty{})
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), `"dead"`) {
+		t.Errorf("no endpoint: %v", err)
 	}
 }
 
@@ -466,38 +445,33 @@ clusters:
 // backend (per-call, not per-connection, balancing).
 func TestRoundRobinPerCall(t *testing.T) {
 	t.Parallel()
-	for _, engine := range engines {
-		t.Run(engine, func(t *testing.T) {
-			t.Parallel()
-			bs := startBackends(t, "rr", 3)
-			m := startMesh(t, simpleConfig(engine, bs, ""))
-			cc := dial(t, m.Addr)
-			c := testpb.NewTestServiceClient(cc)
-			// Wait until every backend is admitted.
-			waitFor(t, 10*time.Second, "all three backends to be admitted", func() bool {
-				seen := map[string]bool{}
-				for i := 0; i < 6; i++ {
-					var h metadata.MD
-					if _, err := c.EmptyCall(context.Background(), &testpb.Empty{}, grpc.Header(&h)); err == nil {
-						seen[strings.Join(h.Get("x-backend"), "")] = true
-					}
-				}
-				return len(seen) == 3
-			})
-			start := make([]int64, 3)
-			for i, b := range bs {
-				start[i] = b.Calls()
+	bs := startBackends(t, "rr", 3)
+	m := startMesh(t, simpleConfig(bs, ""))
+	cc := dial(t, m.Addr)
+	c := testpb.NewTestServiceClient(cc)
+	// Wait until every backend is admitted.
+	waitFor(t, 10*time.Second, "all three backends to be admitted", func() bool {
+		seen := map[string]bool{}
+		for i := 0; i < 6; i++ {
+			var h metadata.MD
+			if _, err := c.EmptyCall(context.Background(), &testpb.Empty{}, grpc.Header(&h)); err == nil {
+				seen[strings.Join(h.Get("x-backend"), "")] = true
 			}
-			for i := 0; i < 300; i++ {
-				if _, err := c.EmptyCall(context.Background(), &testpb.Empty{}); err != nil {
-					t.Fatal(err)
-				}
-			}
-			for i, b := range bs {
-				if n := b.Calls() - start[i]; n != 100 {
-					t.Errorf("backend %d got %d of 300 calls, want 100", i, n)
-				}
-			}
-		})
+		}
+		return len(seen) == 3
+	})
+	start := make([]int64, 3)
+	for i, b := range bs {
+		start[i] = b.Calls()
+	}
+	for i := 0; i < 300; i++ {
+		if _, err := c.EmptyCall(context.Background(), &testpb.Empty{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, b := range bs {
+		if n := b.Calls() - start[i]; n != 100 {
+			t.Errorf("backend %d got %d of 300 calls, want 100", i, n)
+		}
 	}
 }

@@ -1,11 +1,13 @@
 package test
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -23,9 +25,6 @@ import (
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
-
-// engines are the data paths every end-to-end test runs against.
-var engines = []string{"grpc", "frame"}
 
 // mesh is one in-process meshd.
 type mesh struct {
@@ -103,9 +102,8 @@ func addrs(bs []*backend.Backend) string {
 }
 
 // simpleConfig routes everything to one cluster of the given backends.
-func simpleConfig(engine string, bs []*backend.Backend, extraCluster string) string {
+func simpleConfig(bs []*backend.Backend, extraCluster string) string {
 	return fmt.Sprintf(`
-engine: %s
 admin: {address: 127.0.0.1:0}
 listeners: [{name: main, address: 127.0.0.1:0}]
 drain_timeout: 5s
@@ -116,19 +114,29 @@ routes:
 clusters:
   - name: backends
     endpoints: %s
-%s`, engine, addrs(bs), extraCluster)
+%s`, addrs(bs), extraCluster)
 }
 
 // waitFor polls cond until it holds or the timeout passes.
 func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
+	if !poll(timeout, 5*time.Millisecond, cond) {
+		t.Fatalf("timed out after %s waiting for %s", timeout, what)
+	}
+}
+
+// poll calls cond every interval until it holds (true) or timeout has
+// passed (false). It is waitFor for callers that report a timeout with
+// more than its message.
+func poll(timeout, interval time.Duration, cond func() bool) bool {
 	deadline := time.Now().Add(timeout)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+			return false
 		}
-		time.Sleep(5 * time.Millisecond) // polling interval, not a wait for state
+		time.Sleep(interval) // polling interval, not a wait for state
 	}
+	return true
 }
 
 // waitServing waits until calls through meshd succeed (endpoints are
@@ -166,4 +174,40 @@ func tryGet(addr, path string) (int, string, error) {
 		return 0, "", err
 	}
 	return resp.StatusCode, string(b), nil
+}
+
+// scrapeMetrics fetches /metrics and returns every sample by its series
+// as the text format writes it: name{label="value",...}, labels sorted.
+func scrapeMetrics(t testing.TB, admin string) map[string]float64 {
+	t.Helper()
+	c := http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get("http://" + admin + "/metrics")
+	if err != nil {
+		t.Fatalf("GET /metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	out, err := parseMetrics(resp.Body)
+	if err != nil {
+		t.Fatalf("read /metrics: %v", err)
+	}
+	return out
+}
+
+// parseMetrics reads the Prometheus text format into every sample by its
+// series as written: name{label="value",...}.
+func parseMetrics(r io.Reader) (map[string]float64, error) {
+	out := map[string]float64{}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
+			out[line[:i]] = v
+		}
+	}
+	return out, sc.Err()
 }

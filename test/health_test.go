@@ -89,11 +89,11 @@ type loaded struct {
 	stop   chan struct{}
 }
 
-// startLoaded starts meshd with simpleConfig(engine, bs, extra), waits for
+// startLoaded starts meshd with simpleConfig(bs, extra), waits for
 // every backend to serve, and runs a load of 4 workers until finish.
-func startLoaded(t *testing.T, engine string, bs []*backend.Backend, extra string) *loaded {
+func startLoaded(t *testing.T, bs []*backend.Backend, extra string) *loaded {
 	t.Helper()
-	m := startMesh(t, simpleConfig(engine, bs, extra))
+	m := startMesh(t, simpleConfig(bs, extra))
 	for _, b := range bs {
 		if b.Health != nil {
 			waitState(t, m.Admin, "backends", b.Addr, "serving")
@@ -113,14 +113,11 @@ func loadThrough(t *testing.T, m *mesh) *loaded {
 // waitLoad polls cond like waitFor, and on timeout says what the load saw.
 func (l *loaded) waitLoad(t *testing.T, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			fs := l.load.Failures()
-			t.Fatalf("timed out after %s waiting for %s; load: %d calls done, answers %v, %d failures:\n%s",
-				timeout, what, l.load.Total(), l.load.Counts(), len(fs), describeFailures(fs, deadline.Add(-timeout)))
-		}
-		time.Sleep(5 * time.Millisecond) // polling interval, not a wait for state
+	start := time.Now()
+	if !poll(timeout, 5*time.Millisecond, cond) {
+		fs := l.load.Failures()
+		t.Fatalf("timed out after %s waiting for %s; load: %d calls done, answers %v, %d failures:\n%s",
+			timeout, what, l.load.Total(), l.load.Counts(), len(fs), describeFailures(fs, start))
 	}
 }
 
@@ -161,22 +158,17 @@ func describeFailures(fs []loadFailure, since time.Time) string {
 // continuous load: each case runs real backends behind an in-process meshd.
 func TestHealth(t *testing.T) {
 	t.Parallel()
-	for _, engine := range engines {
-		t.Run(engine, func(t *testing.T) {
+	for _, tc := range healthCases {
+		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			for _, tc := range healthCases {
-				t.Run(tc.name, func(t *testing.T) {
-					t.Parallel()
-					tc.run(t, engine)
-				})
-			}
+			tc.run(t)
 		})
 	}
 }
 
 var healthCases = []struct {
 	name string
-	run  func(t *testing.T, engine string)
+	run  func(t *testing.T)
 }{
 	{"not serving flip", testNotServingFlip},
 	{"backend killed", testBackendKilled},
@@ -195,9 +187,9 @@ const latencyAttempts = 3
 
 // testNotServingFlip: NOT_SERVING takes a backend out of traffic within
 // 100ms, SERVING brings it back within 100ms, and no call fails.
-func testNotServingFlip(t *testing.T, engine string) {
+func testNotServingFlip(t *testing.T) {
 	bs := startBackends(t, "flip", 3)
-	l := startLoaded(t, engine, bs, "")
+	l := startLoaded(t, bs, "")
 	l.waitTraffic(t, 20, bs...)
 	b := bs[0]
 
@@ -240,9 +232,9 @@ func testNotServingFlip(t *testing.T, engine string) {
 
 // testBackendKilled: a killed backend's calls go elsewhere; whatever fails
 // fails within a second of the kill.
-func testBackendKilled(t *testing.T, engine string) {
+func testBackendKilled(t *testing.T) {
 	bs := startBackends(t, "kill", 3)
-	l := startLoaded(t, engine, bs, "")
+	l := startLoaded(t, bs, "")
 	l.waitTraffic(t, 20, bs...)
 	b := bs[0]
 
@@ -276,9 +268,9 @@ func testBackendKilled(t *testing.T, engine string) {
 // testOutlierEjection: a backend failing every call while its health says
 // SERVING is ejected after 5 consecutive failures, re-admitted after the
 // base ejection time, re-ejected for longer, and stays in once it recovers.
-func testOutlierEjection(t *testing.T, engine string) {
+func testOutlierEjection(t *testing.T) {
 	bs := startBackends(t, "outlier", 3)
-	l := startLoaded(t, engine, bs, "    outlier: {base_ejection_time: 300ms}\n")
+	l := startLoaded(t, bs, "    outlier: {base_ejection_time: 300ms}\n")
 	l.waitTraffic(t, 20, bs...)
 	bad := bs[0]
 
@@ -357,9 +349,9 @@ func testOutlierEjection(t *testing.T, engine string) {
 
 // testAllFailing: when every endpoint fails, max_ejection_percent (50%: one
 // of three) keeps the cluster answering with the backends' own errors.
-func testAllFailing(t *testing.T, engine string) {
+func testAllFailing(t *testing.T) {
 	bs := startBackends(t, "allfail", 3)
-	l := startLoaded(t, engine, bs, "    outlier: {base_ejection_time: 300ms}\n")
+	l := startLoaded(t, bs, "    outlier: {base_ejection_time: 300ms}\n")
 	l.waitTraffic(t, 20, bs...)
 	failing := time.Now()
 	for _, b := range bs {
@@ -398,11 +390,11 @@ func testAllFailing(t *testing.T, engine string) {
 
 // testNoHealthService: a backend without grpc.health.v1 serves under the
 // default health.missing: serving, and never takes traffic under ejected.
-func testNoHealthService(t *testing.T, engine string) {
+func testNoHealthService(t *testing.T) {
 	t.Run("serving", func(t *testing.T) {
 		t.Parallel()
 		bs := startBackends(t, "nohealth-serving", 1, backend.WithHealth(backend.HealthNone))
-		m := startMesh(t, simpleConfig(engine, bs, ""))
+		m := startMesh(t, simpleConfig(bs, ""))
 		waitServing(t, dial(t, m.Addr))
 		e := waitState(t, m.Admin, "backends", bs[0].Addr, "serving")
 		if e.Source != "health:absent" {
@@ -414,7 +406,7 @@ func testNoHealthService(t *testing.T, engine string) {
 		plain := startBackends(t, "nohealth-plain", 1)
 		none := startBackends(t, "nohealth-ejected", 1, backend.WithHealth(backend.HealthNone))
 		bs := append(plain, none...)
-		m := startMesh(t, simpleConfig(engine, bs, "    health: {missing: ejected}\n"))
+		m := startMesh(t, simpleConfig(bs, "    health: {missing: ejected}\n"))
 		e := waitState(t, m.Admin, "backends", none[0].Addr, "ejected")
 		if e.Source != "health:absent" {
 			t.Errorf("endpoint %+v, want source health:absent", e)
@@ -441,11 +433,11 @@ func testNoHealthService(t *testing.T, engine string) {
 
 // testCheckOnly: a backend that implements only Health/Check is polled at
 // check_interval; NOT_SERVING takes it out within about one interval.
-func testCheckOnly(t *testing.T, engine string) {
+func testCheckOnly(t *testing.T) {
 	plain := startBackends(t, "check-plain", 1)
 	check := startBackends(t, "check-only", 1, backend.WithHealth(backend.HealthCheck))
 	bs := append(plain, check...)
-	l := startLoaded(t, engine, bs, "    health: {check_interval: 100ms}\n")
+	l := startLoaded(t, bs, "    health: {check_interval: 100ms}\n")
 	if e, _ := endpointAt(t, l.mesh.Admin, "backends", check[0].Addr); e.Source != "health:check" {
 		t.Errorf("check-only endpoint %+v, want source health:check", e)
 	}
@@ -520,14 +512,14 @@ func (c *streamCounter) HandleConn(_ context.Context, s stats.ConnStats) {
 
 // testNoWatchLeak: an endpoint that Consul adds and removes five times
 // leaves no Watch stream and no connection behind, and /clusters forgets it.
-func testNoWatchLeak(t *testing.T, engine string) {
+func testNoWatchLeak(t *testing.T) {
 	agent := consultest.Start(t)
 	var counter streamCounter
 	steady := startBackends(t, "leak-steady", 1)
 	flappy := startBackends(t, "leak-flappy", 1, backend.WithServerOptions(grpc.StatsHandler(&counter)))
-	service := "leak-" + engine
+	service := "leak"
 	registerBackend(t, agent, service, "steady", steady[0])
-	m := startMesh(t, consulConfig(engine, agent.Addr, "leak", fmt.Sprintf("consul: {service: %s}", service)))
+	m := startMesh(t, consulConfig(agent.Addr, "leak", fmt.Sprintf("consul: {service: %s}", service)))
 	waitServing(t, dial(t, m.Addr))
 
 	for i := range 5 {

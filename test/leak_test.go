@@ -53,18 +53,13 @@ func currentUsage(t testing.TB) usage {
 // fails with a goroutine dump if it does not come back in leakSettle.
 func waitBaseline(t *testing.T, base usage, after string) {
 	t.Helper()
-	deadline := time.Now().Add(leakSettle)
 	var u usage
-	for {
+	if poll(leakSettle, 20*time.Millisecond, func() bool {
 		u = currentUsage(t)
-		if u.goroutines <= base.goroutines+leakSlackGoroutines && u.fds <= base.fds+leakSlackFDs {
-			t.Logf("after %s: %s (baseline %s)", after, u, base)
-			return
-		}
-		if time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(20 * time.Millisecond) // polling interval
+		return u.goroutines <= base.goroutines+leakSlackGoroutines && u.fds <= base.fds+leakSlackFDs
+	}) {
+		t.Logf("after %s: %s (baseline %s)", after, u, base)
+		return
 	}
 	var dump bytes.Buffer
 	_ = pprof.Lookup("goroutine").WriteTo(&dump, 1)
@@ -73,14 +68,8 @@ func waitBaseline(t *testing.T, base usage, after string) {
 }
 
 func TestLeak(t *testing.T) {
-	for _, engine := range engines {
-		t.Run(engine, func(t *testing.T) { testLeak(t, engine) })
-	}
-}
-
-func testLeak(t *testing.T, engine string) {
 	bs := startBackends(t, "leak", 3)
-	yaml := func(eps []*backend.Backend) string { return simpleConfig(engine, eps, "") }
+	yaml := func(eps []*backend.Backend) string { return simpleConfig(eps, "") }
 	m := startMesh(t, yaml(bs[:2]))
 	cc := dial(t, m.Addr)
 	waitServing(t, cc)

@@ -58,15 +58,8 @@ type netnsHost struct {
 // own UID. The app's client dials backends' ordinary addresses and never
 // meshd, and its server is called at its own address from another
 // namespace; the test checks that meshd carried every call and routed it by
-// the original destination. It runs once per engine, one after the other:
-// both use the same namespace names.
+// the original destination.
 func TestNetnsSidecar(t *testing.T) {
-	for _, engine := range engines {
-		t.Run(engine, func(t *testing.T) { testNetnsSidecar(t, engine) })
-	}
-}
-
-func testNetnsSidecar(t *testing.T, engine string) {
 	env := newNetnsEnv(t)
 	b1, b2, b3, cl := env.hosts[0], env.hosts[1], env.hosts[2], env.hosts[3]
 
@@ -102,7 +95,6 @@ func testNetnsSidecar(t *testing.T, engine string) {
 	env.meshdCmd(t, "app", true, "iptables", "-inbound-port", "15006", "-outbound-port", "15001",
 		"-proxy-uid", strconv.Itoa(netnsProxyUID), "-exclude-inbound-ports", "15000")
 	env.startMeshd(t, fmt.Sprintf(`
-engine: %[5]s
 admin: {address: 0.0.0.0:15000}
 drain_timeout: 2s
 listeners:
@@ -119,7 +111,7 @@ routes:
 clusters:
   - name: users
     endpoints: [%[1]s:%[4]d, %[2]s:%[4]d]
-`, b1.ip, b2.ip, b3.ip, backendPort, engine))
+`, b1.ip, b2.ip, b3.ip, backendPort))
 
 	// The app's client: a plain gRPC client that dials b1's address.
 	appCall := func(target string, unary bool) error {

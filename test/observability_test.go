@@ -96,8 +96,7 @@ func startObserved(t testing.TB, yaml string, topts ...tracing.Option) *observed
 		server.WithAdminOptions(admin.WithMetrics(o.metrics.Handler()), admin.WithHealthPollInterval(10*time.Millisecond)),
 	}
 	if o.tp.Enabled() {
-		// As `meshd run` does: both engines trace (the frame engine through
-		// its own spans, which WithStatsHandlers alone would not enable).
+		// As `meshd run` does.
 		sopts = append(sopts, server.WithTracing(o.tp))
 	}
 	o.mesh = runMesh(t, cfg, sopts...)
@@ -161,7 +160,9 @@ func obsTraceID(i int) string { return fmt.Sprintf("4bf92f3577b34da6a3ce929d%08x
 // and a good endpoint makes about half the calls start on the failing one
 // and take a second attempt: a transparent retry when the failing endpoint
 // refuses connections, a retry by the route's policy when it answers
-// UNAVAILABLE.
+// UNAVAILABLE. The attempt that reaches the backend carries the caller's
+// baggage and tracestate, and grpc-previous-rpc-attempts when it is not the
+// first.
 func TestTraceThroughMeshd(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
@@ -219,6 +220,7 @@ routes:
 
 	const calls = 6
 	backendParent := map[string]string{} // trace id → parent id the backend saw
+	previous := map[string][]string{}    // trace id → grpc-previous-rpc-attempts the backend saw
 	for i := range calls {
 		tid := obsTraceID(i)
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -241,6 +243,7 @@ routes:
 			t.Fatalf("call %d: backend traceparent %q, want trace %s, sampled", i, tps[0], tid)
 		}
 		backendParent[tid] = parts[2]
+		previous[tid] = md.Get("grpc-previous-rpc-attempts")
 		if got := md.Get("baggage"); len(got) != 1 || got[0] != "tenant=acme" {
 			t.Errorf("call %d: backend baggage %q, want the caller's", i, got)
 		}
@@ -318,6 +321,10 @@ routes:
 		if len(clients) == 2 {
 			retried++
 		}
+		// The attempt that reached the backend says how many came before.
+		if prev := previous[tid]; len(clients) == 2 && (len(prev) != 1 || prev[0] != "1") || len(clients) == 1 && len(prev) != 0 {
+			t.Errorf("trace %s: %d attempts, backend saw grpc-previous-rpc-attempts %q", tid, len(clients), prev)
+		}
 	}
 	if retried == 0 {
 		t.Errorf("no call was retried over %d calls on [failing, live]: want separate CLIENT spans per attempt", calls)
@@ -359,7 +366,7 @@ routes:
 func TestCollectorDown(t *testing.T) {
 	t.Parallel()
 	bs := startBackends(t, "be", 1)
-	o := startObserved(t, simpleConfig("grpc", bs, ""),
+	o := startObserved(t, simpleConfig(bs, ""),
 		tracing.WithEndpoint(refusedAddr(t)), tracing.WithSampleRatio(1),
 		tracing.WithBatchTimeout(10*time.Millisecond), tracing.WithExportTimeout(200*time.Millisecond))
 	cc := dial(t, o.Addr)
@@ -519,27 +526,22 @@ clusters:
 	}
 }
 
-// TestAccessLog: one parseable JSON line per call with every field, the
-// same on both engines (bytes count message bytes), and none with
-// sample_ratio 0.
+// TestAccessLog: one parseable JSON line per call with every field (bytes
+// count message bytes), and none with sample_ratio 0.
 func TestAccessLog(t *testing.T) {
 	t.Parallel()
 	bs := startBackends(t, "be", 1)
-	type accessCase struct {
-		name, engine string
-		ratio        string
-		want         int
-	}
-	var cases []accessCase
-	for _, e := range engines {
-		cases = append(cases, accessCase{e + "/all", e, "1.0", 3})
-	}
-	cases = append(cases, accessCase{"grpc/none", "grpc", "0", 0})
-	for _, tc := range cases {
+	for _, tc := range []struct {
+		name, ratio string
+		want        int
+	}{
+		{"all", "1.0", 3},
+		{"none", "0", 0},
+	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			logFile := filepath.Join(t.TempDir(), "access.log")
-			o := startObserved(t, simpleConfig(tc.engine, bs, "")+fmt.Sprintf("access_log: {enabled: true, path: %s, sample_ratio: %s}\n", logFile, tc.ratio))
+			o := startObserved(t, simpleConfig(bs, "")+fmt.Sprintf("access_log: {enabled: true, path: %s, sample_ratio: %s}\n", logFile, tc.ratio))
 			cc := dial(t, o.Addr)
 			client := testpb.NewTestServiceClient(cc)
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -596,7 +598,7 @@ func TestAccessLog(t *testing.T) {
 func TestAdminGRPCHealthDrain(t *testing.T) {
 	t.Parallel()
 	bs := startBackends(t, "be", 1)
-	o := startObserved(t, simpleConfig("grpc", bs, ""))
+	o := startObserved(t, simpleConfig(bs, ""))
 	cc := dial(t, o.Addr)
 	waitServing(t, cc)
 	hc := healthpb.NewHealthClient(dial(t, o.Admin))

@@ -48,6 +48,9 @@ type rawH2 struct {
 	mu   sync.Mutex // guards res
 	res  rawResult
 	done chan struct{} // closed when the reader has seen the connection end
+	// changed gets a token after each frame the reader recorded, so that
+	// a waiter can look at Result again (capacity 1: tokens coalesce).
+	changed chan struct{}
 }
 
 // rawResult is what the server did on one raw connection.
@@ -122,7 +125,7 @@ func dialRawTCPConn(addr string) (*rawH2, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &rawH2{nc: nc, start: time.Now(), next: 1, done: make(chan struct{}), settings: make(chan struct{})}
+	c := &rawH2{nc: nc, start: time.Now(), next: 1, done: make(chan struct{}), settings: make(chan struct{}), changed: make(chan struct{}, 1)}
 	c.bw = bufio.NewWriterSize(nc, 64<<10)
 	c.fr = http2.NewFramer(c.bw, nil)
 	c.fr.AllowIllegalWrites = true
@@ -239,10 +242,20 @@ func (c *rawH2) read() {
 					_ = c.Write(func(fr *http2.Framer) error { return fr.WriteSettingsAck() })
 					_ = c.Flush()
 				}
+				c.notify()
 				continue
 			}
 		}
 		c.mu.Unlock()
+		c.notify()
+	}
+}
+
+// notify tells a waiter that the result changed.
+func (c *rawH2) notify() {
+	select {
+	case c.changed <- struct{}{}:
+	default:
 	}
 }
 
@@ -398,10 +411,16 @@ const (
 
 type attackFunc func(ctx context.Context, addr string, opt attackOpts) (*rawH2, error)
 
-// attackOpts are the listener limits an attack needs to know.
+// attackOpts are the listener limits an attack needs to know, and when it
+// may stop waiting.
 type attackOpts struct {
 	maxStreams        int // the listener's max_concurrent_streams
 	maxHeaderListSize int // the listener's max_header_list_size
+	// answered, when set, says that meshd's answer is complete: an attack
+	// that waits for the answer (or holds its connection) returns as soon
+	// as it holds, rather than when ctx ends. Nil: wait for ctx, the end
+	// of the connection or the attack's own bound.
+	answered func(rawResult) bool
 }
 
 // flood writes frames produced by one(i) in batches until ctx ends, a write
@@ -581,7 +600,7 @@ func oversizedHeaders(ctx context.Context, addr string, opt attackOpts) (*rawH2,
 	if err == nil {
 		_ = c.Flush()
 	}
-	waitCtx(ctx, c, 2*time.Second)
+	waitCtx(ctx, c, opt, 2*time.Second)
 	return c, nil
 }
 
@@ -607,7 +626,7 @@ func oversizedIndexedHeaders(ctx context.Context, addr string, opt attackOpts) (
 	if err == nil {
 		_ = c.Flush()
 	}
-	waitCtx(ctx, c, 2*time.Second)
+	waitCtx(ctx, c, opt, 2*time.Second)
 	return c, nil
 }
 
@@ -627,12 +646,12 @@ func tooManyStreams(ctx context.Context, addr string, opt attackOpts) (*rawH2, e
 		return c, nil
 	}
 	// Hold the streams (calls waiting at the backend) for the phase.
-	waitCtx(ctx, c, time.Minute)
+	waitCtx(ctx, c, opt, time.Minute)
 	return c, nil
 }
 
 // garbage sends bytes that are not HTTP/2 at all.
-func garbage(ctx context.Context, addr string, _ attackOpts) (*rawH2, error) {
+func garbage(ctx context.Context, addr string, opt attackOpts) (*rawH2, error) {
 	c, err := dialRawTCPConn(addr)
 	if err != nil {
 		return nil, err
@@ -641,12 +660,12 @@ func garbage(ctx context.Context, addr string, _ attackOpts) (*rawH2, error) {
 	if c.WriteRaw(junk) == nil {
 		_ = c.Flush()
 	}
-	waitCtx(ctx, c, 2*time.Second)
+	waitCtx(ctx, c, opt, 2*time.Second)
 	return c, nil
 }
 
 // http1 speaks HTTP/1.1 to the gRPC port.
-func http1(ctx context.Context, addr string, _ attackOpts) (*rawH2, error) {
+func http1(ctx context.Context, addr string, opt attackOpts) (*rawH2, error) {
 	c, err := dialRawTCPConn(addr)
 	if err != nil {
 		return nil, err
@@ -655,13 +674,13 @@ func http1(ctx context.Context, addr string, _ attackOpts) (*rawH2, error) {
 	if c.WriteRaw([]byte(req)) == nil {
 		_ = c.Flush()
 	}
-	waitCtx(ctx, c, 2*time.Second)
+	waitCtx(ctx, c, opt, 2*time.Second)
 	return c, nil
 }
 
 // prefaceThenJunk sends a valid preface and SETTINGS, then junk whose
 // first three bytes read as a frame length far over any frame size limit.
-func prefaceThenJunk(ctx context.Context, addr string, _ attackOpts) (*rawH2, error) {
+func prefaceThenJunk(ctx context.Context, addr string, opt attackOpts) (*rawH2, error) {
 	c, err := dialRawConn(addr)
 	if err != nil {
 		return nil, err
@@ -669,7 +688,7 @@ func prefaceThenJunk(ctx context.Context, addr string, _ attackOpts) (*rawH2, er
 	if c.WriteRaw(bytes.Repeat([]byte("junk!"), 1000)) == nil {
 		_ = c.Flush()
 	}
-	waitCtx(ctx, c, 2*time.Second)
+	waitCtx(ctx, c, opt, 2*time.Second)
 	return c, nil
 }
 
@@ -696,13 +715,19 @@ func slowloris(ctx context.Context, addr string, _ attackOpts) (*rawH2, error) {
 	return c, nil
 }
 
-// waitCtx waits until c ends, ctx ends or d passes.
-func waitCtx(ctx context.Context, c *rawH2, d time.Duration) {
+// waitCtx waits until c ends, ctx ends, d passes or opt.answered holds.
+func waitCtx(ctx context.Context, c *rawH2, opt attackOpts, d time.Duration) {
 	t := time.NewTimer(d)
 	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-c.Done():
-	case <-t.C:
+	for opt.answered == nil || !opt.answered(c.Result()) {
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.Done():
+			return
+		case <-t.C:
+			return
+		case <-c.changed:
+		}
 	}
 }

@@ -72,10 +72,6 @@ func (d *deadlineRecorder) get(c string) (time.Duration, bool) {
 // backend gets it, and that a timeout meshd enforces is DEADLINE_EXCEEDED.
 func TestTimeouts(t *testing.T) {
 	t.Parallel()
-	forEngines(t, testTimeouts)
-}
-
-func testTimeouts(t *testing.T, engine string) {
 	rec := &deadlineRecorder{left: map[string]time.Duration{}}
 	bs := startBackends(t, "to", 1, backend.WithServerOptions(grpc.UnaryInterceptor(rec.intercept)))
 	route := func(name, extra string) string {
@@ -88,7 +84,7 @@ func testTimeouts(t *testing.T, engine string) {
 			route("cap-no-client-deadline", "    max_grpc_timeout: 300ms\n")+
 			route("cap-looser", "    max_grpc_timeout: 10s\n")+
 			"  - name: default\n    match: {prefix: /}\n    cluster: c\n",
-		"  - name: c\n    endpoints: "+addrs(bs)+"\n", "engine: "+engine))
+		"  - name: c\n    endpoints: "+addrs(bs)+"\n", ""))
 	cc := dial(t, m.Addr)
 	waitServing(t, cc)
 	client := testpb.NewTestServiceClient(cc)
@@ -159,10 +155,6 @@ func testTimeouts(t *testing.T, engine string) {
 // one.
 func TestStreamTimeouts(t *testing.T) {
 	t.Parallel()
-	forEngines(t, testStreamTimeouts)
-}
-
-func testStreamTimeouts(t *testing.T, engine string) {
 	bs := startBackends(t, "st", 1)
 	m := startMesh(t, meshYAML(`  - name: idle
     match: {prefix: /, headers: [{name: x-route, exact: idle}]}
@@ -171,7 +163,7 @@ func testStreamTimeouts(t *testing.T, engine string) {
   - name: plain
     match: {prefix: /}
     cluster: c
-`, "  - name: c\n    endpoints: "+addrs(bs)+"\n", "engine: "+engine))
+`, "  - name: c\n    endpoints: "+addrs(bs)+"\n", ""))
 	cc := dial(t, m.Addr)
 	waitServing(t, cc)
 	client := testpb.NewTestServiceClient(cc)
@@ -237,7 +229,7 @@ func testStreamTimeouts(t *testing.T, engine string) {
 // route that retries: name-0 fails, name-1 answers. Calls must carry
 // x-trailers-only so the failure is trailers-only (grpc-go sends a header
 // frame first when a handler set header metadata, which commits the call).
-func failoverMesh(t *testing.T, engine, name, retry string) (*mesh, []*backend.Backend, testpb.TestServiceClient) {
+func failoverMesh(t *testing.T, name, retry string) (*mesh, []*backend.Backend, testpb.TestServiceClient) {
 	t.Helper()
 	bs := startBackends(t, name, 2)
 	m := startMesh(t, meshYAML(`  - name: r
@@ -245,7 +237,7 @@ func failoverMesh(t *testing.T, engine, name, retry string) (*mesh, []*backend.B
     cluster: c
 `+retry, "  - name: c\n    endpoints: "+addrs(bs)+"\n"+noOutlier+
 		// Every call may retry once: this test is not about the budget.
-		"    retry_budget: {budget_percent: 100}\n", "engine: "+engine))
+		"    retry_budget: {budget_percent: 100}\n", ""))
 	cc := dial(t, m.Addr)
 	waitServing(t, cc)
 	waitHealthy(t, m.Admin, "c", 2)
@@ -258,11 +250,7 @@ func failoverMesh(t *testing.T, engine, name, retry string) (*mesh, []*backend.B
 // half-close replayed, and the backend learns the attempt count.
 func TestRetryGoesToAnotherBackend(t *testing.T) {
 	t.Parallel()
-	forEngines(t, testRetryGoesToAnotherBackend)
-}
-
-func testRetryGoesToAnotherBackend(t *testing.T, engine string) {
-	_, bs, client := failoverMesh(t, engine, "rt", `    retry: {attempts: 2, backoff: {base_interval: 1ms}}
+	_, bs, client := failoverMesh(t, "rt", `    retry: {attempts: 2, backoff: {base_interval: 1ms}}
 `)
 	ctx := ctxMD(t, "x-trailers-only", "1")
 	t.Run("unary", func(t *testing.T) {
@@ -343,10 +331,6 @@ func testRetryGoesToAnotherBackend(t *testing.T, engine string) {
 // elsewhere; when every attempt is cut the call is DEADLINE_EXCEEDED.
 func TestPerTryTimeout(t *testing.T) {
 	t.Parallel()
-	forEngines(t, testPerTryTimeout)
-}
-
-func testPerTryTimeout(t *testing.T, engine string) {
 	slowIntercept := func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 		tm := time.NewTimer(10 * time.Second)
 		defer tm.Stop()
@@ -368,7 +352,7 @@ func testPerTryTimeout(t *testing.T, engine string) {
     match: {prefix: /}
     cluster: mixed
     retry: {attempts: 2, per_try_timeout: 500ms, backoff: {base_interval: 1ms}}
-`, "  - name: mixed\n    endpoints: "+addrs(both)+"\n"+noOutlier+"  - name: slow\n    endpoints: "+addrs(slow)+"\n"+noOutlier, "engine: "+engine))
+`, "  - name: mixed\n    endpoints: "+addrs(both)+"\n"+noOutlier+"  - name: slow\n    endpoints: "+addrs(slow)+"\n"+noOutlier, ""))
 	cc := dial(t, m.Addr)
 	waitServing(t, cc)
 	waitHealthy(t, m.Admin, "mixed", 2)
@@ -405,10 +389,6 @@ func testPerTryTimeout(t *testing.T, engine string) {
 // once instead of a doomed attempt.
 func TestRetryNotStartedPastDeadline(t *testing.T) {
 	t.Parallel()
-	forEngines(t, testRetryNotStartedPastDeadline)
-}
-
-func testRetryNotStartedPastDeadline(t *testing.T, engine string) {
 	tests := []struct {
 		name      string
 		deadline  time.Duration
@@ -427,7 +407,7 @@ func testRetryNotStartedPastDeadline(t *testing.T, engine string) {
     match: {prefix: /}
     cluster: c
     retry: {attempts: 3, backoff: {base_interval: 1ms}}
-`, "  - name: c\n    endpoints: "+addrs(bs)+"\n"+noOutlier, "engine: "+engine))
+`, "  - name: c\n    endpoints: "+addrs(bs)+"\n"+noOutlier, ""))
 			cc := dial(t, m.Addr)
 			waitServing(t, cc)
 			base := bs[0].Calls() + bs[1].Calls()
@@ -453,16 +433,12 @@ func testRetryNotStartedPastDeadline(t *testing.T, engine string) {
 // a failure is final.
 func TestCommittedCallNotRetried(t *testing.T) {
 	t.Parallel()
-	forEngines(t, testCommittedCallNotRetried)
-}
-
-func testCommittedCallNotRetried(t *testing.T, engine string) {
 	bs := startBackends(t, "cm", 2)
 	m := startMesh(t, meshYAML(`  - name: r
     match: {prefix: /}
     cluster: c
     retry: {attempts: 3, backoff: {base_interval: 1ms}}
-`, "  - name: c\n    endpoints: "+addrs(bs)+"\n"+noOutlier, "engine: "+engine))
+`, "  - name: c\n    endpoints: "+addrs(bs)+"\n"+noOutlier, ""))
 	cc := dial(t, m.Addr)
 	waitServing(t, cc)
 	base := bs[0].Calls() + bs[1].Calls()
@@ -495,10 +471,6 @@ func testCommittedCallNotRetried(t *testing.T, engine string) {
 // process-wide retry buffer commits and is not retried.
 func TestRetryBufferLimit(t *testing.T) {
 	t.Parallel()
-	forEngines(t, testRetryBufferLimit)
-}
-
-func testRetryBufferLimit(t *testing.T, engine string) {
 	tests := []struct {
 		name      string
 		perCall   int
@@ -520,7 +492,7 @@ func testRetryBufferLimit(t *testing.T, engine string) {
     match: {prefix: /}
     cluster: c
     retry: {attempts: 2, max_buffer_bytes: %d, backoff: {base_interval: 1ms}}
-`, tc.perCall), "  - name: c\n    endpoints: "+addrs(bs)+"\n"+noOutlier, fmt.Sprintf("engine: %s\nmax_retry_buffer_bytes: %d", engine, tc.process)))
+`, tc.perCall), "  - name: c\n    endpoints: "+addrs(bs)+"\n"+noOutlier, fmt.Sprintf("max_retry_buffer_bytes: %d", tc.process)))
 			cc := dial(t, m.Addr)
 			waitServing(t, cc)
 			base := bs[0].Calls()
@@ -550,10 +522,6 @@ func testRetryBufferLimit(t *testing.T, engine string) {
 // retry.attempts alone would triple the load.
 func TestRetryBudgetCapsStorm(t *testing.T) {
 	t.Parallel()
-	forEngines(t, testRetryBudgetCapsStorm)
-}
-
-func testRetryBudgetCapsStorm(t *testing.T, engine string) {
 	tests := []struct {
 		name         string
 		budget       string
@@ -573,7 +541,7 @@ func testRetryBudgetCapsStorm(t *testing.T, engine string) {
     match: {prefix: /}
     cluster: c
     retry: {attempts: 3, backoff: {base_interval: 1ms, max_interval: 2ms}}
-`, "  - name: c\n    endpoints: "+addrs(bs)+"\n"+noOutlier+"    retry_budget: "+tc.budget+"\n", "engine: "+engine))
+`, "  - name: c\n    endpoints: "+addrs(bs)+"\n"+noOutlier+"    retry_budget: "+tc.budget+"\n", ""))
 			cc := dial(t, m.Addr)
 			waitServing(t, cc)
 			for _, b := range bs {
@@ -615,16 +583,6 @@ func testRetryBudgetCapsStorm(t *testing.T, engine string) {
 	}
 }
 
-// forEngines runs f as a parallel subtest per engine.
-func forEngines(t *testing.T, f func(t *testing.T, engine string)) {
-	for _, engine := range engines {
-		t.Run(engine, func(t *testing.T) {
-			t.Parallel()
-			f(t, engine)
-		})
-	}
-}
-
 // waitHealthy waits until n endpoints of cluster are serving, so that a
 // retry has somewhere else to go (waitServing proves only one).
 func waitHealthy(t *testing.T, admin, cluster string, n int) {
@@ -658,15 +616,11 @@ func clusterLimits(t *testing.T, admin, cluster string) (active, pending int64) 
 // RESOURCE_EXHAUSTED at once instead of queueing.
 func TestConcurrencyLimits(t *testing.T) {
 	t.Parallel()
-	forEngines(t, testConcurrencyLimits)
-}
-
-func testConcurrencyLimits(t *testing.T, engine string) {
 	t.Run("max_requests", func(t *testing.T) {
 		t.Parallel()
 		bs := startBackends(t, "mr", 1)
 		m := startMesh(t, meshYAML("  - name: r\n    match: {prefix: /}\n    cluster: c\n",
-			"  - name: c\n    endpoints: "+addrs(bs)+"\n    max_requests: 2\n", "engine: "+engine))
+			"  - name: c\n    endpoints: "+addrs(bs)+"\n    max_requests: 2\n", ""))
 		cc := dial(t, m.Addr)
 		waitServing(t, cc)
 		client := testpb.NewTestServiceClient(cc)
@@ -707,77 +661,21 @@ func testConcurrencyLimits(t *testing.T, engine string) {
 	})
 	t.Run("max_pending", func(t *testing.T) {
 		t.Parallel()
-		if engine == "frame" {
-			testFramePending(t)
-			return
-		}
-		// One stream slot on the backend's only connection: a second call
-		// waits for it inside meshd ("pending").
-		bs := startBackends(t, "mp", 1, backend.WithHealth(backend.HealthNone), backend.WithServerOptions(grpc.MaxConcurrentStreams(1)))
-		m := startMesh(t, meshYAML("  - name: r\n    match: {prefix: /}\n    cluster: c\n",
-			"  - name: c\n    endpoints: "+addrs(bs)+"\n    health: {disabled: true}\n    max_pending: 1\n", "engine: "+engine))
-		cc := dial(t, m.Addr)
-		waitServing(t, cc)
-		client := testpb.NewTestServiceClient(cc)
-		ctx, cancel := context.WithCancel(context.Background())
-		defer cancel()
-		first, err := client.FullDuplexCall(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := first.Send(&testpb.StreamingOutputCallRequest{ResponseParameters: []*testpb.ResponseParameters{{Size: 1}}}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := first.Recv(); err != nil {
-			t.Fatal(err)
-		}
-		second := make(chan error, 1)
-		go func() {
-			_, err := client.EmptyCall(ctx, &testpb.Empty{})
-			second <- err
-		}()
-		waitFor(t, 5*time.Second, "the second call to wait for a stream slot", func() bool {
-			_, pending := clusterLimits(t, m.Admin, "c")
-			return pending == 1
-		})
-		start := time.Now()
-		_, err = client.EmptyCall(ctxMD(t), &testpb.Empty{})
-		took := time.Since(start)
-		if status.Code(err) != codes.ResourceExhausted || !strings.Contains(status.Convert(err).Message(), "max_pending") {
-			t.Fatalf("third call: %v, want RESOURCE_EXHAUSTED naming max_pending", err)
-		}
-		if took > time.Second {
-			t.Errorf("refusal took %v; it must be immediate", took)
-		}
-		// The first stream ends; the waiting call gets the slot.
-		if err := first.CloseSend(); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := first.Recv(); err != io.EOF {
-			t.Fatalf("first stream: %v", err)
-		}
-		select {
-		case err := <-second:
-			if err != nil {
-				t.Fatalf("the pending call failed: %v", err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Fatal("the pending call never got its stream")
-		}
+		testMaxPending(t)
 	})
 }
 
-// testFramePending is max_pending on the frame engine, whose pool does not
-// make a call wait for a stream slot on a full connection but dials another
-// (it keeps two per backend, more while all are at the backend's
-// MAX_CONCURRENT_STREAMS): the call is pending while that dial is in
-// progress. The backend's SETTINGS on the new connection are held back
-// (settingsGate), so the wait lasts until the test ends it.
-func testFramePending(t *testing.T) {
+// testMaxPending: meshd's upstream pool does not make a call wait for a
+// stream slot on a full connection but dials another (it keeps two per
+// backend, more while all are at the backend's MAX_CONCURRENT_STREAMS): the
+// call is pending while that dial is in progress. The backend's SETTINGS on
+// the new connection are held back (settingsGate), so the wait lasts until
+// the test ends it.
+func testMaxPending(t *testing.T) {
 	bs := startBackends(t, "mpf", 1, backend.WithHealth(backend.HealthNone), backend.WithServerOptions(grpc.MaxConcurrentStreams(1)))
 	gate := startSettingsGate(t, bs[0].Addr, 2)
 	m := startMesh(t, meshYAML("  - name: r\n    match: {prefix: /}\n    cluster: c\n",
-		"  - name: c\n    endpoints: ["+gate.Addr()+"]\n    health: {disabled: true}\n    max_pending: 1\n", "engine: frame"))
+		"  - name: c\n    endpoints: ["+gate.Addr()+"]\n    health: {disabled: true}\n    max_pending: 1\n", ""))
 	cc := dial(t, m.Addr)
 	waitServing(t, cc)
 	client := testpb.NewTestServiceClient(cc)
@@ -966,19 +864,14 @@ func TestRateLimit(t *testing.T) {
 
 // TestTransparentRetryNotReached: a call whose stream could not be opened
 // (connection refused) never reached a backend, so it goes to another
-// endpoint even on a route without a retry policy, with its messages, on
-// both engines.
+// endpoint even on a route without a retry policy, with its messages.
 func TestTransparentRetryNotReached(t *testing.T) {
 	t.Parallel()
-	forEngines(t, testTransparentRetryNotReached)
-}
-
-func testTransparentRetryNotReached(t *testing.T, engine string) {
 	bs := startBackends(t, "nr", 2)
 	// No health watching and no outlier detection: meshd keeps picking
 	// the dead backend, and only the transparent retry saves the calls.
 	m := startMesh(t, meshYAML("  - name: r\n    match: {prefix: /}\n    cluster: c\n",
-		"  - name: c\n    endpoints: "+addrs(bs)+"\n    health: {disabled: true}\n"+noOutlier, "engine: "+engine))
+		"  - name: c\n    endpoints: "+addrs(bs)+"\n    health: {disabled: true}\n"+noOutlier, ""))
 	cc := dial(t, m.Addr)
 	waitServing(t, cc)
 	client := testpb.NewTestServiceClient(cc)

@@ -262,18 +262,9 @@ func TestTLSRotationUnderLoad(t *testing.T) {
 
 // TestTLSUpstream: meshd speaks mTLS to a backend that requires a client
 // certificate, verifying the backend's certificate against ca_file and
-// server_name, on both engines.
+// server_name.
 func TestTLSUpstream(t *testing.T) {
 	t.Parallel()
-	for _, engine := range engines {
-		t.Run(engine, func(t *testing.T) {
-			t.Parallel()
-			testTLSUpstream(t, engine)
-		})
-	}
-}
-
-func testTLSUpstream(t *testing.T, engine string) {
 	ca := newTestCA(t, "upstream CA")
 	dir := t.TempDir()
 	var clientCN atomic.Pointer[string]
@@ -296,7 +287,6 @@ func testTLSUpstream(t *testing.T, engine string) {
 	c, k, _ := ca.issue(t, "meshd-client")
 	caFile, certFile, keyFile := writeFile(t, dir, "ca.crt", ca.pem), writeFile(t, dir, "client.crt", c), writeFile(t, dir, "client.key", k)
 	m := startMesh(t, fmt.Sprintf(`
-engine: %s
 listeners: [{name: main, address: 127.0.0.1:0}]
 drain_timeout: 5s
 routes:
@@ -309,7 +299,7 @@ clusters:
   - name: wrong-name
     endpoints: %s
     tls: {ca_file: %s, cert_file: %s, key_file: %s, server_name: not-the-backend.internal}
-`, engine, addrs(bs), caFile, certFile, keyFile, addrs(bs), caFile, certFile, keyFile))
+`, addrs(bs), caFile, certFile, keyFile, addrs(bs), caFile, certFile, keyFile))
 	cc := dial(t, m.Addr)
 	waitServing(t, cc) // health watching runs over mTLS too
 	client := testpb.NewTestServiceClient(cc)

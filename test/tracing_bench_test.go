@@ -27,7 +27,7 @@ import (
 func BenchmarkUnaryTracing(b *testing.B) {
 	bs := startBackends(b, "bench", 1)
 	recv := startDiscardCollector(b)
-	cfg := simpleConfig("grpc", bs, "")
+	cfg := simpleConfig(bs, "")
 	variants := []struct {
 		name string
 		opts []tracing.Option

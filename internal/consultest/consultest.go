@@ -1,7 +1,6 @@
 package consultest
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"net"
@@ -33,10 +32,12 @@ const (
 )
 
 // Binary returns the path of the consul binary: $MESHD_CONSUL_BIN if set,
-// else what scripts/install-consul.sh (found by walking up from the working
-// directory to go.mod) prints; the script builds the binary on first use and
-// answers at once afterwards. Binary never skips the test: without consul the
-// test fails with the script's output.
+// else where scripts/install-consul.sh installs it:
+// $MESHD_CACHE/consul-$MESHD_CONSUL_VERSION/consul, the cache defaulting to
+// ${XDG_CACHE_HOME:-$HOME/.cache}/meshd and the version to v1.14.11.
+// Binary never builds Consul (that takes minutes; `make consul` does it
+// once) and never skips the test: without the binary the test fails,
+// naming the command that installs it.
 func Binary(t testing.TB) string {
 	t.Helper()
 	bin, err := findBinary()
@@ -46,47 +47,49 @@ func Binary(t testing.TB) string {
 	return bin
 }
 
+// Defaults of scripts/install-consul.sh, which installedPath must follow.
+const (
+	defaultVersion = "v1.14.11"
+	cacheSubdir    = "meshd"
+)
+
 func findBinary() (string, error) {
 	if bin := os.Getenv("MESHD_CONSUL_BIN"); bin != "" {
 		return bin, nil
 	}
-	root, err := moduleRoot()
+	bin, err := installedPath()
 	if err != nil {
 		return "", err
 	}
-	script := filepath.Join(root, "scripts", "install-consul.sh")
-	var stdout, stderr bytes.Buffer
-	cmd := exec.Command(script)
-	cmd.Dir = root
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		return "", fmt.Errorf("consultest: %s: %w\nstdout:\n%s\nstderr:\n%s", script, err, stdout.String(), tail(stderr.Bytes()))
-	}
-	lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
-	bin := strings.TrimSpace(lines[len(lines)-1])
-	if bin == "" {
-		return "", fmt.Errorf("consultest: %s printed no path\nstderr:\n%s", script, tail(stderr.Bytes()))
+	fi, err := os.Stat(bin)
+	if err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
+		return "", fmt.Errorf("consultest: no consul binary at %s (MESHD_CONSUL_BIN is unset): "+
+			"run `make consul` (or scripts/install-consul.sh) once to build it there, or set MESHD_CONSUL_BIN", bin)
 	}
 	return bin, nil
 }
 
-// moduleRoot walks up from the working directory (a package directory under
-// go test) to the directory holding go.mod.
-func moduleRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", fmt.Errorf("consultest: %w", err)
+// installedPath is the path scripts/install-consul.sh installs the binary
+// at, computed as the script does (an empty variable counts as unset, as
+// in the script's ${VAR:-default}).
+func installedPath() (string, error) {
+	version := os.Getenv("MESHD_CONSUL_VERSION")
+	if version == "" {
+		version = defaultVersion
 	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir, nil
+	cache := os.Getenv("MESHD_CACHE")
+	if cache == "" {
+		base := os.Getenv("XDG_CACHE_HOME")
+		if base == "" {
+			home, err := os.UserHomeDir()
+			if err != nil {
+				return "", fmt.Errorf("consultest: find the consul cache: %w; set MESHD_CONSUL_BIN", err)
+			}
+			base = filepath.Join(home, ".cache")
 		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("consultest: no go.mod above the working directory")
-		}
-		dir = parent
+		cache = filepath.Join(base, cacheSubdir)
 	}
+	return filepath.Join(cache, "consul-"+version, "consul"), nil
 }
 
 // Option configures an agent.

@@ -2,8 +2,11 @@ package consultest_test
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -28,7 +31,52 @@ func TestBinaryHonoursEnv(t *testing.T) {
 	}
 }
 
-// passing polls until the health endpoint lists exactly want passing
+// TestBinaryInstalledPath: without MESHD_CONSUL_BIN, Binary looks where
+// scripts/install-consul.sh installs (MESHD_CACHE, MESHD_CONSUL_VERSION)
+// and, when nothing is there, fails naming the command to run; it never
+// builds.
+func TestBinaryInstalledPath(t *testing.T) {
+	t.Setenv("MESHD_CONSUL_BIN", "")
+	cache := t.TempDir()
+	t.Setenv("MESHD_CACHE", cache)
+	t.Setenv("MESHD_CONSUL_VERSION", "v0.0.0-test")
+	want := filepath.Join(cache, "consul-v0.0.0-test", "consul")
+
+	ft := &fatalRecorder{TB: t}
+	func() {
+		defer func() { _ = recover() }() // fatalRecorder panics to stop Binary, as t.Fatal would
+		consultest.Binary(ft)
+	}()
+	if !strings.Contains(ft.msg, want) || !strings.Contains(ft.msg, "make consul") {
+		t.Fatalf("Binary without an installed consul: %q, want a failure naming %s and `make consul`", ft.msg, want)
+	}
+
+	if err := os.MkdirAll(filepath.Dir(want), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(want, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if got := consultest.Binary(t); got != want {
+		t.Fatalf("Binary() = %q, want the installed %q", got, want)
+	}
+}
+
+// fatalRecorder records the message of Fatal and stops the caller with a
+// panic, as t.Fatal stops it with runtime.Goexit.
+type fatalRecorder struct {
+	testing.TB
+	msg string
+}
+
+func (f *fatalRecorder) Helper() {}
+
+func (f *fatalRecorder) Fatal(args ...any) {
+	f.msg = fmt.Sprint(args...)
+	panic(f)
+}
+
+// waitPassing polls until the health endpoint lists exactly want passing
 // instances of service.
 func waitPassing(t *testing.T, c *api.Client, service string, want int) {
 	t.Helper()

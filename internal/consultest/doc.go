@@ -3,8 +3,9 @@
 // meshd's tests talk to a real `consul agent -dev` rather than a fake HTTP
 // server, because what matters (blocking-query indexes, health filtering, ACL
 // answers, an agent that dies and comes back) is Consul's behaviour, not
-// ours. [Binary] finds or builds the agent (scripts/install-consul.sh builds
-// the MPL-licensed v1.14.11 once into a cache outside the checkout); [Start]
+// ours. [Binary] finds the agent binary that scripts/install-consul.sh
+// (`make consul`) builds once into a cache outside the checkout (the
+// MPL-licensed v1.14.11); tests never build it themselves. [Start]
 // runs one on free loopback ports for the life of a test, [Launch] for the
 // life of a test binary (from TestMain, to share one agent between tests
 // that use distinct service names).

@@ -12,16 +12,15 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// TestFrameMetricsMidMessageReset: when meshd's route timeout ends a call
-// whose response message is half forwarded (the client's flow-control
-// window holds the rest back), the frame engine resets the client stream
-// instead of sending a status that would cut the message short, and
-// /metrics counts it, with the deadline, under meshd_frame_*.
-func TestFrameMetricsMidMessageReset(t *testing.T) {
+// TestMidMessageReset: when meshd's route timeout ends a call whose
+// response message is half forwarded (the client's flow-control window
+// holds the rest back), meshd resets the client stream instead of sending
+// a status that would cut the message short, and /metrics counts it, with
+// the deadline, under meshd_frame_*.
+func TestMidMessageReset(t *testing.T) {
 	t.Parallel()
 	bs := startBackends(t, "mid", 1)
 	m := startObserved(t, fmt.Sprintf(`
-engine: frame
 admin: {address: 127.0.0.1:0}
 listeners: [{name: main, address: 127.0.0.1:0}]
 drain_timeout: 5s
