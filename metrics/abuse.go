@@ -31,7 +31,7 @@ var (
 	descGoAwaysSent = prometheus.NewDesc("meshd_listener_goaways_sent_total",
 		"GOAWAY frames sent to clients, by HTTP/2 error code (ENHANCE_YOUR_CALM: a flood or too many pings; NO_ERROR: idle, age or drain).", []string{"listener", "code"}, nil)
 	descResetsSent = prometheus.NewDesc("meshd_listener_stream_resets_sent_total",
-		"RST_STREAM frames sent to clients, by HTTP/2 error code (REFUSED_STREAM: over max_concurrent_streams; FRAME_SIZE_ERROR: header list over max_header_list_size).", []string{"listener", "code"}, nil)
+		"RST_STREAM frames sent to clients, by HTTP/2 error code (REFUSED_STREAM: over max_concurrent_streams; PROTOCOL_ERROR, STREAM_CLOSED, FLOW_CONTROL_ERROR: a stream that broke HTTP/2).", []string{"listener", "code"}, nil)
 )
 
 // listenerCollector reads the listener counters of the state collector's
