@@ -500,6 +500,14 @@ func (sc *serverConn) startCall(cl *call, f *http2.MetaHeadersFrame) {
 		cl.fail(codes.Unavailable, "meshd: director returned no backend address", errNoAddr, true)
 		return
 	}
+	if target.Retry != nil || target.IdleTimeout > 0 {
+		// From the call's start, as the grpc engine's: the first attempt's
+		// per-try timeout covers opening its stream, as every later
+		// attempt's does, and the idle timeout a dial that never ends.
+		cl.mu.Lock()
+		cl.startResilienceLocked()
+		cl.mu.Unlock()
+	}
 	sc.srv.pool.open(cl, &sc.fl)
 }
 
