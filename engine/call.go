@@ -295,7 +295,6 @@ type call struct {
 	mu      sync.Mutex
 	pending []op // request frames received before the upstream stream existed
 	aborted bool // ended: do not link, drop request frames
-	resInit bool // the Target's resilience settings were applied (retry.go)
 	// pendHeld: the call holds a slot of Target.Pending (it waits in a
 	// backend's waiters); releasePendingLocked frees it.
 	pendHeld bool
@@ -553,12 +552,6 @@ func (cl *call) link(uc *upConn, fl *flusher) linkResult {
 	defer cl.mu.Unlock()
 	if cl.aborted {
 		return linkAborted
-	}
-	if !cl.resInit {
-		cl.resInit = true
-		if cl.target.Retry != nil || cl.target.IdleTimeout > 0 {
-			cl.startResilienceLocked()
-		}
 	}
 	rs := cl.rs.Load()
 	if rs != nil && (!rs.linkable || uc.b.addr != cl.target.Addr) {

@@ -792,68 +792,13 @@ func (c *conn) collectLocked(b []op) []op {
 		return b
 	}
 	budget := int64(maxBatchBytes)
-	maxFrame := int64(c.peerMaxFrame)
+	// The bound n guarantees termination: when the connection window is
+	// spent, only HEADERS/RST heads can progress, and the rotation goes on
+	// so that they do.
 	for n := c.active.len(); n > 0 && len(b) < maxBatchOps && budget > 0; n-- {
 		st := c.active.pop()
 		st.inActive = false
-		quantum := int64(streamQuantum)
-		for st.qlen() > 0 && len(b) < maxBatchOps && quantum > 0 {
-			o := st.head()
-			if o.kind == opData && len(o.data) > 0 {
-				w := min(int64(len(o.data)), st.outWin, c.outWin, maxFrame, quantum)
-				if w <= 0 {
-					break
-				}
-				chunk := op{kind: opData, streamID: st.id, data: o.data[:w], src: o.src}
-				if w == int64(len(o.data)) {
-					// The last chunk owns the buffer: earlier chunks of it
-					// were written before, by this same goroutine, so it
-					// can go back to the pool after this write.
-					chunk.buf, chunk.end = o.buf, o.end
-					st.popHead()
-				} else {
-					o.data = o.data[w:]
-					o.partial = true
-				}
-				if !c.isUp {
-					st.respSent.advance(chunk.data)
-				}
-				st.outWin -= w
-				c.outWin -= w
-				c.queued -= w
-				budget -= w
-				quantum -= w
-				if chunk.end {
-					st.sendDone = true
-				}
-				b = append(b, chunk)
-				continue
-			}
-			if o.kind == opRST && st.sendDone && st.recvDone {
-				// Closed on the wire already (END_STREAM both ways): a
-				// RST_STREAM now would be a frame on a closed stream.
-				st.popHead()
-				continue
-			}
-			if st.id == 0 {
-				// First HEADERS of an upstream stream: ids are assigned in
-				// the order HEADERS are written, so they always increase.
-				st.id = c.nextStreamID
-				c.nextStreamID += 2
-				st.outWin = c.peerInitWin
-				c.streams[st.id] = st
-			}
-			x := *o
-			x.streamID = st.id
-			st.popHead()
-			switch {
-			case x.kind == opRST:
-				st.sendDone, st.recvDone = true, true
-			case x.end:
-				st.sendDone = true
-			}
-			b = append(b, x)
-		}
+		b = c.collectStreamLocked(st, b, &budget)
 		if st.sendDone && st.recvDone && st.qlen() == 0 {
 			c.removeStreamLocked(st)
 			continue
@@ -862,13 +807,87 @@ func (c *conn) collectLocked(b []op) []op {
 			st.inActive = true
 			c.active.push(st)
 		}
-		if c.outWin <= 0 {
-			// Only HEADERS/RST heads can progress; keep rotating so they do,
-			// the loop bound n guarantees termination.
-			continue
-		}
 	}
 	return b
+}
+
+// collectStreamLocked moves st's writable ops into b: one round of the
+// writer's round robin, at most streamQuantum bytes of DATA, which are
+// also taken from *budget.
+func (c *conn) collectStreamLocked(st *hstream, b []op, budget *int64) []op {
+	maxFrame := int64(c.peerMaxFrame)
+	quantum := int64(streamQuantum)
+	for st.qlen() > 0 && len(b) < maxBatchOps && quantum > 0 {
+		o := st.head()
+		if o.kind == opData && len(o.data) > 0 {
+			w := min(int64(len(o.data)), st.outWin, c.outWin, maxFrame, quantum)
+			if w <= 0 {
+				break
+			}
+			b = append(b, c.takeDataLocked(st, o, w))
+			*budget -= w
+			quantum -= w
+			continue
+		}
+		if o.kind == opRST && st.sendDone && st.recvDone {
+			// Closed on the wire already (END_STREAM both ways): a
+			// RST_STREAM now would be a frame on a closed stream.
+			st.popHead()
+			continue
+		}
+		b = append(b, c.takeFrameLocked(st))
+	}
+	return b
+}
+
+// takeDataLocked takes the first w bytes of o, the DATA op at the head of
+// st, as a frame to write, and charges them to the flow-control windows.
+func (c *conn) takeDataLocked(st *hstream, o *op, w int64) op {
+	chunk := op{kind: opData, streamID: st.id, data: o.data[:w], src: o.src}
+	if w == int64(len(o.data)) {
+		// The last chunk owns the buffer: earlier chunks of it were
+		// written before, by this same goroutine, so it can go back to the
+		// pool after this write.
+		chunk.buf, chunk.end = o.buf, o.end
+		st.popHead()
+	} else {
+		o.data = o.data[w:]
+		o.partial = true
+	}
+	if !c.isUp {
+		st.respSent.advance(chunk.data)
+	}
+	st.outWin -= w
+	c.outWin -= w
+	c.queued -= w
+	if chunk.end {
+		st.sendDone = true
+	}
+	return chunk
+}
+
+// takeFrameLocked takes the HEADERS or RST_STREAM op at the head of st as
+// a frame to write, giving an upstream stream its id with its first
+// HEADERS.
+func (c *conn) takeFrameLocked(st *hstream) op {
+	if st.id == 0 {
+		// First HEADERS of an upstream stream: ids are assigned in the
+		// order HEADERS are written, so they always increase.
+		st.id = c.nextStreamID
+		c.nextStreamID += 2
+		st.outWin = c.peerInitWin
+		c.streams[st.id] = st
+	}
+	x := *st.head()
+	x.streamID = st.id
+	st.popHead()
+	switch {
+	case x.kind == opRST:
+		st.sendDone, st.recvDone = true, true
+	case x.end:
+		st.sendDone = true
+	}
+	return x
 }
 
 // writeLoop is the connection's writer goroutine. Whenever ops are queued

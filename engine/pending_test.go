@@ -278,11 +278,12 @@ func TestPendingReleased(t *testing.T) {
 		p, c, addr := pendingProxy(t, g, lim, Config{})
 		// The first attempt's dial fails; the second attempt waits for its
 		// dial until the per-try timeout cuts it, and is retried after a
-		// long backoff.
+		// long backoff. The per-try timeout also bounds the first
+		// attempt's dial, so that one fails at once, well within it.
 		retried := make(chan int64, 1)
 		var asks atomic.Int32
 		p.route(func(*Request) (Target, error) {
-			return Target{Addr: addr, Pending: lim, RetryBufferBytes: 1 << 20, PerTryTimeout: 20 * time.Millisecond,
+			return Target{Addr: addr, Pending: lim, RetryBufferBytes: 1 << 20, PerTryTimeout: 250 * time.Millisecond,
 				Retry: func(RetryInfo) (Target, time.Duration, bool) {
 					if asks.Add(1) == 1 {
 						return Target{Addr: addr}, 0, true
@@ -295,9 +296,9 @@ func TestPendingReleased(t *testing.T) {
 				}}, nil
 		})
 		ctx, cancel := context.WithCancel(ctxT(t, 10*time.Second))
+		g.gate <- errors.New("no route to backend")
 		call := unaryAsync(ctx, c)
 		g.waitStarted(t)
-		g.gate <- errors.New("no route to backend")
 		g.waitStarted(t)
 		select {
 		case n := <-retried:

@@ -132,7 +132,7 @@ func statusOf(err error, msg string) *status.Status {
 }
 
 // startResilienceLocked applies the Target's idle timeout and retry
-// settings; called once, with cl.mu held, before the first link.
+// settings; called once, with cl.mu held, before the first attempt opens.
 func (cl *call) startResilienceLocked() {
 	t := &cl.target
 	if t.IdleTimeout > 0 {
@@ -269,11 +269,6 @@ var (
 // with e.
 func (cl *call) attemptFailed(e ending) bool {
 	cl.mu.Lock()
-	if !cl.resInit && cl.target.Retry != nil {
-		// The first attempt failed before it was linked (dial failure).
-		cl.resInit = true
-		cl.startResilienceLocked()
-	}
 	rs := cl.rs.Load()
 	if cl.aborted || rs == nil {
 		cl.mu.Unlock()

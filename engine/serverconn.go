@@ -52,39 +52,9 @@ func newServerConn(s *Server, ctx context.Context) *serverConn {
 // reader; the writer is a second goroutine that serve waits for.
 func (sc *serverConn) serve() {
 	defer sc.cancel()
-	ctr := sc.sh.cfg.abuse
-	ctr.accepted.Add(1)
-	// The handshake deadline covers the TLS handshake (which the first
-	// write runs on a TLS connection), the preface and the first SETTINGS
-	// frame; readLoop lifts it when that arrives.
-	_ = sc.nc.SetDeadline(time.Now().Add(sc.sh.cfg.HandshakeTimeout))
-	if err := sc.writePreamble(); err != nil {
-		if isTimeout(err) {
-			ctr.closed[AbuseHandshakeTimeout].Add(1)
-		}
-		_ = sc.nc.Close()
-		return
-	}
-	_ = sc.nc.SetWriteDeadline(time.Time{})
-	// Nothing was read yet, so the reader can be put under the buffer.
-	sc.ab.init(sc.nc, ctr, &sc.sh.cfg)
-	sc.br.Reset(&sc.ab)
-	var pre [len(http2.ClientPreface)]byte
-	n, err := io.ReadFull(sc.br, pre[:])
-	// A rule broken in the same read as the preface fails that read; the
-	// scanner checked the preface (abuseError comes after a good one), so
-	// the connection is answered as HTTP/2 and closed for the rule.
-	var early abuseError
-	earlyAbuse := errors.As(err, &early)
-	if earlyAbuse {
-		err = nil
-	} else if err != nil || string(pre[:]) != http2.ClientPreface {
-		switch {
-		case string(pre[:n]) != http2.ClientPreface[:n]:
-			ctr.closed[AbuseNotHTTP2].Add(1)
-		case isTimeout(err):
-			ctr.closed[AbuseHandshakeTimeout].Add(1)
-		}
+	sc.sh.cfg.abuse.accepted.Add(1)
+	early, ok := sc.handshake()
+	if !ok {
 		_ = sc.nc.Close()
 		return
 	}
@@ -98,28 +68,11 @@ func (sc *serverConn) serve() {
 	}()
 	sc.armIdle()
 	sc.armKeepalive()
-	if earlyAbuse {
-		err = early
-	} else {
+	err := early
+	if err == nil {
 		err = sc.readLoop()
 	}
-	sc.ab.flush()
-	var aerr abuseError
-	switch {
-	case errors.As(err, &aerr):
-		sc.closeForAbuse(aerr)
-	case !sc.sawSettings && isTimeout(err):
-		ctr.closed[AbuseHandshakeTimeout].Add(1)
-	default:
-		sc.countGoAway(err)
-	}
-	sc.readErrorToClose(err)
-	for _, st := range sc.finishRead(err) {
-		if st.call != nil {
-			st.call.end(ending{mode: endClientGone, code: codes.Canceled, err: ErrClientGone, fl: &sc.fl})
-		}
-	}
-	sc.fl.flush()
+	sc.endRead(err)
 	<-done
 	// After closeForAbuse, the writer half-closed the socket and left the
 	// close to the reader; everywhere else this is a second close.
@@ -133,6 +86,71 @@ func (sc *serverConn) serve() {
 	}
 	sc.stopKeepaliveLocked()
 	sc.mu.Unlock()
+}
+
+// handshake writes meshd's preamble and reads the client's preface. ok
+// false: the connection is not HTTP/2, or the handshake timed out or
+// failed; the caller closes it. A non-nil early error is an abuse rule
+// broken in the same read as the preface, which the connection is to be
+// closed for once it is answered as HTTP/2.
+func (sc *serverConn) handshake() (early error, ok bool) {
+	ctr := sc.sh.cfg.abuse
+	// The handshake deadline covers the TLS handshake (which the first
+	// write runs on a TLS connection), the preface and the first SETTINGS
+	// frame; readLoop lifts it when that arrives.
+	_ = sc.nc.SetDeadline(time.Now().Add(sc.sh.cfg.HandshakeTimeout))
+	if err := sc.writePreamble(); err != nil {
+		if isTimeout(err) {
+			ctr.closed[AbuseHandshakeTimeout].Add(1)
+		}
+		return nil, false
+	}
+	_ = sc.nc.SetWriteDeadline(time.Time{})
+	// Nothing was read yet, so the reader can be put under the buffer.
+	sc.ab.init(sc.nc, ctr, &sc.sh.cfg)
+	sc.br.Reset(&sc.ab)
+	var pre [len(http2.ClientPreface)]byte
+	n, err := io.ReadFull(sc.br, pre[:])
+	// A rule broken in the same read as the preface fails that read; the
+	// scanner checked the preface (abuseError comes after a good one), so
+	// the connection is answered as HTTP/2 and closed for the rule.
+	var aerr abuseError
+	if errors.As(err, &aerr) {
+		return aerr, true
+	}
+	if err != nil || string(pre[:]) != http2.ClientPreface {
+		switch {
+		case string(pre[:n]) != http2.ClientPreface[:n]:
+			ctr.closed[AbuseNotHTTP2].Add(1)
+		case isTimeout(err):
+			ctr.closed[AbuseHandshakeTimeout].Add(1)
+		}
+		return nil, false
+	}
+	return nil, true
+}
+
+// endRead runs when the reader stops with err: it counts why, sends the
+// GOAWAY err calls for, if any, and ends the calls left on the connection
+// (the reader is one of the goroutines that may end a call: call.go).
+func (sc *serverConn) endRead(err error) {
+	sc.ab.flush()
+	var aerr abuseError
+	switch {
+	case errors.As(err, &aerr):
+		sc.closeForAbuse(aerr)
+	case !sc.sawSettings && isTimeout(err):
+		sc.sh.cfg.abuse.closed[AbuseHandshakeTimeout].Add(1)
+	default:
+		sc.countGoAway(err)
+	}
+	sc.readErrorToClose(err)
+	for _, st := range sc.finishRead(err) {
+		if st.call != nil {
+			st.call.end(ending{mode: endClientGone, code: codes.Canceled, err: ErrClientGone, fl: &sc.fl})
+		}
+	}
+	sc.fl.flush()
 }
 
 func (sc *serverConn) readLoop() error {
@@ -499,6 +517,14 @@ func (sc *serverConn) startCall(cl *call, f *http2.MetaHeadersFrame) {
 	if target.Addr == "" {
 		cl.fail(codes.Unavailable, "meshd: director returned no backend address", errNoAddr, true)
 		return
+	}
+	if target.Retry != nil || target.IdleTimeout > 0 {
+		// From the call's start, as the grpc engine's: the first attempt's
+		// per-try timeout covers opening its stream, as every later
+		// attempt's does, and the idle timeout a dial that never ends.
+		cl.mu.Lock()
+		cl.startResilienceLocked()
+		cl.mu.Unlock()
 	}
 	sc.srv.pool.open(cl, &sc.fl)
 }

@@ -210,26 +210,60 @@ func (p *Pool) dial(b *backend) {
 			p.failWaiters(b, errPoolClosed)
 			return
 		}
-		b.conns = append(b.conns, uc)
-		p.all[uc] = struct{}{}
-		p.sh.stats.UpstreamConns.Add(1)
-		p.wg.Add(2)
-		go func() {
-			defer p.wg.Done()
-			uc.writeLoop()
-		}()
-		go func() {
-			defer p.wg.Done()
-			p.runReader(uc)
-		}()
-		uc.armIdle()
+		p.startConnLocked(b, uc)
 	} else {
 		p.sh.stats.DialErrors.Add(1)
 		p.sh.log.Warn("engine: backend dial failed", "addr", b.addr, "upstream", b.upstreamName(), "err", err)
 	}
+	failed := p.placeWaitersLocked(b, err)
+	if b.forgotten && uc != nil {
+		uc.mu.Lock()
+		uc.draining = true
+		if uc.numStreams == 0 {
+			uc.closeGracefullyLocked()
+		}
+		uc.mu.Unlock()
+	}
+	p.mu.Unlock()
+	for _, cl := range failed {
+		// The wait is over, whether the call now ends, is rerouted or
+		// retried (a new wait takes a new slot).
+		cl.releasePending()
+		msg := "meshd: backend " + b.addr + " unavailable"
+		if err != nil {
+			msg = fmt.Sprintf("meshd: connect to backend %s: %v", b.addr, err)
+		}
+		cl.fail(codes.Unavailable, msg, err, true)
+	}
+}
+
+// startConnLocked adds uc, just connected, to b and starts its reader and
+// writer goroutines. Called with p.mu held.
+func (p *Pool) startConnLocked(b *backend, uc *upConn) {
+	b.conns = append(b.conns, uc)
+	p.all[uc] = struct{}{}
+	p.sh.stats.UpstreamConns.Add(1)
+	p.wg.Add(2)
+	go func() {
+		defer p.wg.Done()
+		uc.writeLoop()
+	}()
+	go func() {
+		defer p.wg.Done()
+		p.runReader(uc)
+	}()
+	uc.armIdle()
+}
+
+// placeWaitersLocked links b's waiting calls to its connections with room
+// once a dial ended (err: how it failed). Calls no connection can take
+// keep waiting for a dial still in progress or started here; those left
+// without one (the dial failed and no other is under way, or b has
+// maxConnsPerBackend connections) are returned, to be failed. Called with
+// p.mu held.
+func (p *Pool) placeWaitersLocked(b *backend, err error) (failed []*call) {
 	waiters := b.waiters
 	b.waiters = nil
-	var failed []*call
 	for _, cl := range waiters {
 		placed := false
 		for {
@@ -259,25 +293,7 @@ func (p *Pool) dial(b *backend) {
 			b.waiters = nil
 		}
 	}
-	if b.forgotten && uc != nil {
-		uc.mu.Lock()
-		uc.draining = true
-		if uc.numStreams == 0 {
-			uc.closeGracefullyLocked()
-		}
-		uc.mu.Unlock()
-	}
-	p.mu.Unlock()
-	for _, cl := range failed {
-		// The wait is over, whether the call now ends, is rerouted or
-		// retried (a new wait takes a new slot).
-		cl.releasePending()
-		msg := "meshd: backend " + b.addr + " unavailable"
-		if err != nil {
-			msg = fmt.Sprintf("meshd: connect to backend %s: %v", b.addr, err)
-		}
-		cl.fail(codes.Unavailable, msg, err, true)
-	}
+	return failed
 }
 
 func (p *Pool) failWaiters(b *backend, err error) {
