@@ -60,7 +60,8 @@ type Pool struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // dial goroutines and connection goroutines
 
-	// mu is taken before any call or connection mutex, never after.
+	// mu is taken before any call or connection mutex, never after (the
+	// lock order, Pool.mu → call.mu → conn.mu, is in lifecycle.go).
 	mu       sync.Mutex
 	closed   bool
 	backends map[string]*backend
