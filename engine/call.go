@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"math"
 	"net"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -266,53 +264,6 @@ var (
 	ErrIdleTimeout = errors.New("engine: idle timeout")
 )
 
-// call is one proxied stream: the client-side hstream (down) and, once
-// linked, the backend-side hstream (up).
-type call struct {
-	sc     *serverConn
-	down   *hstream
-	target Target
-
-	// Set on the client reader before the call is shared, read-only after.
-	deadline  time.Time
-	reqFields []hpack.HeaderField // request HEADERS for upstream, grpc-timeout added at link time
-	reqEnd    bool                // request HEADERS carried END_STREAM
-	// timeoutOwned: Target.Timeout, not the client, set deadline, and
-	// Target.TimeoutErr names it.
-	timeoutOwned bool
-
-	// reqTrack is used only by the client connection's reader; respTrack
-	// only by the backend connection's reader.
-	reqTrack, respTrack msgTracker
-
-	up atomic.Pointer[hstream]
-	// upData: a request frame after the HEADERS was queued on the stream
-	// cl.up (it may have reached the backend, and its credit the client),
-	// so a refused stream cannot be rerouted. Guarded by that stream's
-	// connection mutex; reset when a stream is linked.
-	upData bool
-
-	mu      sync.Mutex
-	pending []op // request frames received before the upstream stream existed
-	aborted bool // ended: do not link, drop request frames
-	// pendHeld: the call holds a slot of Target.Pending (it waits in a
-	// backend's waiters); releasePendingLocked frees it.
-	pendHeld bool
-	timer    *time.Timer
-
-	// terminal is guarded by sc.mu: the first path that sets it decides
-	// what the client sees and reports the Result.
-	terminal bool
-
-	bytesIn, bytesOut atomic.Int64
-
-	// rs is the retry state of a retryable call, idle its idle timer;
-	// both nil unless the Target asks for them (retry.go). Set once, under
-	// mu, before the first upstream stream is linked.
-	rs   atomic.Pointer[retryState]
-	idle atomic.Pointer[idleTimer]
-}
-
 type endMode uint8
 
 const (
@@ -334,17 +285,6 @@ type ending struct {
 	err        error          // Result.Err
 	notReached bool
 	fl         *flusher // the calling reader's flusher, nil elsewhere
-
-	// For retryable calls (retry.go): up is the upstream stream whose
-	// event ends the call (an ending from a stream the call has left is
-	// ignored); attempt marks the end of an attempt that a retry may
-	// replace; perTrySeq is the attempt a per-try timeout cut; decided
-	// says the retry decision is made: end for good, with notReached as
-	// given.
-	up        *hstream
-	attempt   bool
-	perTrySeq int
-	decided   bool
 }
 
 // dataOp copies p into a pooled buffer and returns the DATA op for it.
@@ -406,12 +346,12 @@ func (cl *call) forwardUp(o op, fl *flusher) {
 // only left, the stream that refused a push), else sends it.
 func (cl *call) holdUp(left *hstream, o op, fl *flusher) {
 	cl.mu.Lock()
-	if rs := cl.rs.Load(); rs != nil {
+	if rs := cl.rs; rs != nil {
 		rs.logOpLocked(&o)
 	}
 	up := cl.up.Load()
 	if up == nil || up == left {
-		if !cl.aborted {
+		if cl.stateLocked() != callDone {
 			cl.pending = append(cl.pending, o)
 			cl.mu.Unlock()
 			return
@@ -465,13 +405,13 @@ func (cl *call) forwardUpData(p []byte, end bool, fl *flusher) {
 // holdUpData is holdUp for DATA.
 func (cl *call) holdUpData(left *hstream, p []byte, end bool, fl *flusher) {
 	cl.mu.Lock()
-	if rs := cl.rs.Load(); rs != nil {
+	if rs := cl.rs; rs != nil {
 		rs.logDataLocked(p, end)
 	}
 	up := cl.up.Load()
 	if up == nil || up == left {
-		aborted := cl.aborted
-		if !aborted {
+		done := cl.stateLocked() == callDone
+		if !done {
 			var t *op
 			if n := len(cl.pending); n > 0 {
 				t = &cl.pending[n-1]
@@ -481,7 +421,7 @@ func (cl *call) holdUpData(left *hstream, p []byte, end bool, fl *flusher) {
 			}
 		}
 		cl.mu.Unlock()
-		if aborted {
+		if done {
 			cl.down.c.credit(cl.down, int64(len(p)))
 		}
 		return
@@ -520,7 +460,7 @@ func (cl *call) forwardDown(up *hstream, o op, fl *flusher) {
 	if !cl.admit(up) {
 		return // a retried call's abandoned attempt
 	}
-	if it := cl.idle.Load(); it != nil {
+	if it := cl.idle; it != nil {
 		it.touch()
 	}
 	c := &cl.sc.conn
@@ -537,250 +477,6 @@ func (cl *call) forwardDown(up *hstream, o op, fl *flusher) {
 	}
 }
 
-type linkResult uint8
-
-const (
-	linkOK      linkResult = iota
-	linkRetry              // the connection cannot take the stream; try another
-	linkAborted            // the call already ended
-)
-
-// link opens the call's upstream stream on uc: it reserves a stream slot,
-// queues the request HEADERS and any request frames received so far.
-func (cl *call) link(uc *upConn, fl *flusher) linkResult {
-	cl.mu.Lock()
-	defer cl.mu.Unlock()
-	if cl.aborted {
-		return linkAborted
-	}
-	rs := cl.rs.Load()
-	if rs != nil && (!rs.linkable || uc.b.addr != cl.target.Addr) {
-		// A connection dialled for an attempt the call has left.
-		return linkAborted
-	}
-	fields := cl.reqFields
-	if !cl.deadline.IsZero() {
-		rem := time.Until(cl.deadline)
-		if rem <= 0 {
-			// The deadline timer ends the call; never send a spent budget.
-			return linkAborted
-		}
-		fields = append(fields, hpack.HeaderField{Name: "grpc-timeout", Value: string(appendTimeout(make([]byte, 0, 10), rem))})
-	}
-	st := &hstream{c: &uc.conn, call: cl, inWin: uc.ourInitWin}
-	st.q = st.qbuf[:0]
-	c := &uc.conn
-	c.mu.Lock()
-	if !uc.usableLocked() {
-		c.mu.Unlock()
-		return linkRetry
-	}
-	c.numStreams++
-	uc.reserved++
-	c.sh.stats.UpstreamStreams.Add(1)
-	if rs != nil {
-		// Published before the HEADERS can leave, so the backend's answer
-		// is never taken for a stale attempt's.
-		rs.linkable = false
-		cl.up.Store(st)
-	}
-	c.pushLocked(st, op{kind: opHeaders, fields: fields, end: cl.reqEnd}, fl)
-	cl.upData = len(cl.pending) > 0
-	var rejected []op
-	for i := range cl.pending {
-		if !c.pushLocked(st, cl.pending[i], fl) {
-			rejected = append(rejected, cl.pending[i])
-		}
-		cl.pending[i] = op{}
-	}
-	c.mu.Unlock()
-	cl.pending = nil
-	cl.releasePendingLocked() // the wait, if any, ends with a stream
-	if rs == nil {
-		cl.up.Store(st)
-	}
-	if len(rejected) > 0 {
-		var cs []credit
-		for i := range rejected {
-			c.sh.dropOp(&rejected[i], &cs)
-		}
-		applyCredits(cs)
-	}
-	return linkOK
-}
-
-// end finishes the call once: it decides what the client sees, resets the
-// upstream stream if it is still open and reports the Result.
-func (cl *call) end(e ending) {
-	if !e.decided && (e.attempt || e.up != nil && cl.rs.Load() != nil) && cl.attemptFailed(e) {
-		return // a stale attempt's event, or the call is being retried
-	}
-	if e.notReached && !e.decided && cl.target.Reroute != nil && cl.reroute(e) {
-		return // the call goes to another backend
-	}
-	sc := &cl.sc.conn
-	st := cl.down
-	var cs []credit
-	sc.mu.Lock()
-	if cl.terminal {
-		if e.mode == endClientGone && !st.removed {
-			sc.discardLocked(st, &cs)
-			st.finalQueued, st.sendDone, st.recvDone = true, true, true
-			sc.removeStreamLocked(st)
-		}
-		sc.mu.Unlock()
-		if e.mode == endForward {
-			sc.sh.dropOp(&e.final, &cs)
-		}
-		applyCredits(cs)
-		return
-	}
-	cl.terminal = true
-	switch e.mode {
-	case endClientGone:
-		sc.discardLocked(st, &cs)
-		st.finalQueued, st.sendDone, st.recvDone = true, true, true
-		sc.removeStreamLocked(st)
-	case endStatus:
-		sc.discardDataLocked(st, &cs)
-		if st.respSent.inMessage() {
-			// The client holds part of a response message (the writer has
-			// it): trailers now would end the stream inside that message,
-			// which a client reports as a malformed response (grpc-go:
-			// INTERNAL "unexpected EOF"), not as meshd's status. A reset
-			// is the one clean ending left; grpc-go clients report
-			// CANCEL as DEADLINE_EXCEEDED once their own deadline has
-			// passed, CANCELLED otherwise.
-			if !sc.closed && !st.removed {
-				sc.sh.stats.MidMessageResets.Add(1)
-			}
-			sc.resetLocked(st, http2.ErrCodeCancel, &cs, e.fl)
-		} else {
-			fields := statusFields(e.st, !st.respStarted)
-			if e.httpStatus != "" && !st.respStarted {
-				fields[0].Value = e.httpStatus
-			}
-			sc.pushLocked(st, op{kind: opHeaders, fields: fields, end: true}, e.fl)
-			sc.rstAfterFinalLocked(st, e.fl)
-		}
-	case endForward:
-		if sc.pushLocked(st, e.final, e.fl) {
-			st.respStarted = true
-		} else {
-			sc.sh.dropOp(&e.final, &cs)
-		}
-		sc.rstAfterFinalLocked(st, e.fl)
-	case endRST:
-		sc.resetLocked(st, e.rst, &cs, e.fl)
-	}
-	committed := st.respStarted
-	sc.mu.Unlock()
-
-	cl.mu.Lock()
-	cl.aborted = true
-	cl.releasePendingLocked()
-	up := cl.up.Load()
-	pending := cl.pending
-	cl.pending = nil
-	timer := cl.timer
-	done := cl.target.Done
-	if rs := cl.rs.Load(); rs != nil {
-		rs.stopLocked()
-	}
-	if it := cl.idle.Load(); it != nil {
-		it.t.Stop()
-	}
-	cl.mu.Unlock()
-	if timer != nil {
-		timer.Stop()
-	}
-	for i := range pending {
-		sc.sh.dropOp(&pending[i], &cs)
-	}
-	notReached := e.notReached
-	if up == nil {
-		// Never linked; or, after a retry decision, between attempts (the
-		// failed attempt's stream is already reset).
-		notReached = notReached || !e.decided
-	} else if resetUp(up, e.upCode, &cs, e.fl) {
-		notReached = true
-	}
-	applyCredits(cs)
-
-	switch e.code {
-	case codes.DeadlineExceeded:
-		if e.err != nil {
-			sc.sh.stats.DeadlinesExceeded.Add(1)
-		}
-	case codes.ResourceExhausted:
-		if errors.Is(e.err, ErrMessageTooLarge) {
-			sc.sh.stats.MessagesTooLarge.Add(1)
-		}
-	}
-	if done != nil {
-		done(Result{
-			Code:       e.code,
-			Err:        e.err,
-			NotReached: notReached,
-			Committed:  committed,
-			BytesIn:    cl.bytesIn.Load(),
-			BytesOut:   cl.bytesOut.Load(),
-		})
-	}
-}
-
-// holdPending takes a slot of Target.Pending for a call about to wait in a
-// backend's waiters (called with Pool.mu held), unless it holds one
-// already or has ended. false: the limit is reached; the call must be
-// refused with refusePending.
-func (cl *call) holdPending() bool {
-	cl.mu.Lock()
-	defer cl.mu.Unlock()
-	if cl.pendHeld || cl.aborted {
-		return true
-	}
-	if !cl.target.Pending.AcquirePending() {
-		return false
-	}
-	cl.pendHeld = true
-	return true
-}
-
-// releasePendingLocked ends the call's wait for an upstream stream, if it
-// holds a slot of Target.Pending. Called with cl.mu held.
-func (cl *call) releasePendingLocked() {
-	if cl.pendHeld {
-		cl.pendHeld = false
-		cl.target.Pending.ReleasePending()
-	}
-}
-
-// releasePending is releasePendingLocked without cl.mu held.
-func (cl *call) releasePending() {
-	cl.mu.Lock()
-	cl.releasePendingLocked()
-	cl.mu.Unlock()
-}
-
-// errPendingLimit is Result.Err of a call Target.Pending refused without
-// a PendingErr.
-var errPendingLimit = errors.New("engine: too many calls waiting for an upstream stream")
-
-// refusePending ends a call that Target.Pending did not admit into the
-// wait: at once, with PendingErr's status, and for good (a reroute or a
-// retry would wait too).
-func (cl *call) refusePending() {
-	err := cl.target.PendingErr
-	var st *status.Status
-	if err == nil {
-		err = errPendingLimit
-		st = status.New(codes.ResourceExhausted, "meshd: too many calls waiting for an upstream stream")
-	} else {
-		st = status.Convert(err)
-	}
-	cl.end(ending{mode: endStatus, st: st, code: st.Code(), err: err, notReached: true, decided: true})
-}
-
 // rstAfterFinalLocked asks a client that is still sending to stop, after the
 // complete response (RFC 9113 §8.1: RST_STREAM(NO_ERROR) after the response).
 func (c *conn) rstAfterFinalLocked(st *hstream, fl *flusher) {
@@ -789,12 +485,6 @@ func (c *conn) rstAfterFinalLocked(st *hstream, fl *flusher) {
 	}
 	st.appendOp(op{kind: opRST, val: uint32(http2.ErrCodeNo)})
 	c.activateLocked(st, fl)
-}
-
-// fail ends the call with a meshd status; the backend, if any, is cancelled.
-func (cl *call) fail(code codes.Code, msg string, err error, notReached bool) {
-	cl.end(ending{mode: endStatus, st: status.New(code, msg), code: code, err: err, notReached: notReached,
-		attempt: notReached && retryableNotReached(code, err)})
 }
 
 // resetUp resets the upstream stream up with code (CANCEL when 0) and
@@ -810,17 +500,6 @@ func resetUp(up *hstream, code http2.ErrCode, cs *[]credit, fl *flusher) (neverS
 	uc.resetLocked(up, code, cs, fl)
 	uc.mu.Unlock()
 	return neverSent
-}
-
-// onDeadline runs on the deadline timer's goroutine (and on a backend
-// reader whose backend reset the stream for the same deadline).
-func (cl *call) onDeadline() {
-	if cl.timeoutOwned {
-		st := status.Convert(cl.target.TimeoutErr)
-		cl.end(ending{mode: endStatus, st: st, code: st.Code(), err: ErrDeadline})
-		return
-	}
-	cl.fail(codes.DeadlineExceeded, "meshd: deadline exceeded", ErrDeadline, false)
 }
 
 // ownerSlack is how early a backend may answer DEADLINE_EXCEEDED before
@@ -875,7 +554,7 @@ func (cl *call) onReqData(data []byte, end bool, fl *flusher) {
 			return
 		}
 		cl.bytesIn.Add(int64(len(data)) - int64(cl.reqTrack.prefixBytes-prefix))
-		if it := cl.idle.Load(); it != nil {
+		if it := cl.idle; it != nil {
 			it.touch()
 		}
 	}
@@ -897,7 +576,7 @@ func (cl *call) onRespData(up *hstream, data []byte, end bool, fl *flusher) {
 		}
 		if n, bad := cl.respTrack.feed(data, limit); bad {
 			up.c.credit(up, int64(len(data)))
-			cl.end(ending{
+			cl.streamEnded(up, ending{
 				mode: endStatus, code: codes.ResourceExhausted, err: ErrMessageTooLarge,
 				st: status.New(codes.ResourceExhausted, fmt.Sprintf("meshd: response message larger than max (%d vs. %d)", n, sh.cfg.MaxSendMsgSize)),
 			})
@@ -905,13 +584,13 @@ func (cl *call) onRespData(up *hstream, data []byte, end bool, fl *flusher) {
 		}
 	}
 	cl.bytesOut.Add(int64(len(data)) - int64(cl.respTrack.prefixBytes-prefix))
-	if it := cl.idle.Load(); it != nil {
+	if it := cl.idle; it != nil {
 		it.touch()
 	}
 	if end {
 		// DATA with END_STREAM and no trailers: forwarded as is; the client
 		// reports the missing status itself.
-		cl.end(ending{mode: endForward, final: sh.dataOp(data, end, up), code: codes.Internal, fl: fl})
+		cl.streamEnded(up, ending{mode: endForward, final: sh.dataOp(data, end, up), code: codes.Internal, fl: fl})
 		return
 	}
 	cl.forwardDownData(up, data, fl)

@@ -129,8 +129,9 @@ type hstream struct {
 
 	// respSent follows the message boundaries of the response DATA handed
 	// to the writer on a client stream: what the client will have received
-	// whatever happens to the DATA still queued. call.end reads it to tell
-	// whether ending the stream with a status would cut a message in two.
+	// whatever happens to the DATA still queued. call.answerClient reads it
+	// to tell whether ending the stream with a status would cut a message
+	// in two.
 	respSent msgTracker
 }
 

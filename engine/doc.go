@@ -69,4 +69,10 @@
 // the copy before forwarding live again. Response HEADERS commit the call:
 // from then on it is never retried and the copy is released. Calls
 // without Retry keep nothing and pay nothing.
+//
+// A call's life (lifecycle.go) is an explicit state, starting, opening,
+// linked, backoff, committed, done, changed only under the call's mutex
+// by one transition function; connection readers, the Pool and the
+// call's timers post it events. That file also gives the lock order and
+// the goroutines that may end a call.
 package engine

@@ -4,9 +4,12 @@ import (
 	"context"
 	"errors"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc/codes"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/status"
@@ -70,4 +73,259 @@ func TestTimeoutsCoverFirstDial(t *testing.T) {
 			t.Fatalf("result %+v; want the idle timeout, not reached", res)
 		}
 	})
+}
+
+// TestCallStateTransitions: the transitions setStateLocked allows are the
+// arrows of the diagram in lifecycle.go, and any other panics.
+func TestCallStateTransitions(t *testing.T) {
+	t.Parallel()
+	arrows := map[[2]callState]bool{
+		{callStarting, callOpening}: true, // the first attempt
+		{callStarting, callDone}:    true, // malformed request, Director error, deadline spent
+		{callOpening, callLinked}:   true, // link
+		{callOpening, callOpening}:  true, // reroute of a stream that could not be opened
+		{callOpening, callBackoff}:  true, // Retry: the open failed or the per-try timeout passed
+		{callOpening, callDone}:     true,
+		{callLinked, callCommitted}: true, // the first response frame
+		{callLinked, callOpening}:   true, // reroute of a refused stream
+		{callLinked, callBackoff}:   true, // Retry: the attempt failed
+		{callLinked, callDone}:      true,
+		{callBackoff, callOpening}:  true, // the backoff passed
+		{callBackoff, callDone}:     true,
+		{callCommitted, callDone}:   true,
+	}
+	for from := callStarting; from < numCallStates; from++ {
+		for to := callStarting; to < numCallStates; to++ {
+			legal := arrows[[2]callState{from, to}]
+			if got := from.canBecome(to); got != legal {
+				t.Errorf("%v.canBecome(%v) = %v, want %v", from, to, got, legal)
+			}
+			cl := &call{}
+			cl.state.Store(uint32(from))
+			panicked := func() (p bool) {
+				defer func() { p = recover() != nil }()
+				cl.setStateLocked(to)
+				return false
+			}()
+			if panicked == legal {
+				t.Errorf("setStateLocked %v → %v: panicked %v, want %v", from, to, panicked, !legal)
+			}
+			if !panicked && cl.stateLocked() != to {
+				t.Errorf("setStateLocked %v → %v left %v", from, to, cl.stateLocked())
+			}
+		}
+	}
+}
+
+// TestCallEventsCurrent: which events still concern a call, by its state
+// and its current attempt (epoch 2, upstream stream cur), and which are
+// stale (currentLocked, the one staleness check).
+func TestCallEventsCurrent(t *testing.T) {
+	t.Parallel()
+	cur, old := &hstream{}, &hstream{}
+	const now, before = 2, 1
+	type ev struct {
+		k     eventKind
+		epoch uint32
+		up    *hstream
+	}
+	// For each event, the states in which it is current.
+	cases := []struct {
+		name string
+		ev   ev
+		in   []callState
+	}{
+		{"end", ev{evEnd, 0, nil}, []callState{callStarting, callOpening, callLinked, callBackoff, callCommitted}},
+		{"idle", ev{evIdle, 0, nil}, []callState{callStarting, callOpening, callLinked, callBackoff, callCommitted}},
+		{"stream", ev{evStream, 0, cur}, []callState{callLinked, callCommitted}},
+		{"stream left", ev{evStream, 0, old}, nil},
+		{"commit", ev{evCommit, 0, cur}, []callState{callLinked}},
+		{"commit left", ev{evCommit, 0, old}, nil},
+		{"link", ev{evLink, now, nil}, []callState{callOpening}},
+		{"link left", ev{evLink, before, nil}, nil},
+		{"open failed", ev{evOpenFailed, now, nil}, []callState{callOpening}},
+		{"open failed left", ev{evOpenFailed, before, nil}, nil},
+		{"open refused", ev{evOpenRefused, now, nil}, []callState{callOpening}},
+		{"open refused left", ev{evOpenRefused, before, nil}, nil},
+		{"per-try", ev{evPerTry, now, nil}, []callState{callOpening, callLinked}},
+		{"per-try left", ev{evPerTry, before, nil}, nil},
+		{"backoff", ev{evBackoff, now, nil}, []callState{callBackoff}},
+		{"backoff left", ev{evBackoff, before, nil}, nil},
+	}
+	for _, tc := range cases {
+		for s := callStarting; s < numCallStates; s++ {
+			cl := &call{epoch: now}
+			cl.state.Store(uint32(s))
+			if s == callLinked || s == callCommitted || s == callDone {
+				cl.up.Store(cur)
+			}
+			want := false
+			for _, in := range tc.in {
+				want = want || in == s
+			}
+			if got := cl.currentLocked(tc.ev.k, tc.ev.epoch, tc.ev.up); got != want {
+				t.Errorf("%s in state %v: current = %v, want %v", tc.name, s, got, want)
+			}
+		}
+	}
+}
+
+// TestStaleWaiterNotLinked: a call whose attempt was cut while it waited
+// for a connection (per-try timeout) and retried to the same address
+// through another Upstream is linked only by a connection of its new
+// attempt's Upstream: the connection dialled for the attempt it left
+// finds a stale waiter (the attempt's epoch) and leaves it.
+func TestStaleWaiterNotLinked(t *testing.T) {
+	t.Parallel()
+	wrong := startBackend(t, &testBackend{unary: func(context.Context, *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
+		return nil, status.Error(codes.Aborted, "the left attempt's connection")
+	}})
+	right := startBackend(t, &testBackend{})
+	gated := func(name, to string) (*Upstream, chan struct{}, chan struct{}) {
+		started, release := make(chan struct{}, 1), make(chan struct{})
+		return &Upstream{Name: name, Dial: func(ctx context.Context, _ string) (net.Conn, error) {
+			started <- struct{}{}
+			select {
+			case <-release:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", to)
+		}}, started, release
+	}
+	up1, started1, release1 := gated("one", wrong.addr)
+	up2, started2, release2 := gated("two", right.addr)
+	const addr = "backend.test:443" // the same address for both attempts
+	var asks atomic.Int32
+	p := startProxy(t, addr, Config{})
+	p.route(func(*Request) (Target, error) {
+		return Target{Addr: addr, Upstream: up1, RetryBufferBytes: 1 << 20, PerTryTimeout: 100 * time.Millisecond,
+			Retry: func(RetryInfo) (Target, time.Duration, bool) {
+				if asks.Add(1) > 1 {
+					return Target{}, 0, false
+				}
+				return Target{Addr: addr, Upstream: up2}, 0, true
+			}}, nil
+	})
+	_, c := dial(t, p.addr)
+	call := unaryAsync(ctxT(t, 10*time.Second), c)
+	for _, ch := range []chan struct{}{started1, started2} {
+		select {
+		case <-ch:
+		case <-time.After(5 * time.Second):
+			t.Fatal("dial not started within 5s")
+		}
+	}
+	// The first attempt's dial completes after the retry started: its
+	// connection must not take the new attempt.
+	close(release1)
+	waitFor(t, 5*time.Second, "the first connection", func() bool { return p.srv.Stats().UpstreamConns == 1 })
+	// Stats takes Pool.mu, so the dial goroutine has handed out its
+	// connection by now.
+	_ = p.srv.Stats()
+	close(release2)
+	if err := recvErr(t, call); err != nil {
+		t.Fatalf("call: %v; want the new attempt's backend to answer", err)
+	}
+	if n := asks.Load(); n != 1 {
+		t.Fatalf("Retry asked %d times; want 1", n)
+	}
+}
+
+// TestStaleDialFailureIgnored: when the dial an attempt waited for fails
+// after the call left that attempt (per-try timeout, retry elsewhere), the
+// failure is the left attempt's: the call's new attempt goes on waiting
+// for its own connection, keeps its Target.Pending slot, and Retry is not
+// asked again.
+func TestStaleDialFailureIgnored(t *testing.T) {
+	t.Parallel()
+	b := startBackend(t, &testBackend{})
+	fail := make(chan struct{})
+	started1 := make(chan struct{}, 1)
+	up1 := &Upstream{Name: "failing", Dial: func(ctx context.Context, _ string) (net.Conn, error) {
+		started1 <- struct{}{}
+		select {
+		case <-fail:
+			return nil, errors.New("no route to backend")
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}}
+	started2, release2 := make(chan struct{}, 1), make(chan struct{})
+	up2 := &Upstream{Name: "slow", Dial: func(ctx context.Context, _ string) (net.Conn, error) {
+		started2 <- struct{}{}
+		select {
+		case <-release2:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", b.addr)
+	}}
+	lim := &countLimiter{max: 10}
+	var asks atomic.Int32
+	p := startProxy(t, b.addr, Config{})
+	p.route(func(*Request) (Target, error) {
+		return Target{Addr: "a.test:443", Upstream: up1, Pending: lim, RetryBufferBytes: 1 << 20, PerTryTimeout: 100 * time.Millisecond,
+			Retry: func(RetryInfo) (Target, time.Duration, bool) {
+				if asks.Add(1) > 1 {
+					return Target{}, 0, false
+				}
+				return Target{Addr: "b.test:443", Upstream: up2}, 0, true
+			}}, nil
+	})
+	_, c := dial(t, p.addr)
+	call := unaryAsync(ctxT(t, 10*time.Second), c)
+	for _, ch := range []chan struct{}{started1, started2} {
+		select {
+		case <-ch:
+		case <-time.After(5 * time.Second):
+			t.Fatal("dial not started within 5s")
+		}
+	}
+	close(fail)
+	waitFor(t, 5*time.Second, "the first dial's failure", func() bool { return p.srv.Stats().DialErrors == 1 })
+	if n := lim.n.Load(); n != 1 {
+		t.Fatalf("pending = %d after the left attempt's dial failed; want 1 (the new attempt waits)", n)
+	}
+	close(release2)
+	if err := recvErr(t, call); err != nil {
+		t.Fatalf("call: %v; want the new attempt's backend to answer", err)
+	}
+	if n := asks.Load(); n != 1 {
+		t.Fatalf("Retry asked %d times; want 1", n)
+	}
+	lim.check(t)
+}
+
+// TestCommittedNotRerouted: a backend that answers a call's HEADERS and
+// then resets the stream with REFUSED_STREAM has processed it (its
+// response started, and reached the client): the call has committed, so
+// it is not rerouted, even though no request DATA was sent yet.
+func TestCommittedNotRerouted(t *testing.T) {
+	t.Parallel()
+	good := startBackend(t, &testBackend{})
+	bad := rawFrameBackend(t, func(fr *http2.Framer, f http2.Frame) {
+		if h, ok := f.(*http2.MetaHeadersFrame); ok {
+			_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: h.StreamID, EndHeaders: true,
+				BlockFragment: hpackBlock([]hpack.HeaderField{{Name: ":status", Value: "200"}, {Name: "content-type", Value: "application/grpc"}})})
+			_ = fr.WriteRSTStream(h.StreamID, http2.ErrCodeRefusedStream)
+		}
+	})
+	rr := newRerouter(good.addr)
+	p, cc := rerouteProxy(t, bad, rr)
+	s, err := testpb.NewTestServiceClient(cc).FullDuplexCall(ctxT(t, 5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Recv(); err == nil {
+		t.Fatal("Recv: a message, want the stream's end")
+	}
+	if res := p.nextResult(t); res.Code == codes.OK || !res.Committed {
+		t.Errorf("Result %+v, want a failure after the response started", res)
+	}
+	if n := rr.count(); n != 0 {
+		t.Errorf("Reroute asked %d times after the response started, want never", n)
+	}
 }

@@ -147,7 +147,7 @@ func (sc *serverConn) endRead(err error) {
 	sc.readErrorToClose(err)
 	for _, st := range sc.finishRead(err) {
 		if st.call != nil {
-			st.call.end(ending{mode: endClientGone, code: codes.Canceled, err: ErrClientGone, fl: &sc.fl})
+			st.call.endCall(ending{mode: endClientGone, code: codes.Canceled, err: ErrClientGone, fl: &sc.fl})
 		}
 	}
 	sc.fl.flush()
@@ -252,7 +252,7 @@ func (sc *serverConn) onWindowUpdate(f *http2.WindowUpdateFrame) error {
 	sc.mu.Unlock()
 	if st != nil && st.call != nil {
 		sc.sh.stats.StreamErrors.Add(1)
-		st.call.end(ending{mode: endRST, rst: http2.ErrCodeFlowControl, code: codes.Internal, err: errors.New("engine: client stream window overflow")})
+		st.call.endCall(ending{mode: endRST, rst: http2.ErrCodeFlowControl, code: codes.Internal, err: errors.New("engine: client stream window overflow")})
 	}
 	return err
 }
@@ -278,7 +278,7 @@ func (sc *serverConn) onStreamError(se http2.StreamError) {
 		return
 	}
 	sc.mu.Unlock()
-	st.call.end(ending{mode: endRST, rst: se.Code, code: codes.Internal, err: se})
+	st.call.endCall(ending{mode: endRST, rst: se.Code, code: codes.Internal, err: se})
 }
 
 func (sc *serverConn) onRST(f *http2.RSTStreamFrame) error {
@@ -295,7 +295,7 @@ func (sc *serverConn) onRST(f *http2.RSTStreamFrame) error {
 	sc.mu.Unlock()
 	// The client cancelled: nothing more is sent to it, and the backend
 	// stream is cancelled so the backend's handler sees its context end.
-	st.call.end(ending{mode: endClientGone, code: codes.Canceled, err: ErrClientGone, upCode: http2.ErrCodeCancel, fl: &sc.fl})
+	st.call.endCall(ending{mode: endClientGone, code: codes.Canceled, err: ErrClientGone, upCode: http2.ErrCodeCancel, fl: &sc.fl})
 	return nil
 }
 
@@ -318,7 +318,7 @@ func (sc *serverConn) onData(f *http2.DataFrame) error {
 		}
 		if st != nil {
 			sc.sh.stats.StreamErrors.Add(1)
-			st.call.end(ending{mode: endRST, rst: http2.ErrCodeStreamClosed, code: codes.Internal, err: errors.New("engine: client sent DATA after END_STREAM")})
+			st.call.endCall(ending{mode: endRST, rst: http2.ErrCodeStreamClosed, code: codes.Internal, err: errors.New("engine: client sent DATA after END_STREAM")})
 		}
 		return nil
 	}
@@ -326,7 +326,7 @@ func (sc *serverConn) onData(f *http2.DataFrame) error {
 		sc.addCreditLocked(nil, flen)
 		sc.mu.Unlock()
 		sc.sh.stats.StreamErrors.Add(1)
-		st.call.end(ending{mode: endRST, rst: http2.ErrCodeFlowControl, code: codes.Internal, err: errors.New("engine: client exceeded stream window")})
+		st.call.endCall(ending{mode: endRST, rst: http2.ErrCodeFlowControl, code: codes.Internal, err: errors.New("engine: client exceeded stream window")})
 		return nil
 	}
 	st.inWin -= flen
@@ -406,7 +406,7 @@ func (sc *serverConn) onTrailers(st *hstream, f *http2.MetaHeadersFrame) error {
 	if st.recvDone || !f.StreamEnded() || len(f.PseudoFields()) > 0 {
 		sc.mu.Unlock()
 		sc.sh.stats.StreamErrors.Add(1)
-		st.call.end(ending{mode: endRST, rst: http2.ErrCodeProtocol, code: codes.Internal, err: errors.New("engine: malformed request trailers")})
+		st.call.endCall(ending{mode: endRST, rst: http2.ErrCodeProtocol, code: codes.Internal, err: errors.New("engine: malformed request trailers")})
 		return nil
 	}
 	st.recvDone = true
@@ -425,25 +425,56 @@ func (sc *serverConn) onTrailers(st *hstream, f *http2.MetaHeadersFrame) error {
 // startCall validates the request headers, asks the Director for a target
 // and opens the upstream stream.
 func (sc *serverConn) startCall(cl *call, f *http2.MetaHeadersFrame) {
-	if f.Truncated {
-		cl.end(ending{mode: endStatus, code: codes.ResourceExhausted, httpStatus: "431",
-			st: status.New(codes.ResourceExhausted, "meshd: request header list too large")})
+	req, ok := sc.requestHeaders(cl, f)
+	if !ok {
 		return
 	}
-	var method, path, authority string
+	sc.hdr.fields = req.regular
+	sc.req.Method = req.path
+	sc.req.Authority = req.authority
+	sc.req.Deadline = req.deadline
+	target, err := sc.srv.director.Direct(sc.ctx, &sc.req)
+	sc.hdr.fields = nil
+	if err != nil {
+		s := status.Convert(err)
+		cl.endCall(ending{mode: endStatus, st: s, code: s.Code(), err: err, fl: &sc.fl})
+		return
+	}
+	cl.start(target, &req, &sc.fl)
+}
+
+// reqHeaders is what startCall takes from a request's HEADERS.
+type reqHeaders struct {
+	path, authority string
+	regular         []hpack.HeaderField // valid until the next header block is read
+	deadline        time.Time           // the client's, from grpc-timeout; zero if none
+	now             time.Time           // when the HEADERS were taken
+	end             bool                // the HEADERS ended the stream
+}
+
+// requestHeaders checks a request's HEADERS (RFC 9113 §8.3.1, gRPC's
+// content-type, POST, grpc-timeout) and takes what the call needs from
+// them. ok false: they are malformed, and the call was ended with the
+// status or reset they call for.
+func (sc *serverConn) requestHeaders(cl *call, f *http2.MetaHeadersFrame) (req reqHeaders, ok bool) {
+	if f.Truncated {
+		cl.endCall(ending{mode: endStatus, code: codes.ResourceExhausted, httpStatus: "431",
+			st: status.New(codes.ResourceExhausted, "meshd: request header list too large")})
+		return req, false
+	}
+	var method, host, contentType, timeout string
 	for _, hf := range f.PseudoFields() {
 		switch hf.Name {
 		case ":method":
 			method = hf.Value
 		case ":path":
-			path = hf.Value
+			req.path = hf.Value
 		case ":authority":
-			authority = hf.Value
+			req.authority = hf.Value
 		}
 	}
-	var contentType, timeout, host string
-	regular := f.RegularFields()
-	for _, hf := range regular {
+	req.regular = f.RegularFields()
+	for _, hf := range req.regular {
 		switch hf.Name {
 		case "content-type":
 			contentType = hf.Value
@@ -453,80 +484,36 @@ func (sc *serverConn) startCall(cl *call, f *http2.MetaHeadersFrame) {
 			host = hf.Value
 		}
 	}
-	if path == "" || f.PseudoValue("scheme") == "" {
+	if req.path == "" || f.PseudoValue("scheme") == "" {
 		sc.sh.stats.StreamErrors.Add(1)
-		cl.end(ending{mode: endRST, rst: http2.ErrCodeProtocol, code: codes.Internal, err: errors.New("engine: request without :path or :scheme")})
-		return
+		cl.endCall(ending{mode: endRST, rst: http2.ErrCodeProtocol, code: codes.Internal, err: errors.New("engine: request without :path or :scheme")})
+		return req, false
 	}
 	if !isGRPCContentType(contentType) {
-		cl.end(ending{mode: endStatus, code: codes.InvalidArgument, httpStatus: "415",
+		cl.endCall(ending{mode: endStatus, code: codes.InvalidArgument, httpStatus: "415",
 			st: status.Newf(codes.InvalidArgument, "meshd: invalid gRPC request content-type %q", contentType)})
-		return
+		return req, false
 	}
 	if method != "POST" {
-		cl.end(ending{mode: endStatus, code: codes.Internal, httpStatus: "405",
+		cl.endCall(ending{mode: endStatus, code: codes.Internal, httpStatus: "405",
 			st: status.Newf(codes.Internal, "meshd: :method %q, want POST", method)})
-		return
+		return req, false
 	}
-	if authority == "" {
-		authority = host
+	if req.authority == "" {
+		req.authority = host
 	}
-	now := time.Now()
-	var deadline time.Time
+	req.now = time.Now()
 	if timeout != "" {
 		d, ok := parseTimeout(timeout)
 		if !ok {
-			cl.end(ending{mode: endStatus, code: codes.Internal, httpStatus: "400",
+			cl.endCall(ending{mode: endStatus, code: codes.Internal, httpStatus: "400",
 				st: status.Newf(codes.Internal, "meshd: malformed grpc-timeout %q", timeout)})
-			return
+			return req, false
 		}
-		deadline = now.Add(d)
+		req.deadline = req.now.Add(d)
 	}
-
-	sc.hdr.fields = regular
-	sc.req.Method = path
-	sc.req.Authority = authority
-	sc.req.Deadline = deadline
-	target, err := sc.srv.director.Direct(sc.ctx, &sc.req)
-	sc.hdr.fields = nil
-	if err != nil {
-		s := status.Convert(err)
-		cl.end(ending{mode: endStatus, st: s, code: s.Code(), err: err, fl: &sc.fl})
-		return
-	}
-	cl.target = target
-	if target.Timeout > 0 {
-		if d := now.Add(target.Timeout); deadline.IsZero() || d.Before(deadline) {
-			deadline = d
-			cl.timeoutOwned = target.TimeoutErr != nil
-		}
-	}
-	cl.deadline = deadline
-	cl.reqFields = upstreamHeaders(path, authority, regular, target.Header)
-	cl.reqEnd = f.StreamEnded()
-	if !deadline.IsZero() {
-		rem := deadline.Sub(now)
-		if rem <= 0 {
-			cl.fail(codes.DeadlineExceeded, "meshd: deadline exceeded", ErrDeadline, true)
-			return
-		}
-		cl.mu.Lock()
-		cl.timer = time.AfterFunc(rem, cl.onDeadline)
-		cl.mu.Unlock()
-	}
-	if target.Addr == "" {
-		cl.fail(codes.Unavailable, "meshd: director returned no backend address", errNoAddr, true)
-		return
-	}
-	if target.Retry != nil || target.IdleTimeout > 0 {
-		// From the call's start, as the grpc engine's: the first attempt's
-		// per-try timeout covers opening its stream, as every later
-		// attempt's does, and the idle timeout a dial that never ends.
-		cl.mu.Lock()
-		cl.startResilienceLocked()
-		cl.mu.Unlock()
-	}
-	sc.srv.pool.open(cl, &sc.fl)
+	req.end = f.StreamEnded()
+	return req, true
 }
 
 // isGRPCContentType reports whether ct is application/grpc or a subtype

@@ -60,7 +60,8 @@ type Pool struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // dial goroutines and connection goroutines
 
-	// mu is taken before any call or connection mutex, never after.
+	// mu is taken before any call or connection mutex, never after (the
+	// lock order, Pool.mu → call.mu → conn.mu, is in lifecycle.go).
 	mu       sync.Mutex
 	closed   bool
 	backends map[string]*backend
@@ -80,9 +81,17 @@ type backend struct {
 	up        *Upstream // nil: Config.Dial or plain TCP
 	conns     []*upConn
 	dialing   int
-	waiters   []*call // streams waiting for a connection with room
+	waiters   []waiter // attempts waiting for a connection with room
 	forgotten bool
 	rr        int
+}
+
+// waiter is an attempt of a call waiting in a backend's waiters. The call
+// may have left the attempt since (its per-try timeout, its end): link
+// and the failure events carry the epoch, and the call ignores them then.
+type waiter struct {
+	cl    *call
+	epoch uint32
 }
 
 // upConn is one connection to a backend.
@@ -125,26 +134,26 @@ func (b *backend) pickLocked() *upConn {
 	return best
 }
 
-// open finds or dials a connection for cl.target.Addr through
-// cl.target.Upstream and links the call's upstream stream. When a dial is
-// needed the call waits (its request frames are held, within the client's
-// stream window) and is linked by the dial goroutine.
-func (p *Pool) open(cl *call, fl *flusher) {
-	addr := cl.target.Addr
+// open finds or dials a connection for attempt at of cl (at.addr through
+// at.up) and links its upstream stream. When a dial is needed the call
+// waits (its request frames are held, within the client's stream window)
+// and is linked by the dial goroutine. Never called with cl.mu held.
+func (p *Pool) open(cl *call, at attempt, fl *flusher) {
+	addr := at.addr
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
-		cl.fail(codes.Unavailable, "meshd: shutting down", errPoolClosed, true)
+		cl.openFailed(at.epoch, codes.Unavailable, "meshd: shutting down", errPoolClosed)
 		return
 	}
 	var b *backend
-	if up := cl.target.Upstream; up == nil {
+	if at.up == nil {
 		b = p.backends[addr]
 	} else {
-		b = p.viaUpstream[backendKey{addr, up}]
+		b = p.viaUpstream[backendKey{addr, at.up}]
 	}
 	if b == nil {
-		b = &backend{addr: addr, up: cl.target.Upstream}
+		b = &backend{addr: addr, up: at.up}
 		if b.up == nil {
 			p.backends[addr] = b
 		} else {
@@ -156,7 +165,7 @@ func (p *Pool) open(cl *call, fl *flusher) {
 		if uc == nil {
 			break
 		}
-		switch cl.link(uc, fl) {
+		switch cl.link(uc, at.epoch, fl) {
 		case linkRetry:
 			continue
 		case linkOK:
@@ -170,7 +179,7 @@ func (p *Pool) open(cl *call, fl *flusher) {
 	}
 	if b.dialing == 0 && len(b.conns) >= maxConnsPerBackend {
 		p.mu.Unlock()
-		cl.fail(codes.Unavailable, "meshd: backend "+addr+" has no stream capacity", errors.New("engine: backend stream capacity exhausted"), true)
+		cl.openFailed(at.epoch, codes.Unavailable, "meshd: backend "+addr+" has no stream capacity", errors.New("engine: backend stream capacity exhausted"))
 		return
 	}
 	// The call waits for an upstream stream: for a dial in progress, or
@@ -178,12 +187,12 @@ func (p *Pool) open(cl *call, fl *flusher) {
 	// backend's MAX_CONCURRENT_STREAMS). That is what Target.Pending
 	// counts; it is released when the wait ends (link, dial failure,
 	// the attempt or the call ending).
-	if cl.target.Pending != nil && !cl.holdPending() {
+	if cl.target.Pending != nil && !cl.holdPending(at.epoch) {
 		p.mu.Unlock()
-		cl.refusePending()
+		cl.refusePending(at.epoch)
 		return
 	}
-	b.waiters = append(b.waiters, cl)
+	b.waiters = append(b.waiters, waiter{cl, at.epoch})
 	if b.dialing == 0 {
 		p.startDialLocked(b)
 	}
@@ -225,15 +234,15 @@ func (p *Pool) dial(b *backend) {
 		uc.mu.Unlock()
 	}
 	p.mu.Unlock()
-	for _, cl := range failed {
-		// The wait is over, whether the call now ends, is rerouted or
+	msg := "meshd: backend " + b.addr + " unavailable"
+	if err != nil {
+		msg = fmt.Sprintf("meshd: connect to backend %s: %v", b.addr, err)
+	}
+	for _, w := range failed {
+		// The attempt's wait is over (the call releases its
+		// Target.Pending slot), whether the call now ends, is rerouted or
 		// retried (a new wait takes a new slot).
-		cl.releasePending()
-		msg := "meshd: backend " + b.addr + " unavailable"
-		if err != nil {
-			msg = fmt.Sprintf("meshd: connect to backend %s: %v", b.addr, err)
-		}
-		cl.fail(codes.Unavailable, msg, err, true)
+		w.cl.openFailed(w.epoch, codes.Unavailable, msg, err)
 	}
 }
 
@@ -261,17 +270,17 @@ func (p *Pool) startConnLocked(b *backend, uc *upConn) {
 // without one (the dial failed and no other is under way, or b has
 // maxConnsPerBackend connections) are returned, to be failed. Called with
 // p.mu held.
-func (p *Pool) placeWaitersLocked(b *backend, err error) (failed []*call) {
+func (p *Pool) placeWaitersLocked(b *backend, err error) (failed []waiter) {
 	waiters := b.waiters
 	b.waiters = nil
-	for _, cl := range waiters {
+	for _, w := range waiters {
 		placed := false
 		for {
 			c := b.pickLocked()
 			if c == nil {
 				break
 			}
-			if r := cl.link(c, nil); r != linkRetry {
+			if r := w.cl.link(c, w.epoch, nil); r != linkRetry {
 				placed = true
 				break
 			}
@@ -280,9 +289,9 @@ func (p *Pool) placeWaitersLocked(b *backend, err error) (failed []*call) {
 			continue
 		}
 		if err != nil && b.dialing == 0 {
-			failed = append(failed, cl)
+			failed = append(failed, w)
 		} else {
-			b.waiters = append(b.waiters, cl)
+			b.waiters = append(b.waiters, w)
 		}
 	}
 	if len(b.waiters) > 0 && b.dialing == 0 {
@@ -301,8 +310,8 @@ func (p *Pool) failWaiters(b *backend, err error) {
 	waiters := b.waiters
 	b.waiters = nil
 	p.mu.Unlock()
-	for _, cl := range waiters {
-		cl.fail(codes.Unavailable, "meshd: shutting down", err, true)
+	for _, w := range waiters {
+		w.cl.openFailed(w.epoch, codes.Unavailable, "meshd: shutting down", err)
 	}
 }
 
@@ -403,10 +412,10 @@ func (p *Pool) runReader(uc *upConn) {
 	for _, st := range uc.finishRead(err) {
 		notReached := st.id == 0 || (uc.gotGoAway && st.id > uc.goAwayLast)
 		if notReached {
-			st.call.end(ending{mode: endRST, rst: http2.ErrCodeRefusedStream, code: codes.Unavailable, err: ErrRefused, notReached: true, up: st})
+			st.call.streamEnded(st, ending{mode: endRST, rst: http2.ErrCodeRefusedStream, code: codes.Unavailable, err: ErrRefused, notReached: true})
 			continue
 		}
-		st.call.end(upstreamLost(st))
+		st.call.streamEnded(st, upstreamLost())
 	}
 	uc.fl.flush()
 	uc.mu.Lock()
@@ -473,7 +482,7 @@ func (uc *upConn) readLoop() error {
 			uc.mu.Unlock()
 			if st != nil {
 				uc.sh.stats.StreamErrors.Add(1)
-				st.call.end(ending{mode: endStatus, code: codes.Internal, upCode: http2.ErrCodeFlowControl, up: st,
+				st.call.streamEnded(st, ending{mode: endStatus, code: codes.Internal, upCode: http2.ErrCodeFlowControl,
 					st: statusInternal("meshd: backend stream window overflow"), err: errors.New("engine: backend stream window overflow")})
 			}
 		case *http2.RSTStreamFrame:
@@ -515,7 +524,7 @@ func (uc *upConn) onStreamError(se http2.StreamError) {
 		return
 	}
 	uc.mu.Unlock()
-	st.call.end(ending{mode: endStatus, code: codes.Internal, upCode: se.Code, up: st,
+	st.call.streamEnded(st, ending{mode: endStatus, code: codes.Internal, upCode: se.Code,
 		st: statusInternal("meshd: malformed response from backend"), err: se})
 }
 
@@ -544,7 +553,7 @@ func (uc *upConn) onHeaders(f *http2.MetaHeadersFrame) error {
 	cl := st.call
 	fail := func(msg string) error {
 		uc.sh.stats.StreamErrors.Add(1)
-		cl.end(ending{mode: endStatus, code: codes.Internal, upCode: http2.ErrCodeProtocol, up: st,
+		cl.streamEnded(st, ending{mode: endStatus, code: codes.Internal, upCode: http2.ErrCodeProtocol,
 			st: statusInternal(msg), err: errors.New("engine: " + msg)})
 		return nil
 	}
@@ -564,7 +573,7 @@ func (uc *upConn) onHeaders(f *http2.MetaHeadersFrame) error {
 			}
 			fields = cl.ownTimeoutTrailers(code, fields)
 			// Trailers-only: the one answer a retry may replace.
-			cl.end(ending{mode: endForward, final: op{kind: opHeaders, end: true, fields: fields}, code: code, fl: &uc.fl, up: st})
+			cl.streamEnded(st, ending{mode: endForward, final: op{kind: opHeaders, end: true, fields: fields}, code: code, fl: &uc.fl})
 			return nil
 		}
 		cl.forwardDown(st, op{kind: opHeaders, fields: fields}, &uc.fl)
@@ -576,7 +585,7 @@ func (uc *upConn) onHeaders(f *http2.MetaHeadersFrame) error {
 	fields := filterResponse(f.Fields)
 	code, _ := grpcStatusOf(fields)
 	fields = cl.ownTimeoutTrailers(code, fields)
-	cl.end(ending{mode: endForward, final: op{kind: opHeaders, end: true, fields: fields}, code: code, fl: &uc.fl, up: st})
+	cl.streamEnded(st, ending{mode: endForward, final: op{kind: opHeaders, end: true, fields: fields}, code: code, fl: &uc.fl})
 	return nil
 }
 
@@ -599,7 +608,7 @@ func (uc *upConn) onData(f *http2.DataFrame) error {
 		}
 		if st != nil && !st.gotHeaders {
 			uc.sh.stats.StreamErrors.Add(1)
-			st.call.end(ending{mode: endStatus, code: codes.Internal, upCode: http2.ErrCodeProtocol, up: st,
+			st.call.streamEnded(st, ending{mode: endStatus, code: codes.Internal, upCode: http2.ErrCodeProtocol,
 				st: statusInternal("meshd: backend sent DATA before HEADERS"), err: errors.New("engine: DATA before HEADERS")})
 		}
 		return nil
@@ -608,7 +617,7 @@ func (uc *upConn) onData(f *http2.DataFrame) error {
 		uc.addCreditLocked(nil, flen)
 		uc.mu.Unlock()
 		uc.sh.stats.StreamErrors.Add(1)
-		st.call.end(ending{mode: endStatus, code: codes.Internal, upCode: http2.ErrCodeFlowControl, up: st,
+		st.call.streamEnded(st, ending{mode: endStatus, code: codes.Internal, upCode: http2.ErrCodeFlowControl,
 			st: statusInternal("meshd: backend exceeded stream window"), err: errors.New("engine: backend exceeded stream window")})
 		return nil
 	}
@@ -652,7 +661,7 @@ func (uc *upConn) onRST(f *http2.RSTStreamFrame) error {
 	if f.ErrCode == http2.ErrCodeRefusedStream {
 		// Never processed: the client (grpc-go and others) retries
 		// REFUSED_STREAM transparently.
-		cl.end(ending{mode: endRST, rst: http2.ErrCodeRefusedStream, code: codes.Unavailable, err: ErrRefused, notReached: true, up: st})
+		cl.streamEnded(st, ending{mode: endRST, rst: http2.ErrCodeRefusedStream, code: codes.Unavailable, err: ErrRefused, notReached: true})
 		return nil
 	}
 	if f.ErrCode == http2.ErrCodeCancel && !cl.deadline.IsZero() && time.Until(cl.deadline) < time.Millisecond {
@@ -662,7 +671,7 @@ func (uc *upConn) onRST(f *http2.RSTStreamFrame) error {
 		cl.onDeadline()
 		return nil
 	}
-	cl.end(ending{mode: endRST, rst: f.ErrCode, code: rstToCode(f.ErrCode), fl: &uc.fl, up: st,
+	cl.streamEnded(st, ending{mode: endRST, rst: f.ErrCode, code: rstToCode(f.ErrCode), fl: &uc.fl,
 		err: fmt.Errorf("engine: backend reset the stream: %v", f.ErrCode)})
 	return nil
 }
@@ -702,7 +711,7 @@ func (uc *upConn) onGoAway(f *http2.GoAwayFrame) {
 		uc.sh.log.Debug("engine: backend sent GOAWAY", "addr", uc.b.addr, "code", f.ErrCode, "debug", string(f.DebugData()))
 	}
 	for _, st := range refused {
-		st.call.end(ending{mode: endRST, rst: http2.ErrCodeRefusedStream, code: codes.Unavailable, err: ErrRefused, notReached: true, up: st})
+		st.call.streamEnded(st, ending{mode: endRST, rst: http2.ErrCodeRefusedStream, code: codes.Unavailable, err: ErrRefused, notReached: true})
 	}
 }
 
@@ -810,7 +819,7 @@ func (p *Pool) close() {
 	for uc := range p.all {
 		conns = append(conns, uc)
 	}
-	var waiters []*call
+	var waiters []waiter
 	for _, b := range p.backends {
 		waiters = append(waiters, b.waiters...)
 		b.waiters = nil
@@ -824,8 +833,8 @@ func (p *Pool) close() {
 	for _, uc := range conns {
 		uc.hardClose(errPoolClosed)
 	}
-	for _, cl := range waiters {
-		cl.fail(codes.Unavailable, "meshd: shutting down", errPoolClosed, true)
+	for _, w := range waiters {
+		w.cl.openFailed(w.epoch, codes.Unavailable, "meshd: shutting down", errPoolClosed)
 	}
 	p.wg.Wait()
 }
