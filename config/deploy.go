@@ -143,25 +143,10 @@ func (f FloodProtection) Engine() engine.AbuseLimits {
 // applyDefaults fills in the documented defaults, so /config_dump shows
 // the thresholds in force.
 func (f *FloodProtection) applyDefaults() {
-	d := engine.DefaultAbuseLimits
-	def := func(v *int, x int) {
-		if *v == 0 {
-			*v = x
-		}
-	}
-	deff := func(v *float64, x float64) {
-		if *v == 0 {
-			*v = x
-		}
-	}
-	def(&f.RapidResetMinStreams, d.MinResetStreams)
-	def(&f.MaxConsecutiveEmptyFrames, d.MaxConsecutiveEmptyFrames)
-	def(&f.SettingsBurst, d.SettingsBurst)
-	deff(&f.SettingsPerSecond, d.SettingsPerSecond)
-	def(&f.PingBurst, d.PingBurst)
-	deff(&f.PingsPerSecond, d.PingsPerSecond)
-	def(&f.WindowUpdatesPerDataFrame, d.WindowUpdatesPerDataFrame)
-	def(&f.ExtraFramesPerStream, d.ExtraFramesPerStream)
+	l := f.Engine().WithDefaults()
+	*f = FloodProtection{RapidResetMinStreams: l.MinResetStreams, MaxConsecutiveEmptyFrames: l.MaxConsecutiveEmptyFrames,
+		SettingsBurst: l.SettingsBurst, SettingsPerSecond: l.SettingsPerSecond, PingBurst: l.PingBurst, PingsPerSecond: l.PingsPerSecond,
+		WindowUpdatesPerDataFrame: l.WindowUpdatesPerDataFrame, ExtraFramesPerStream: l.ExtraFramesPerStream}
 }
 
 // validate checks that no threshold is negative; p is the section's path.

@@ -216,7 +216,7 @@ func (cfg Config) withDefaults() Config {
 	if cfg.HandshakeTimeout <= 0 {
 		cfg.HandshakeTimeout = DefaultHandshakeTimeout
 	}
-	cfg.Abuse = cfg.Abuse.withDefaults()
+	cfg.Abuse = cfg.Abuse.WithDefaults()
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -274,7 +274,9 @@ var DefaultAbuseLimits = AbuseLimits{
 	ExtraFramesPerStream:      100,
 }
 
-func (l AbuseLimits) withDefaults() AbuseLimits {
+// WithDefaults returns l with every zero (or negative) field set to its
+// DefaultAbuseLimits value.
+func (l AbuseLimits) WithDefaults() AbuseLimits {
 	d := DefaultAbuseLimits
 	setInt := func(v *int, def int) {
 		if *v <= 0 {
