@@ -13,7 +13,8 @@
 // drain timeout passes). A reload that fails changes nothing, and is
 // counted and reported on /config_dump.
 //
-// Routes and clusters can also come from a Consul KV key
-// (consul.config_key, kv.go), watched with blocking queries and applied
-// through the same path, joined to the file's config.
+// Config has two sources, the file and a Consul KV key (consul.config_key,
+// kv.go, watched with blocking queries). Each hands whole snapshots of its
+// part to one apply loop (apply.go), which joins them and applies the
+// result; the loop alone owns the state a reload reads and writes.
 package server

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"log/slog"
 	"sync"
 	"time"
 
@@ -59,7 +58,7 @@ func (w *kvWatch) Status() KVStatus {
 }
 
 // kvFor returns the Consul rules to join to cfg: those in force, if cfg
-// still names their key. The caller holds reloadMu.
+// still names their key. It runs on the apply loop.
 func (s *Server) kvFor(cfg *config.Config) (source string, data []byte) {
 	s.mu.Lock()
 	w := s.kv
@@ -73,9 +72,9 @@ func (s *Server) kvFor(cfg *config.Config) (source string, data []byte) {
 func kvSource(key string) string { return "consul:" + key }
 
 // syncKV starts, stops or restarts the watch to match cfg (after a
-// successful apply, so s.consul is cfg's client). The caller holds
-// reloadMu. An old watch is cancelled, not waited for: it may be blocked on
-// reloadMu itself; it exits by itself and closeAll waits for it.
+// successful apply, so s.consul is cfg's client). It runs on the apply
+// loop. An old watch is cancelled, not waited for: it may be waiting for
+// the apply loop itself; it exits by itself and closeAll waits for it.
 func (s *Server) syncKV(cfg *config.Config) {
 	key := cfg.Consul.ConfigKey
 	s.mu.Lock()
@@ -160,31 +159,34 @@ func (s *Server) watchKV(ctx context.Context, w *kvWatch) {
 		w.update(func(st *KVStatus) { st.Index, st.Present = meta.LastIndex, present })
 		if !seen || present != lastPresent || mod != lastMod {
 			seen, lastPresent, lastMod = true, present, mod
-			s.applyKV(w, pair, log)
+			// The loop logs and counts the outcome; a cancelled
+			// watch stops here.
+			_ = s.submit(ctx, snapshot{kv: &kvSnapshot{w: w, pair: pair}})
 		}
 		w.once.Do(func() { close(w.first) })
 	}
 }
 
-// applyKV applies one new value of the key through the reload path.
-func (s *Server) applyKV(w *kvWatch, pair *api.KVPair, log *slog.Logger) {
-	s.reloadMu.Lock()
-	defer s.reloadMu.Unlock()
+// applyKV applies one new value of the key through the reload path, on
+// the apply loop. It logs the outcome (it is the loop's owner of it) and
+// returns it.
+func (s *Server) applyKV(w *kvWatch, pair *api.KVPair) error {
+	log := s.log.With("component", "consul-config", "key", w.key)
 	s.mu.Lock()
 	current := s.kv == w
 	s.mu.Unlock()
 	if !current {
-		return // replaced by a reload that changed the key or the agent
+		return nil // replaced by a reload that changed the key or the agent
 	}
 	if pair == nil {
 		if s.kvData != nil {
 			log.Warn("consul config key deleted; the last good rules keep serving (set it to an empty document to clear them)")
 		}
-		return
+		return nil
 	}
 	if s.kvData != nil && bytes.Equal(s.kvData, pair.Value) {
 		w.update(func(st *KVStatus) { st.AppliedIndex, st.LastError = pair.ModifyIndex, "" })
-		return
+		return nil
 	}
 	src := kvSource(w.key)
 	f, err := config.ParseFragment(pair.Value, src)
@@ -201,11 +203,12 @@ func (s *Server) applyKV(w *kvWatch, pair *api.KVPair, log *slog.Logger) {
 		msg := err.Error()
 		w.update(func(st *KVStatus) { st.LastError = msg })
 		log.Error("consul config rejected; the last good rules keep serving", "index", pair.ModifyIndex, "err", err)
-		return
+		return err
 	}
 	s.kvData = bytes.Clone(pair.Value)
 	w.update(func(st *KVStatus) { st.AppliedIndex, st.LastError, st.LastApplied = pair.ModifyIndex, "", time.Now() })
 	log.Info("consul config applied", "index", pair.ModifyIndex)
+	return nil
 }
 
 // kvReady reports why the server is not ready as far as the KV watch goes:

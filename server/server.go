@@ -34,14 +34,15 @@ type Server struct {
 	dests     *destinations // transparent interception (origdst.go)
 	observers []callrecord.Observer
 
-	// reloadMu serializes reloads (file, SIGHUP, Consul KV). It is held
-	// while new clusters warm up; mu is not, so the admin API and metrics
-	// do not wait for a warm-up.
-	reloadMu  sync.Mutex
-	fileCfg   *config.Config                 // the file's config in force (reloadMu)
-	kvData    []byte                         // the Consul config_key value in force, nil if none (reloadMu)
-	buckets   map[string]*policy.TokenBucket // route rate limits by route name (reloadMu)
-	oldStates []*director.State              // swapped-out States calls may still run on (reloadMu)
+	// snapshots feeds the apply loop (apply.go), which owns the four
+	// fields after it: no other goroutine touches them. mu is not held
+	// while a reload warms new clusters, so the admin API and metrics do
+	// not wait for a warm-up.
+	snapshots chan snapshot
+	fileCfg   *config.Config                 // the file's config in force
+	kvData    []byte                         // the Consul config_key value in force, nil if none
+	buckets   map[string]*policy.TokenBucket // route rate limits by route name
+	oldStates []*director.State              // swapped-out States calls may still run on
 	retryBuf  *policy.ByteBudget             // process-wide retry buffer usage
 
 	mu       sync.Mutex // guards runs, consul, kv and Run's start/stop
@@ -115,7 +116,9 @@ func New(cfg *config.Config, opts ...Option) (*Server, error) {
 	s.dests = newDestinations(s.log.With("component", "origdst"))
 	dopts = append(dopts, director.WithDestinations(s.dests))
 	s.dir = director.New(dopts...)
+	s.startApplyLoop()
 	if err := s.Reload(cfg); err != nil {
+		s.closeAll()
 		return nil, err
 	}
 	return s, nil
@@ -134,22 +137,15 @@ func (s *Server) Config() *config.Config { return s.cfg.Load() }
 // an error without changing anything. Every outcome is counted for
 // /config_dump.
 func (s *Server) Reload(cfg *config.Config) error {
-	s.reloadMu.Lock()
-	defer s.reloadMu.Unlock()
-	return s.count(s.reloadFile(cfg))
+	return s.submit(context.Background(), snapshot{file: cfg})
 }
 
 // ReloadFile loads the config file at path and reloads it. A file that
 // does not load (syntax, validation) is counted and reported like any
 // failed reload.
 func (s *Server) ReloadFile(path string) error {
-	s.reloadMu.Lock()
-	defer s.reloadMu.Unlock()
 	cfg, err := config.Load(path)
-	if err != nil {
-		return s.count(fmt.Errorf("server: %w", err))
-	}
-	return s.count(s.reloadFile(cfg))
+	return s.submit(context.Background(), snapshot{file: cfg, loadErr: err})
 }
 
 // count records a reload's outcome and returns err.
@@ -166,7 +162,7 @@ func (s *Server) count(err error) error {
 }
 
 // reloadFile applies a new file config, joined by the Consul rules in
-// force when it still names their key. The caller holds reloadMu.
+// force when it still names their key. It runs on the apply loop.
 func (s *Server) reloadFile(cfg *config.Config) error {
 	eff := cfg
 	if src, data := s.kvFor(cfg); data != nil {
@@ -187,7 +183,7 @@ func (s *Server) reloadFile(cfg *config.Config) error {
 }
 
 // apply builds everything cfg needs, warms up its new clusters, swaps it
-// in and retires what it dropped. The caller holds reloadMu.
+// in and retires what it dropped. It runs on the apply loop.
 func (s *Server) apply(cfg *config.Config) error {
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("server: invalid config: %w", err)
@@ -398,7 +394,7 @@ func (s *Server) drain(d time.Duration) {
 
 // closeAll stops the admin server, the Consul KV watch, every cluster and
 // retirement goroutine. A second call waits for the first to finish. It
-// does not hold mu while it waits: a reload in progress (holding reloadMu)
+// does not hold mu while it waits: a reload in progress (on the apply loop)
 // may need mu to see that the Server is stopping.
 func (s *Server) closeAll() {
 	s.mu.Lock()
