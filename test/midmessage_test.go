@@ -24,9 +24,14 @@ func TestMidMessageReset(t *testing.T) {
 admin: {address: 127.0.0.1:0}
 listeners: [{name: main, address: 127.0.0.1:0}]
 drain_timeout: 5s
-routes: [{name: all, match: {prefix: /}, cluster: backends, timeout: 300ms}]
+routes: [{name: all, match: {prefix: /}, cluster: backends, timeout: 2s}]
 clusters: [{name: backends, endpoints: %s}]
 `, addrs(bs)))
+	// The route timeout must fire after the response has started: it
+	// counts from the call's start, dial included, and a loaded machine
+	// has taken more than 300ms before the backend's first DATA (the call
+	// then ends with a plain status, no reset). The stalled message holds
+	// the call open until the timeout, however long it is.
 	// A fixed 64 KiB window (which also turns off grpc-go's window growth):
 	// a 2 MiB message cannot all cross while the client reads nothing.
 	cc := dial(t, m.Addr, grpc.WithInitialWindowSize(65535), grpc.WithInitialConnWindowSize(65535))
