@@ -61,8 +61,16 @@ func (p *bufPool) class(n int) int {
 	return min(i, len(p.sizes)-1)
 }
 
-// get returns a buffer of at least n bytes (at most the largest class).
+// get returns a buffer of at least n bytes. Above the largest class it is
+// allocated to size and never pooled (put drops it): that only happens
+// when the frame was read by an owner with a larger MaxFrameSize (a
+// Server and a Pool configured apart), and a shorter buffer would cut the
+// frame.
 func (p *bufPool) get(n int) *[]byte {
+	if n > p.sizes[len(p.sizes)-1] {
+		b := make([]byte, n)
+		return &b
+	}
 	i := p.class(n)
 	if v := p.pools[i].Get(); v != nil {
 		return v.(*[]byte)
@@ -71,7 +79,10 @@ func (p *bufPool) get(n int) *[]byte {
 	return &b
 }
 
-// put returns a buffer obtained from get.
+// put takes back a buffer obtained from get, of this bufPool or another's:
+// it is kept only if its length is exactly one of this pool's classes, so
+// a buffer from a pool with other classes (another MaxFrameSize) is left
+// to the garbage collector rather than handed out at the wrong size.
 func (p *bufPool) put(b *[]byte) {
 	if i := p.class(len(*b)); p.sizes[i] == len(*b) {
 		p.pools[i].Put(b)
