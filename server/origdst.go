@@ -39,9 +39,12 @@ type destinations struct {
 
 	pmu          sync.RWMutex
 	passthroughs map[string]*passthrough
-	closed       bool
-	janitor      chan struct{} // closed to stop the janitor; nil until started
-	jdone        chan struct{}
+	// evicted holds the counters of the passthrough pools closed so far,
+	// so that their sum (poolStats) never goes down.
+	evicted engine.PoolStats
+	closed  bool
+	janitor chan struct{} // closed to stop the janitor; nil until started
+	jdone   chan struct{}
 
 	cmu   sync.Mutex
 	creds []*origdst.Credentials
@@ -213,8 +216,32 @@ func (d *destinations) evictIdle(cutoff time.Time) int {
 	defer cancel()
 	for _, p := range idle {
 		p.close(ctx)
+		st := p.up.Pool.Stats()
+		d.pmu.Lock()
+		d.evicted.DialErrors += st.DialErrors
+		d.evicted.ProtocolErrors += st.ProtocolErrors
+		d.evicted.StreamErrors += st.StreamErrors
+		d.pmu.Unlock()
 	}
 	return len(idle)
+}
+
+// poolStats sums the passthrough clusters' pool counters, those of the
+// evicted ones included; ok is false until there was one.
+func (d *destinations) poolStats() (sum engine.PoolStats, ok bool) {
+	d.pmu.RLock()
+	defer d.pmu.RUnlock()
+	sum = d.evicted
+	for _, p := range d.passthroughs {
+		st := p.up.Pool.Stats()
+		sum.Conns += st.Conns
+		sum.Streams += st.Streams
+		sum.DialErrors += st.DialErrors
+		sum.ProtocolErrors += st.ProtocolErrors
+		sum.StreamErrors += st.StreamErrors
+		sum.BufferedBytes += st.BufferedBytes
+	}
+	return sum, d.janitor != nil
 }
 
 func inFlight(cl *balancer.Cluster) int64 {
