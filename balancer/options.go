@@ -94,7 +94,7 @@ type Options struct {
 	DrainTimeout time.Duration
 	// OnClosed, when set, is called with an endpoint's address after its
 	// connection closed (removed and drained, or the cluster closed), so
-	// that other per-address state (the frame engine's upstream pool) can
+	// that other per-address state (the cluster's engine pool) can
 	// be released too. It runs on the cluster's goroutine: it must be quick
 	// and must not call back into the Cluster.
 	OnClosed func(address string)

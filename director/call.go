@@ -23,6 +23,7 @@ type call struct {
 	d   *Director
 	st  *State
 	cl  *balancer.Cluster
+	up  *engine.Upstream // cl's: every attempt goes through its pool
 	ep  *balancer.Endpoint
 	lim *policy.Limiter
 	// start is when the current attempt started (rec.Start: the call).

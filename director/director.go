@@ -30,9 +30,11 @@ type State struct {
 	// RetryBuffer caps the bytes all calls hold for retries (nil: no cap).
 	RetryBuffer *policy.ByteBudget
 	// Upstreams holds, by cluster name, how the engine reaches the
-	// endpoints of clusters that are not h2c (TLS); absent or nil: h2c.
-	// Each cluster's value is kept while its TLS settings are unchanged,
-	// so that its pooled connections are too.
+	// cluster's endpoints: the cluster's own connection pool
+	// (Upstream.Pool), shared by every listener, and its TLS dial, if any.
+	// Absent or nil: the listener engine's own pool, over h2c. Each
+	// cluster's value is kept while the cluster is, so that its pooled
+	// connections are too.
 	Upstreams map[string]*engine.Upstream
 
 	// calls counts the calls running on this State, so that a reload can
@@ -40,8 +42,8 @@ type State struct {
 	calls atomic.Int64
 }
 
-// upstream is the engine's Upstream for cluster name. Configs with no TLS
-// cluster pay a length check, not a map lookup, per call.
+// upstream is the engine's Upstream for cluster name. A State without
+// Upstreams (tests) pays a length check, not a map lookup, per call.
 func (st *State) upstream(name string) *engine.Upstream {
 	if len(st.Upstreams) == 0 {
 		return nil
@@ -145,7 +147,7 @@ func (d *Director) Direct(ctx context.Context, req *engine.Request) (engine.Targ
 		st.calls.Add(-1)
 		return engine.Target{}, d.failed(req, start, route.Name, name, err)
 	}
-	cl := d.cluster(ctx, st, name)
+	cl, up := d.cluster(ctx, st, name)
 	if cl == nil {
 		return fail(policy.ErrUnknownCluster(route.Name, name))
 	}
@@ -159,11 +161,11 @@ func (d *Director) Direct(ctx context.Context, req *engine.Request) (engine.Targ
 		return fail(policy.ErrNoEndpoint(name, err))
 	}
 	d.callStarted()
-	c := &call{d: d, st: st, cl: cl, ep: ep, lim: lim, start: start,
+	c := &call{d: d, st: st, cl: cl, up: up, ep: ep, lim: lim, start: start,
 		rec: callrecord.Call{Method: req.Method, Route: route.Name, Cluster: name, Endpoint: ep.Address(), Start: start, Attempts: 1, PeerAddr: req.RemoteAddr}}
 	// Reroute: c is a pointer, so it goes into the interface without an
 	// allocation (a method value such as c.done costs one).
-	target := engine.Target{Addr: ep.Address(), Upstream: st.upstream(name), Done: c.done, Reroute: c}
+	target := engine.Target{Addr: ep.Address(), Upstream: up, Done: c.done, Reroute: c}
 	// The engine sends the budget upstream only when it, not the client,
 	// sets the deadline; the status is the route's, built once.
 	target.Timeout, target.TimeoutErr = pol.Budget(req.Deadline, start)

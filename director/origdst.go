@@ -6,6 +6,7 @@ import (
 
 	"github.com/meshd/meshd/balancer"
 	"github.com/meshd/meshd/config"
+	"github.com/meshd/meshd/engine"
 	"github.com/meshd/meshd/origdst"
 	"github.com/meshd/meshd/router"
 )
@@ -24,8 +25,9 @@ type Destinations interface {
 	// Owner returns the name of a cluster one of whose current endpoints
 	// has the address addr ("ip:port").
 	Owner(addr string) (string, bool)
-	// Passthrough returns a cluster whose only endpoint is addr.
-	Passthrough(addr string) (*balancer.Cluster, error)
+	// Passthrough returns a cluster whose only endpoint is addr, and the
+	// Upstream (with the cluster's own pool) its calls go through.
+	Passthrough(addr string) (*balancer.Cluster, *engine.Upstream, error)
 }
 
 // WithDestinations enables routing by original destination.
@@ -85,22 +87,22 @@ func (d *Director) lookup(ctx context.Context, st *State, method string, md rout
 	return d.dst.passthrough
 }
 
-// cluster returns the loaded cluster called name; the built-in
-// original_dst cluster resolves to the call's own original destination.
-// It returns nil when there is no such cluster.
-func (d *Director) cluster(ctx context.Context, st *State, name string) *balancer.Cluster {
+// cluster returns the loaded cluster called name and its Upstream; the
+// built-in original_dst cluster resolves to the call's own original
+// destination. It returns a nil cluster when there is no such cluster.
+func (d *Director) cluster(ctx context.Context, st *State, name string) (*balancer.Cluster, *engine.Upstream) {
 	if cl := st.Clusters[name]; cl != nil || name != config.OriginalDstCluster || d.dst == nil {
-		return cl
+		return cl, st.upstream(name)
 	}
 	info, ok := origdst.FromContext(ctx)
 	if !ok {
-		return nil
+		return nil, nil
 	}
-	cl, err := d.dst.dests.Passthrough(info.Dst.String())
+	cl, up, err := d.dst.dests.Passthrough(info.Dst.String())
 	if err != nil {
-		return nil
+		return nil, nil
 	}
-	return cl
+	return cl, up
 }
 
 // owner returns the cached route to cluster, named "original_dst:CLUSTER".

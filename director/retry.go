@@ -103,7 +103,7 @@ func (c *call) next(v policy.Verdict, failed *engine.Result) (engine.Target, boo
 	if v == policy.Reroute {
 		c.rerouted++
 	}
-	return engine.Target{Addr: ep.Address(), Upstream: c.st.upstream(c.rec.Cluster), Header: c.moveTo(ep, failed)}, true
+	return engine.Target{Addr: ep.Address(), Upstream: c.up, Header: c.moveTo(ep, failed)}, true
 }
 
 // moveTo ends the failed attempt (the balancer and the trace hear of it)

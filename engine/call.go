@@ -85,11 +85,14 @@ type Target struct {
 	// is nil, over Config.Dial or plain TCP (h2c with prior knowledge).
 	Addr string
 
-	// Upstream, if non-nil, is how to reach Addr: its Dial (e.g. TLS with
-	// the cluster's CA, server name and client certificate) and, by its
-	// identity, which pooled connections the stream may use. Streams with
-	// different Upstreams never share a connection, even to the same Addr.
-	// nil: Config.Dial, or plain TCP, and no cost beyond that.
+	// Upstream, if non-nil, is how to reach Addr: the Pool whose
+	// connections the stream uses (its owner's, shared by every Server;
+	// nil Upstream.Pool: the Server's own), its Dial (e.g. TLS with the
+	// cluster's CA, server name and client certificate) and, by its
+	// identity, which of the Pool's connections the stream may use.
+	// Streams with different Upstreams never share a connection, even to
+	// the same Addr. nil: the Server's own Pool over Config.Dial, or plain
+	// TCP, and no cost beyond that.
 	Upstream *Upstream
 
 	// Timeout is the route's time budget; 0 means none. The effective

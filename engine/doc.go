@@ -3,7 +3,9 @@
 // A Server accepts HTTP/2 cleartext (prior-knowledge) connections from gRPC
 // clients. For each stream it decodes the request headers once, asks a
 // Director for a Target (backend address, route timeout, extra headers) and
-// forwards the stream to that backend over a pooled HTTP/2 connection:
+// forwards the stream to that backend over a pooled HTTP/2 connection (of
+// the Pool the Target's Upstream names, which may serve many Servers, or
+// of the Server's own):
 // request and response HEADERS are re-encoded (hop-by-hop fields dropped,
 // grpc-timeout recomputed), DATA frames are forwarded as they are, and
 // END_STREAM, RST_STREAM and trailers are propagated. Messages are never

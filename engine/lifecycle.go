@@ -68,7 +68,8 @@ import (
 //	Pool.mu → call.mu → conn.mu
 //
 // conn.mu is a client or backend connection's; no goroutine holds two
-// connections' at once (conn.go). Pool.mu is held while a call is linked
+// connections' at once (conn.go), nor two Pools' mu (a call's attempt is
+// on one Pool, the Server's own or its Upstream's). Pool.mu is held while a call is linked
 // (link) or counted as waiting (holdPending); call.mu while the
 // transition resets an attempt's upstream stream or reads what was queued
 // on it. Target.Retry, Target.Reroute and the PendingLimiter and
@@ -90,7 +91,9 @@ import (
 //     a backoff timer's or the reader whose event rerouted the call for
 //     later ones), when Pool.open cannot give it a stream at once;
 //   - a Pool dial goroutine, when the dial the call waits for fails;
-//   - the goroutine that calls Server.Close (Pool.close), for waiting calls;
+//   - the goroutine that closes the call's Pool (Server.Close for the
+//     Server's own, Pool.Close or Pool.Shutdown for one from NewPool), for
+//     waiting calls and, through its connections' readers, linked ones;
 //   - the call's timers: the deadline and idle timers, the per-try timer
 //     (when Retry declines another attempt) and the backoff timer (when
 //     the request outgrew the replay log meanwhile).
@@ -367,7 +370,7 @@ func (cl *call) apply(ev *event, a *after) {
 		applyCredits(a.cs)
 	}
 	if a.open {
-		cl.sc.srv.pool.open(cl, a.next, nil)
+		cl.sc.srv.poolFor(a.next.up).open(cl, a.next, nil)
 	}
 }
 
@@ -430,7 +433,7 @@ func (cl *call) start(target Target, req *reqHeaders, fl *flusher) {
 		it.t = time.AfterFunc(it.d, it.fire)
 	}
 	cl.mu.Unlock()
-	cl.sc.srv.pool.open(cl, first, fl)
+	cl.sc.srv.poolFor(first.up).open(cl, first, fl)
 }
 
 // openLocked makes the current attempt (cl.epoch) wait for its upstream

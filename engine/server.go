@@ -17,7 +17,11 @@ import (
 // ErrServerClosed is returned by Serve after Shutdown or Close.
 var ErrServerClosed = errors.New("engine: server closed")
 
-// shared is the state common to a Server and its Pool.
+// shared is the configuration, logger, DATA buffers and counters of one
+// owner: a Server's client connections, or a Pool's backend connections.
+// A call's frames cross owners (a client's DATA is queued on a backend
+// connection and the other way round), so a buffer may be taken from one
+// owner's bufPool and given back to another's: bufPool allows that.
 type shared struct {
 	cfg   Config
 	log   *slog.Logger
@@ -61,8 +65,16 @@ func (p *bufPool) class(n int) int {
 	return min(i, len(p.sizes)-1)
 }
 
-// get returns a buffer of at least n bytes (at most the largest class).
+// get returns a buffer of at least n bytes. Above the largest class it is
+// allocated to size and never pooled (put drops it): that only happens
+// when the frame was read by an owner with a larger MaxFrameSize (a
+// Server and a Pool configured apart), and a shorter buffer would cut the
+// frame.
 func (p *bufPool) get(n int) *[]byte {
+	if n > p.sizes[len(p.sizes)-1] {
+		b := make([]byte, n)
+		return &b
+	}
 	i := p.class(n)
 	if v := p.pools[i].Get(); v != nil {
 		return v.(*[]byte)
@@ -71,7 +83,10 @@ func (p *bufPool) get(n int) *[]byte {
 	return &b
 }
 
-// put returns a buffer obtained from get.
+// put takes back a buffer obtained from get, of this bufPool or another's:
+// it is kept only if its length is exactly one of this pool's classes, so
+// a buffer from a pool with other classes (another MaxFrameSize) is left
+// to the garbage collector rather than handed out at the wrong size.
 func (p *bufPool) put(b *[]byte) {
 	if i := p.class(len(*b)); p.sizes[i] == len(*b) {
 		p.pools[i].Put(b)
@@ -89,13 +104,17 @@ type counters struct {
 	MidMessageResets                                atomic.Int64
 }
 
-// Stats is a snapshot of a Server's counters, for /metrics.
+// Stats is a snapshot of a Server's counters, for /metrics. The backend
+// side (UpstreamConns, UpstreamStreams, DialErrors, and the backend
+// connections' share of ProtocolErrors, StreamErrors and BufferedBytes) is
+// the Server's own Pool's: streams sent through an Upstream with a Pool of
+// its own (NewPool) are counted in that Pool's PoolStats instead.
 type Stats struct {
 	ActiveConns     int64 // open client connections
 	ActiveStreams   int64 // client streams open
 	StreamsTotal    int64 // client streams accepted since start
-	UpstreamConns   int64 // open backend connections
-	UpstreamStreams int64 // backend streams open or being opened
+	UpstreamConns   int64 // open backend connections of the Server's own Pool
+	UpstreamStreams int64 // backend streams open or being opened on them
 	// ProtocolErrors counts connections closed with a GOAWAY error code
 	// (client or backend misbehaviour, ENHANCE_YOUR_CALM).
 	ProtocolErrors int64
@@ -121,8 +140,9 @@ type Stats struct {
 
 // Server is a gRPC-aware HTTP/2 forwarding proxy: it accepts h2c
 // (prior-knowledge) connections, asks its Director where each stream goes,
-// and forwards frames to the backend through its Pool. All methods are safe
-// for concurrent use.
+// and forwards frames to the backend through the Pool of the Target's
+// Upstream, or through its own Pool. All methods are safe for concurrent
+// use.
 type Server struct {
 	director Director
 	sh       *shared
@@ -148,7 +168,7 @@ func NewServer(d Director, cfg Config) *Server {
 	s := &Server{
 		director:  d,
 		sh:        sh,
-		pool:      newPool(sh),
+		pool:      newPool(sh.cfg),
 		listeners: make(map[*net.Listener]struct{}),
 		conns:     make(map[*serverConn]struct{}),
 		allGone:   make(chan struct{}),
@@ -157,31 +177,41 @@ func NewServer(d Director, cfg Config) *Server {
 	return s
 }
 
-// Pool returns the Server's upstream connection pool.
+// Pool returns the Server's own upstream connection pool: the one streams
+// go through when their Target's Upstream names no Pool.
 func (s *Server) Pool() *Pool { return s.pool }
 
-// Stats returns a snapshot of the Server's counters.
+// poolFor returns the Pool a stream through up goes through.
+func (s *Server) poolFor(up *Upstream) *Pool {
+	if up != nil && up.Pool != nil {
+		return up.Pool
+	}
+	return s.pool
+}
+
+// Stats returns a snapshot of the Server's counters, its own Pool's
+// included.
 func (s *Server) Stats() Stats {
 	c := &s.sh.stats
+	ps := s.pool.Stats()
 	return Stats{
 		ActiveConns:       c.ActiveConns.Load(),
 		ActiveStreams:     c.ActiveStreams.Load(),
 		StreamsTotal:      c.StreamsTotal.Load(),
-		UpstreamConns:     c.UpstreamConns.Load(),
-		UpstreamStreams:   c.UpstreamStreams.Load(),
-		ProtocolErrors:    c.ProtocolErrors.Load(),
-		StreamErrors:      c.StreamErrors.Load(),
+		UpstreamConns:     ps.Conns,
+		UpstreamStreams:   ps.Streams,
+		ProtocolErrors:    c.ProtocolErrors.Load() + ps.ProtocolErrors,
+		StreamErrors:      c.StreamErrors.Load() + ps.StreamErrors,
 		RefusedStreams:    c.RefusedStreams.Load(),
 		DeadlinesExceeded: c.DeadlinesExceeded.Load(),
 		MessagesTooLarge:  c.MessagesTooLarge.Load(),
-		DialErrors:        c.DialErrors.Load(),
+		DialErrors:        ps.DialErrors,
 		MidMessageResets:  c.MidMessageResets.Load(),
-		BufferedBytes:     s.bufferedBytes(),
+		BufferedBytes:     s.bufferedBytes() + ps.BufferedBytes,
 	}
 }
 
-// bufferedBytes sums the DATA queued on every client and backend
-// connection.
+// bufferedBytes sums the DATA queued on every client connection.
 func (s *Server) bufferedBytes() int64 {
 	s.mu.Lock()
 	conns := make([]*conn, 0, len(s.conns))
@@ -189,11 +219,11 @@ func (s *Server) bufferedBytes() int64 {
 		conns = append(conns, &sc.conn)
 	}
 	s.mu.Unlock()
-	s.pool.mu.Lock()
-	for uc := range s.pool.all {
-		conns = append(conns, &uc.conn)
-	}
-	s.pool.mu.Unlock()
+	return queuedOn(conns)
+}
+
+// queuedOn sums the DATA queued on conns.
+func queuedOn(conns []*conn) int64 {
 	var n int64
 	for _, c := range conns {
 		c.mu.Lock()
@@ -334,8 +364,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		err = ctx.Err()
 	}
 	if err == nil {
-		// Client connections are gone, so no backend stream is left: let
-		// backend connections close with a GOAWAY before the hard stop.
+		// Client connections are gone, so no backend stream is left on
+		// the Server's own Pool: let its connections close with a GOAWAY
+		// before the hard stop. Pools of their own (NewPool) serve other
+		// Servers too; their owner closes them.
 		s.pool.drain()
 		err = s.pool.waitIdle(ctx)
 	}
@@ -343,8 +375,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return err
 }
 
-// Close closes the listeners and every client and backend connection at
-// once and waits for all of the Server's goroutines to exit.
+// Close closes the listeners, every client connection and the backend
+// connections of the Server's own Pool at once, and waits for all of the
+// Server's goroutines to exit. Streams it had on other Pools are reset;
+// those Pools stay open.
 func (s *Server) Close() error {
 	s.mu.Lock()
 	s.shutdown = true

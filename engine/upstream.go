@@ -22,27 +22,36 @@ const maxConnsPerBackend = 64
 // life: client stream ids are odd and below 2^31.
 const maxStreamsPerConn = 1<<30 - 1
 
-// Upstream says how the Pool reaches backends when a plain TCP connection
-// (h2c with prior knowledge) will not do: TLS with a cluster's CA, server
-// name and client certificate, for example. A Target names it; a nil
-// *Upstream means Config.Dial, or plain TCP.
+// Upstream says which Pool holds a stream's backend connections and how
+// that Pool reaches backends when a plain TCP connection (h2c with prior
+// knowledge) will not do: TLS with a cluster's CA, server name and client
+// certificate, for example. A Target names it; a nil *Upstream means the
+// Server's own Pool, through Config.Dial or plain TCP.
 //
-// Its identity is its pointer: the Pool keeps separate connections per
+// Its identity is its pointer: a Pool keeps separate connections per
 // (address, *Upstream), so targets with different Upstreams never share a
 // connection, even to the same address, and a new *Upstream (a cluster
 // rebuilt with other TLS settings) gets new connections. Use one value for
 // all the streams that may share connections, e.g. one per cluster; the
-// Pool never modifies it.
+// engine never modifies it.
 type Upstream struct {
 	// Name identifies the upstream in logs and dial errors (e.g. the
 	// cluster's name). May be empty.
 	Name string
 
 	// Dial opens a connection to addr, as Config.Dial does; ctx carries
-	// Config.DialTimeout. When it returns a *tls.Conn, the Pool completes
-	// the handshake if Dial did not and requires ALPN "h2": a backend that
-	// does not negotiate it fails the dial. nil: Config.Dial, or plain TCP.
+	// the Pool's DialTimeout. When it returns a *tls.Conn, the Pool
+	// completes the handshake if Dial did not and requires ALPN "h2": a
+	// backend that does not negotiate it fails the dial. nil: the Pool's
+	// Dial, or plain TCP.
 	Dial func(ctx context.Context, addr string) (net.Conn, error)
+
+	// Pool holds the connections streams through this Upstream use: a
+	// Pool made with NewPool, owned by whoever owns the backends (meshd:
+	// the cluster), so that every Server naming the Upstream shares its
+	// connections and the owner alone decides when they go (Forget,
+	// Close). nil: each Server's own Pool (Server.Pool).
+	Pool *Pool
 }
 
 // backendKey is what the Pool keeps connections through an Upstream by.
@@ -53,8 +62,12 @@ type backendKey struct {
 
 // Pool holds the HTTP/2 connections to backends, a few per backend address
 // and Upstream (h2c with prior knowledge, or whatever the Upstream dials).
-// It is owned by a Server; all methods are safe for concurrent use.
+// Every Server has its own (Server.Pool); NewPool makes one that belongs
+// to its caller and that any number of Servers may use, through the
+// Upstreams that name it. All methods are safe for concurrent use.
 type Pool struct {
+	// sh is the Pool's own: its backend connections' settings, buffers and
+	// counters, never a Server's (the calls on them are).
 	sh     *shared
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -105,7 +118,10 @@ type upConn struct {
 	idleTimer *time.Timer
 }
 
-func newPool(sh *shared) *Pool {
+// newPool returns a Pool with the upstream side of cfg, whose defaults
+// are applied.
+func newPool(cfg Config) *Pool {
+	sh := &shared{cfg: cfg, bufs: newBufPool(int(cfg.MaxFrameSize)), log: cfg.Logger.With("component", "engine")}
 	p := &Pool{sh: sh, backends: make(map[string]*backend), viaUpstream: make(map[backendKey]*backend), all: make(map[*upConn]struct{}), changed: make(chan struct{})}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	return p
@@ -745,9 +761,10 @@ func (uc *upConn) checkIdle() {
 	uc.idleTimer.Reset(d)
 }
 
-// Forget drains the connections to addr, through every Upstream: they take
-// no new streams and close once their in-flight streams end. Call it when
-// an endpoint is removed. A later stream to addr dials afresh.
+// Forget drains the Pool's connections to addr, through every Upstream:
+// they take no new streams and close once their in-flight streams end.
+// Call it when an endpoint is removed; other Pools' connections to addr
+// are not touched. A later stream to addr dials afresh.
 func (p *Pool) Forget(addr string) {
 	var conns []*upConn
 	p.mu.Lock()

@@ -44,11 +44,20 @@ type clusterRun struct {
 	// a view with the limits of its config (resilience.go).
 	limiter *policy.Limiter
 	budget  *policy.RetryBudget
-	// upstream is how the frame engine reaches the endpoints over TLS;
-	// nil for h2c. A run is rebuilt when its TLS settings change, so a new
-	// Upstream (and with it new frame engine connections) comes with it.
+	// pool holds the cluster's connections for calls, shared by every
+	// listener: the cluster discovered the endpoints, so it alone forgets
+	// a removed one's connections (balancer.Options.OnClosed) and closes
+	// the pool when the run stops.
+	pool *engine.Pool
+	// upstream is how the engine reaches the endpoints: through pool, over
+	// TLS or h2c. A run is rebuilt when its TLS settings change, so a new
+	// Upstream and pool (new connections) come with it.
 	upstream *engine.Upstream
 }
+
+// poolCloseGrace bounds how long a stopping cluster waits for its idle
+// connections to close gracefully (GOAWAY, then the backend's EOF).
+const poolCloseGrace = time.Second
 
 // sameAs reports whether the run can serve cfg unchanged.
 func (r *clusterRun) sameAs(cfg config.Cluster, maxMsg int) bool {
@@ -63,8 +72,24 @@ func connIdentity(c config.Cluster) config.Cluster {
 	return c
 }
 
-// stop ends the discovery loop and closes the cluster's connections.
-func (r *clusterRun) stop() {
+// stop ends the discovery loop, closes the cluster's health connections
+// and closes its pool: gracefully, within ctx, when no call uses the
+// cluster any more; at once (stopNow) when calls may still be in flight.
+func (r *clusterRun) stop(ctx context.Context) {
+	r.halt()
+	_ = r.pool.Shutdown(ctx) // ctx's end only makes it close at once
+}
+
+// stopNow is stop with no grace: calls still on the pool's connections
+// end as with a lost backend.
+func (r *clusterRun) stopNow() {
+	r.halt()
+	_ = r.pool.Close()
+}
+
+// halt ends the discovery loop and closes the balancer cluster, whose
+// endpoints' closing forgets their addresses in the pool.
+func (r *clusterRun) halt() {
 	r.cancel()
 	<-r.done
 	if r.forget != nil {
@@ -121,12 +146,13 @@ func balancerOptions(c config.Cluster, log *slog.Logger) balancer.Options {
 }
 
 // upstreamCreds builds how meshd reaches a cluster's endpoints: h2c
-// (insecure credentials, no Upstream), or TLS whose files are reloaded when
-// they change (tls.go), as grpc-go credentials for the health checks and as
-// the engine's Upstream for calls.
+// (insecure credentials, an Upstream that dials plain TCP), or TLS whose
+// files are reloaded when they change (tls.go), as grpc-go credentials for
+// the health checks and as the engine's Upstream for calls. The caller
+// sets the Upstream's Pool.
 func upstreamCreds(name string, t *config.UpstreamTLS, log *slog.Logger) (credentials.TransportCredentials, *engine.Upstream, error) {
 	if t == nil {
-		return insecure.NewCredentials(), nil, nil
+		return insecure.NewCredentials(), &engine.Upstream{Name: name}, nil
 	}
 	u, err := loadUpstreamTLS(t, log)
 	if err != nil {
@@ -135,12 +161,28 @@ func upstreamCreds(name string, t *config.UpstreamTLS, log *slog.Logger) (creden
 	return u.creds(), u.upstream(name), nil
 }
 
-// newClusterRun builds a cluster and starts its discovery loop.
-func (s *Server) newClusterRun(c config.Cluster, maxMsg int, consul *api.Client) (*clusterRun, error) {
+// poolConfig is the engine's backend-side settings for cfg's clusters'
+// pools. Response header lists are held to the largest limit a listener
+// sets, as they were when each listener's engine had its own pool; the
+// rest are the engine's defaults, as they were.
+func poolConfig(cfg *config.Config) engine.PoolConfig {
+	var hdr uint32
+	for _, lc := range cfg.Listeners {
+		hdr = max(hdr, lc.MaxHeaderListSize)
+	}
+	return engine.PoolConfig{MaxHeaderListSize: hdr}
+}
+
+// newClusterRun builds a cluster with its connection pool (pc, Logger
+// narrowed to the cluster) and starts its discovery loop.
+func (s *Server) newClusterRun(c config.Cluster, maxMsg int, pc engine.PoolConfig, consul *api.Client) (*clusterRun, error) {
 	creds, upstream, err := upstreamCreds(c.Name, c.TLS, s.log.With("cluster", c.Name))
 	if err != nil {
 		return nil, fmt.Errorf("cluster %q: tls: %w", c.Name, err)
 	}
+	pc.Logger = s.log.With("component", "engine", "cluster", c.Name)
+	pool := engine.NewPool(pc)
+	upstream.Pool = pool
 	// grpc-go connections to endpoints carry their health checks only;
 	// calls go through the engine's pool. grpc-go's own retries and
 	// service config are off: a backend must not steer meshd's client.
@@ -149,15 +191,19 @@ func (s *Server) newClusterRun(c config.Cluster, maxMsg int, consul *api.Client)
 		return grpc.NewClient(ep.Address, dopts...)
 	}
 	bopts := balancerOptions(c, s.log)
-	bopts.OnClosed = s.forgetUpstream
+	// A removed endpoint's connections are this cluster's to close; other
+	// clusters' connections to the same address are in their own pools.
+	bopts.OnClosed = pool.Forget
 	cl, err := balancer.NewCluster(bopts, dial)
 	if err != nil {
+		_ = pool.Close()
 		return nil, fmt.Errorf("cluster %q: %w", c.Name, err)
 	}
 	var res resolver
 	if c.Consul != nil {
 		if consul == nil {
 			cl.Close()
+			_ = pool.Close()
 			return nil, fmt.Errorf("cluster %q: no consul client", c.Name)
 		}
 		res = discovery.NewConsul(consul, discovery.ConsulQuery{
@@ -181,7 +227,7 @@ func (s *Server) newClusterRun(c config.Cluster, maxMsg int, consul *api.Client)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &clusterRun{cfg: c, maxMsg: maxMsg, cl: cl, resolver: res, cancel: cancel, done: make(chan struct{}), forget: s.dests.forget,
-		limiter: policy.NewLimiter(0, 0), budget: policy.NewRetryBudget(0, 0, nil), upstream: upstream}
+		limiter: policy.NewLimiter(0, 0), budget: policy.NewRetryBudget(0, 0, nil), pool: pool, upstream: upstream}
 	go func() {
 		defer close(r.done)
 		// Watch returns ctx.Err() when stopped; anything else is logged
@@ -194,11 +240,11 @@ func (s *Server) newClusterRun(c config.Cluster, maxMsg int, consul *api.Client)
 	return r, nil
 }
 
-// retire closes a cluster that a reload dropped, once no call can use it
-// any more (every State that holds it has no call left, including calls
-// between two retry attempts) or the drain timeout passes. It runs on a
-// goroutine the Server owns; the caller holds s.mu and has checked that
-// the Server is not stopping.
+// retire closes a cluster that a reload dropped, with its pool, once no
+// call can use it any more (every State that holds it has no call left,
+// including calls between two retry attempts) or the drain timeout
+// passes. It runs on a goroutine the Server owns; the caller holds s.mu
+// and has checked that the Server is not stopping.
 func (s *Server) retire(r *clusterRun, states []*director.State, drain time.Duration) {
 	s.wg.Add(1)
 	go func() {
@@ -211,14 +257,16 @@ func (s *Server) retire(r *clusterRun, states []*director.State, drain time.Dura
 			select {
 			case <-deadline.C:
 				s.log.Warn("closing retired cluster with calls in flight", "cluster", r.cfg.Name, "outstanding", r.outstanding())
-				r.stop()
+				r.stopNow()
 				return
 			case <-tick.C:
 			case <-s.stopping:
-				r.stop()
+				r.stopNow()
 				return
 			}
 		}
-		r.stop()
+		ctx, cancel := context.WithTimeout(context.Background(), poolCloseGrace)
+		defer cancel()
+		r.stop(ctx)
 	}()
 }

@@ -2,6 +2,13 @@
 // their discovery and health watching, the route table, the data-path
 // listeners and the admin server. It owns every goroutine it starts.
 //
+// Upstream connections follow the data: each cluster (clusters.go) owns
+// the engine Pool of its connections for calls, which every listener's
+// engine uses through the cluster's Upstream; an endpoint the cluster
+// removes is forgotten in that pool only, and the pool closes with the
+// cluster. Passthrough clusters of original destinations (origdst.go) own
+// theirs the same way.
+//
 // Reload builds and validates a whole new data-path State before swapping
 // it in atomically (Caddy's unsyncedDecodeAndRun idea): a cluster whose
 // definition did not change is carried over with its connections, health

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"slices"
 
 	"github.com/meshd/meshd/config"
 	"github.com/meshd/meshd/engine"
@@ -62,7 +61,9 @@ func (f frameServer) Stop() {
 // frameListener builds the engine for one listener. The engine does its
 // own HTTP/2 protocol policing (stream, header and frame limits, flood,
 // reset and handshake rules inside its connections); its counters reach
-// /metrics through ListenerStats.
+// /metrics through ListenerStats. Its calls go to backends through the
+// pool of their cluster (clusterRun.pool, named by the Target's Upstream),
+// which every listener shares; the engine's own Pool stays empty.
 //
 // An original_dst listener's connections go through origdst's handshake
 // first (frame_origdst.go): opaque TCP is relayed to its original
@@ -101,25 +102,7 @@ func (s *Server) frameListener(cfg *config.Config, lc config.Listener, lis net.L
 	if lc.OriginalDst != nil {
 		srv.odst = s.originalDstAccept(lc, fs)
 	}
-	s.frames = append(s.frames, fs)
-	frames := slices.Clone(s.frames)
-	s.frameSet.Store(&frames)
 	return srv, lis, nil
-}
-
-// forgetUpstream releases the frame engine's upstream connections to an
-// address whose endpoint was removed: without it they would live as long as
-// meshd, and endpoint churn (new pod addresses) would pile them up. If
-// another cluster still uses the address, its next call simply redials.
-// It runs on a balancer cluster's goroutine, which may be stopped while
-// s.mu is held, so it reads the servers through an atomic pointer instead
-// of taking the lock.
-func (s *Server) forgetUpstream(addr string) {
-	if p := s.frameSet.Load(); p != nil {
-		for _, fs := range *p {
-			fs.Pool().Forget(addr)
-		}
-	}
 }
 
 // ListenerStats returns each listener's connection and HTTP/2 abuse

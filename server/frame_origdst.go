@@ -47,9 +47,6 @@ func (s *Server) originalDstAccept(lc config.Listener, fs *engine.Server) *odstA
 		Logger:        s.log.With("component", "origdst", "listener", lc.Name),
 	})
 	s.dests.addCredentials(c)
-	// Passthrough clusters (one per original destination) close their
-	// endpoint when they idle out; the engine's pool must let go too.
-	s.dests.onUpstreamClosed(s.forgetUpstream)
 	return &odstAccept{
 		fs:       fs,
 		creds:    c,

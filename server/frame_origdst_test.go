@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -23,7 +24,7 @@ import (
 // in the context its Director gets. (The connections here are not
 // redirected, so the Info has no destination; the netns test covers
 // redirected ones and relays.) The passthrough cluster of a destination
-// releases the engine's upstream connection to it when it idles out, and
+// owns the pool of its connection and closes it when it idles out, and
 // a graceful stop ends the accept loop and every connection goroutine.
 func TestFrameOriginalDstListener(t *testing.T) {
 	t.Parallel()
@@ -41,6 +42,7 @@ func TestFrameOriginalDstListener(t *testing.T) {
 	s := &Server{log: log, dests: newDestinations(log)}
 	defer s.dests.close()
 	infos := make(chan any, 1)
+	var pool atomic.Pointer[engine.Pool] // the passthrough cluster's
 	fs := engine.NewServer(engine.DirectorFunc(func(ctx context.Context, req *engine.Request) (engine.Target, error) {
 		var auth any
 		if p, ok := peer.FromContext(ctx); ok {
@@ -51,12 +53,13 @@ func TestFrameOriginalDstListener(t *testing.T) {
 		default:
 		}
 		// What proxy.Proxy.cluster does for the original_dst cluster.
-		if _, err := s.dests.Passthrough(backendAddr); err != nil {
+		_, up, err := s.dests.Passthrough(backendAddr)
+		if err != nil {
 			return engine.Target{}, err
 		}
-		return engine.Target{Addr: backendAddr}, nil
+		pool.Store(up.Pool)
+		return engine.Target{Addr: backendAddr, Upstream: up}, nil
 	}), engine.Config{HandshakeTimeout: 10 * time.Second, Logger: log})
-	s.frameSet.Store(&[]*engine.Server{fs})
 	lc := config.Listener{Name: "out", OriginalDst: &config.OriginalDst{Direction: config.DirectionOutbound, DetectTimeout: config.Duration(time.Second)}}
 	srv := frameServer{Server: fs, odst: s.originalDstAccept(lc, fs)}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -88,19 +91,20 @@ func TestFrameOriginalDstListener(t *testing.T) {
 		t.Errorf("engine counted %d accepted connections, want 1", a.ConnsAccepted)
 	}
 
-	// The passthrough cluster idles out: the engine lets go of its
-	// connection to the destination.
-	if n := fs.Stats().UpstreamConns; n != 1 {
-		t.Fatalf("engine has %d upstream connections, want 1", n)
+	// The call went through the passthrough cluster's pool, not the
+	// listener engine's; when the cluster idles out, its pool closes.
+	p := pool.Load()
+	if n := p.Stats().Conns; n != 1 {
+		t.Fatalf("the passthrough cluster's pool has %d connections, want 1", n)
+	}
+	if n := fs.Stats().UpstreamConns; n != 0 {
+		t.Fatalf("the listener engine's own pool has %d connections, want 0", n)
 	}
 	if n := s.dests.evictIdle(time.Now().Add(time.Minute)); n != 1 {
 		t.Fatalf("evicted %d passthrough clusters, want 1", n)
 	}
-	for deadline := time.Now().Add(10 * time.Second); fs.Stats().UpstreamConns != 0; {
-		if time.Now().After(deadline) {
-			t.Fatalf("engine still has %d upstream connections to an evicted passthrough destination", fs.Stats().UpstreamConns)
-		}
-		time.Sleep(5 * time.Millisecond) // polling the counter, bounded by the deadline
+	if n := p.Stats().Conns; n != 0 {
+		t.Fatalf("the evicted passthrough cluster's pool still has %d connections", n)
 	}
 
 	srv.GracefulStop()

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -15,6 +16,7 @@ import (
 	"github.com/meshd/meshd/config"
 	"github.com/meshd/meshd/director"
 	"github.com/meshd/meshd/discovery"
+	"github.com/meshd/meshd/engine"
 	"github.com/meshd/meshd/origdst"
 )
 
@@ -35,19 +37,17 @@ type destinations struct {
 	omu    sync.Mutex
 	byRun  map[*clusterRun]ownedAddrs
 
-	pmu     sync.RWMutex
-	pool    map[string]*passthrough
+	pmu          sync.RWMutex
+	passthroughs map[string]*passthrough
+	// evicted holds the counters of the passthrough pools closed so far,
+	// so that their sum (poolStats) never goes down.
+	evicted engine.PoolStats
 	closed  bool
 	janitor chan struct{} // closed to stop the janitor; nil until started
 	jdone   chan struct{}
 
 	cmu   sync.Mutex
 	creds []*origdst.Credentials
-
-	// upstreamClosed is called with a passthrough endpoint's address
-	// after its connection closed (the cluster idled out), for the frame
-	// engine's upstream pool; nil without a frame listener. Guarded by pmu.
-	upstreamClosed func(addr string)
 }
 
 type ownedAddrs struct {
@@ -55,16 +55,26 @@ type ownedAddrs struct {
 	addrs   []string
 }
 
-// passthrough is the cluster of one original destination.
+// passthrough is the cluster of one original destination, with the pool
+// of its connections for calls (up.Pool): closed with the cluster when it
+// idles out, so meshd does not keep a connection to every destination ever
+// passed through.
 type passthrough struct {
 	cl       *balancer.Cluster
+	up       *engine.Upstream
 	lastUsed atomic.Int64 // unix nanoseconds
+}
+
+// close closes the cluster, then its pool, within ctx.
+func (p *passthrough) close(ctx context.Context) {
+	p.cl.Close()
+	_ = p.up.Pool.Shutdown(ctx)
 }
 
 var _ director.Destinations = (*destinations)(nil)
 
 func newDestinations(log *slog.Logger) *destinations {
-	d := &destinations{log: log, byRun: map[*clusterRun]ownedAddrs{}, pool: map[string]*passthrough{}}
+	d := &destinations{log: log, byRun: map[*clusterRun]ownedAddrs{}, passthroughs: map[string]*passthrough{}}
 	d.owners.Store(&map[string]string{})
 	return d
 }
@@ -127,53 +137,52 @@ func (d *destinations) Owner(addr string) (string, bool) {
 }
 
 // Passthrough implements director.Destinations: the cluster whose only
-// endpoint is addr, created on first use. Health watching is off (the
-// destination was the app's choice, whatever it serves) and so is outlier
-// ejection (there is nowhere else to send the call).
-func (d *destinations) Passthrough(addr string) (*balancer.Cluster, error) {
+// endpoint is addr, created on first use, and the Upstream whose pool its
+// calls use. Health watching is off (the destination was the app's choice,
+// whatever it serves) and so is outlier ejection (there is nowhere else to
+// send the call).
+func (d *destinations) Passthrough(addr string) (*balancer.Cluster, *engine.Upstream, error) {
 	now := time.Now().UnixNano()
 	d.pmu.RLock()
-	p := d.pool[addr]
+	p := d.passthroughs[addr]
 	d.pmu.RUnlock()
 	if p != nil {
 		p.lastUsed.Store(now)
-		return p.cl, nil
+		return p.cl, p.up, nil
 	}
 	d.pmu.Lock()
 	defer d.pmu.Unlock()
 	if d.closed {
-		return nil, fmt.Errorf("server: stopping")
+		return nil, nil, fmt.Errorf("server: stopping")
 	}
-	if p := d.pool[addr]; p != nil {
+	if p := d.passthroughs[addr]; p != nil {
 		p.lastUsed.Store(now)
-		return p.cl, nil
+		return p.cl, p.up, nil
 	}
 	cl, err := balancer.NewCluster(balancer.Options{
 		Name:    config.OriginalDstCluster,
 		Health:  balancer.HealthOptions{Disabled: true},
 		Outlier: balancer.OutlierOptions{Disabled: true},
 		AllDown: balancer.AllDownAny,
-		// Without it the frame engine would keep its connection to every
-		// destination ever passed through for as long as meshd runs.
-		OnClosed: d.upstreamClosed,
-		Logger:   d.log.With("component", "balancer", "cluster", config.OriginalDstCluster, "dst", addr),
+		Logger:  d.log.With("component", "balancer", "cluster", config.OriginalDstCluster, "dst", addr),
 	}, func(ep discovery.Endpoint) (*grpc.ClientConn, error) {
 		// Health watching is off: this connection is never used, but
 		// the balancer's endpoints own one.
 		return grpc.NewClient(ep.Address, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	})
 	if err != nil {
-		return nil, fmt.Errorf("server: original destination %s: %w", addr, err)
+		return nil, nil, fmt.Errorf("server: original destination %s: %w", addr, err)
 	}
 	cl.Update([]discovery.Endpoint{{ID: addr, Address: addr, Weight: 1}})
-	p = &passthrough{cl: cl}
+	pool := engine.NewPool(engine.PoolConfig{Logger: d.log.With("component", "engine", "cluster", config.OriginalDstCluster, "dst", addr)})
+	p = &passthrough{cl: cl, up: &engine.Upstream{Name: config.OriginalDstCluster, Pool: pool}}
 	p.lastUsed.Store(now)
-	d.pool[addr] = p
+	d.passthroughs[addr] = p
 	if d.janitor == nil {
 		d.janitor, d.jdone = make(chan struct{}), make(chan struct{})
 		go d.sweep(d.janitor, d.jdone)
 	}
-	return cl, nil
+	return cl, p.up, nil
 }
 
 // sweep closes passthrough clusters idle for passthroughIdle, until stop.
@@ -191,22 +200,48 @@ func (d *destinations) sweep(stop, done chan struct{}) {
 	}
 }
 
-// evictIdle closes passthrough clusters last used before cutoff that have
-// no call in flight.
+// evictIdle closes passthrough clusters, with their pools, last used
+// before cutoff that have no call in flight.
 func (d *destinations) evictIdle(cutoff time.Time) int {
-	var idle []*balancer.Cluster
+	var idle []*passthrough
 	d.pmu.Lock()
-	for addr, p := range d.pool {
+	for addr, p := range d.passthroughs {
 		if p.lastUsed.Load() < cutoff.UnixNano() && inFlight(p.cl) == 0 {
-			delete(d.pool, addr)
-			idle = append(idle, p.cl)
+			delete(d.passthroughs, addr)
+			idle = append(idle, p)
 		}
 	}
 	d.pmu.Unlock()
-	for _, cl := range idle {
-		cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), poolCloseGrace)
+	defer cancel()
+	for _, p := range idle {
+		p.close(ctx)
+		st := p.up.Pool.Stats()
+		d.pmu.Lock()
+		d.evicted.DialErrors += st.DialErrors
+		d.evicted.ProtocolErrors += st.ProtocolErrors
+		d.evicted.StreamErrors += st.StreamErrors
+		d.pmu.Unlock()
 	}
 	return len(idle)
+}
+
+// poolStats sums the passthrough clusters' pool counters, those of the
+// evicted ones included; ok is false until there was one.
+func (d *destinations) poolStats() (sum engine.PoolStats, ok bool) {
+	d.pmu.RLock()
+	defer d.pmu.RUnlock()
+	sum = d.evicted
+	for _, p := range d.passthroughs {
+		st := p.up.Pool.Stats()
+		sum.Conns += st.Conns
+		sum.Streams += st.Streams
+		sum.DialErrors += st.DialErrors
+		sum.ProtocolErrors += st.ProtocolErrors
+		sum.StreamErrors += st.StreamErrors
+		sum.BufferedBytes += st.BufferedBytes
+	}
+	return sum, d.janitor != nil
 }
 
 func inFlight(cl *balancer.Cluster) int64 {
@@ -215,14 +250,6 @@ func inFlight(cl *balancer.Cluster) int64 {
 		n += e.Outstanding
 	}
 	return n
-}
-
-// onUpstreamClosed sets the function told about each passthrough endpoint
-// whose connection closed, for clusters created from now on.
-func (d *destinations) onUpstreamClosed(f func(addr string)) {
-	d.pmu.Lock()
-	d.upstreamClosed = f
-	d.pmu.Unlock()
 }
 
 // addCredentials registers an original_dst listener's credentials so that
@@ -245,8 +272,8 @@ func (d *destinations) close() {
 	}
 	d.pmu.Lock()
 	d.closed = true
-	pool := d.pool
-	d.pool = map[string]*passthrough{}
+	pts := d.passthroughs
+	d.passthroughs = map[string]*passthrough{}
 	stop, done := d.janitor, d.jdone
 	d.janitor = nil
 	d.pmu.Unlock()
@@ -254,7 +281,9 @@ func (d *destinations) close() {
 		close(stop)
 		<-done
 	}
-	for _, p := range pool {
-		p.cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), poolCloseGrace)
+	defer cancel()
+	for _, p := range pts {
+		p.close(ctx)
 	}
 }

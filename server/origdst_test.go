@@ -57,16 +57,19 @@ func TestDestinationsOwner(t *testing.T) {
 func TestDestinationsPassthrough(t *testing.T) {
 	t.Parallel()
 	d := newDestinations(slog.New(slog.DiscardHandler))
-	a, err := d.Passthrough("127.0.0.1:1")
+	a, aUp, err := d.Passthrough("127.0.0.1:1")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if again, _ := d.Passthrough("127.0.0.1:1"); again != a {
-		t.Error("a second call for the same destination made a new cluster")
+	if again, againUp, _ := d.Passthrough("127.0.0.1:1"); again != a || againUp != aUp {
+		t.Error("a second call for the same destination made a new cluster or Upstream")
 	}
-	b, _ := d.Passthrough("127.0.0.1:2")
+	b, bUp, _ := d.Passthrough("127.0.0.1:2")
 	if b == a || !a.Ready() {
 		t.Errorf("distinct destinations share a cluster, or it is not ready (ready %v)", a.Ready())
+	}
+	if aUp.Pool == nil || bUp.Pool == aUp.Pool {
+		t.Error("passthrough clusters do not each have a pool of their own")
 	}
 	if n := d.evictIdle(time.Now().Add(-time.Minute)); n != 0 {
 		t.Errorf("evicted %d recently used clusters", n)
@@ -74,11 +77,11 @@ func TestDestinationsPassthrough(t *testing.T) {
 	if n := d.evictIdle(time.Now().Add(time.Minute)); n != 2 {
 		t.Errorf("evicted %d idle clusters, want 2", n)
 	}
-	if c, _ := d.Passthrough("127.0.0.1:1"); c == a {
+	if c, _, _ := d.Passthrough("127.0.0.1:1"); c == a {
 		t.Error("an evicted cluster was handed out again")
 	}
 	d.close()
-	if _, err := d.Passthrough("127.0.0.1:3"); err == nil {
+	if _, _, err := d.Passthrough("127.0.0.1:3"); err == nil {
 		t.Error("Passthrough after close succeeded")
 	}
 	d.close() // idempotent

@@ -29,18 +29,14 @@ func (s *Server) newState(cfg *config.Config, table *router.Table, runs map[stri
 		Limits:      make(map[string]*policy.Limiter, len(runs)),
 		Budgets:     make(map[string]*policy.RetryBudget, len(runs)),
 		RetryBuffer: s.retryBuf.WithLimit(cfg.MaxRetryBufferBytes),
+		Upstreams:   make(map[string]*engine.Upstream, len(runs)),
 	}
 	for _, c := range cfg.Clusters {
 		r := runs[c.Name]
 		st.Clusters[c.Name] = r.cl
 		st.Limits[c.Name] = r.limiter.WithLimits(c.Name, c.MaxRequests, c.MaxPending)
 		st.Budgets[c.Name] = r.budget.WithParams(*c.RetryBudget.BudgetPercent, *c.RetryBudget.MinRetriesPerSecond)
-		if r.upstream != nil {
-			if st.Upstreams == nil {
-				st.Upstreams = make(map[string]*engine.Upstream)
-			}
-			st.Upstreams[c.Name] = r.upstream
-		}
+		st.Upstreams[c.Name] = r.upstream
 	}
 	return st
 }

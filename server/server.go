@@ -19,7 +19,6 @@ import (
 	"github.com/meshd/meshd/config"
 	"github.com/meshd/meshd/director"
 	"github.com/meshd/meshd/discovery"
-	"github.com/meshd/meshd/engine"
 	"github.com/meshd/meshd/policy"
 	"github.com/meshd/meshd/router"
 	"github.com/meshd/meshd/tracing"
@@ -53,8 +52,6 @@ type Server struct {
 	kv       *kvWatch // the consul.config_key watch, nil when none (kv.go)
 
 	listeners []*listener
-	frames    []*engine.Server                 // every listener's engine, for stats
-	frameSet  atomic.Pointer[[]*engine.Server] // the same, for forgetUpstream
 	admin     *admin.Server
 	started   atomic.Bool
 	draining  atomic.Bool
@@ -216,15 +213,16 @@ func (s *Server) apply(cfg *config.Config) error {
 	var fresh []*clusterRun
 	stopFresh := func() {
 		for _, f := range fresh {
-			f.stop()
+			f.stopNow() // no call has used it
 		}
 	}
+	pc := poolConfig(cfg)
 	for _, c := range cfg.Clusters {
 		if r, ok := runs[c.Name]; ok && r.sameAs(c, cfg.MaxMessageSize) && (c.Consul == nil || consul == curConsul) {
 			next[c.Name] = r
 			continue
 		}
-		r, err := s.newClusterRun(c, cfg.MaxMessageSize, consul)
+		r, err := s.newClusterRun(c, cfg.MaxMessageSize, pc, consul)
 		if err != nil {
 			stopFresh()
 			return fmt.Errorf("server: %w", err)
@@ -428,8 +426,12 @@ func (s *Server) closeAll() {
 	runs := s.runs
 	s.runs = nil
 	s.mu.Unlock()
+	// The listeners are stopped: no call is left on the clusters' pools,
+	// whose idle connections get a GOAWAY, all within one grace.
+	ctx, cancel := context.WithTimeout(context.Background(), poolCloseGrace)
+	defer cancel()
 	for _, r := range runs {
-		r.stop()
+		r.stop(ctx)
 	}
 }
 

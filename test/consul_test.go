@@ -100,6 +100,7 @@ var consulCases = []struct {
 	{"filters and empty service", testConsulFilters},
 	{"agent lost", testConsulAgentLost},
 	{"unreachable at start", testConsulUnreachableAtStart},
+	{"endpoint removal keeps other clusters' connections", testConsulRemovalKeepsOthersConns}, // pool_test.go
 }
 
 // testConsulMembership: three instances share the traffic; a deregistered
