@@ -272,7 +272,7 @@ type Health struct {
 	// ReconnectMax caps the backoff between tries to reconnect to an
 	// endpoint whose connection failed (refused, reset, timed out), and
 	// between reopened health streams: tries start 100ms apart, grow 1.6
-	// times, are jittered and are never more than 90% of ReconnectMax
+	// times, are jittered and are never more than 80% of ReconnectMax
 	// apart, so an endpoint that starts listening again serves calls
 	// within ReconnectMax, however long it was down. Each try is bounded
 	// by a 5s connect timeout (the data path's), so an endpoint that

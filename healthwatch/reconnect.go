@@ -16,17 +16,18 @@ const (
 	reconnectMultiplier = 1.6
 	reconnectJitter     = 0.2
 	// reconnectSpread is the share of reconnectMax that the un-jittered
-	// delay grows to. With ±20% jitter on top, tries are 60% to 90% of
+	// delay grows to. With ±20% jitter on top, tries are 53% to 80% of
 	// reconnectMax apart once the backoff is at its cap: never more than
-	// the cap, and at most 90% of it so that the connect, the handshake
-	// and the health answer fit in the rest.
-	reconnectSpread = 0.75
+	// the cap, and at most 80% of it so that the connect, the handshake,
+	// the health answer and the first call fit in the rest even on a busy
+	// machine.
+	reconnectSpread = 2.0 / 3
 )
 
 // ConnectParams returns the reconnect policy for a connection that Watch
 // runs on (pass it to grpc.WithConnectParams): after a failed try the
 // connection is tried again after ReconnectBase, then 1.6 times longer
-// each time, jittered, but never more than 90% of reconnectMax apart, so a
+// each time, jittered, but never more than 80% of reconnectMax apart, so a
 // backend that starts listening is reached, judged and admitted within
 // reconnectMax however long it was down. grpc-go's default grows to 120s,
 // which after a long outage keeps a backend that is back out of traffic
