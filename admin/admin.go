@@ -9,6 +9,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -38,6 +40,8 @@ type Server struct {
 	extra      map[string]http.Handler
 	log        *slog.Logger
 	healthPoll time.Duration
+	bind       net.ListenConfig
+	pid        int
 	srv        *http.Server
 	lis        net.Listener
 	grpc       *grpc.Server
@@ -80,13 +84,19 @@ func WithHealthPollInterval(d time.Duration) Option {
 	return func(s *Server) { s.healthPoll = d }
 }
 
+// WithListenConfig binds the admin port with lc (meshd passes the
+// SO_REUSEPORT config of its listeners). Default: a plain bind.
+func WithListenConfig(lc net.ListenConfig) Option {
+	return func(s *Server) { s.bind = lc }
+}
+
 // Listen binds addr and returns a Server ready to Serve.
 func Listen(addr string, src Source, opts ...Option) (*Server, error) {
-	s := &Server{src: src, extra: map[string]http.Handler{}, log: slog.New(slog.DiscardHandler), healthPoll: DefaultHealthPollInterval}
+	s := &Server{src: src, extra: map[string]http.Handler{}, log: slog.New(slog.DiscardHandler), healthPoll: DefaultHealthPollInterval, pid: os.Getpid()}
 	for _, o := range opts {
 		o(s)
 	}
-	lis, err := net.Listen("tcp", addr)
+	lis, err := s.bind.Listen(context.Background(), "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("admin: listen %s: %w", addr, err)
 	}
@@ -159,7 +169,16 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return nil
 }
 
-func (s *Server) ready(w http.ResponseWriter, _ *http.Request) {
+// ready answers /ready. With ?pid=N it answers 200 only if this process
+// is N and ready: during a zero-downtime upgrade two meshd processes share
+// the admin port (SO_REUSEPORT), either may answer, and the operator must
+// wait for the new one. Every answer names its process in Meshd-Pid.
+func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Meshd-Pid", strconv.Itoa(s.pid))
+	if want := r.URL.Query().Get("pid"); want != "" && want != strconv.Itoa(s.pid) {
+		http.Error(w, fmt.Sprintf("not ready: this is meshd pid %d, not %s", s.pid, want), http.StatusServiceUnavailable)
+		return
+	}
 	if err := s.src.Ready(); err != nil {
 		http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
 		return

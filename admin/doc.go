@@ -13,4 +13,10 @@
 // reference to meshd's internals and can be tested with a real Server
 // behind it. Bind it to loopback: /config_dump shows the whole config
 // (secrets redacted).
+//
+// During a zero-downtime upgrade two meshd processes share the admin port
+// (SO_REUSEPORT, WithListenConfig), and either may answer a request. Every
+// /ready answer names its process in the Meshd-Pid header, and
+// /ready?pid=N answers 200 only from process N, so an upgrade script can
+// wait for the new process specifically.
 package admin

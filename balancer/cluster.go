@@ -77,6 +77,8 @@ type Cluster struct {
 
 	picker atomic.Pointer[pickerRef]
 	synced atomic.Bool
+	// panicPicks counts the calls picked while in panic mode.
+	panicPicks atomic.Uint64
 
 	// The event queue: unbounded so that a health watcher or Update never
 	// waits for the loop, only for a short append.
@@ -100,11 +102,18 @@ type Cluster struct {
 	eps      map[string]*Endpoint
 	order    []*Endpoint // live endpoints sorted by ID
 	draining []*Endpoint
+	// panicking says whether the picker in place was built in panic mode;
+	// panics counts the times the cluster entered it.
+	panicking bool
+	panics    uint64
 }
 
 // pickerRef lets an interface value live behind an atomic.Pointer. A nil p
-// means nothing is pickable.
-type pickerRef struct{ p picker }
+// means nothing is pickable; panic marks a picker built in panic mode.
+type pickerRef struct {
+	p     picker
+	panic bool
+}
 
 // event is one queued change for the loop: a snapshot (done non-nil) or a
 // health report for ep.
@@ -228,6 +237,9 @@ func (c *Cluster) Pick(info *PickInfo) (*Endpoint, error) {
 		// with the loop's "mark, then read outstanding", so either the loop
 		// sees this call and waits for its Done, or this sees the mark.
 		if !e.removed.Load() {
+			if ref.panic {
+				c.panicPicks.Add(1)
+			}
 			return e, nil
 		}
 		c.release(e)
@@ -517,21 +529,22 @@ func (c *Cluster) closeConn(e *Endpoint, why string) {
 	}
 }
 
-// applyHealth records a health report for e and says whether e's
-// pickability changed.
+// applyHealth records a health report for e and says whether e's class
+// changed: its pickability, or what it counts for in panic mode.
 func (c *Cluster) applyHealth(e *Endpoint, r healthwatch.Report, now time.Time) bool {
 	if c.eps[e.id] != e {
 		return false // a late report of a removed endpoint
 	}
-	was := e.pickable()
+	was := e.class()
 	if r.State == healthwatch.StateServing {
 		e.health = healthServing
 	} else {
 		e.health = healthNotServing
 	}
+	e.healthUnreachable = r.State != healthwatch.StateServing && r.Unreachable
 	e.healthSource, e.healthReason = "health:"+r.Source, r.Reason
 	c.transition(e, now)
-	return e.pickable() != was
+	return e.class() != was
 }
 
 // transition logs e's change of state, once, and stamps its time.
@@ -545,19 +558,28 @@ func (c *Cluster) transition(e *Endpoint, now time.Time) {
 	e.state, e.since = state, now
 }
 
-// rebuild swaps in a picker over the pickable endpoints (or, with
-// AllDownAny and none pickable, over every live endpoint).
+// rebuild swaps in a picker over the endpoints pickSet chooses: the
+// serving ones, more in panic mode, every live one with AllDownAny when
+// nothing else is pickable.
 func (c *Cluster) rebuild() {
-	eps := make([]*Endpoint, 0, len(c.order))
-	for _, e := range c.order {
-		if e.pickable() {
-			eps = append(eps, e)
+	eps, panicking := pickSet(c.order, c.opts.HealthyPanicThreshold, c.opts.AllDown == AllDownAny)
+	if panicking != c.panicking {
+		serving := 0
+		for _, e := range c.order {
+			if e.pickable() {
+				serving++
+			}
 		}
+		if panicking {
+			c.panics++
+			c.log.Warn("cluster in panic mode: too few endpoints serving; balancing over every endpoint that answered",
+				"serving", serving, "endpoints", len(c.order), "threshold_percent", c.opts.HealthyPanicThreshold, "picked_from", len(eps))
+		} else {
+			c.log.Info("cluster left panic mode", "serving", serving, "endpoints", len(c.order))
+		}
+		c.panicking = panicking
 	}
-	if len(eps) == 0 && c.opts.AllDown == AllDownAny {
-		eps = append(eps, c.order...)
-	}
-	ref := &pickerRef{}
+	ref := &pickerRef{panic: panicking && len(eps) > 0}
 	if len(eps) > 0 {
 		ref.p = c.policy.build(eps)
 	}

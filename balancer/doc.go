@@ -50,6 +50,13 @@
 //   - ring_hash: a ketama-style ring keyed by a request header; when an
 //     endpoint leaves, only its share of keys moves.
 //
-// When no endpoint is serving, Pick fails with [ErrNoEndpoint] (AllDown
-// "fail", the default) or chooses among all live endpoints (AllDown "any").
+// # Panic mode and all_down
+//
+// With a HealthyPanicThreshold, a cluster whose share of serving endpoints
+// (among those with a health verdict) drops below it balances over every
+// endpoint that answered, NOT_SERVING and outlier-ejected ones included,
+// as Envoy's panic mode does; endpoints still pending and endpoints meshd
+// cannot reach stay out (panic.go says why). When that still leaves
+// nothing to pick, Pick fails with [ErrNoEndpoint] (AllDown "fail", the
+// default) or chooses among all live endpoints (AllDown "any").
 package balancer

@@ -60,6 +60,10 @@ type Endpoint struct {
 	closed       bool
 	since        time.Time // last change of state
 	state        string    // last state logged
+
+	// healthUnreachable marks a NotServing verdict that came from failing
+	// to reach the endpoint rather than from its answer (panic.go).
+	healthUnreachable bool
 }
 
 // healthState is what active health checking last said about an endpoint.

@@ -85,9 +85,19 @@ type Options struct {
 	Outlier OutlierOptions
 	// PeakEWMA tunes the peak_ewma policy; ignored by the others.
 	PeakEWMA PeakEWMAOptions
-	// AllDown is what Pick does when no endpoint is serving: AllDownFail
-	// (default, "") or AllDownAny.
+	// AllDown is what Pick does when no endpoint is serving and panic mode
+	// gives nothing to pick either: AllDownFail (default, "") or
+	// AllDownAny.
 	AllDown string
+	// HealthyPanicThreshold is the panic threshold in percent (0..100):
+	// when fewer than this share of the endpoints with a health verdict
+	// are serving, the cluster balances over every endpoint that answered
+	// (serving, NOT_SERVING, or ejected by outlier detection) instead of
+	// over the serving ones only, as Envoy's healthy_panic_threshold does.
+	// Endpoints still awaiting their first verdict and endpoints meshd
+	// cannot reach are counted in neither the share nor the panic set;
+	// see panic.go. 0, the default, turns panic mode off.
+	HealthyPanicThreshold int
 	// DrainTimeout bounds how long an endpoint removed by discovery keeps
 	// its connection open for calls still in flight (long streams would
 	// otherwise hold it forever). Default 30s.
@@ -130,7 +140,9 @@ type HealthOptions struct {
 	// not implement Watch. Zero keeps healthwatch's default.
 	CheckInterval time.Duration
 	// BackoffBase and BackoffMax bound the delay before a broken Watch
-	// stream is reopened. Zero keeps healthwatch's defaults.
+	// stream is reopened (meshd passes health.reconnect_max as BackoffMax,
+	// the cap of the connection's own reconnect backoff too). Zero keeps
+	// healthwatch's defaults.
 	BackoffBase, BackoffMax time.Duration
 }
 
@@ -211,6 +223,9 @@ func (o *Options) Validate() error {
 	case "", AllDownFail, AllDownAny:
 	default:
 		add("unknown all_down %q (want %s or %s)", o.AllDown, AllDownFail, AllDownAny)
+	}
+	if p := o.HealthyPanicThreshold; p < 0 || p > 100 {
+		add("healthy panic threshold %d out of range [0, 100]", p)
 	}
 	nonNegative := func(name string, d time.Duration) {
 		if d < 0 {

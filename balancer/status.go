@@ -18,6 +18,16 @@ type ClusterStatus struct {
 	// Healthy counts the endpoints in state "serving"; Total the live ones
 	// (draining endpoints are not counted).
 	Healthy, Total int
+	// HealthyPanicThreshold is the configured panic threshold in percent
+	// (0: panic mode off).
+	HealthyPanicThreshold int
+	// Panic says whether the cluster is in panic mode now: fewer than
+	// HealthyPanicThreshold percent of its endpoints with a health verdict
+	// are serving, so calls spread over every endpoint that answered.
+	Panic bool
+	// PanicEntered counts how often the cluster entered panic mode, and
+	// PanicPicks the calls picked while in it (Envoy's lb_healthy_panic).
+	PanicEntered, PanicPicks uint64
 }
 
 // EndpointStatus is one endpoint in a ClusterStatus.
@@ -57,6 +67,8 @@ func (c *Cluster) Status() ClusterStatus {
 		Total:     len(c.order),
 		Endpoints: make([]EndpointStatus, 0, len(c.order)+len(c.draining)),
 	}
+	st.HealthyPanicThreshold, st.Panic = c.opts.HealthyPanicThreshold, c.panicking
+	st.PanicEntered, st.PanicPicks = c.panics, c.panicPicks.Load()
 	add := func(e *Endpoint) {
 		state, source, reason := e.view()
 		if state == StateServing {

@@ -206,9 +206,21 @@ type Cluster struct {
 	Health Health `yaml:"health"`
 	// Outlier configures passive ejection of failing endpoints.
 	Outlier Outlier `yaml:"outlier"`
-	// AllDown is what happens when no endpoint is healthy: "fail" (default,
-	// UNAVAILABLE) or "any" (use every known endpoint).
+	// AllDown is what happens when no endpoint can be picked, not even in
+	// panic mode: "fail" (default, UNAVAILABLE) or "any" (use every known
+	// endpoint, pending and unreachable ones included).
 	AllDown string `yaml:"all_down"`
+	// HealthyPanicThreshold is Envoy's panic threshold, in percent (0 to
+	// 100): when fewer than this share of the endpoints with a health
+	// verdict are serving, calls spread over every endpoint that answered
+	// (NOT_SERVING and outlier-ejected ones too) instead of piling onto
+	// the few serving ones. Endpoints awaiting their first verdict and
+	// endpoints meshd cannot connect to are left out of both the share and
+	// the spread. 0, the default, turns panic mode off: a NOT_SERVING
+	// verdict comes from the backend itself, and the usual reason many
+	// endpoints say it at once is that they are starting (meshd started
+	// before them, or a fleet restart), when calls sent to them fail.
+	HealthyPanicThreshold int `yaml:"healthy_panic_threshold"`
 	// TLS to the upstream endpoints; plaintext (h2c) when absent.
 	TLS *UpstreamTLS `yaml:"tls"`
 	// MaxRequests caps the calls in flight to the cluster from this meshd
@@ -257,7 +269,25 @@ type Health struct {
 	// CheckInterval is the polling interval for backends that implement only
 	// Health/Check. Default 1s.
 	CheckInterval Duration `yaml:"check_interval"`
+	// ReconnectMax caps the backoff between tries to reconnect to an
+	// endpoint whose connection failed (refused, reset, timed out), and
+	// between reopened health streams: tries start 100ms apart, grow 1.6
+	// times, are jittered and are never more than 80% of ReconnectMax
+	// apart, so an endpoint that starts listening again serves calls
+	// within ReconnectMax, however long it was down. Each try is bounded
+	// by a 5s connect timeout (the data path's), so an endpoint that
+	// accepts connections but never answers costs one connection every
+	// few seconds. Default 1s; at least 100ms.
+	ReconnectMax Duration `yaml:"reconnect_max"`
 }
+
+// Reconnect bounds of health.reconnect_max.
+const (
+	DefaultReconnectMax = time.Second
+	// MinReconnectMax keeps reconnects to a refused port from turning into
+	// a busy loop.
+	MinReconnectMax = 100 * time.Millisecond
+)
 
 // Outlier is passive outlier detection.
 type Outlier struct {

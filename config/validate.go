@@ -207,6 +207,12 @@ func (v *validator) clusters() map[string]bool {
 		default:
 			v.add(p+".all_down", "want fail or any, got %q", cl.AllDown)
 		}
+		if t := cl.HealthyPanicThreshold; t < 0 || t > 100 {
+			v.add(p+".healthy_panic_threshold", "must be a percentage between 0 and 100, got %d", t)
+		}
+		if r := cl.Health.ReconnectMax.D(); r != 0 && r < MinReconnectMax {
+			v.add(p+".health.reconnect_max", "must be at least %v, got %v", MinReconnectMax, r)
+		}
 		if m := cl.Outlier.MaxEjectionPercent; m != nil && (*m < 0 || *m > 100) {
 			v.add(p+".outlier.max_ejection_percent", "must be between 0 and 100, got %d", *m)
 		}
@@ -396,6 +402,9 @@ func (c *Config) applyDefaults() {
 		}
 		if cl.Health.CheckInterval == 0 {
 			cl.Health.CheckInterval = Duration(time.Second)
+		}
+		if cl.Health.ReconnectMax == 0 {
+			cl.Health.ReconnectMax = Duration(DefaultReconnectMax)
 		}
 		o := &cl.Outlier
 		if o.ConsecutiveFailures == 0 {

@@ -40,11 +40,17 @@
 //
 // # Connections
 //
-// Watch uses the caller's connection as it is and never dials. Its RPCs are
-// not wait-for-ready, so while the connection is in TRANSIENT_FAILURE they
-// fail at once and the backend reads as NotServing; how quickly a restarted
-// backend reads as Serving again therefore also depends on the
-// connection's own reconnect backoff (grpc.WithConnectParams).
+// Watch uses the caller's connection as it is and never dials. Its first
+// RPC is not wait-for-ready, so a backend that cannot be reached reads as
+// NotServing at once, with the connection error as the reason (Report
+// Unreachable is set). Once a failure has been reported, the next stream
+// (or Check) is wait-for-ready: it opens the moment the connection is
+// READY again. How quickly a restarted backend reads as Serving is
+// therefore set by the connection's own reconnect backoff, which
+// [ConnectParams] bounds: with it, a backend is judged within the
+// configured reconnect maximum of listening again, however long it was
+// down, and a backend that accepts connections but never speaks HTTP/2
+// costs one connection per connect timeout.
 //
 // # Goroutines
 //

@@ -66,6 +66,13 @@ type Report struct {
 	// "NOT_SERVING", "SERVICE_UNKNOWN", "UNKNOWN"), "stream error: <err>",
 	// "check error: <err>" or "no health service".
 	Reason string
+	// Unreachable marks a NotServing verdict that comes from not reaching
+	// the backend at all (its connection is refused, broken or timed out:
+	// the RPC failed with UNAVAILABLE or DEADLINE_EXCEEDED) rather than
+	// from an answer of the backend. A caller that would send calls to
+	// unhealthy backends anyway (panic mode) leaves these out: a call
+	// there could only fail.
+	Unreachable bool
 }
 
 // Option configures Watch.
@@ -204,6 +211,10 @@ type watcher struct {
 	report  func(Report)
 	opts    options
 	last    Report // last report handed out; the zero Report before any
+	// waitReady makes RPCs wait for the connection to be READY instead of
+	// failing while it is not; set once a failure has been reported (see
+	// watch).
+	waitReady bool
 }
 
 // Watch follows the health of service ("" = the whole server) on the
@@ -245,6 +256,13 @@ func (w *watcher) emit(r Report) {
 
 // watch keeps a Health/Watch stream open, reopening it with backoff when it
 // breaks, until ctx is done or the backend says Watch is unimplemented.
+//
+// The first stream fails fast, so that a backend that cannot be reached
+// gets a verdict (and its reason) at once. Once a failure has been
+// reported, every later stream is wait-for-ready: it waits, without
+// failing, until the connection is READY again and opens at that moment,
+// so a backend that comes back is judged as soon as the connection's own
+// reconnect reaches it, not on the next tick of this loop's backoff.
 func (w *watcher) watch(ctx context.Context) mode {
 	for attempt := 0; ; {
 		received, err := w.stream(ctx)
@@ -261,7 +279,8 @@ func (w *watcher) watch(ctx context.Context) mode {
 			// backend that keeps refusing us, so start the backoff over.
 			attempt = 0
 		}
-		w.emit(Report{State: StateNotServing, Source: SourceWatch, Reason: "stream error: " + err.Error()})
+		w.emit(Report{State: StateNotServing, Source: SourceWatch, Reason: "stream error: " + err.Error(), Unreachable: unreachable(err)})
+		w.waitReady = true
 		if !sleep(ctx, w.opts.backoff(attempt)) {
 			return modeDone
 		}
@@ -278,7 +297,7 @@ func (w *watcher) stream(ctx context.Context) (received bool, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
-	s, err := w.client.Watch(ctx, &healthpb.HealthCheckRequest{Service: w.service})
+	s, err := w.client.Watch(ctx, &healthpb.HealthCheckRequest{Service: w.service}, grpc.WaitForReady(w.waitReady))
 	if err != nil {
 		return false, err
 	}
@@ -301,6 +320,7 @@ func (w *watcher) stream(ctx context.Context) (received bool, err error) {
 func (w *watcher) check(ctx context.Context) mode {
 	timeout := max(w.opts.checkInterval, minCheckTimeout)
 	for {
+		waited, start := w.waitReady, time.Now()
 		r, unimplemented := w.checkOnce(ctx, timeout)
 		if ctx.Err() != nil {
 			return modeDone
@@ -308,7 +328,21 @@ func (w *watcher) check(ctx context.Context) mode {
 		if unimplemented {
 			return modeAbsent
 		}
-		w.emit(r)
+		if waited && r.Unreachable && w.last.State == StateNotServing {
+			// The backend is still out of reach: the NotServing verdict
+			// already reported, and its reason, stand (a wait-for-ready
+			// Check that timed out would only say "deadline exceeded").
+			// A wait at least as long as the poll interval was the pause.
+			if time.Since(start) >= w.opts.checkInterval {
+				continue
+			}
+		} else {
+			w.emit(r)
+			// After an unreachable verdict, wait for the connection rather
+			// than failing at once, so the next Check runs the moment the
+			// backend is back (see watch).
+			w.waitReady = r.Unreachable
+		}
 		if !sleep(ctx, w.opts.checkInterval) {
 			return modeDone
 		}
@@ -320,7 +354,7 @@ func (w *watcher) check(ctx context.Context) mode {
 func (w *watcher) checkOnce(ctx context.Context, timeout time.Duration) (r Report, unimplemented bool) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	resp, err := w.client.Check(ctx, &healthpb.HealthCheckRequest{Service: w.service})
+	resp, err := w.client.Check(ctx, &healthpb.HealthCheckRequest{Service: w.service}, grpc.WaitForReady(w.waitReady))
 	switch status.Code(err) {
 	case codes.OK:
 		return fromStatus(SourceCheck, resp.GetStatus()), false
@@ -331,8 +365,18 @@ func (w *watcher) checkOnce(ctx context.Context, timeout time.Duration) (r Repor
 		// know; Watch says the same with SERVICE_UNKNOWN, so report it alike.
 		return fromStatus(SourceCheck, healthpb.HealthCheckResponse_SERVICE_UNKNOWN), false
 	default:
-		return Report{State: StateNotServing, Source: SourceCheck, Reason: "check error: " + err.Error()}, false
+		return Report{State: StateNotServing, Source: SourceCheck, Reason: "check error: " + err.Error(), Unreachable: unreachable(err)}, false
 	}
+}
+
+// unreachable says whether a failed health RPC failed to reach the backend
+// (connection refused, broken or timed out) rather than being answered.
+func unreachable(err error) bool {
+	switch status.Code(err) {
+	case codes.Unavailable, codes.DeadlineExceeded:
+		return true
+	}
+	return false
 }
 
 // absent reports the configured verdict for a backend without a health
@@ -346,6 +390,10 @@ func (w *watcher) absent(ctx context.Context) mode {
 	if !sleep(ctx, w.opts.reprobe) {
 		return modeDone
 	}
+	// The re-probe fails fast: a backend that went away meanwhile must
+	// read as NotServing, not leave the absent verdict standing while a
+	// wait-for-ready stream waits for it.
+	w.waitReady = false
 	return modeWatch
 }
 

@@ -224,11 +224,11 @@ func TestFromStatus(t *testing.T) {
 		in   healthpb.HealthCheckResponse_ServingStatus
 		want Report
 	}{
-		{healthpb.HealthCheckResponse_SERVING, Report{StateServing, SourceWatch, "SERVING"}},
-		{healthpb.HealthCheckResponse_NOT_SERVING, Report{StateNotServing, SourceWatch, "NOT_SERVING"}},
-		{healthpb.HealthCheckResponse_SERVICE_UNKNOWN, Report{StateNotServing, SourceWatch, "SERVICE_UNKNOWN"}},
-		{healthpb.HealthCheckResponse_UNKNOWN, Report{StateNotServing, SourceWatch, "UNKNOWN"}},
-		{healthpb.HealthCheckResponse_ServingStatus(42), Report{StateNotServing, SourceWatch, "42"}},
+		{healthpb.HealthCheckResponse_SERVING, Report{StateServing, SourceWatch, "SERVING", false}},
+		{healthpb.HealthCheckResponse_NOT_SERVING, Report{StateNotServing, SourceWatch, "NOT_SERVING", false}},
+		{healthpb.HealthCheckResponse_SERVICE_UNKNOWN, Report{StateNotServing, SourceWatch, "SERVICE_UNKNOWN", false}},
+		{healthpb.HealthCheckResponse_UNKNOWN, Report{StateNotServing, SourceWatch, "UNKNOWN", false}},
+		{healthpb.HealthCheckResponse_ServingStatus(42), Report{StateNotServing, SourceWatch, "42", false}},
 	} {
 		if got := fromStatus(SourceWatch, tc.in); got != tc.want {
 			t.Errorf("fromStatus(%v) = %+v, want %+v", tc.in, got, tc.want)
@@ -327,7 +327,7 @@ func TestWatchServiceUnknown(t *testing.T) {
 	b := startBackend(t, "127.0.0.1:0", withHealth(hs))
 	w := startWatch(t, dial(t, b.addr), "no.such.Service", fast()...)
 
-	w.expect(Report{StateNotServing, SourceWatch, "SERVICE_UNKNOWN"})
+	w.expect(Report{StateNotServing, SourceWatch, "SERVICE_UNKNOWN", false})
 	// Once the backend learns the name, the same stream carries the news.
 	hs.SetServingStatus("no.such.Service", serving)
 	w.expect(watchReport(serving))
@@ -377,7 +377,7 @@ func TestWatchClosedByServer(t *testing.T) {
 	w := startWatch(t, dial(t, b.addr), "", fast()...)
 
 	// Every reopened stream repeats the cycle, so the reports alternate.
-	closed := Report{StateNotServing, SourceWatch, "stream error: stream closed by server"}
+	closed := Report{StateNotServing, SourceWatch, "stream error: stream closed by server", false}
 	for range 2 {
 		w.expect(watchReport(serving))
 		w.expect(closed)
@@ -459,7 +459,7 @@ func TestMissingService(t *testing.T) {
 			b := startBackend(t, "127.0.0.1:0", nil) // no services at all
 			opts := append(fast(), WithMissingService(tc.serving))
 			w := startWatch(t, dial(t, b.addr), "", opts...)
-			w.expect(Report{tc.want, SourceAbsent, "no health service"})
+			w.expect(Report{tc.want, SourceAbsent, "no health service", false})
 		})
 	}
 }
@@ -468,7 +468,7 @@ func TestMissingServiceGained(t *testing.T) {
 	t.Parallel()
 	b := startBackend(t, "127.0.0.1:0", nil)
 	w := startWatch(t, dial(t, b.addr), "", fast()...)
-	w.expect(Report{StateNotServing, SourceAbsent, "no health service"})
+	w.expect(Report{StateNotServing, SourceAbsent, "no health service", false})
 
 	// Redeployed on the same port with a health service: a re-probe finds it.
 	b.stop()

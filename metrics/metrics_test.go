@@ -322,6 +322,7 @@ func TestStateMetrics(t *testing.T) {
 	m.SetSource(source{
 		clusters: []balancer.ClusterStatus{{
 			Name: "users", Ready: true, Healthy: 1, Total: 2,
+			HealthyPanicThreshold: 60, Panic: true, PanicEntered: 2, PanicPicks: 9,
 			Endpoints: []balancer.EndpointStatus{
 				{Address: "127.0.0.1:1", State: balancer.StateServing, Weight: 3, Outstanding: 4},
 				{Address: "127.0.0.1:2", State: balancer.StateEjected, Weight: 1, Ejections: 2},
@@ -353,6 +354,9 @@ func TestStateMetrics(t *testing.T) {
 		{"meshd_cluster_endpoints", map[string]string{"cluster": "users"}, 2},
 		{"meshd_cluster_healthy_endpoints", map[string]string{"cluster": "users"}, 1},
 		{"meshd_cluster_ready", map[string]string{"cluster": "users"}, 1},
+		{"meshd_cluster_panic", map[string]string{"cluster": "users"}, 1},
+		{"meshd_cluster_panics_total", map[string]string{"cluster": "users"}, 2},
+		{"meshd_cluster_panic_picks_total", map[string]string{"cluster": "users"}, 9},
 		{"meshd_consul_watch_healthy", map[string]string{"cluster": "users"}, 0},
 		{"meshd_consul_watch_consecutive_failures", map[string]string{"cluster": "users"}, 3},
 		{"meshd_consul_watch_last_success_timestamp_seconds", map[string]string{"cluster": "users"}, 1700000000},

@@ -45,6 +45,12 @@ var (
 		"Endpoints in the cluster that are serving.", []string{"cluster"}, nil)
 	descClusterReady = prometheus.NewDesc("meshd_cluster_ready",
 		"1 once the cluster received its first discovery snapshot.", []string{"cluster"}, nil)
+	descClusterPanic = prometheus.NewDesc("meshd_cluster_panic",
+		"1 while the cluster is in panic mode (fewer than healthy_panic_threshold percent of its endpoints serving).", []string{"cluster"}, nil)
+	descClusterPanics = prometheus.NewDesc("meshd_cluster_panics_total",
+		"Times the cluster entered panic mode.", []string{"cluster"}, nil)
+	descClusterPanicPicks = prometheus.NewDesc("meshd_cluster_panic_picks_total",
+		"Calls balanced in panic mode, over every endpoint that answered rather than the serving ones only.", []string{"cluster"}, nil)
 	descConsulHealthy = prometheus.NewDesc("meshd_consul_watch_healthy",
 		"1 when the cluster's last Consul query succeeded, 0 while it fails.", []string{"cluster"}, nil)
 	descConsulFailures = prometheus.NewDesc("meshd_consul_watch_consecutive_failures",
@@ -78,6 +84,7 @@ func (c *stateCollector) set(src Source) {
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descEndpointState, descOutstanding, descEjections, descWeight,
 		descClusterEndpoints, descClusterHealthy, descClusterReady,
+		descClusterPanic, descClusterPanics, descClusterPanicPicks,
 		descConsulHealthy, descConsulFailures, descConsulLastSuccess, descReloads} {
 		ch <- d
 	}
@@ -98,6 +105,9 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descClusterEndpoints, prometheus.GaugeValue, float64(cs.Total), cs.Name)
 		ch <- prometheus.MustNewConstMetric(descClusterHealthy, prometheus.GaugeValue, float64(cs.Healthy), cs.Name)
 		ch <- prometheus.MustNewConstMetric(descClusterReady, prometheus.GaugeValue, b2f(cs.Ready), cs.Name)
+		ch <- prometheus.MustNewConstMetric(descClusterPanic, prometheus.GaugeValue, b2f(cs.Panic), cs.Name)
+		ch <- prometheus.MustNewConstMetric(descClusterPanics, prometheus.CounterValue, float64(cs.PanicEntered), cs.Name)
+		ch <- prometheus.MustNewConstMetric(descClusterPanicPicks, prometheus.CounterValue, float64(cs.PanicPicks), cs.Name)
 		// A registry refuses a scrape with two identical label sets; an
 		// address can appear twice while an old endpoint drains next to
 		// its replacement, and the live one (listed first) wins.

@@ -18,6 +18,7 @@ import (
 	"github.com/meshd/meshd/director"
 	"github.com/meshd/meshd/discovery"
 	"github.com/meshd/meshd/engine"
+	"github.com/meshd/meshd/healthwatch"
 	"github.com/meshd/meshd/policy"
 )
 
@@ -132,6 +133,7 @@ func balancerOptions(c config.Cluster, log *slog.Logger) balancer.Options {
 			Disabled:       c.Health.Disabled,
 			MissingServing: c.Health.Missing != "ejected",
 			CheckInterval:  c.Health.CheckInterval.D(),
+			BackoffMax:     c.Health.ReconnectMax.D(),
 		},
 		Outlier: balancer.OutlierOptions{
 			ConsecutiveFailures: consecutive,
@@ -140,8 +142,9 @@ func balancerOptions(c config.Cluster, log *slog.Logger) balancer.Options {
 			MaxEjectionPercent:  maxEject,
 			FailureCodes:        fc,
 		},
-		AllDown: c.AllDown,
-		Logger:  log.With("component", "balancer", "cluster", c.Name),
+		AllDown:               c.AllDown,
+		HealthyPanicThreshold: c.HealthyPanicThreshold,
+		Logger:                log.With("component", "balancer", "cluster", c.Name),
 	}
 }
 
@@ -186,7 +189,11 @@ func (s *Server) newClusterRun(c config.Cluster, maxMsg int, pc engine.PoolConfi
 	// grpc-go connections to endpoints carry their health checks only;
 	// calls go through the engine's pool. grpc-go's own retries and
 	// service config are off: a backend must not steer meshd's client.
-	dopts := []grpc.DialOption{grpc.WithTransportCredentials(creds), grpc.WithDisableRetry(), grpc.WithDisableServiceConfig()}
+	// Reconnects are capped at health.reconnect_max and each try gets the
+	// engine's dial timeout, so health checking and calls give a backend
+	// the same bound (healthwatch.ConnectParams).
+	dopts := []grpc.DialOption{grpc.WithTransportCredentials(creds), grpc.WithDisableRetry(), grpc.WithDisableServiceConfig(),
+		grpc.WithConnectParams(healthwatch.ConnectParams(c.Health.ReconnectMax.D(), engine.DefaultDialTimeout))}
 	dial := func(ep discovery.Endpoint) (*grpc.ClientConn, error) {
 		return grpc.NewClient(ep.Address, dopts...)
 	}

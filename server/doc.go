@@ -24,4 +24,23 @@
 // kv.go, watched with blocking queries). Each hands whole snapshots of its
 // part to one apply loop (apply.go), which joins them and applies the
 // result; the loop alone owns the state a reload reads and writes.
+//
+// # Recovery and upgrades
+//
+// How quickly endpoints come back, panic mode and the zero-downtime
+// upgrade (README "Recovery and upgrades") span several packages:
+//
+//   - healthwatch/reconnect.go: ConnectParams, the reconnect backoff of an
+//     endpoint's health connection, capped by health.reconnect_max;
+//     clusters.go dials with it and the engine's dial timeout.
+//   - healthwatch/healthwatch.go: after a failure the next health stream
+//     waits for the connection (wait-for-ready), and unreachable verdicts
+//     are marked (Report.Unreachable).
+//   - balancer/panic.go: which endpoints a picker balances over, panic
+//     mode (healthy_panic_threshold) and all_down.
+//   - reuseport_linux.go: SO_REUSEPORT for listeners and the admin port
+//     (listen, WithReusePort; cmd/meshd run -reuse-port); admin's
+//     /ready?pid=N tells two processes sharing the admin port apart.
+//   - test/recovery_test.go: the end-to-end runs (kill and restart,
+//     outages, black hole, upgrade under load, panic threshold).
 package server

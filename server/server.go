@@ -32,6 +32,7 @@ type Server struct {
 	adminOpts []admin.Option
 	dests     *destinations // transparent interception (origdst.go)
 	observers []callrecord.Observer
+	reusePort bool // bind with SO_REUSEPORT (reuseport_linux.go)
 
 	// snapshots feeds the apply loop (apply.go), which owns the four
 	// fields after it: no other goroutine touches them. mu is not held
@@ -92,6 +93,12 @@ func WithAdminOptions(opts ...admin.Option) Option {
 	return func(s *Server) { s.adminOpts = append(s.adminOpts, opts...) }
 }
 
+// WithReusePort sets whether listeners and the admin port bind with
+// SO_REUSEPORT (Linux), so that a second meshd with the same config can
+// start while this one serves, for a zero-downtime upgrade. On by
+// default; false binds exclusively, and a second meshd fails to start.
+func WithReusePort(on bool) Option { return func(s *Server) { s.reusePort = on } }
+
 // WithObservers adds call observers (metrics, access log) to the data path;
 // each is told about every call when it ends.
 func WithObservers(obs ...callrecord.Observer) Option {
@@ -102,7 +109,7 @@ func WithObservers(obs ...callrecord.Observer) Option {
 // starts, but nothing listens until Run.
 func New(cfg *config.Config, opts ...Option) (*Server, error) {
 	s := &Server{log: slog.New(slog.DiscardHandler), runs: map[string]*clusterRun{}, stopping: make(chan struct{}), closed: make(chan struct{}), serving: make(chan struct{}),
-		retryBuf: policy.NewByteBudget(0)}
+		retryBuf: policy.NewByteBudget(0), reusePort: true}
 	for _, o := range opts {
 		o(s)
 	}
@@ -334,11 +341,16 @@ func (s *Server) liveRuns() []*clusterRun {
 	return runs
 }
 
+// listen binds every listener and the admin port, with SO_REUSEPORT unless
+// WithReusePort(false). The admin port is shared like the listeners: the
+// same config starts a second meshd, and /ready?pid=N tells which process
+// answered (admin.go).
 func (s *Server) listen(cfg *config.Config) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	bind := listenConfig(s.reusePort)
 	for _, lc := range cfg.Listeners {
-		lis, err := net.Listen("tcp", lc.Address)
+		lis, err := bind.Listen(context.Background(), "tcp", lc.Address)
 		if err != nil {
 			return fmt.Errorf("server: listener %s: %w", lc.Name, err)
 		}
@@ -353,7 +365,7 @@ func (s *Server) listen(cfg *config.Config) error {
 		s.listeners = append(s.listeners, &listener{cfg: lc, lis: fl, srv: srv, capped: capped})
 	}
 	if cfg.Admin.Address != "" {
-		a, err := admin.Listen(cfg.Admin.Address, s, append([]admin.Option{admin.WithLogger(s.log.With("component", "admin"))}, s.adminOpts...)...)
+		a, err := admin.Listen(cfg.Admin.Address, s, append([]admin.Option{admin.WithLogger(s.log.With("component", "admin")), admin.WithListenConfig(bind)}, s.adminOpts...)...)
 		if err != nil {
 			return fmt.Errorf("server: %w", err)
 		}

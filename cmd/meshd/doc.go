@@ -3,6 +3,8 @@
 // ones, and forwards the call unchanged.
 //
 //	meshd run -config FILE        serve until SIGTERM/SIGINT (drain, exit 0); SIGHUP or a file change reloads
+//	                              listeners and the admin port bind with SO_REUSEPORT, so a new meshd can
+//	                              take over before the old one is stopped; -reuse-port=false binds exclusively
 //	meshd validate -config FILE   check a config: a one-line summary, or every error with file:line
 //	meshd version                 print the version
 //	meshd route explain -config FILE /pkg.Svc/Method [-H k=v ...] [-admin ADDR]

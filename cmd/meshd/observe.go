@@ -112,14 +112,14 @@ func (t *telemetry) close() error {
 	return nil
 }
 
-// newServer builds a Server for cfg with its telemetry installed. The
-// caller runs the server and then closes the telemetry.
-func newServer(ctx context.Context, cfg *config.Config, log *slog.Logger) (*server.Server, *telemetry, error) {
+// newServer builds a Server for cfg, with opts and its telemetry
+// installed. The caller runs the server and then closes the telemetry.
+func newServer(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...server.Option) (*server.Server, *telemetry, error) {
 	tel, err := newTelemetry(ctx, cfg, log)
 	if err != nil {
 		return nil, nil, err
 	}
-	srv, err := server.New(cfg, tel.serverOptions(server.WithLogger(log))...)
+	srv, err := server.New(cfg, tel.serverOptions(append([]server.Option{server.WithLogger(log)}, opts...)...)...)
 	if err != nil {
 		_ = tel.close() // the server error is the one worth reporting
 		return nil, nil, err

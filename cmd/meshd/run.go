@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/meshd/meshd/config"
+	"github.com/meshd/meshd/server"
 )
 
 func cmdRun(args []string, stderr io.Writer) error {
@@ -15,6 +16,7 @@ func cmdRun(args []string, stderr io.Writer) error {
 	file := fs.String("config", "", "config file")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	watch := fs.Duration("watch-interval", time.Second, "how often to poll the config file for changes, besides watching its directory (0: no polling)")
+	reusePort := fs.Bool("reuse-port", true, "bind listeners and the admin port with SO_REUSEPORT (Linux), so a new meshd can start before this one is stopped; false binds exclusively")
 	if err := fs.Parse(args); err != nil {
 		return errUsage
 	}
@@ -34,7 +36,7 @@ func cmdRun(args []string, stderr io.Writer) error {
 	ctx, stop := signalContext()
 	defer stop()
 
-	srv, tel, err := newServer(ctx, cfg, log)
+	srv, tel, err := newServer(ctx, cfg, log, server.WithReusePort(*reusePort))
 	if err != nil {
 		return fmt.Errorf("meshd: %w", err)
 	}
