@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"os"
 	"runtime"
 	"runtime/pprof"
 	"sync"
@@ -18,6 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshd/meshd/config"
+	"github.com/meshd/meshd/internal/testkit/proc"
 	"github.com/meshd/meshd/test/backend"
 )
 
@@ -42,11 +42,11 @@ func (u usage) String() string { return fmt.Sprintf("%d goroutines, %d fds", u.g
 
 func currentUsage(t testing.TB) usage {
 	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
+	fds, err := proc.OpenFiles()
 	if err != nil {
 		t.Fatalf("count fds: %v", err)
 	}
-	return usage{goroutines: runtime.NumGoroutine(), fds: len(ents)}
+	return usage{goroutines: runtime.NumGoroutine(), fds: fds}
 }
 
 // waitBaseline polls until usage is back within the slack of base, and

@@ -1,13 +1,11 @@
 package test
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"math"
 	"os"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -19,6 +17,7 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/status"
 
+	"github.com/meshd/meshd/internal/testkit/proc"
 	"github.com/meshd/meshd/test/backend"
 )
 
@@ -646,7 +645,8 @@ func (m *monitor) next(name string) *phase {
 
 // enter ends the current phase's slice and opens a slice of ph.
 func (m *monitor) enter(ph *phase) {
-	now, cpu := time.Now(), procCPU(m.pid)
+	now := time.Now()
+	cpu, _ := proc.CPU(m.pid) // 0 once meshd is gone
 	ph.mu.Lock()
 	if !ph.sliceAt.IsZero() { // re-entered: close the open slice first
 		ph.wall += now.Sub(ph.sliceAt)
@@ -733,7 +733,7 @@ func (m *monitor) sampleRSS() {
 			return
 		case <-tick.C:
 		}
-		kib, err := procStatusKiB(m.pid, "VmRSS")
+		kib, err := proc.StatusKiB(m.pid, "VmRSS")
 		if err != nil {
 			m.dead.Store(true)
 			continue
@@ -752,39 +752,4 @@ func (m *monitor) sampleRSS() {
 			}
 		}
 	}
-}
-
-// procStatusKiB reads a "Key: N kB" line of /proc/pid/status.
-func procStatusKiB(pid int, key string) (int64, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), key+":"); ok {
-			return strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-		}
-	}
-	return 0, fmt.Errorf("%s not in /proc/%d/status", key, pid)
-}
-
-// procCPU is the user+system CPU time pid has used (0 if it is gone).
-func procCPU(pid int) time.Duration {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	// Fields after the command name, which is in parentheses and may
-	// contain spaces: state is field 3, utime 14, stime 15.
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-	if len(f) < 13 {
-		return 0
-	}
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	const clkTck = 100 // USER_HZ on Linux
-	return time.Duration(ut+st) * time.Second / clkTck
 }
