@@ -15,6 +15,8 @@ import (
 	"golang.org/x/net/http2/hpack"
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
+
+	"github.com/meshd/meshd/internal/testkit"
 )
 
 // abuser is a raw HTTP/2 client: one goroutine writes the attack while the
@@ -227,7 +229,7 @@ func TestAbuseRules(t *testing.T) {
 				if tt.reason == AbuseHandshakeTimeout && time.Since(start) < 250*time.Millisecond {
 					t.Errorf("closed after %s, before the handshake timeout", time.Since(start))
 				}
-				waitFor(t, 5*time.Second, tt.reason.String()+" counted", func() bool {
+				testkit.WaitFor(t, 5*time.Second, tt.reason.String()+" counted", func() bool {
 					return p.srv.AbuseStats().Closed[tt.reason] >= 1
 				})
 			})

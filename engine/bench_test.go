@@ -17,6 +17,7 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/metadata"
 
+	"github.com/meshd/meshd/internal/testkit"
 	"github.com/meshd/meshd/internal/testkit/proc"
 )
 
@@ -168,18 +169,17 @@ http {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		_ = cmd.Wait()
 	})
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		c, err := net.Dial("tcp", addr)
-		if err == nil {
+	var dialErr error
+	if !testkit.Poll(5*time.Second, 5*time.Millisecond, func() bool {
+		var c net.Conn
+		if c, dialErr = net.Dial("tcp", addr); dialErr == nil {
 			_ = c.Close()
-			return addr, cmd.Process.Pid
 		}
-		if time.Now().After(deadline) {
-			b.Fatalf("nginx did not listen on %s: %v", addr, err)
-		}
-		time.Sleep(5 * time.Millisecond)
+		return dialErr == nil
+	}) {
+		b.Fatalf("nginx did not listen on %s: %v", addr, dialErr)
 	}
+	return addr, cmd.Process.Pid
 }
 
 // BenchmarkUnary measures 1 KiB unary calls, one at a time (latency) and

@@ -22,6 +22,8 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"github.com/meshd/meshd/internal/testkit"
 )
 
 // rawBackend is an HTTP/2 server written with the x/net Framer that answers
@@ -152,7 +154,7 @@ func TestIdleTimeout(t *testing.T) {
 		if _, err := c.UnaryCall(ctxT(t, 5*time.Second), &testpb.SimpleRequest{}); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, 5*time.Second, "idle connections to close", func() bool {
+		testkit.WaitFor(t, 5*time.Second, "idle connections to close", func() bool {
 			st := p.srv.Stats()
 			return st.ActiveConns == 0 && st.UpstreamConns == 0
 		})
@@ -303,7 +305,7 @@ func TestChaos(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	waitFor(t, 5*time.Second, "all streams to end", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "all streams to end", func() bool {
 		st := p.srv.Stats()
 		return st.ActiveStreams == 0 && st.UpstreamStreams == 0 && st.BufferedBytes == 0
 	})
@@ -317,9 +319,7 @@ func TestChaos(t *testing.T) {
 		defer p.mu.Unlock()
 		return int64(len(p.results))
 	}
-	for deadline := time.Now().Add(5 * time.Second); reported() < total && time.Now().Before(deadline); {
-		time.Sleep(2 * time.Millisecond)
-	}
+	testkit.Poll(5*time.Second, 0, func() bool { return reported() >= total })
 	if n := reported(); n != total {
 		t.Errorf("%d Results reported for %d streams", n, total)
 	}
@@ -370,7 +370,7 @@ func TestUpstreamConnections(t *testing.T) {
 				errc <- err
 			}()
 		}
-		waitFor(t, 5*time.Second, "all calls to reach the backend", func() bool { return entered.Load() == calls })
+		testkit.WaitFor(t, 5*time.Second, "all calls to reach the backend", func() bool { return entered.Load() == calls })
 		if n := p.srv.Stats().UpstreamConns; n < calls/2 {
 			t.Errorf("UpstreamConns = %d, want >= %d for %d streams at 2 per connection", n, calls/2, calls)
 		}
@@ -386,7 +386,7 @@ func TestUpstreamConnections(t *testing.T) {
 		b := startBackend(t, &testBackend{})
 		p := startProxy(t, b.addr, Config{ConnsPerBackend: 3})
 		_, c := dial(t, p.addr)
-		waitFor(t, 5*time.Second, "3 backend connections", func() bool {
+		testkit.WaitFor(t, 5*time.Second, "3 backend connections", func() bool {
 			if _, err := c.UnaryCall(ctxT(t, 5*time.Second), &testpb.SimpleRequest{}); err != nil {
 				t.Fatal(err)
 			}

@@ -13,6 +13,8 @@ import (
 	"google.golang.org/grpc/codes"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/status"
+
+	"github.com/meshd/meshd/internal/testkit"
 )
 
 // hangingUpstream is an Upstream whose dials never connect: they wait
@@ -230,7 +232,7 @@ func TestStaleWaiterNotLinked(t *testing.T) {
 	// The first attempt's dial completes after the retry started: its
 	// connection must not take a later attempt.
 	close(release1)
-	waitFor(t, 5*time.Second, "the first connection", func() bool { return p.srv.Stats().UpstreamConns == 1 })
+	testkit.WaitFor(t, 5*time.Second, "the first connection", func() bool { return p.srv.Stats().UpstreamConns == 1 })
 	// Stats takes Pool.mu, so the dial goroutine has handed out its
 	// connection by now.
 	_ = p.srv.Stats()
@@ -305,7 +307,7 @@ func TestStaleDialFailureIgnored(t *testing.T) {
 		}
 	}
 	close(fail)
-	waitFor(t, 5*time.Second, "the first dial's failure", func() bool { return p.srv.Stats().DialErrors == 1 })
+	testkit.WaitFor(t, 5*time.Second, "the first dial's failure", func() bool { return p.srv.Stats().DialErrors == 1 })
 	close(release2)
 	if err := recvErr(t, call); err != nil {
 		t.Fatalf("call: %v; want the new attempt's backend to answer", err)

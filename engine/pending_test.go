@@ -12,6 +12,8 @@ import (
 	"google.golang.org/grpc/codes"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/status"
+
+	"github.com/meshd/meshd/internal/testkit"
 )
 
 // countLimiter is a Target.Pending of max slots that records misuse: a
@@ -144,7 +146,7 @@ func TestPendingWhileDialing(t *testing.T) {
 
 	first := unaryAsync(ctxT(t, 10*time.Second), c)
 	g.waitStarted(t)
-	waitFor(t, 5*time.Second, "the first call to wait for the dial", func() bool { return lim.n.Load() == 1 })
+	testkit.WaitFor(t, 5*time.Second, "the first call to wait for the dial", func() bool { return lim.n.Load() == 1 })
 
 	wantRefused(t, c)
 	if r := p.nextResult(t); r.Code != codes.ResourceExhausted || !r.NotReached || r.Err == nil {
@@ -195,7 +197,7 @@ func TestPendingAtStreamLimit(t *testing.T) {
 
 	second := unaryAsync(ctxT(t, 10*time.Second), c)
 	g.waitStarted(t) // a second connection for it
-	waitFor(t, 5*time.Second, "the second call to wait for a stream", func() bool { return lim.n.Load() == 1 })
+	testkit.WaitFor(t, 5*time.Second, "the second call to wait for a stream", func() bool { return lim.n.Load() == 1 })
 	wantRefused(t, c)
 
 	g.gate <- nil
@@ -225,13 +227,13 @@ func TestPendingReleased(t *testing.T) {
 		ctx, cancel := context.WithCancel(ctxT(t, 10*time.Second))
 		call := unaryAsync(ctx, c)
 		g.waitStarted(t)
-		waitFor(t, 5*time.Second, "the call to wait", func() bool { return lim.n.Load() == 1 })
+		testkit.WaitFor(t, 5*time.Second, "the call to wait", func() bool { return lim.n.Load() == 1 })
 		cancel()
 		if err := recvErr(t, call); status.Code(err) != codes.Canceled {
 			t.Fatalf("cancelled call: %v", err)
 		}
 		// The dial is still in progress: the slot must not wait for it.
-		waitFor(t, 5*time.Second, "the slot to be released", func() bool { return lim.n.Load() == 0 })
+		testkit.WaitFor(t, 5*time.Second, "the slot to be released", func() bool { return lim.n.Load() == 0 })
 		lim.check(t)
 	})
 	t.Run("dial fails", func(t *testing.T) {
@@ -241,7 +243,7 @@ func TestPendingReleased(t *testing.T) {
 		_, c, _ := pendingProxy(t, g, lim, Config{})
 		call := unaryAsync(ctxT(t, 10*time.Second), c)
 		g.waitStarted(t)
-		waitFor(t, 5*time.Second, "the call to wait", func() bool { return lim.n.Load() == 1 })
+		testkit.WaitFor(t, 5*time.Second, "the call to wait", func() bool { return lim.n.Load() == 1 })
 		g.gate <- errors.New("no route to backend")
 		if err := recvErr(t, call); status.Code(err) != codes.Unavailable {
 			t.Fatalf("call whose dial failed: %v", err)
@@ -261,7 +263,7 @@ func TestPendingReleased(t *testing.T) {
 		g.gate <- errors.New("no route to backend")
 		rr.waitAsk(t)
 		g.waitStarted(t) // the dial to the other backend
-		waitFor(t, 5*time.Second, "the rerouted call to wait", func() bool { return lim.n.Load() == 1 })
+		testkit.WaitFor(t, 5*time.Second, "the rerouted call to wait", func() bool { return lim.n.Load() == 1 })
 		g.gate <- nil
 		if err := recvErr(t, call); err != nil {
 			t.Fatalf("rerouted call: %v", err)

@@ -16,6 +16,8 @@ import (
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/meshd/meshd/internal/testkit"
 )
 
 // rawClient speaks HTTP/2 frames directly, to exercise what grpc-go clients
@@ -327,7 +329,7 @@ func TestProtocol(t *testing.T) {
 			rc.expectRST(5, http2.ErrCodeRefusedStream)
 			// Cancelling one frees a slot.
 			_ = rc.fr.WriteRSTStream(1, http2.ErrCodeCancel)
-			waitFor(t, 5*time.Second, "slot to free", func() bool { return p.srv.Stats().RefusedStreams >= 1 })
+			testkit.WaitFor(t, 5*time.Second, "slot to free", func() bool { return p.srv.Stats().RefusedStreams >= 1 })
 			rc.ping()
 		}},
 		{"PUSH_PROMISE from client", func(t *testing.T, rc *rawClient) {
@@ -377,8 +379,8 @@ func TestPingFlood(t *testing.T) {
 			break
 		}
 	}
-	waitFor(t, 5*time.Second, "ENHANCE_YOUR_CALM", func() bool { return p.srv.Stats().ProtocolErrors >= 1 })
-	waitFor(t, 5*time.Second, "connection to close", func() bool { return p.srv.Stats().ActiveConns == 0 })
+	testkit.WaitFor(t, 5*time.Second, "ENHANCE_YOUR_CALM", func() bool { return p.srv.Stats().ProtocolErrors >= 1 })
+	testkit.WaitFor(t, 5*time.Second, "connection to close", func() bool { return p.srv.Stats().ActiveConns == 0 })
 	t.Logf("sent %d PINGs", sent)
 }
 
@@ -410,7 +412,7 @@ func TestWindowUpdateReleasesBacklog(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := count * len(grpcMessage(t, resp))
-	waitFor(t, 5*time.Second, "meshd to queue the whole response", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "meshd to queue the whole response", func() bool {
 		return p.srv.Stats().BufferedBytes >= int64(want)
 	})
 	if err := rc.fr.WriteWindowUpdate(1, uint32(want)); err != nil {

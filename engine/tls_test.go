@@ -22,6 +22,8 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+
+	"github.com/meshd/meshd/internal/testkit"
 )
 
 // tlsCA is a certificate authority made in the test.
@@ -262,7 +264,7 @@ func TestUpstreamIdentity(t *testing.T) {
 		t.Fatalf("UpstreamConns = %d, want %d (one per upstream)", n, len(ups))
 	}
 	p.srv.Pool().Forget(b.addr)
-	waitFor(t, 5*time.Second, "Forget to close the connections of every upstream", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "Forget to close the connections of every upstream", func() bool {
 		return p.srv.Stats().UpstreamConns == 0
 	})
 	// A later call dials afresh.

@@ -15,6 +15,7 @@ import (
 
 	"github.com/meshd/meshd/config"
 	"github.com/meshd/meshd/engine"
+	"github.com/meshd/meshd/internal/testkit"
 	"github.com/meshd/meshd/origdst"
 )
 
@@ -96,11 +97,8 @@ func TestFrameOriginalDstListener(t *testing.T) {
 	if n := s.dests.evictIdle(time.Now().Add(time.Minute)); n != 1 {
 		t.Fatalf("evicted %d passthrough clusters, want 1", n)
 	}
-	for deadline := time.Now().Add(10 * time.Second); fs.Stats().UpstreamConns != 0; {
-		if time.Now().After(deadline) {
-			t.Fatalf("engine still has %d upstream connections to an evicted passthrough destination", fs.Stats().UpstreamConns)
-		}
-		time.Sleep(5 * time.Millisecond) // polling the counter, bounded by the deadline
+	if !testkit.Poll(10*time.Second, 0, func() bool { return fs.Stats().UpstreamConns == 0 }) {
+		t.Fatalf("engine still has %d upstream connections to an evicted passthrough destination", fs.Stats().UpstreamConns)
 	}
 
 	srv.GracefulStop()

@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/net/http2"
 
+	"github.com/meshd/meshd/internal/testkit"
 	"github.com/meshd/meshd/test/backend"
 )
 
@@ -284,7 +285,7 @@ func TestAbuse(t *testing.T) {
 				answer += "; no meshd_listener_* counter"
 			} else {
 				var after map[string]float64
-				waitFor(t, 5*time.Second, tc.counter+" to grow", func() bool {
+				testkit.WaitFor(t, 5*time.Second, tc.counter+" to grow", func() bool {
 					after = scrapeMetrics(t, p.admin)
 					return after[tc.counter]-before[tc.counter] >= tc.min
 				})

@@ -16,6 +16,8 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"github.com/meshd/meshd/internal/testkit"
 )
 
 // chaosFate is what the test does to one call of TestChaos.
@@ -154,7 +156,7 @@ clusters:
 		t.Errorf("%d of %d calls to the failing backend carried its status, want all", n, want)
 	}
 
-	waitFor(t, 10*time.Second, "meshd to hold no stream", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "meshd to hold no stream", func() bool {
 		return obsValue(t, obsScrape(t, o.Admin), "meshd_active_streams", nil) == 0
 	})
 	after := scrapeMetrics(t, o.Admin)

@@ -20,6 +20,7 @@ import (
 
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 
+	"github.com/meshd/meshd/internal/testkit"
 	"github.com/meshd/meshd/test/backend"
 )
 
@@ -207,9 +208,9 @@ func TestDrainBinary(t *testing.T) {
 			}()
 		}
 
-		waitFor(t, 2*time.Second, "/ready to fail", func() bool { return readyCode(p.admin) != http.StatusOK })
+		testkit.WaitFor(t, 2*time.Second, "/ready to fail", func() bool { return readyCode(p.admin) != http.StatusOK })
 		readyAt := time.Since(sigAt)
-		waitFor(t, 2*time.Second, "new connections to be refused", func() bool {
+		testkit.WaitFor(t, 2*time.Second, "new connections to be refused", func() bool {
 			c, err := net.DialTimeout("tcp", p.addr, time.Second)
 			if err != nil {
 				return errors.Is(err, syscall.ECONNREFUSED)

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshd/meshd/balancer"
+	"github.com/meshd/meshd/internal/testkit"
 	"github.com/meshd/meshd/test/backend"
 )
 
@@ -315,7 +316,7 @@ clusters: [{name: c, endpoints: [%s]}]
 			if got != 1 {
 				t.Errorf("client got %d messages before the stall was cut, want 1", got)
 			}
-			waitFor(t, 5*time.Second, "the backend to see the call cancelled", func() bool { return bs[0].Cancelled() == 1 })
+			testkit.WaitFor(t, 5*time.Second, "the backend to see the call cancelled", func() bool { return bs[0].Cancelled() == 1 })
 		})
 	}
 }

@@ -18,6 +18,7 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 
 	"github.com/meshd/meshd/config"
+	"github.com/meshd/meshd/internal/testkit"
 	"github.com/meshd/meshd/server"
 	"github.com/meshd/meshd/test/backend"
 )
@@ -117,34 +118,12 @@ clusters:
 %s`, addrs(bs), extraCluster)
 }
 
-// waitFor polls cond until it holds or the timeout passes.
-func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	if !poll(timeout, 5*time.Millisecond, cond) {
-		t.Fatalf("timed out after %s waiting for %s", timeout, what)
-	}
-}
-
-// poll calls cond every interval until it holds (true) or timeout has
-// passed (false). It is waitFor for callers that report a timeout with
-// more than its message.
-func poll(timeout, interval time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(interval) // polling interval, not a wait for state
-	}
-	return true
-}
-
 // waitServing waits until calls through meshd succeed (endpoints are
 // admitted only after their first SERVING).
 func waitServing(t testing.TB, cc *grpc.ClientConn) {
 	t.Helper()
 	c := testpb.NewTestServiceClient(cc)
-	waitFor(t, 10*time.Second, "meshd to serve", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "meshd to serve", func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		_, err := c.EmptyCall(ctx, &testpb.Empty{})

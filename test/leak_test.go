@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshd/meshd/config"
+	"github.com/meshd/meshd/internal/testkit"
 	"github.com/meshd/meshd/internal/testkit/proc"
 	"github.com/meshd/meshd/test/backend"
 )
@@ -54,7 +55,7 @@ func currentUsage(t testing.TB) usage {
 func waitBaseline(t *testing.T, base usage, after string) {
 	t.Helper()
 	var u usage
-	if poll(leakSettle, 20*time.Millisecond, func() bool {
+	if testkit.Poll(leakSettle, 20*time.Millisecond, func() bool {
 		u = currentUsage(t)
 		return u.goroutines <= base.goroutines+leakSlackGoroutines && u.fds <= base.fds+leakSlackFDs
 	}) {
@@ -93,7 +94,7 @@ func TestLeak(t *testing.T) {
 	t.Run("1000 cancelled calls", func(t *testing.T) {
 		before := bs[0].Cancelled() + bs[1].Cancelled()
 		cancelledCalls(t, client, bs[:2], 1000, 50)
-		waitFor(t, 10*time.Second, "the backends to see every cancellation", func() bool {
+		testkit.WaitFor(t, 10*time.Second, "the backends to see every cancellation", func() bool {
 			return bs[0].Cancelled()+bs[1].Cancelled()-before >= 1000
 		})
 		waitBaseline(t, base, "1,000 cancelled calls")
@@ -229,7 +230,7 @@ func cancelledCalls(t *testing.T, client testpb.TestServiceClient, bs []*backend
 				}
 			}()
 		}
-		waitFor(t, 10*time.Second, "a batch of calls to reach the backends", func() bool { return calls()-before >= int64(batch) })
+		testkit.WaitFor(t, 10*time.Second, "a batch of calls to reach the backends", func() bool { return calls()-before >= int64(batch) })
 		cancel()
 		wg.Wait()
 		close(errs)

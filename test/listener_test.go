@@ -13,6 +13,8 @@ import (
 	"google.golang.org/grpc/connectivity"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/status"
+
+	"github.com/meshd/meshd/internal/testkit"
 )
 
 func emptyCall(cc *grpc.ClientConn, timeout time.Duration) error {
@@ -46,7 +48,7 @@ func TestListenerMaxConnections(t *testing.T) {
 		}
 	}
 	first.Close()
-	waitFor(t, 10*time.Second, "the freed slot to admit the third connection", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "the freed slot to admit the third connection", func() bool {
 		return emptyCall(third, time.Second) == nil
 	})
 }
@@ -101,7 +103,7 @@ func TestListenerIdleTimeout(t *testing.T) {
 	if left := waitLeaveReady(t, cc, 10*time.Second, true); left.Sub(ready) < idle/2 {
 		t.Errorf("GOAWAY %v after the last call, before idle_timeout %v", left.Sub(ready), idle)
 	}
-	waitFor(t, 10*time.Second, "the idle connection to be closed (client IDLE)", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "the idle connection to be closed (client IDLE)", func() bool {
 		return cc.GetState() == connectivity.Idle
 	})
 	if err := emptyCall(cc, 5*time.Second); err != nil {
@@ -198,7 +200,7 @@ func TestListenerKeepalive(t *testing.T) {
 	}
 	defer c.Close()
 	var pingAt time.Duration
-	waitFor(t, 10*time.Second, "meshd's keepalive PING", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "meshd's keepalive PING", func() bool {
 		// The client sends none: every PING is meshd's.
 		r := c.Result()
 		pingAt = time.Since(c.start)
@@ -253,7 +255,7 @@ func TestListenerPingPolicy(t *testing.T) {
 					break // closed: checked below
 				}
 				// Every PING gets its ACK before the next goes out.
-				waitFor(t, 5*time.Second, "the PING's ACK", func() bool {
+				testkit.WaitFor(t, 5*time.Second, "the PING's ACK", func() bool {
 					r := c.Result()
 					return r.Frames[http2.FramePing] > i || r.Ended || r.GoAway != nil
 				})

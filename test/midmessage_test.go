@@ -10,6 +10,8 @@ import (
 	"google.golang.org/grpc/codes"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/status"
+
+	"github.com/meshd/meshd/internal/testkit"
 )
 
 // TestMidMessageReset: when meshd's route timeout ends a call whose
@@ -47,7 +49,7 @@ clusters: [{name: backends, endpoints: %s}]
 		t.Fatal(err)
 	}
 	// Read nothing until meshd has given up on the call.
-	waitFor(t, 10*time.Second, "meshd to reset the call mid-message", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "meshd to reset the call mid-message", func() bool {
 		return scrapeMetrics(t, m.Admin)[resets] >= before[resets]+1
 	})
 	if _, err := st.Recv(); status.Code(err) != codes.Canceled && status.Code(err) != codes.DeadlineExceeded {

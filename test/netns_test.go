@@ -27,6 +27,7 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/peer"
 
+	"github.com/meshd/meshd/internal/testkit"
 	"github.com/meshd/meshd/test/backend"
 )
 
@@ -131,7 +132,7 @@ clusters:
 		return err
 	}
 	b1Addr := net.JoinHostPort(b1.ip, strconv.Itoa(backendPort))
-	waitFor(t, 15*time.Second, "calls through meshd to succeed", func() bool { return appCall(b1Addr, false) == nil })
+	testkit.WaitFor(t, 15*time.Second, "calls through meshd to succeed", func() bool { return appCall(b1Addr, false) == nil })
 
 	t.Run("outbound to a cluster's endpoint is balanced over the cluster", func(t *testing.T) {
 		n1, n2 := back1.Calls(), back2.Calls()

@@ -34,6 +34,7 @@ import (
 	"github.com/meshd/meshd/callrecord"
 	"github.com/meshd/meshd/config"
 	"github.com/meshd/meshd/internal/otlptest"
+	"github.com/meshd/meshd/internal/testkit"
 	"github.com/meshd/meshd/metrics"
 	"github.com/meshd/meshd/server"
 	"github.com/meshd/meshd/tracing"
@@ -255,7 +256,7 @@ routes:
 	// Every trace is complete once its SERVER span and the CLIENT span of
 	// the attempt that reached the backend have arrived.
 	var traces map[string][]*tracepb.Span
-	waitFor(t, 10*time.Second, "every call's spans", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "every call's spans", func() bool {
 		traces = map[string][]*tracepb.Span{}
 		for _, s := range recv.Spans() {
 			id := hex.EncodeToString(s.GetTraceId())
@@ -386,7 +387,7 @@ func TestCollectorDown(t *testing.T) {
 			t.Errorf("call %d took %v with the collector down", i, d)
 		}
 	}
-	waitFor(t, 10*time.Second, "spans to be counted as dropped", func() bool { return o.tp.Dropped() > 0 })
+	testkit.WaitFor(t, 10*time.Second, "spans to be counted as dropped", func() bool { return o.tp.Dropped() > 0 })
 	dropped := o.tp.Dropped()
 	got := obsValue(t, obsScrape(t, o.Admin), "meshd_tracing_dropped_spans_total", nil)
 	if got < float64(dropped) {
@@ -546,7 +547,7 @@ func TestAccessLog(t *testing.T) {
 			client := testpb.NewTestServiceClient(cc)
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			waitFor(t, 10*time.Second, "endpoint serving", func() bool {
+			testkit.WaitFor(t, 10*time.Second, "endpoint serving", func() bool {
 				return obsValue(t, obsScrape(t, o.Admin), "meshd_cluster_healthy_endpoints", nil) == 1
 			})
 			for range 2 {
@@ -619,11 +620,11 @@ func TestAdminGRPCHealthDrain(t *testing.T) {
 		_, err := testpb.NewTestServiceClient(cc).UnaryCall(dctx, &testpb.SimpleRequest{})
 		callDone <- err
 	}()
-	waitFor(t, 5*time.Second, "the slow call to be in flight", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "the slow call to be in flight", func() bool {
 		return obsValue(t, obsScrape(t, o.Admin), "meshd_active_streams", nil) == 1
 	})
 	o.stop() // SIGTERM
-	waitFor(t, 5*time.Second, "health NOT_SERVING during the drain", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "health NOT_SERVING during the drain", func() bool {
 		resp, err := hc.Check(ctx, &healthpb.HealthCheckRequest{})
 		return err == nil && resp.GetStatus() == healthpb.HealthCheckResponse_NOT_SERVING
 	})
@@ -714,7 +715,7 @@ func readLogLines(t testing.TB, file string) []map[string]any {
 func waitLogLines(t testing.TB, file string, n int) []map[string]any {
 	t.Helper()
 	var lines []map[string]any
-	waitFor(t, 10*time.Second, fmt.Sprintf("%d access log lines", n), func() bool {
+	testkit.WaitFor(t, 10*time.Second, fmt.Sprintf("%d access log lines", n), func() bool {
 		lines = readLogLines(t, file)
 		return len(lines) >= n
 	})

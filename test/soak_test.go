@@ -17,6 +17,7 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/status"
 
+	"github.com/meshd/meshd/internal/testkit"
 	"github.com/meshd/meshd/internal/testkit/proc"
 	"github.com/meshd/meshd/test/backend"
 )
@@ -143,7 +144,7 @@ func TestSoak(t *testing.T) {
 		after = scrapeMetrics(t, p.admin)
 		return after["go_goroutines"] <= start["go_goroutines"]+10 && after["process_open_fds"] <= start["process_open_fds"]+5
 	}
-	if !poll(15*time.Second, 100*time.Millisecond, settled) {
+	if !testkit.Poll(15*time.Second, 100*time.Millisecond, settled) {
 		t.Errorf("meshd after the soak: %g goroutines, %g fds; at the start %g, %g", after["go_goroutines"], after["process_open_fds"], start["go_goroutines"], start["process_open_fds"])
 	}
 	t.Logf("soak %s, %d rounds of every attack: steady p99 undisturbed %s, after %s; meshd peak RSS %.1f MiB; goroutines %g→%g, fds %g→%g; faulty cluster: %s",
@@ -278,7 +279,7 @@ func TestSoakAbuse(t *testing.T) {
 				answer += "; no meshd_listener_* counter"
 			} else {
 				var after map[string]float64
-				waitFor(t, 5*time.Second, tc.counter+" to grow", func() bool {
+				testkit.WaitFor(t, 5*time.Second, tc.counter+" to grow", func() bool {
 					after = scrapeMetrics(t, p.admin)
 					return after[tc.counter]-before[tc.counter] >= tc.min
 				})

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	"github.com/meshd/meshd/internal/testkit"
 	"github.com/meshd/meshd/test/backend"
 )
 
@@ -212,7 +213,7 @@ func TestTLSRotationUnderLoad(t *testing.T) {
 
 	waitSeen := func(serial int64) {
 		t.Helper()
-		waitFor(t, 15*time.Second, fmt.Sprintf("new handshakes to present certificate %d", serial), func() bool {
+		testkit.WaitFor(t, 15*time.Second, fmt.Sprintf("new handshakes to present certificate %d", serial), func() bool {
 			_, ok := seen.Load(serial)
 			return ok
 		})

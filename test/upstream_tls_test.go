@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshd/meshd/config"
+	"github.com/meshd/meshd/internal/testkit"
 	"github.com/meshd/meshd/test/backend"
 )
 
@@ -231,7 +232,7 @@ clusters:
 	waitSerial := func(serial int64) {
 		t.Helper()
 		want := fmt.Sprintf("meshd-client/%d", serial)
-		waitFor(t, 15*time.Second, "calls to arrive with client certificate "+want, func() bool {
+		testkit.WaitFor(t, 15*time.Second, "calls to arrive with client certificate "+want, func() bool {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
 			// A call may meet a connection the backend is just

@@ -12,6 +12,7 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 
 	"github.com/meshd/meshd/config"
+	"github.com/meshd/meshd/internal/testkit"
 	"github.com/meshd/meshd/server"
 	"github.com/meshd/meshd/test/backend"
 )
@@ -69,7 +70,7 @@ clusters: [{name: backends, endpoints: %s}]
 	}()
 
 	// While the health verdicts are held back, /ready names the reason.
-	waitFor(t, 10*time.Second, "/ready to say the clusters are warming", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "/ready to say the clusters are warming", func() bool {
 		code, body, err := tryGet(adminAddr, "/ready")
 		return err == nil && code == 503 && strings.Contains(body, "warming")
 	})
@@ -93,7 +94,7 @@ clusters: [{name: backends, endpoints: %s}]
 		t.Fatalf("call made during warm-up: %v", err)
 	}
 	<-srv.Serving()
-	waitFor(t, 10*time.Second, "/ready to turn 200", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "/ready to turn 200", func() bool {
 		code, _, err := tryGet(adminAddr, "/ready")
 		return err == nil && code == 200
 	})

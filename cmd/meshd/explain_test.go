@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshd/meshd/internal/testkit"
 	"github.com/meshd/meshd/test/backend"
 )
 
@@ -179,7 +180,7 @@ clusters:
 	adminAddr := startServer(t, file).admin
 
 	var out string
-	waitUntil(t, 10*time.Second, "both endpoints reported by health", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "both endpoints reported by health", func() bool {
 		code, o, _ := runCmd("route", "explain", "-config", file, "-admin", adminAddr, "/users.v1.Users/GetUser")
 		out = o
 		return code == 0 && strings.Contains(o, "serving") && strings.Contains(o, "ejected")

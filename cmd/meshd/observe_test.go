@@ -20,6 +20,7 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 
 	"github.com/meshd/meshd/internal/otlptest"
+	"github.com/meshd/meshd/internal/testkit"
 	"github.com/meshd/meshd/test/backend"
 )
 
@@ -68,7 +69,7 @@ access_log: {enabled: true, path: %s}
 	client := testpb.NewTestServiceClient(cc)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	waitUntil(t, 10*time.Second, "a call to succeed", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "a call to succeed", func() bool {
 		_, err := client.UnaryCall(ctx, &testpb.SimpleRequest{})
 		return err == nil
 	})
