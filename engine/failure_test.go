@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
@@ -24,19 +23,20 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshd/meshd/internal/testkit"
+	"github.com/meshd/meshd/internal/testkit/h2raw"
 )
 
-// rawBackend is an HTTP/2 server written with the x/net Framer that answers
-// each request HEADERS with whatever onHeaders writes, to play backends
-// that refuse streams or go away (rawFrameBackend, reroute_test.go, does
-// the serving).
-func rawBackend(t *testing.T, onHeaders func(fr *http2.Framer, f *http2.MetaHeadersFrame)) string {
+// rawBackend is an HTTP/2 server (h2raw) that answers each request HEADERS
+// with whatever onHeaders writes, to play backends that refuse streams or
+// go away.
+func rawBackend(t *testing.T, onHeaders func(sc *h2raw.ServerConn, f *http2.MetaHeadersFrame)) string {
 	t.Helper()
-	return rawFrameBackend(t, func(fr *http2.Framer, f http2.Frame) {
+	return h2raw.StartBackend(t, func(sc *h2raw.ServerConn, f http2.Frame) error {
 		if h, ok := f.(*http2.MetaHeadersFrame); ok {
-			onHeaders(fr, h)
+			onHeaders(sc, h)
 		}
-	})
+		return nil
+	}).Addr()
 }
 
 // TestNotReachedRetriedTransparently: a stream the backend never processed
@@ -47,13 +47,13 @@ func TestNotReachedRetriedTransparently(t *testing.T) {
 	good := startBackend(t, &testBackend{})
 	tests := []struct {
 		name    string
-		refuse  func(fr *http2.Framer, f *http2.MetaHeadersFrame)
+		refuse  func(fr *h2raw.ServerConn, f *http2.MetaHeadersFrame)
 		wantErr error
 	}{
-		{"REFUSED_STREAM", func(fr *http2.Framer, f *http2.MetaHeadersFrame) {
+		{"REFUSED_STREAM", func(fr *h2raw.ServerConn, f *http2.MetaHeadersFrame) {
 			_ = fr.WriteRSTStream(f.StreamID, http2.ErrCodeRefusedStream)
 		}, ErrRefused},
-		{"GOAWAY below the stream", func(fr *http2.Framer, f *http2.MetaHeadersFrame) {
+		{"GOAWAY below the stream", func(fr *h2raw.ServerConn, f *http2.MetaHeadersFrame) {
 			_ = fr.WriteGoAway(0, http2.ErrCodeNo, nil)
 		}, ErrRefused},
 	}
@@ -200,13 +200,14 @@ func TestHeaderTableSizeZero(t *testing.T) {
 	t.Parallel()
 	b := startBackend(t, &testBackend{})
 	p := startProxy(t, b.addr, Config{})
-	rc := newRawClient(t, p.addr, http2.Setting{ID: http2.SettingHeaderTableSize, Val: 0})
-	rc.fr.ReadMetaHeaders = hpack.NewDecoder(0, nil)
-	rc.next("SETTINGS ACK", func(f http2.Frame) bool { s, ok := f.(*http2.SettingsFrame); return ok && s.IsAck() })
+	rc := h2raw.New(t, p.addr, http2.Setting{ID: http2.SettingHeaderTableSize, Val: 0})
+	rc.Next("SETTINGS ACK", func(f http2.Frame) bool { s, ok := f.(*http2.SettingsFrame); return ok && s.IsAck() })
 	for id := uint32(1); id <= 5; id += 2 {
-		rc.headers(id, grpcRequestHeaders("/grpc.testing.TestService/UnaryCall"), false)
-		_ = rc.fr.WriteData(id, true, grpcMessage(t, &testpb.SimpleRequest{}))
-		rc.next("trailers", func(f http2.Frame) bool {
+		rc.Headers(id, h2raw.Request("/grpc.testing.TestService/UnaryCall"), false)
+		_ = rc.Write(func(fr *http2.Framer) error {
+			return fr.WriteData(id, true, h2raw.MarshalMessage(t, &testpb.SimpleRequest{}))
+		})
+		rc.Next("trailers", func(f http2.Frame) bool {
 			h, ok := f.(*http2.MetaHeadersFrame)
 			return ok && h.StreamID == id && h.StreamEnded()
 		})

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshd/meshd/internal/testkit"
+	"github.com/meshd/meshd/internal/testkit/h2raw"
 )
 
 // hangingUpstream is an Upstream whose dials never connect: they wait
@@ -327,12 +328,10 @@ func TestStaleDialFailureIgnored(t *testing.T) {
 func TestCommittedNotRerouted(t *testing.T) {
 	t.Parallel()
 	good := startBackend(t, &testBackend{})
-	bad := rawFrameBackend(t, func(fr *http2.Framer, f http2.Frame) {
-		if h, ok := f.(*http2.MetaHeadersFrame); ok {
-			_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: h.StreamID, EndHeaders: true,
-				BlockFragment: hpackBlock([]hpack.HeaderField{{Name: ":status", Value: "200"}, {Name: "content-type", Value: "application/grpc"}})})
-			_ = fr.WriteRSTStream(h.StreamID, http2.ErrCodeRefusedStream)
-		}
+	bad := rawBackend(t, func(fr *h2raw.ServerConn, h *http2.MetaHeadersFrame) {
+		_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: h.StreamID, EndHeaders: true,
+			BlockFragment: h2raw.Block(hpack.HeaderField{Name: ":status", Value: "200"}, hpack.HeaderField{Name: "content-type", Value: "application/grpc"})})
+		_ = fr.WriteRSTStream(h.StreamID, http2.ErrCodeRefusedStream)
 	})
 	rr := newRerouter(good.addr)
 	p, cc := rerouteProxy(t, bad, rr)

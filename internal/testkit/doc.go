@@ -3,6 +3,10 @@
 //
 //   - [WaitFor] and [Poll] wait for a condition with a deadline, so that no
 //     test sleeps to wait for state.
+//   - [Serve], [ServeLoopback] and [BlackHole] run plain TCP servers whose
+//     connections are closed and goroutines joined when the test ends.
+//   - Package h2raw (testkit/h2raw) speaks HTTP/2 frame by frame, as a client
+//     that may misbehave and as a backend that does.
 //   - Package proc (testkit/proc) reads /proc: CPU time, RSS, open files.
 //
 // testkit imports no meshd package, so any package's tests may use it.
