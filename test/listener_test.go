@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshd/meshd/internal/testkit"
+	"github.com/meshd/meshd/internal/testkit/h2raw"
 )
 
 func emptyCall(cc *grpc.ClientConn, timeout time.Duration) error {
@@ -194,7 +195,7 @@ func TestListenerKeepalive(t *testing.T) {
 	bs := startBackends(t, "limits-ka", 1)
 	const kaTime, kaTimeout = time.Second, 500 * time.Millisecond
 	m := startMesh(t, limitsConfig(addrs(bs), "keepalive: {time: 1s, timeout: 500ms}"))
-	c, err := dialRawConn(m.Addr)
+	c, err := h2raw.Handshake(m.Addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,7 +204,7 @@ func TestListenerKeepalive(t *testing.T) {
 	testkit.WaitFor(t, 10*time.Second, "meshd's keepalive PING", func() bool {
 		// The client sends none: every PING is meshd's.
 		r := c.Result()
-		pingAt = time.Since(c.start)
+		pingAt = c.Since()
 		return r.Frames[http2.FramePing] > 0 || r.Ended
 	})
 	if r := c.Result(); r.Frames[http2.FramePing] == 0 {
@@ -241,7 +242,7 @@ func TestListenerPingPolicy(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			m := startMesh(t, limitsConfig(addrs(bs), tt.keys))
-			c, err := dialRawConn(m.Addr)
+			c, err := h2raw.Handshake(m.Addr)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -251,7 +252,7 @@ func TestListenerPingPolicy(t *testing.T) {
 			defer tick.Stop()
 			for i := 0; i < pings; i++ {
 				<-tick.C
-				if c.Write(func(fr *http2.Framer) error { return fr.WritePing(false, [8]byte{byte(i)}) }) != nil || c.Flush() != nil {
+				if c.Write(func(fr *http2.Framer) error { return fr.WritePing(false, [8]byte{byte(i)}) }) != nil {
 					break // closed: checked below
 				}
 				// Every PING gets its ACK before the next goes out.

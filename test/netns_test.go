@@ -457,37 +457,7 @@ func (e *netnsEnv) tcpServers(t *testing.T, ip string) error {
 		if err != nil {
 			return err
 		}
-		var wg sync.WaitGroup
-		var mu sync.Mutex
-		var conns []net.Conn
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				c, err := l.Accept()
-				if err != nil {
-					return
-				}
-				mu.Lock()
-				conns = append(conns, c)
-				mu.Unlock()
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					defer c.Close()
-					serve(c)
-				}()
-			}
-		}()
-		t.Cleanup(func() {
-			l.Close()
-			mu.Lock()
-			for _, c := range conns {
-				c.Close()
-			}
-			mu.Unlock()
-			wg.Wait()
-		})
+		testkit.Serve(t, l, serve)
 	}
 	return nil
 }

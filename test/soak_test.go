@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshd/meshd/internal/testkit"
+	"github.com/meshd/meshd/internal/testkit/h2raw"
 	"github.com/meshd/meshd/internal/testkit/proc"
 	"github.com/meshd/meshd/test/backend"
 )
@@ -79,8 +80,8 @@ func TestSoak(t *testing.T) {
 	}
 	bin := buildMeshd(t)
 	good := startBackends(t, "soak", 2)
-	reset := startH2Backend(t, resetStream)
-	bh := startBlackHole(t)
+	reset := startH2Backend(t, nil, resetStream)
+	bh := testkit.BlackHole(t)
 	faultyGood := startBackends(t, "soak-faulty", 1, backend.WithHealth(backend.HealthNone))
 	// EmptyCall goes to the faulty cluster, with a 300ms route timeout.
 	cfg := abuseConfigWith(good,
@@ -89,7 +90,7 @@ func TestSoak(t *testing.T) {
     endpoints: [%s, %s, %s]
     health: {disabled: true}
     outlier: {consecutive_failures: 3, failure_codes: [INTERNAL, DEADLINE_EXCEEDED, UNAVAILABLE], base_ejection_time: 2s, max_ejection_percent: 70}
-`, bh.Addr(), reset.Addr(), faultyGood[0].Addr))
+`, bh.Addr(), reset, faultyGood[0].Addr))
 	p := startBinary(t, bin, writeConfig(t, cfg))
 	cc := dial(t, p.addr)
 	waitServing(t, cc)
@@ -397,12 +398,12 @@ const (
 // returns the quiet phase around it, the attack phase and what the
 // attacking connections saw. Cases with a phase of their own (connections
 // held for seconds) run once between two quiet slices.
-func measureAttack(mon *monitor, tc abuseCase, addr string, opt attackOpts, suffix string) (ref, ph *phase, rs []rawResult) {
+func measureAttack(mon *monitor, tc abuseCase, addr string, opt attackOpts, suffix string) (ref, ph *phase, rs []h2raw.Result) {
 	ref, ph = newPhase("quiet around "+tc.name+suffix), newPhase(tc.name+suffix)
 	quiet := func(d time.Duration) { mon.enter(ref); sleepPhase(d) }
 	if tc.phase > 0 {
 		mon.sliced(ref, abuseQuietAfterEach)
-		done := make(chan []rawResult, 1)
+		done := make(chan []h2raw.Result, 1)
 		go func() { done <- runAttack(tc, addr, opt, tc.phase) }()
 		for finished := false; !finished; {
 			mon.enter(ph)
@@ -427,13 +428,13 @@ func measureAttack(mon *monitor, tc abuseCase, addr string, opt attackOpts, suff
 
 // runAttack runs one case for d and returns what each attacking
 // connection saw.
-func runAttack(tc abuseCase, addr string, opt attackOpts, d time.Duration) []rawResult {
+func runAttack(tc abuseCase, addr string, opt attackOpts, d time.Duration) []h2raw.Result {
 	par := max(tc.parallel, 1)
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
 	var (
 		mu    sync.Mutex
-		rs    []rawResult
+		rs    []h2raw.Result
 		conns atomic.Int32
 		wg    sync.WaitGroup
 	)
