@@ -279,7 +279,7 @@ func TestAbuse(t *testing.T) {
 	var report strings.Builder
 	for _, tc := range abuseCases {
 		ok := t.Run(tc.name, func(t *testing.T) {
-			before := scrapeMetrics(t, p.admin)
+			before := scrapeMetrics(t, p.admin).Samples()
 			rs := attackOnce(tc, p.addr)
 			answer := tc.answer(t, rs)
 			if tc.counter == noCounter {
@@ -287,7 +287,7 @@ func TestAbuse(t *testing.T) {
 			} else {
 				var after map[string]float64
 				testkit.WaitFor(t, 5*time.Second, tc.counter+" to grow", func() bool {
-					after = scrapeMetrics(t, p.admin)
+					after = scrapeMetrics(t, p.admin).Samples()
 					return after[tc.counter]-before[tc.counter] >= tc.min
 				})
 				answer += fmt.Sprintf("; %s +%g", shortSeries(tc.counter), after[tc.counter]-before[tc.counter])
@@ -304,7 +304,7 @@ func TestAbuse(t *testing.T) {
 		}
 	}
 	var series []string
-	for k, v := range scrapeMetrics(t, p.admin) {
+	for k, v := range scrapeMetrics(t, p.admin).Samples() {
 		if strings.HasPrefix(k, "meshd_listener_") && v != 0 {
 			series = append(series, fmt.Sprintf("%s %g", k, v))
 		}

@@ -60,12 +60,12 @@ clusters:
 			t.Errorf("access log line %v, want 3 attempts, UNAVAILABLE", l)
 		}
 	}
-	mfs := obsScrape(t, o.Admin)
+	mfs := scrapeMetrics(t, o.Admin)
 	route := map[string]string{"route": "r", "cluster": "c"}
-	if got := obsValue(t, mfs, "meshd_upstream_attempts_total", route); got != 3*calls {
+	if got := mfs.Value(t, "meshd_upstream_attempts_total", route); got != 3*calls {
 		t.Errorf("meshd_upstream_attempts_total = %v, want %d", got, 3*calls)
 	}
-	if got := obsValue(t, mfs, "meshd_upstream_retries_total", route); got != 2*calls {
+	if got := mfs.Value(t, "meshd_upstream_retries_total", route); got != 2*calls {
 		t.Errorf("meshd_upstream_retries_total = %v, want %d", got, 2*calls)
 	}
 }
@@ -141,12 +141,12 @@ clusters:
 	if rerouted == 0 {
 		t.Fatal("no call started on the dead endpoint: round robin did not alternate")
 	}
-	mfs := obsScrape(t, o.Admin)
+	mfs := scrapeMetrics(t, o.Admin)
 	route := map[string]string{"route": "r", "cluster": "c"}
-	if got := obsValue(t, mfs, "meshd_upstream_attempts_total", route); got != float64(attempts) {
+	if got := mfs.Value(t, "meshd_upstream_attempts_total", route); got != float64(attempts) {
 		t.Errorf("meshd_upstream_attempts_total = %v, want %d (the access log's)", got, attempts)
 	}
-	if got := obsValue(t, mfs, "meshd_upstream_retries_total", route); got != float64(rerouted) {
+	if got := mfs.Value(t, "meshd_upstream_retries_total", route); got != float64(rerouted) {
 		t.Errorf("meshd_upstream_retries_total = %v, want %d", got, rerouted)
 	}
 }

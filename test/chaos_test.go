@@ -70,7 +70,7 @@ clusters:
 	waitHealthy(t, o.Admin, "good", 2)
 	waitHealthy(t, o.Admin, "broken", 1)
 	client := testpb.NewTestServiceClient(cc)
-	before := scrapeMetrics(t, o.Admin)
+	before := scrapeMetrics(t, o.Admin).Samples()
 
 	const (
 		calls       = 300
@@ -157,9 +157,9 @@ clusters:
 	}
 
 	testkit.WaitFor(t, 10*time.Second, "meshd to hold no stream", func() bool {
-		return obsValue(t, obsScrape(t, o.Admin), "meshd_active_streams", nil) == 0
+		return scrapeMetrics(t, o.Admin).Value(t, "meshd_active_streams", nil) == 0
 	})
-	after := scrapeMetrics(t, o.Admin)
+	after := scrapeMetrics(t, o.Admin).Samples()
 	for series, v := range after {
 		if strings.HasPrefix(series, "meshd_listener_connections_closed_total{") && v != before[series] {
 			t.Errorf("%s went %g → %g: meshd closed a client connection as abusive", series, before[series], v)

@@ -1,13 +1,11 @@
 package test
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -155,38 +153,9 @@ func tryGet(addr, path string) (int, string, error) {
 	return resp.StatusCode, string(b), nil
 }
 
-// scrapeMetrics fetches /metrics and returns every sample by its series
-// as the text format writes it: name{label="value",...}, labels sorted.
-func scrapeMetrics(t testing.TB, admin string) map[string]float64 {
+// scrapeMetrics scrapes meshd's /metrics on its admin address. Samples
+// flattens it into one value per series as the text format writes it.
+func scrapeMetrics(t testing.TB, admin string) testkit.Metrics {
 	t.Helper()
-	c := http.Client{Timeout: 5 * time.Second}
-	resp, err := c.Get("http://" + admin + "/metrics")
-	if err != nil {
-		t.Fatalf("GET /metrics: %v", err)
-	}
-	defer resp.Body.Close()
-	out, err := parseMetrics(resp.Body)
-	if err != nil {
-		t.Fatalf("read /metrics: %v", err)
-	}
-	return out
-}
-
-// parseMetrics reads the Prometheus text format into every sample by its
-// series as written: name{label="value",...}.
-func parseMetrics(r io.Reader) (map[string]float64, error) {
-	out := map[string]float64{}
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
-			out[line[:i]] = v
-		}
-	}
-	return out, sc.Err()
+	return testkit.Scrape(t, nil, "http://"+admin+"/metrics")
 }

@@ -430,17 +430,8 @@ func (e *netnsEnv) scrape(t *testing.T, h netnsHost, admin string) map[string]fl
 		return e.dialer(h.ns)(ctx, addr)
 	}}
 	defer tr.CloseIdleConnections()
-	c := http.Client{Timeout: 5 * time.Second, Transport: tr}
-	resp, err := c.Get("http://" + admin + "/metrics")
-	if err != nil {
-		t.Fatalf("GET /metrics: %v", err)
-	}
-	defer resp.Body.Close()
-	out, err := parseMetrics(resp.Body)
-	if err != nil {
-		t.Fatalf("read /metrics: %v", err)
-	}
-	return out
+	c := &http.Client{Timeout: 5 * time.Second, Transport: tr}
+	return testkit.Scrape(t, c, "http://"+admin+"/metrics").Samples()
 }
 
 // tcpServers starts the two opaque TCP servers on ip (call it inside the

@@ -101,7 +101,7 @@ func TestSoak(t *testing.T) {
 	sleepPhase(time.Second)
 	quiet := newPhase("quiet")
 	mon.sliced(quiet, abuseQuietBaseline)
-	start := scrapeMetrics(t, p.admin)
+	start := scrapeMetrics(t, p.admin).Samples()
 
 	// The faulty cluster's client: every call answered within its route
 	// timeout (plus slack), whatever the code.
@@ -142,7 +142,7 @@ func TestSoak(t *testing.T) {
 	// (attack connections are all closed by now, or closing).
 	var after map[string]float64
 	settled := func() bool {
-		after = scrapeMetrics(t, p.admin)
+		after = scrapeMetrics(t, p.admin).Samples()
 		return after["go_goroutines"] <= start["go_goroutines"]+10 && after["process_open_fds"] <= start["process_open_fds"]+5
 	}
 	if !testkit.Poll(15*time.Second, 100*time.Millisecond, settled) {
@@ -270,7 +270,7 @@ func TestSoakAbuse(t *testing.T) {
 	var rows []row
 	for _, tc := range abuseCases {
 		ok := t.Run(tc.name, func(t *testing.T) {
-			before := scrapeMetrics(t, p.admin)
+			before := scrapeMetrics(t, p.admin).Samples()
 			ref, ph, rs := measureAttack(mon, tc, p.addr, opt, "")
 			if len(rs) == 0 {
 				t.Fatal("no attacking connection could be made")
@@ -281,7 +281,7 @@ func TestSoakAbuse(t *testing.T) {
 			} else {
 				var after map[string]float64
 				testkit.WaitFor(t, 5*time.Second, tc.counter+" to grow", func() bool {
-					after = scrapeMetrics(t, p.admin)
+					after = scrapeMetrics(t, p.admin).Samples()
 					return after[tc.counter]-before[tc.counter] >= tc.min
 				})
 				answer += fmt.Sprintf("; %s +%g", shortSeries(tc.counter), after[tc.counter]-before[tc.counter])
@@ -311,7 +311,7 @@ func TestSoakAbuse(t *testing.T) {
 	mon.stop()
 	checkSteady(t, quiet, quiet, final)
 	var series []string
-	for k, v := range scrapeMetrics(t, p.admin) {
+	for k, v := range scrapeMetrics(t, p.admin).Samples() {
 		if strings.HasPrefix(k, "meshd_listener_") && v != 0 {
 			series = append(series, fmt.Sprintf("%s %g", k, v))
 		}

@@ -4,15 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -83,16 +80,7 @@ access_log: {enabled: true, path: %s}
 		t.Errorf("spans by kind %v, want SERVER and CLIENT", kinds)
 	}
 
-	resp, err := http.Get("http://" + adminAddr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	mfs, err := p.TextToMetricFamilies(resp.Body)
-	resp.Body.Close()
-	if err != nil {
-		t.Fatalf("parse /metrics: %v", err)
-	}
+	mfs := testkit.Scrape(t, nil, "http://"+adminAddr+"/metrics")
 	var ok float64
 	for _, m := range mfs["grpc_server_handled_total"].GetMetric() {
 		ok += m.GetCounter().GetValue()

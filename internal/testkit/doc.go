@@ -5,6 +5,9 @@
 //     test sleeps to wait for state.
 //   - [Serve], [ServeLoopback] and [BlackHole] run plain TCP servers whose
 //     connections are closed and goroutines joined when the test ends.
+//   - [Scrape] and [ParseMetrics] read a Prometheus /metrics page with
+//     Prometheus' own text parser; [Metrics] finds series in it, or
+//     flattens it into one value per series as the page writes it.
 //   - Package h2raw (testkit/h2raw) speaks HTTP/2 frame by frame, as a client
 //     that may misbehave and as a backend that does.
 //   - Package proc (testkit/proc) reads /proc: CPU time, RSS, open files.
