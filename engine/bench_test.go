@@ -133,12 +133,7 @@ func startNginx(b *testing.B, backend string) (string, int) {
 		}
 		bin = "/usr/sbin/nginx"
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	_ = ln.Close()
+	addr := testkit.FreeAddr(b)
 	dir := b.TempDir()
 	conf := fmt.Sprintf(`worker_processes 2;
 error_log %[1]s/error.log warn;

@@ -684,12 +684,7 @@ func TestConcurrentStreams(t *testing.T) {
 func TestDirectorErrors(t *testing.T) {
 	t.Parallel()
 	b := startBackend(t, &testBackend{})
-	dead, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	deadAddr := dead.Addr().String()
-	_ = dead.Close()
+	deadAddr := testkit.FreeAddr(t)
 
 	var seen atomic.Pointer[Request]
 	p := startProxy(t, b.addr, Config{DialTimeout: 2 * time.Second})
@@ -707,7 +702,7 @@ func TestDirectorErrors(t *testing.T) {
 	})
 	_, c := dial(t, p.addr)
 
-	_, err = c.EmptyCall(ctxT(t, 5*time.Second), &testpb.Empty{})
+	_, err := c.EmptyCall(ctxT(t, 5*time.Second), &testpb.Empty{})
 	if st := status.Convert(err); st.Code() != codes.Unimplemented || st.Message() != "no route for /x.Y/Z ✓ 100%\n" {
 		t.Fatalf("EmptyCall: %v", err)
 	}

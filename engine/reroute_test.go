@@ -3,7 +3,6 @@ package engine
 import (
 	"errors"
 	"io"
-	"net"
 	"strconv"
 	"sync"
 	"testing"
@@ -17,6 +16,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/meshd/meshd/internal/testkit"
 	"github.com/meshd/meshd/internal/testkit/h2raw"
 )
 
@@ -65,19 +65,6 @@ func (r *rerouter) waitAsk(t *testing.T) Result {
 	}
 }
 
-// deadAddr is a loopback address nothing listens on: dials to it are
-// refused at once.
-func deadAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	_ = ln.Close()
-	return addr
-}
-
 // rerouteProxy starts a proxy that sends every stream to first, with rr as
 // its Rerouter.
 func rerouteProxy(t *testing.T, first string, rr *rerouter) (*proxy, *grpc.ClientConn) {
@@ -99,7 +86,7 @@ func TestRerouteDialFailure(t *testing.T) {
 	t.Run("unary", func(t *testing.T) {
 		t.Parallel()
 		rr := newRerouter(good.addr)
-		p, cc := rerouteProxy(t, deadAddr(t), rr)
+		p, cc := rerouteProxy(t, testkit.FreeAddr(t), rr)
 		var hdr metadata.MD
 		resp, err := testpb.NewTestServiceClient(cc).UnaryCall(ctxT(t, 5*time.Second),
 			&testpb.SimpleRequest{Payload: payload(1000)}, grpc.Header(&hdr))
@@ -122,7 +109,7 @@ func TestRerouteDialFailure(t *testing.T) {
 	t.Run("client stream", func(t *testing.T) {
 		t.Parallel()
 		rr := newRerouter(good.addr)
-		p, cc := rerouteProxy(t, deadAddr(t), rr)
+		p, cc := rerouteProxy(t, testkit.FreeAddr(t), rr)
 		s, err := testpb.NewTestServiceClient(cc).StreamingInputCall(ctxT(t, 5*time.Second))
 		if err != nil {
 			t.Fatal(err)
@@ -146,8 +133,8 @@ func TestRerouteDialFailure(t *testing.T) {
 
 	t.Run("until Reroute says no", func(t *testing.T) {
 		t.Parallel()
-		rr := newRerouter(deadAddr(t)) // the reroute fails too, then no more
-		p, cc := rerouteProxy(t, deadAddr(t), rr)
+		rr := newRerouter(testkit.FreeAddr(t)) // the reroute fails too, then no more
+		p, cc := rerouteProxy(t, testkit.FreeAddr(t), rr)
 		_, err := testpb.NewTestServiceClient(cc).UnaryCall(ctxT(t, 5*time.Second), &testpb.SimpleRequest{Payload: payload(10)})
 		if status.Code(err) != codes.Unavailable {
 			t.Fatalf("call: %v, want UNAVAILABLE", err)

@@ -11,6 +11,8 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"github.com/meshd/meshd/internal/testkit"
 )
 
 // TestRetryAttemptsCounted: every attempt of a retried call is counted in
@@ -97,7 +99,7 @@ clusters:
     endpoints: [%s, %s]
     health: {disabled: true}
     outlier: {consecutive_failures: -1}
-`, logFile, refusedAddr(t), live.Addr))
+`, logFile, testkit.FreeAddr(t), live.Addr))
 	client := testpb.NewTestServiceClient(dial(t, o.Addr))
 
 	const rounds = 4 // a unary call and a client stream each

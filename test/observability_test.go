@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -134,19 +133,6 @@ func runMesh(t testing.TB, cfg *config.Config, opts ...server.Option) *mesh {
 	return m
 }
 
-// refusedAddr is a loopback address nothing listens on: connections to it
-// are refused at once.
-func refusedAddr(t testing.TB) string {
-	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := lis.Addr().String()
-	lis.Close()
-	return addr
-}
-
 const obsCallerSpan = "00f067aa0ba902b7"
 
 func obsTraceID(i int) string { return fmt.Sprintf("4bf92f3577b34da6a3ce929d%08x", i+1) }
@@ -171,7 +157,7 @@ func TestTraceThroughMeshd(t *testing.T) {
 	}{
 		{
 			name: "transparent retry of a refused connection",
-			bad:  func(t *testing.T) string { return refusedAddr(t) },
+			bad:  func(t *testing.T) string { return testkit.FreeAddr(t) },
 		},
 		{
 			name:  "retry policy on UNAVAILABLE",
@@ -365,7 +351,7 @@ func TestCollectorDown(t *testing.T) {
 	t.Parallel()
 	bs := startBackends(t, "be", 1)
 	o := startObserved(t, simpleConfig(bs, ""),
-		tracing.WithEndpoint(refusedAddr(t)), tracing.WithSampleRatio(1),
+		tracing.WithEndpoint(testkit.FreeAddr(t)), tracing.WithSampleRatio(1),
 		tracing.WithBatchTimeout(10*time.Millisecond), tracing.WithExportTimeout(200*time.Millisecond))
 	cc := dial(t, o.Addr)
 	waitServing(t, cc)

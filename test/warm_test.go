@@ -44,7 +44,7 @@ func TestWarmBeforeServing(t *testing.T) {
 	bs := startBackends(t, "warm", 2, backend.WithServerOptions(grpc.StreamInterceptor(gatedHealth(open))))
 	// Run publishes its addresses only once serving, so the test
 	// picks them: free loopback ports, bound again at once by meshd.
-	adminAddr, mainAddr := refusedAddr(t), refusedAddr(t)
+	adminAddr, mainAddr := testkit.FreeAddr(t), testkit.FreeAddr(t)
 	cfg, err := config.Parse([]byte(fmt.Sprintf(`
 admin: {address: %s}
 listeners: [{name: main, address: %s}]

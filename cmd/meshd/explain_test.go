@@ -137,7 +137,7 @@ func TestRouteExplainUsage(t *testing.T) {
 		{"two methods", []string{"route", "explain", "-config", file, "/a.B/C", "/a.B/D"}, 2},
 		{"header without value", []string{"route", "explain", "-config", file, "/a.B/C", "-H", "x-tenant"}, 2},
 		{"missing file", []string{"route", "explain", "-config", file + ".nope", "/a.B/C"}, 1},
-		{"unreachable admin", []string{"route", "explain", "-config", file, "-admin", refused(t), "/users.v1.Users/GetUser"}, 1},
+		{"unreachable admin", []string{"route", "explain", "-config", file, "-admin", testkit.FreeAddr(t), "/users.v1.Users/GetUser"}, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

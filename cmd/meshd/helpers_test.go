@@ -5,7 +5,6 @@ import (
 	"context"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"sync"
@@ -83,16 +82,4 @@ func (r *running) stop(t *testing.T) {
 			t.Errorf("telemetry close: %v", err)
 		}
 	})
-}
-
-// refused returns a loopback address nothing listens on.
-func refused(t *testing.T) string {
-	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := lis.Addr().String()
-	lis.Close()
-	return addr
 }

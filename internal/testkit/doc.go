@@ -4,7 +4,10 @@
 //   - [WaitFor] and [Poll] wait for a condition with a deadline, so that no
 //     test sleeps to wait for state.
 //   - [Serve], [ServeLoopback] and [BlackHole] run plain TCP servers whose
-//     connections are closed and goroutines joined when the test ends.
+//     connections are closed and goroutines joined when the test ends;
+//     [FreeAddr] is an address nobody answers on.
+//   - [NewCA] makes a certificate authority that issues server and client
+//     certificates for TLS tests.
 //   - [Scrape] and [ParseMetrics] read a Prometheus /metrics page with
 //     Prometheus' own text parser; [Metrics] finds series in it, or
 //     flattens it into one value per series as the page writes it.

@@ -94,3 +94,17 @@ func (s *TCPServer) Stop() {
 	s.CloseConns()
 	s.wg.Wait()
 }
+
+// FreeAddr is a loopback address nothing listens on: a dial to it is
+// refused at once, and a server may listen on it. (The port was free a
+// moment ago; that another test took it since is unlikely, not impossible.)
+func FreeAddr(tb testing.TB) string {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	_ = ln.Close()
+	return addr
+}
