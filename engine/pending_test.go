@@ -182,16 +182,7 @@ func TestPendingAtStreamLimit(t *testing.T) {
 	// One stream open: the connection is full.
 	ctx, cancel := context.WithCancel(ctxT(t, 10*time.Second))
 	defer cancel()
-	s, err := c.FullDuplexCall(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Send(&testpb.StreamingOutputCallRequest{ResponseParameters: []*testpb.ResponseParameters{{Size: 1}}}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.Recv(); err != nil {
-		t.Fatal(err)
-	}
+	s := testkit.OpenStream(t, ctx, c)
 	g.waitStarted(t)
 	held := lim.acquired.Load() // the first call waited for the first dial
 

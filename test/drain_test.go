@@ -254,21 +254,12 @@ func TestDrainBinary(t *testing.T) {
 		waitServing(t, cc)
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
-		st, err := testpb.NewTestServiceClient(cc).FullDuplexCall(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := st.Send(&testpb.StreamingOutputCallRequest{ResponseParameters: []*testpb.ResponseParameters{{Size: 1}}}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := st.Recv(); err != nil {
-			t.Fatal(err)
-		}
+		st := testkit.OpenStream(t, ctx, testpb.NewTestServiceClient(cc))
 		sigAt := time.Now()
 		if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 			t.Fatal(err)
 		}
-		_, err = st.Recv() // blocks until meshd cuts the stream
+		_, err := st.Recv() // blocks until meshd cuts the stream
 		select {
 		case <-p.exited:
 		case <-time.After(10 * time.Second):

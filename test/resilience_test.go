@@ -628,18 +628,7 @@ func TestConcurrencyLimits(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		var streams []testpb.TestService_FullDuplexCallClient
 		for range 2 {
-			st, err := client.FullDuplexCall(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			// One round trip: the stream is admitted and open.
-			if err := st.Send(&testpb.StreamingOutputCallRequest{ResponseParameters: []*testpb.ResponseParameters{{Size: 1}}}); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := st.Recv(); err != nil {
-				t.Fatal(err)
-			}
-			streams = append(streams, st)
+			streams = append(streams, testkit.OpenStream(t, ctx, client))
 		}
 		start := time.Now()
 		_, err := client.EmptyCall(ctxMD(t), &testpb.Empty{})
@@ -685,17 +674,7 @@ func testMaxPending(t *testing.T) {
 	// Two streams open: both connections the gate lets through are full.
 	var streams []testpb.TestService_FullDuplexCallClient
 	for range 2 {
-		st, err := client.FullDuplexCall(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := st.Send(&testpb.StreamingOutputCallRequest{ResponseParameters: []*testpb.ResponseParameters{{Size: 1}}}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := st.Recv(); err != nil {
-			t.Fatal(err)
-		}
-		streams = append(streams, st)
+		streams = append(streams, testkit.OpenStream(t, ctx, client))
 	}
 	if _, pending := clusterLimits(t, m.Admin, "c"); pending != 0 {
 		t.Fatalf("pending = %d with every call linked; want 0", pending)

@@ -6,6 +6,7 @@
 //   - [Serve], [ServeLoopback] and [BlackHole] run plain TCP servers whose
 //     connections are closed and goroutines joined when the test ends;
 //     [FreeAddr] is an address nobody answers on.
+//   - [OpenStream] opens a gRPC stream through a proxy and proves it open.
 //   - [NewCA] makes a certificate authority that issues server and client
 //     certificates for TLS tests.
 //   - [Scrape] and [ParseMetrics] read a Prometheus /metrics page with
