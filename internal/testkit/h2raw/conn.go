@@ -333,6 +333,8 @@ type keepReader struct {
 	kept []byte
 }
 
+// Read reads from the connection, keeping what it reads until 4 KiB are
+// kept.
 func (r *keepReader) Read(p []byte) (int, error) {
 	n, err := r.r.Read(p)
 	if len(r.kept) < 4096 {

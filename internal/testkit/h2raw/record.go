@@ -14,10 +14,10 @@ import (
 
 // Result is what the server did on one recorded connection.
 type Result struct {
-	Frames   map[http2.FrameType]int
-	Resets   map[http2.ErrCode]int // RST_STREAM frames received, by code
-	Statuses map[string]int        // grpc-status values in response headers and trailers; "http:431" for a :status other than 200
-	Message  string                // the first grpc-message
+	Frames   map[http2.FrameType]int // frames received, by type
+	Resets   map[http2.ErrCode]int   // RST_STREAM frames received, by code
+	Statuses map[string]int          // grpc-status values in response headers and trailers; "http:431" for a :status other than 200
+	Message  string                  // the first grpc-message
 	// GoAway is the first GOAWAY received, nil if none.
 	GoAway *GoAway
 	// Settings are the server's first SETTINGS values.
@@ -35,8 +35,8 @@ type Result struct {
 // GoAway is a GOAWAY frame as received.
 type GoAway struct {
 	Code         http2.ErrCode
-	LastStreamID uint32
-	Debug        string
+	LastStreamID uint32        // the last stream the server may still process
+	Debug        string        // its debug data, which meshd fills with the reason
 	At           time.Duration // since dial
 }
 

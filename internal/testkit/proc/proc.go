@@ -17,7 +17,7 @@ const UserHZ = 100
 
 // Stat is the part of /proc/PID/stat that tests and the harness need.
 type Stat struct {
-	PPID  int
+	PPID  int   // the parent's process id
 	Ticks int64 // utime + stime, in 1/UserHZ seconds
 }
 
