@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshd/meshd/discovery"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -20,6 +19,9 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
+
+	"github.com/meshd/meshd/discovery"
+	"github.com/meshd/meshd/internal/testkit"
 )
 
 // backend is a real gRPC server on 127.0.0.1 running grpc-go's health
@@ -181,7 +183,7 @@ func TestClusterHealthTransitions(t *testing.T) {
 		}
 	}
 	a.set(healthpb.HealthCheckResponse_NOT_SERVING)
-	took := eventually(t, 2*time.Second, "NOT_SERVING endpoint leaves the picker", notPicked(a.addr))
+	took := testkit.WaitFor(t, 2*time.Second, "NOT_SERVING endpoint leaves the picker", notPicked(a.addr))
 	t.Logf("NOT_SERVING → no longer picked after %v", took)
 	if took > 500*time.Millisecond {
 		t.Errorf("NOT_SERVING took %v to take effect, want well under 100ms", took)
@@ -195,14 +197,14 @@ func TestClusterHealthTransitions(t *testing.T) {
 	}
 
 	a.set(healthpb.HealthCheckResponse_SERVING)
-	took = eventually(t, 2*time.Second, "SERVING endpoint back in the picker", func() bool {
+	took = testkit.WaitFor(t, 2*time.Second, "SERVING endpoint back in the picker", func() bool {
 		e, err := pickOnce(t, c)
 		return err == nil && e.ID() == a.addr
 	})
 	t.Logf("SERVING → picked again after %v", took)
 
 	b.srv.Stop()
-	took = eventually(t, 5*time.Second, "stopped backend ejected", notPicked(b.addr))
+	took = testkit.WaitFor(t, 5*time.Second, "stopped backend ejected", notPicked(b.addr))
 	t.Logf("backend stopped → no longer picked after %v", took)
 	s, _ = statusOf(c, b.addr)
 	if s.State != StateEjected || s.Source != "health:watch" || !strings.Contains(s.Reason, "stream error") {
@@ -241,7 +243,7 @@ func TestClusterDrain(t *testing.T) {
 			}
 		}
 		c.Done(held, time.Now(), codes.OK, false)
-		took := eventually(t, 2*time.Second, "drained connection closed", func() bool {
+		took := testkit.WaitFor(t, 2*time.Second, "drained connection closed", func() bool {
 			return conn.GetState() == connectivity.Shutdown
 		})
 		t.Logf("connection closed %v after the last Done", took)
@@ -260,7 +262,7 @@ func TestClusterDrain(t *testing.T) {
 		waitState(t, c, a.addr, StateServing)
 		held := pickID(t, c, a.addr)
 		c.Update(nil)
-		took := eventually(t, 2*time.Second, "connection closed at drain timeout", func() bool {
+		took := testkit.WaitFor(t, 2*time.Second, "connection closed at drain timeout", func() bool {
 			return held.Conn().GetState() == connectivity.Shutdown
 		})
 		t.Logf("connection with a call outstanding closed %v after removal (timeout 50ms)", took)
@@ -311,7 +313,7 @@ func TestClusterKeepsConnections(t *testing.T) {
 	if nb == epB || nb.Conn() == epB.Conn() || nb.Address() != moved.addr {
 		t.Fatal("an endpoint with a new address kept its old connection")
 	}
-	eventually(t, 2*time.Second, "old connection closed", func() bool {
+	testkit.WaitFor(t, 2*time.Second, "old connection closed", func() bool {
 		return epB.Conn().GetState() == connectivity.Shutdown
 	})
 	waitState(t, c, b.addr, StateServing)
@@ -504,7 +506,7 @@ func TestClusterConcurrentPickUpdate(t *testing.T) {
 				t.Fatalf("%d of %d picks returned an endpoint with a closed connection", n, picks.Load())
 			}
 			c.Update(all[:1])
-			eventually(t, 2*time.Second, "removed endpoints drained", func() bool {
+			testkit.WaitFor(t, 2*time.Second, "removed endpoints drained", func() bool {
 				return len(c.Status().Endpoints) == 1
 			})
 			for _, e := range c.Status().Endpoints {

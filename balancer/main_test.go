@@ -8,10 +8,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshd/meshd/discovery"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/meshd/meshd/discovery"
+	"github.com/meshd/meshd/internal/testkit"
 )
 
 func TestMain(m *testing.M) {
@@ -98,30 +100,11 @@ func statusOf(c *Cluster, id string) (EndpointStatus, bool) {
 	return EndpointStatus{}, false
 }
 
-// eventually polls cond every millisecond until it holds or timeout
-// passes, and returns how long it took.
-func eventually(tb testing.TB, timeout time.Duration, what string, cond func() bool) time.Duration {
-	tb.Helper()
-	start := time.Now()
-	tick := time.NewTicker(time.Millisecond)
-	defer tick.Stop()
-	deadline := time.NewTimer(timeout)
-	defer deadline.Stop()
-	for !cond() {
-		select {
-		case <-tick.C:
-		case <-deadline.C:
-			tb.Fatalf("%s: not true after %v", what, timeout)
-		}
-	}
-	return time.Since(start)
-}
-
 // waitState waits until endpoint id is in state and returns its status.
 func waitState(tb testing.TB, c *Cluster, id, state string) EndpointStatus {
 	tb.Helper()
 	var st EndpointStatus
-	eventually(tb, 5*time.Second, "endpoint "+id+" "+state, func() bool {
+	testkit.WaitFor(tb, 5*time.Second, "endpoint "+id+" "+state, func() bool {
 		s, ok := statusOf(c, id)
 		st = s
 		return ok && s.State == state

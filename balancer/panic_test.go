@@ -1,6 +1,8 @@
 package balancer
 
 import (
+	"github.com/meshd/meshd/internal/testkit"
+
 	"errors"
 	"fmt"
 	"strings"
@@ -169,7 +171,7 @@ func TestClusterPanic(t *testing.T) {
 			// them out, and the cluster leaves panic when the others serve.
 			bs[1].srv.Stop()
 			bs[2].srv.Stop()
-			eventually(t, 5*time.Second, "stopped backends unreachable", func() bool {
+			testkit.WaitFor(t, 5*time.Second, "stopped backends unreachable", func() bool {
 				c.mu.Lock()
 				defer c.mu.Unlock()
 				return c.eps[bs[1].addr].class() == classUnreachable && c.eps[bs[2].addr].class() == classUnreachable

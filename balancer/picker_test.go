@@ -8,9 +8,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshd/meshd/discovery"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+
+	"github.com/meshd/meshd/discovery"
 )
 
 // bareEndpoints makes endpoints for picker-level tests: no connection, no

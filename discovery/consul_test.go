@@ -15,6 +15,7 @@ import (
 
 	"github.com/meshd/meshd/discovery"
 	"github.com/meshd/meshd/internal/consultest"
+	"github.com/meshd/meshd/internal/testkit"
 )
 
 // Short waits keep a test's idle blocking queries from outliving it by
@@ -96,18 +97,15 @@ func waitIndex(t *testing.T, a *consultest.Agent, c *discovery.Consul, q discove
 // (agent registrations reach the catalog asynchronously).
 func waitCatalog(t *testing.T, a *consultest.Agent, service string, want int) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		entries, _, err := a.Client.Health().Service(service, "", false, nil)
-		if err == nil && len(entries) == want {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("catalog: want %d instances of %s, have %d (%v)", want, service, len(entries), err)
-		}
-		<-tick.C
+	var (
+		entries []*api.ServiceEntry
+		err     error
+	)
+	if !testkit.Poll(10*time.Second, 5*time.Millisecond, func() bool {
+		entries, _, err = a.Client.Health().Service(service, "", false, nil)
+		return err == nil && len(entries) == want
+	}) {
+		t.Fatalf("catalog: want %d instances of %s, have %d (%v)", want, service, len(entries), err)
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 
 	"github.com/meshd/meshd/discovery"
 	"github.com/meshd/meshd/internal/consultest"
+	"github.com/meshd/meshd/internal/testkit"
 )
 
 // shared is one Consul agent for the tests that do not stop, restart or
@@ -118,17 +119,12 @@ func (w *watcher) none() {
 // waitStatus polls c.Status until ok accepts it.
 func waitStatus(t *testing.T, c *discovery.Consul, what string, ok func(discovery.WatchStatus) bool) discovery.WatchStatus {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		st := c.Status()
-		if ok(st) {
-			return st
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("status never became %s: %+v", what, st)
-		}
-		<-tick.C
+	var st discovery.WatchStatus
+	if !testkit.Poll(10*time.Second, 5*time.Millisecond, func() bool {
+		st = c.Status()
+		return ok(st)
+	}) {
+		t.Fatalf("status never became %s: %+v", what, st)
 	}
+	return st
 }

@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -15,15 +14,16 @@ import (
 	"golang.org/x/net/http2/hpack"
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
+
+	"github.com/meshd/meshd/internal/testkit"
+	"github.com/meshd/meshd/internal/testkit/h2raw"
 )
 
-// abuser is a raw HTTP/2 client: one goroutine writes the attack while the
-// test reads what meshd answers.
+// abuser is a raw HTTP/2 connection under attack: one goroutine writes
+// the attack while the test reads what meshd answers.
 type abuser struct {
 	t    *testing.T
-	nc   net.Conn
-	rd   *http2.Framer // the test's goroutine
-	wfr  *http2.Framer // the attack's goroutine
+	c    *h2raw.Conn
 	wg   sync.WaitGroup
 	stop atomic.Bool
 	// debug is the GOAWAY's debug data.
@@ -34,52 +34,48 @@ type abuser struct {
 // when nil).
 func abuseConn(t *testing.T, addr string, prefix []byte) *abuser {
 	t.Helper()
-	nc, err := net.Dial("tcp", addr)
+	var c *h2raw.Conn
+	var err error
+	if prefix == nil {
+		c, err = h2raw.Dial(addr)
+	} else if c, err = h2raw.DialTCP(addr); err == nil {
+		err = c.WriteRaw(prefix)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := &abuser{t: t, nc: nc, rd: http2.NewFramer(io.Discard, nc), wfr: http2.NewFramer(nc, nil)}
-	a.rd.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	a.wfr.AllowIllegalWrites = true
+	a := &abuser{t: t, c: c}
 	t.Cleanup(func() {
 		a.stop.Store(true)
-		_ = nc.Close()
+		_ = c.Close()
 		a.wg.Wait()
 	})
-	if prefix == nil {
-		var b bytes.Buffer
-		b.WriteString(http2.ClientPreface)
-		_ = http2.NewFramer(&b, nil).WriteSettings()
-		prefix = b.Bytes()
-	}
-	if _, err := nc.Write(prefix); err != nil {
-		t.Fatal(err)
-	}
 	return a
 }
 
-// attack runs write up to n times (frame i) on its own goroutine, until a
-// write fails or the test ends.
+// attack runs write up to n times (frame i) on its own goroutine, each
+// frame sent at once, until a write fails or the test ends.
 func (a *abuser) attack(n int, write func(fr *http2.Framer, i int) error) {
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
 		for i := 0; i < n && !a.stop.Load(); i++ {
-			if write(a.wfr, i) != nil {
+			if a.c.Write(func(fr *http2.Framer) error { return write(fr, i) }) != nil {
 				return
 			}
 		}
 	}()
 }
 
-// answer reads until the connection ends and returns the GOAWAY meshd
-// sent, if any, and the read error that ended the connection.
+// answer reads, answering nothing, until the connection ends and returns
+// the GOAWAY meshd sent, if any, and the read error that ended the
+// connection.
 func (a *abuser) answer() (*http2.GoAwayFrame, error) {
 	a.t.Helper()
-	_ = a.nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_ = a.c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	var ga *http2.GoAwayFrame
 	for {
-		f, err := a.rd.ReadFrame()
+		f, err := a.c.ReadFrame()
 		if err != nil {
 			return ga, err
 		}
@@ -90,22 +86,13 @@ func (a *abuser) answer() (*http2.GoAwayFrame, error) {
 	}
 }
 
-func hpackBlock(fields []hpack.HeaderField) []byte {
-	var b bytes.Buffer
-	enc := hpack.NewEncoder(&b)
-	for _, f := range fields {
-		_ = enc.WriteField(f)
-	}
-	return b.Bytes()
-}
-
 // TestAbuseRules attacks a Server with each rule's flood, on its own
 // connection, while a well-behaved gRPC client keeps calling through the
 // same Server: each attacker gets the rule's GOAWAY (or a silent close),
 // then the close, and the counter; the good client sees no failure.
 func TestAbuseRules(t *testing.T) {
 	p, good := setup(t, &testBackend{}, Config{MaxHeaderListSize: 8 << 10, HandshakeTimeout: 300 * time.Millisecond})
-	block := hpackBlock(grpcRequestHeaders("/grpc.testing.TestService/UnaryCall"))
+	block := h2raw.Block(h2raw.Request("/grpc.testing.TestService/UnaryCall")...)
 	download := make([]int, 30)
 	for i := range download {
 		download[i] = 16 << 10
@@ -187,7 +174,7 @@ func TestAbuseRules(t *testing.T) {
 				if i == 0 {
 					return fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block, EndStream: true})
 				}
-				return fr.WriteContinuation(1, false, hpackBlock([]hpack.HeaderField{{Name: "x-pad", Value: string(make([]byte, 1000)), Sensitive: true}}))
+				return fr.WriteContinuation(1, false, h2raw.Block(hpack.HeaderField{Name: "x-pad", Value: string(make([]byte, 1000)), Sensitive: true}))
 			}},
 		{name: "frame over MAX_FRAME_SIZE", n: 1, reason: AbuseFrameTooLarge, code: http2.ErrCodeFrameSize,
 			write: func(fr *http2.Framer, i int) error { return fr.WritePing(false, [8]byte{}) }},
@@ -205,7 +192,7 @@ func TestAbuseRules(t *testing.T) {
 				if tt.name == "frame over MAX_FRAME_SIZE" {
 					// A PING header claiming 20000 bytes.
 					hdr := []byte{0, 0x4e, 0x20, byte(http2.FramePing), 0, 0, 0, 0, 0}
-					if _, err := a.nc.Write(append(hdr, make([]byte, 20000)...)); err != nil {
+					if err := a.c.WriteRaw(append(hdr, make([]byte, 20000)...)); err != nil {
 						t.Fatal(err)
 					}
 				} else if tt.n > 0 {
@@ -227,7 +214,7 @@ func TestAbuseRules(t *testing.T) {
 				if tt.reason == AbuseHandshakeTimeout && time.Since(start) < 250*time.Millisecond {
 					t.Errorf("closed after %s, before the handshake timeout", time.Since(start))
 				}
-				waitFor(t, 5*time.Second, tt.reason.String()+" counted", func() bool {
+				testkit.WaitFor(t, 5*time.Second, tt.reason.String()+" counted", func() bool {
 					return p.srv.AbuseStats().Closed[tt.reason] >= 1
 				})
 			})

@@ -16,6 +16,9 @@ import (
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/metadata"
+
+	"github.com/meshd/meshd/internal/testkit"
+	"github.com/meshd/meshd/internal/testkit/proc"
 )
 
 // cpuTime is the process's user+system CPU time. Client, proxy and backend
@@ -109,25 +112,15 @@ func benchTargets(b *testing.B, be *testBackend) []benchTarget {
 }
 
 // procTreeCPU is the CPU time used so far by process pid and its children
-// (nginx's master and workers).
+// (nginx's master and workers); a process gone meanwhile counts nothing.
 func procTreeCPU(pid int) time.Duration {
-	pids := []string{strconv.Itoa(pid)}
-	if kids, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid)); err == nil {
-		pids = append(pids, strings.Fields(string(kids))...)
-	}
-	var ticks int64
-	for _, pid := range pids {
-		st, err := os.ReadFile("/proc/" + pid + "/stat")
-		if err != nil {
-			continue
+	var d time.Duration
+	for _, p := range append([]int{pid}, proc.Children(pid)...) {
+		if st, err := proc.ReadStat(p); err == nil {
+			d += st.CPU()
 		}
-		// Fields after the parenthesised command: utime is the 12th, stime the 13th.
-		f := strings.Fields(string(st[strings.LastIndexByte(string(st), ')')+2:]))
-		u, _ := strconv.ParseInt(f[11], 10, 64)
-		s, _ := strconv.ParseInt(f[12], 10, 64)
-		ticks += u + s
 	}
-	return time.Duration(ticks) * 10 * time.Millisecond // CLK_TCK = 100
+	return d
 }
 
 // startNginx runs nginx (if installed) as an h2c gRPC proxy to backend and
@@ -140,12 +133,7 @@ func startNginx(b *testing.B, backend string) (string, int) {
 		}
 		bin = "/usr/sbin/nginx"
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	_ = ln.Close()
+	addr := testkit.FreeAddr(b)
 	dir := b.TempDir()
 	conf := fmt.Sprintf(`worker_processes 2;
 error_log %[1]s/error.log warn;
@@ -176,18 +164,17 @@ http {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		_ = cmd.Wait()
 	})
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		c, err := net.Dial("tcp", addr)
-		if err == nil {
+	var dialErr error
+	if !testkit.Poll(5*time.Second, 5*time.Millisecond, func() bool {
+		var c net.Conn
+		if c, dialErr = net.Dial("tcp", addr); dialErr == nil {
 			_ = c.Close()
-			return addr, cmd.Process.Pid
 		}
-		if time.Now().After(deadline) {
-			b.Fatalf("nginx did not listen on %s: %v", addr, err)
-		}
-		time.Sleep(5 * time.Millisecond)
+		return dialErr == nil
+	}) {
+		b.Fatalf("nginx did not listen on %s: %v", addr, dialErr)
 	}
+	return addr, cmd.Process.Pid
 }
 
 // BenchmarkUnary measures 1 KiB unary calls, one at a time (latency) and
@@ -288,7 +275,7 @@ func BenchmarkStreamConcurrent(b *testing.B) {
 			b.ReportAllocs()
 			if tg.pid != 0 {
 				// Reset the peak to the current RSS (Linux clear_refs).
-				if err := os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", tg.pid), []byte("5"), 0); err != nil {
+				if err := proc.ResetPeakRSS(tg.pid); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -314,16 +301,11 @@ func BenchmarkStreamConcurrent(b *testing.B) {
 			b.ReportMetric(float64(b.N*msgs)/time.Since(start).Seconds(), "msgs/s")
 			tg.report(b, cpu0, proxy0)
 			if tg.pid != 0 {
-				st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", tg.pid))
+				kib, err := proc.StatusKiB(tg.pid, "VmHWM")
 				if err != nil {
 					b.Fatal(err)
 				}
-				for line := range strings.Lines(string(st)) {
-					if f := strings.Fields(line); len(f) == 3 && f[0] == "VmHWM:" {
-						kib, _ := strconv.Atoi(f[1])
-						b.ReportMetric(float64(kib)/1024, "proxy-peak-MiB")
-					}
-				}
+				b.ReportMetric(float64(kib)/1024, "proxy-peak-MiB")
 			}
 		})
 	}

@@ -15,26 +15,28 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"github.com/meshd/meshd/internal/testkit"
+	"github.com/meshd/meshd/internal/testkit/h2raw"
 )
 
-// rawBackend is an HTTP/2 server written with the x/net Framer that answers
-// each request HEADERS with whatever onHeaders writes, to play backends
-// that refuse streams or go away (rawFrameBackend, reroute_test.go, does
-// the serving).
-func rawBackend(t *testing.T, onHeaders func(fr *http2.Framer, f *http2.MetaHeadersFrame)) string {
+// rawBackend is an HTTP/2 server (h2raw) that answers each request HEADERS
+// with whatever onHeaders writes, to play backends that refuse streams or
+// go away.
+func rawBackend(t *testing.T, onHeaders func(sc *h2raw.ServerConn, f *http2.MetaHeadersFrame)) string {
 	t.Helper()
-	return rawFrameBackend(t, func(fr *http2.Framer, f http2.Frame) {
+	return h2raw.StartBackend(t, func(sc *h2raw.ServerConn, f http2.Frame) error {
 		if h, ok := f.(*http2.MetaHeadersFrame); ok {
-			onHeaders(fr, h)
+			onHeaders(sc, h)
 		}
-	})
+		return nil
+	}).Addr()
 }
 
 // TestNotReachedRetriedTransparently: a stream the backend never processed
@@ -45,13 +47,13 @@ func TestNotReachedRetriedTransparently(t *testing.T) {
 	good := startBackend(t, &testBackend{})
 	tests := []struct {
 		name    string
-		refuse  func(fr *http2.Framer, f *http2.MetaHeadersFrame)
+		refuse  func(fr *h2raw.ServerConn, f *http2.MetaHeadersFrame)
 		wantErr error
 	}{
-		{"REFUSED_STREAM", func(fr *http2.Framer, f *http2.MetaHeadersFrame) {
+		{"REFUSED_STREAM", func(fr *h2raw.ServerConn, f *http2.MetaHeadersFrame) {
 			_ = fr.WriteRSTStream(f.StreamID, http2.ErrCodeRefusedStream)
 		}, ErrRefused},
-		{"GOAWAY below the stream", func(fr *http2.Framer, f *http2.MetaHeadersFrame) {
+		{"GOAWAY below the stream", func(fr *h2raw.ServerConn, f *http2.MetaHeadersFrame) {
 			_ = fr.WriteGoAway(0, http2.ErrCodeNo, nil)
 		}, ErrRefused},
 	}
@@ -152,7 +154,7 @@ func TestIdleTimeout(t *testing.T) {
 		if _, err := c.UnaryCall(ctxT(t, 5*time.Second), &testpb.SimpleRequest{}); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, 5*time.Second, "idle connections to close", func() bool {
+		testkit.WaitFor(t, 5*time.Second, "idle connections to close", func() bool {
 			st := p.srv.Stats()
 			return st.ActiveConns == 0 && st.UpstreamConns == 0
 		})
@@ -198,13 +200,14 @@ func TestHeaderTableSizeZero(t *testing.T) {
 	t.Parallel()
 	b := startBackend(t, &testBackend{})
 	p := startProxy(t, b.addr, Config{})
-	rc := newRawClient(t, p.addr, http2.Setting{ID: http2.SettingHeaderTableSize, Val: 0})
-	rc.fr.ReadMetaHeaders = hpack.NewDecoder(0, nil)
-	rc.next("SETTINGS ACK", func(f http2.Frame) bool { s, ok := f.(*http2.SettingsFrame); return ok && s.IsAck() })
+	rc := h2raw.New(t, p.addr, http2.Setting{ID: http2.SettingHeaderTableSize, Val: 0})
+	rc.Next("SETTINGS ACK", func(f http2.Frame) bool { s, ok := f.(*http2.SettingsFrame); return ok && s.IsAck() })
 	for id := uint32(1); id <= 5; id += 2 {
-		rc.headers(id, grpcRequestHeaders("/grpc.testing.TestService/UnaryCall"), false)
-		_ = rc.fr.WriteData(id, true, grpcMessage(t, &testpb.SimpleRequest{}))
-		rc.next("trailers", func(f http2.Frame) bool {
+		rc.Headers(id, h2raw.Request("/grpc.testing.TestService/UnaryCall"), false)
+		_ = rc.Write(func(fr *http2.Framer) error {
+			return fr.WriteData(id, true, h2raw.MarshalMessage(t, &testpb.SimpleRequest{}))
+		})
+		rc.Next("trailers", func(f http2.Frame) bool {
 			h, ok := f.(*http2.MetaHeadersFrame)
 			return ok && h.StreamID == id && h.StreamEnded()
 		})
@@ -303,7 +306,7 @@ func TestChaos(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	waitFor(t, 5*time.Second, "all streams to end", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "all streams to end", func() bool {
 		st := p.srv.Stats()
 		return st.ActiveStreams == 0 && st.UpstreamStreams == 0 && st.BufferedBytes == 0
 	})
@@ -317,9 +320,7 @@ func TestChaos(t *testing.T) {
 		defer p.mu.Unlock()
 		return int64(len(p.results))
 	}
-	for deadline := time.Now().Add(5 * time.Second); reported() < total && time.Now().Before(deadline); {
-		time.Sleep(2 * time.Millisecond)
-	}
+	testkit.Poll(5*time.Second, 0, func() bool { return reported() >= total })
 	if n := reported(); n != total {
 		t.Errorf("%d Results reported for %d streams", n, total)
 	}
@@ -370,7 +371,7 @@ func TestUpstreamConnections(t *testing.T) {
 				errc <- err
 			}()
 		}
-		waitFor(t, 5*time.Second, "all calls to reach the backend", func() bool { return entered.Load() == calls })
+		testkit.WaitFor(t, 5*time.Second, "all calls to reach the backend", func() bool { return entered.Load() == calls })
 		if n := p.srv.Stats().UpstreamConns; n < calls/2 {
 			t.Errorf("UpstreamConns = %d, want >= %d for %d streams at 2 per connection", n, calls/2, calls)
 		}
@@ -386,7 +387,7 @@ func TestUpstreamConnections(t *testing.T) {
 		b := startBackend(t, &testBackend{})
 		p := startProxy(t, b.addr, Config{ConnsPerBackend: 3})
 		_, c := dial(t, p.addr)
-		waitFor(t, 5*time.Second, "3 backend connections", func() bool {
+		testkit.WaitFor(t, 5*time.Second, "3 backend connections", func() bool {
 			if _, err := c.UnaryCall(ctxT(t, 5*time.Second), &testpb.SimpleRequest{}); err != nil {
 				t.Fatal(err)
 			}

@@ -20,6 +20,8 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"github.com/meshd/meshd/internal/testkit"
 )
 
 func TestMain(m *testing.M) {
@@ -259,17 +261,12 @@ func startProxy(t testing.TB, backendAddr string, cfg Config) *proxy {
 	t.Cleanup(func() {
 		// Clients are closed by now (cleanups run last-in first-out): every
 		// stream must have been released.
-		deadline := time.Now().Add(3 * time.Second)
-		for {
+		released := func() bool {
 			st := p.srv.Stats()
-			if st.ActiveStreams == 0 && st.UpstreamStreams == 0 && st.BufferedBytes == 0 {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Errorf("streams leaked: %+v", st)
-				break
-			}
-			time.Sleep(2 * time.Millisecond)
+			return st.ActiveStreams == 0 && st.UpstreamStreams == 0 && st.BufferedBytes == 0
+		}
+		if !testkit.Poll(3*time.Second, 0, released) {
+			t.Errorf("streams leaked: %+v", p.srv.Stats())
 		}
 		_ = p.srv.Close()
 		if err := <-done; !errors.Is(err, ErrServerClosed) {
@@ -324,18 +321,6 @@ func setup(t testing.TB, b *testBackend, cfg Config, opts ...grpc.DialOption) (*
 	p := startProxy(t, b.addr, cfg)
 	_, c := dial(t, p.addr, opts...)
 	return p, c
-}
-
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
 }
 
 func ctxT(t testing.TB, d time.Duration) context.Context {

@@ -1,90 +1,57 @@
 package engine
 
 import (
-	"errors"
-	"fmt"
-	"os"
-	"strings"
 	"testing"
 	"time"
 
 	"golang.org/x/net/http2"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
+
+	"github.com/meshd/meshd/internal/testkit/h2raw"
 )
 
-// kaClient is a raw HTTP/2 client for the keepalive tests: it reads frames
-// with a deadline and reports what came and when, instead of failing the
-// test on a read error (a closed connection is what many cases expect).
+// kaClient is a raw HTTP/2 connection for the keepalive tests: it answers
+// meshd's PINGs (unless AckPings is cleared), counts them, and reports what
+// came and when instead of failing the test on a read error (a closed
+// connection is what many cases expect).
 type kaClient struct {
-	*rawClient
-	start  time.Time
-	ackMe  bool // answer meshd's PINGs
-	closed bool // the connection ended (EOF, reset)
-	pinged int  // keepalive PINGs received
-	log    []string
+	*h2raw.Conn
+	t      *testing.T
+	pinged int // keepalive PINGs received
 }
 
 func newKAClient(t *testing.T, addr string) *kaClient {
 	t.Helper()
-	start := time.Now()
-	return &kaClient{rawClient: newRawClient(t, addr), start: start, ackMe: true}
+	c := &kaClient{Conn: h2raw.New(t, addr), t: t}
+	c.AckPings = true
+	return c
 }
 
-// until reads frames until match accepts one (returned with its time since
-// dial), the connection ends (nil, closed set) or d passes (nil).
-// SETTINGS are acknowledged, and PINGs when ackMe is set.
+// until is Conn.Until, counting meshd's keepalive PINGs.
 func (c *kaClient) until(d time.Duration, match func(http2.Frame) bool) (http2.Frame, time.Duration) {
-	c.t.Helper()
-	_ = c.nc.SetReadDeadline(time.Now().Add(d))
-	for {
-		f, err := c.fr.ReadFrame()
-		if err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				return nil, 0
-			}
-			c.closed = true
-			c.log = append(c.log, fmt.Sprintf("%v: ended: %v", time.Since(c.start), err))
-			return nil, time.Since(c.start)
+	return c.Until(d, func(f http2.Frame) bool {
+		if isServerPing(f) {
+			c.pinged++
 		}
-		c.log = append(c.log, fmt.Sprintf("%v: %v", time.Since(c.start), f))
-		switch f := f.(type) {
-		case *http2.SettingsFrame:
-			if !f.IsAck() {
-				_ = c.fr.WriteSettingsAck()
-			}
-		case *http2.PingFrame:
-			if isServerPing(f) {
-				c.pinged++
-			}
-			if !f.IsAck() && c.ackMe {
-				_ = c.fr.WritePing(true, f.Data)
-			}
-		}
-		if match(f) {
-			return f, time.Since(c.start)
-		}
-	}
+		return match(f)
+	})
 }
 
 // goAway waits for a GOAWAY and checks its code and debug data.
-func (c *kaClient) goAway(d time.Duration, code http2.ErrCode, debug string) time.Duration {
+func (c *kaClient) goAway(code http2.ErrCode, debug string) time.Duration {
 	c.t.Helper()
-	f, at := c.until(d, isGoAway)
-	if f == nil {
-		c.t.Fatalf("no GOAWAY within %v (closed: %v); frames:\n%s", d, c.closed, strings.Join(c.log, "\n"))
+	g := c.ExpectGoAway(code)
+	if g.Debug != debug {
+		c.t.Fatalf("GOAWAY %v %q, want %v %q", g.Code, g.Debug, code, debug)
 	}
-	g := f.(*http2.GoAwayFrame)
-	if g.ErrCode != code || string(g.DebugData()) != debug {
-		c.t.Fatalf("GOAWAY %v %q, want %v %q", g.ErrCode, g.DebugData(), code, debug)
-	}
-	return at
+	return g.At
 }
 
 // end waits for the connection to close and returns when it did.
 func (c *kaClient) end(d time.Duration) time.Duration {
 	c.t.Helper()
 	_, at := c.until(d, func(http2.Frame) bool { return false })
-	if !c.closed {
+	if !c.Closed() {
 		c.t.Fatalf("connection still open after %v", d)
 	}
 	return at
@@ -94,8 +61,8 @@ func (c *kaClient) end(d time.Duration) time.Duration {
 // open, for d.
 func (c *kaClient) quiet(d time.Duration, bad func(http2.Frame) bool) {
 	c.t.Helper()
-	if f, at := c.until(d, bad); f != nil || c.closed {
-		c.t.Fatalf("at %v: got %v (closed: %v), want nothing for %v", at, f, c.closed, d)
+	if f, at := c.until(d, bad); f != nil || c.Closed() {
+		c.t.Fatalf("at %v: got %v (closed: %v), want nothing for %v", at, f, c.Closed(), d)
 	}
 }
 
@@ -104,12 +71,12 @@ func (c *kaClient) quiet(d time.Duration, bad func(http2.Frame) bool) {
 func (c *kaClient) pingAck(i byte) bool {
 	c.t.Helper()
 	data := [8]byte{'t', 'e', 's', 't', 0, 0, 0, i}
-	if err := c.fr.WritePing(false, data); err != nil {
+	if err := c.Write(func(fr *http2.Framer) error { return fr.WritePing(false, data) }); err != nil {
 		return false
 	}
 	f, _ := c.until(5*time.Second, func(f http2.Frame) bool {
 		p, ok := f.(*http2.PingFrame)
-		return isGoAway(f) || ok && p.IsAck() && p.Data == data
+		return h2raw.IsGoAway(f) || ok && p.IsAck() && p.Data == data
 	})
 	_, ok := f.(*http2.PingFrame)
 	return ok
@@ -118,10 +85,8 @@ func (c *kaClient) pingAck(i byte) bool {
 // openStream opens a FullDuplexCall stream that stays open until the
 // client ends it.
 func (c *kaClient) openStream(id uint32) {
-	c.headers(id, grpcRequestHeaders("/grpc.testing.TestService/FullDuplexCall"), false)
+	c.Headers(id, h2raw.Request("/grpc.testing.TestService/FullDuplexCall"), false)
 }
-
-func isGoAway(f http2.Frame) bool { _, ok := f.(*http2.GoAwayFrame); return ok }
 
 func isServerPing(f http2.Frame) bool {
 	p, ok := f.(*http2.PingFrame)
@@ -138,15 +103,15 @@ func TestIdleTimeoutGoAway(t *testing.T) {
 	p := startProxy(t, b.addr, Config{IdleTimeout: idle})
 
 	c := newKAClient(t, p.addr)
-	if at := c.goAway(5*time.Second, http2.ErrCodeNo, "max_idle"); at < idle {
+	if at := c.goAway(http2.ErrCodeNo, "max_idle"); at < idle {
 		t.Errorf("GOAWAY at %v, before the idle timeout %v", at, idle)
 	}
-	c.goAway(5*time.Second, http2.ErrCodeNo, "max_idle") // the final one
+	c.goAway(http2.ErrCodeNo, "max_idle") // the final one
 	c.end(5 * time.Second)
 
 	busy := newKAClient(t, p.addr)
 	busy.openStream(1)
-	busy.quiet(3*idle, isGoAway)
+	busy.quiet(3*idle, h2raw.IsGoAway)
 }
 
 // TestMaxConnectionAge: past MaxConnectionAge a connection is drained
@@ -162,10 +127,10 @@ func TestMaxConnectionAge(t *testing.T) {
 		t.Parallel()
 		p := startProxy(t, b.addr, Config{MaxConnectionAge: age})
 		c := newKAClient(t, p.addr)
-		if at := c.goAway(5*time.Second, http2.ErrCodeNo, "max_age"); at < minAge {
+		if at := c.goAway(http2.ErrCodeNo, "max_age"); at < minAge {
 			t.Errorf("GOAWAY at %v, before max age %v-10%%", at, age)
 		}
-		c.goAway(5*time.Second, http2.ErrCodeNo, "max_age")
+		c.goAway(http2.ErrCodeNo, "max_age")
 		c.end(5 * time.Second)
 	})
 	t.Run("open stream, no grace", func(t *testing.T) {
@@ -173,15 +138,15 @@ func TestMaxConnectionAge(t *testing.T) {
 		p := startProxy(t, b.addr, Config{MaxConnectionAge: age})
 		c := newKAClient(t, p.addr)
 		c.openStream(1)
-		c.goAway(5*time.Second, http2.ErrCodeNo, "max_age")
-		f, _ := c.until(5*time.Second, isGoAway)
+		c.goAway(http2.ErrCodeNo, "max_age")
+		f, _ := c.until(5*time.Second, h2raw.IsGoAway)
 		if g, ok := f.(*http2.GoAwayFrame); !ok || g.LastStreamID != 1 {
 			t.Fatalf("final GOAWAY: %v, want last stream 1", f)
 		}
 		// The stream outlives the age by far, then ends normally.
-		c.quiet(3*grace, isGoAway)
-		msg := grpcMessage(t, &testpb.StreamingOutputCallRequest{ResponseParameters: []*testpb.ResponseParameters{{Size: 10}}})
-		if err := c.fr.WriteData(1, true, msg); err != nil {
+		c.quiet(3*grace, h2raw.IsGoAway)
+		msg := h2raw.MarshalMessage(t, &testpb.StreamingOutputCallRequest{ResponseParameters: []*testpb.ResponseParameters{{Size: 10}}})
+		if err := c.Write(func(fr *http2.Framer) error { return fr.WriteData(1, true, msg) }); err != nil {
 			t.Fatal(err)
 		}
 		f, _ = c.until(5*time.Second, func(f http2.Frame) bool {
@@ -190,7 +155,7 @@ func TestMaxConnectionAge(t *testing.T) {
 		})
 		h, ok := f.(*http2.MetaHeadersFrame)
 		if !ok {
-			t.Fatalf("stream did not end (closed: %v)", c.closed)
+			t.Fatalf("stream did not end (closed: %v)", c.Closed())
 		}
 		if s := trailer(h, "grpc-status"); s != "0" {
 			t.Fatalf("grpc-status %q, want 0", s)
@@ -202,7 +167,7 @@ func TestMaxConnectionAge(t *testing.T) {
 		p := startProxy(t, b.addr, Config{MaxConnectionAge: age, MaxConnectionAgeGrace: grace})
 		c := newKAClient(t, p.addr)
 		c.openStream(1)
-		c.goAway(5*time.Second, http2.ErrCodeNo, "max_age")
+		c.goAway(http2.ErrCodeNo, "max_age")
 		if at := c.end(5 * time.Second); at < minAge+grace {
 			t.Errorf("closed at %v, before max age + grace %v", at, minAge+grace)
 		}
@@ -232,7 +197,7 @@ func TestKeepalivePing(t *testing.T) {
 		c := newKAClient(t, p.addr)
 		for i := 0; i < 3; i++ {
 			if f, _ := c.until(5*time.Second, isServerPing); f == nil {
-				t.Fatalf("keepalive PING %d: none (closed: %v)", i+1, c.closed)
+				t.Fatalf("keepalive PING %d: none (closed: %v)", i+1, c.Closed())
 			}
 		}
 		if !c.pingAck(1) {
@@ -242,9 +207,9 @@ func TestKeepalivePing(t *testing.T) {
 	t.Run("unanswered", func(t *testing.T) {
 		t.Parallel()
 		c := newKAClient(t, p.addr)
-		c.ackMe = false
+		c.AckPings = false
 		_, pingAt := c.until(5*time.Second, isServerPing)
-		if c.closed || pingAt == 0 {
+		if c.Closed() || pingAt == 0 {
 			t.Fatal("no keepalive PING")
 		}
 		if pingAt < kaTime {
@@ -272,7 +237,7 @@ func TestKeepalivePing(t *testing.T) {
 		}
 		// Silent from now on: the PING comes.
 		if f, _ := c.until(5*time.Second, isServerPing); f == nil {
-			t.Fatalf("no keepalive PING once silent (closed: %v)", c.closed)
+			t.Fatalf("no keepalive PING once silent (closed: %v)", c.Closed())
 		}
 	})
 	t.Run("off", func(t *testing.T) {
@@ -314,7 +279,7 @@ func TestPingPolicy(t *testing.T) {
 			if tt.stream {
 				c.openStream(1)
 			}
-			msg := grpcMessage(t, &testpb.StreamingOutputCallRequest{ResponseParameters: []*testpb.ResponseParameters{{Size: 100}}})
+			msg := h2raw.MarshalMessage(t, &testpb.StreamingOutputCallRequest{ResponseParameters: []*testpb.ResponseParameters{{Size: 100}}})
 			var tick <-chan time.Time
 			if tt.every > 0 {
 				tk := time.NewTicker(tt.every)
@@ -327,11 +292,11 @@ func TestPingPolicy(t *testing.T) {
 					<-tick
 				}
 				if tt.respond {
-					if err := c.fr.WriteData(1, false, msg); err != nil {
+					if err := c.Write(func(fr *http2.Framer) error { return fr.WriteData(1, false, msg) }); err != nil {
 						t.Fatal(err)
 					}
 					if f, _ := c.until(5*time.Second, func(f http2.Frame) bool { _, ok := f.(*http2.DataFrame); return ok }); f == nil {
-						t.Fatalf("no response data (closed: %v)", c.closed)
+						t.Fatalf("no response data (closed: %v)", c.Closed())
 					}
 				}
 				acked := c.pingAck(byte(i))
@@ -340,7 +305,7 @@ func TestPingPolicy(t *testing.T) {
 					if !acked {
 						t.Fatalf("PING %d: no ACK before the GOAWAY", i+1)
 					}
-					c.goAway(5*time.Second, http2.ErrCodeEnhanceYourCalm, tooManyPings)
+					c.goAway(http2.ErrCodeEnhanceYourCalm, tooManyPings)
 					c.end(5 * time.Second)
 					a := p.srv.AbuseStats()
 					if a.GoAwaysSent[http2.ErrCodeEnhanceYourCalm] != 1 || a.Closed[AbusePingFlood] != 0 {
@@ -349,7 +314,7 @@ func TestPingPolicy(t *testing.T) {
 					}
 					return
 				case !acked:
-					t.Fatalf("PING %d: GOAWAY or close instead of the ACK (closed: %v)", i+1, c.closed)
+					t.Fatalf("PING %d: GOAWAY or close instead of the ACK (closed: %v)", i+1, c.Closed())
 				}
 			}
 			if tt.closed {
@@ -364,6 +329,6 @@ func TestPingPolicy(t *testing.T) {
 
 // rst cancels a stream, so the proxy's leak check finds it released.
 func (c *kaClient) rst(id uint32) {
-	_ = c.fr.WriteRSTStream(id, http2.ErrCodeCancel)
+	_ = c.Write(func(fr *http2.Framer) error { return fr.WriteRSTStream(id, http2.ErrCodeCancel) })
 	c.pingAck(0xff)
 }

@@ -13,6 +13,9 @@ import (
 	"google.golang.org/grpc/codes"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/status"
+
+	"github.com/meshd/meshd/internal/testkit"
+	"github.com/meshd/meshd/internal/testkit/h2raw"
 )
 
 // hangingUpstream is an Upstream whose dials never connect: they wait
@@ -230,7 +233,7 @@ func TestStaleWaiterNotLinked(t *testing.T) {
 	// The first attempt's dial completes after the retry started: its
 	// connection must not take a later attempt.
 	close(release1)
-	waitFor(t, 5*time.Second, "the first connection", func() bool { return p.srv.Stats().UpstreamConns == 1 })
+	testkit.WaitFor(t, 5*time.Second, "the first connection", func() bool { return p.srv.Stats().UpstreamConns == 1 })
 	// Stats takes Pool.mu, so the dial goroutine has handed out its
 	// connection by now.
 	_ = p.srv.Stats()
@@ -305,7 +308,7 @@ func TestStaleDialFailureIgnored(t *testing.T) {
 		}
 	}
 	close(fail)
-	waitFor(t, 5*time.Second, "the first dial's failure", func() bool { return p.srv.Stats().DialErrors == 1 })
+	testkit.WaitFor(t, 5*time.Second, "the first dial's failure", func() bool { return p.srv.Stats().DialErrors == 1 })
 	close(release2)
 	if err := recvErr(t, call); err != nil {
 		t.Fatalf("call: %v; want the new attempt's backend to answer", err)
@@ -325,12 +328,10 @@ func TestStaleDialFailureIgnored(t *testing.T) {
 func TestCommittedNotRerouted(t *testing.T) {
 	t.Parallel()
 	good := startBackend(t, &testBackend{})
-	bad := rawFrameBackend(t, func(fr *http2.Framer, f http2.Frame) {
-		if h, ok := f.(*http2.MetaHeadersFrame); ok {
-			_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: h.StreamID, EndHeaders: true,
-				BlockFragment: hpackBlock([]hpack.HeaderField{{Name: ":status", Value: "200"}, {Name: "content-type", Value: "application/grpc"}})})
-			_ = fr.WriteRSTStream(h.StreamID, http2.ErrCodeRefusedStream)
-		}
+	bad := rawBackend(t, func(fr *h2raw.ServerConn, h *http2.MetaHeadersFrame) {
+		_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: h.StreamID, EndHeaders: true,
+			BlockFragment: h2raw.Block(hpack.HeaderField{Name: ":status", Value: "200"}, hpack.HeaderField{Name: "content-type", Value: "application/grpc"})})
+		_ = fr.WriteRSTStream(h.StreamID, http2.ErrCodeRefusedStream)
 	})
 	rr := newRerouter(good.addr)
 	p, cc := rerouteProxy(t, bad, rr)

@@ -10,6 +10,8 @@ import (
 	"google.golang.org/grpc"
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
+
+	"github.com/meshd/meshd/internal/testkit"
 )
 
 func TestBufPoolClasses(t *testing.T) {
@@ -128,7 +130,7 @@ func TestSmallFrameBacklogCompact(t *testing.T) {
 			if _, err := s.Recv(); err != nil {
 				t.Fatal(err)
 			}
-			waitFor(t, 5*time.Second, "the backend to send every message", func() bool { return sent.Load() == count })
+			testkit.WaitFor(t, 5*time.Second, "the backend to send every message", func() bool { return sent.Load() == count })
 			check(p)
 			for i := 1; i < count; i++ {
 				resp, err := s.Recv()
@@ -183,7 +185,7 @@ func TestSmallFrameBacklogCompact(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			p := tc.run(t, func(p *proxy) {
-				waitFor(t, 5*time.Second, "meshd to buffer the backlog", func() bool {
+				testkit.WaitFor(t, 5*time.Second, "meshd to buffer the backlog", func() bool {
 					return p.srv.Stats().BufferedBytes >= (count*msg-window)/2
 				})
 				queued, held := backlog(p.srv)
@@ -194,7 +196,7 @@ func TestSmallFrameBacklogCompact(t *testing.T) {
 				}
 				t.Logf("backlog of %d bytes held in %d bytes of buffers", queued, held)
 			})
-			waitFor(t, 2*time.Second, "buffers to drain", func() bool { return p.srv.Stats().BufferedBytes == 0 })
+			testkit.WaitFor(t, 2*time.Second, "buffers to drain", func() bool { return p.srv.Stats().BufferedBytes == 0 })
 		})
 	}
 }

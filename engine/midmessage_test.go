@@ -5,10 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
-	"io"
-	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,15 +14,17 @@ import (
 	"google.golang.org/grpc/codes"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
+
+	"github.com/meshd/meshd/internal/testkit"
+	"github.com/meshd/meshd/internal/testkit/h2raw"
 )
 
-// partialBackend is an HTTP/2 backend (x/net Framer) that answers every
-// request with response HEADERS and the first sent bytes of one gRPC
-// message (a SimpleResponse of its whole length), then stays silent: only
-// meshd can end the call, or the test, by killing the backend's
-// connections.
+// partialBackend is an HTTP/2 backend (h2raw) that answers every request
+// with response HEADERS and the first sent bytes of one gRPC message (a
+// SimpleResponse of its whole length), then stays silent: only meshd can end
+// the call, or the test, by killing the backend's connections.
 type partialBackend struct {
+	*testkit.TCPServer
 	addr string
 	msg  []byte // the whole message, 5-byte prefix included
 	sent int    // how much of msg is sent
@@ -36,124 +35,58 @@ type partialBackend struct {
 	forwarded chan uint32
 	// resets receives the codes of RST_STREAM frames from meshd.
 	resets chan http2.ErrCode
-
-	killOnce sync.Once
-	kill     chan struct{}
 }
 
 // startPartialBackend serves a message of bodySize payload bytes of which
 // sent bytes (prefix included) are sent; sent < 0 sends it whole.
 func startPartialBackend(t *testing.T, bodySize, sent int) *partialBackend {
 	t.Helper()
-	b, err := proto.Marshal(&testpb.SimpleResponse{Payload: payload(bodySize)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	msg := make([]byte, 5, 5+len(b))
-	binary.BigEndian.PutUint32(msg[1:], uint32(len(b)))
-	msg = append(msg, b...)
+	msg := h2raw.MarshalMessage(t, &testpb.SimpleResponse{Payload: payload(bodySize)})
 	if sent < 0 || sent > len(msg) {
 		sent = len(msg)
 	}
-	pb := &partialBackend{msg: msg, sent: sent, forwarded: make(chan uint32, 16), resets: make(chan http2.ErrCode, 16), kill: make(chan struct{})}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	pb.addr = ln.Addr().String()
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			nc, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(2)
-			done := make(chan struct{})
-			go func() {
-				defer wg.Done()
-				select {
-				case <-pb.kill:
-				case <-done:
-				}
-				_ = nc.Close()
-			}()
-			go func() {
-				defer wg.Done()
-				defer close(done)
-				pb.serve(nc)
-			}()
-		}
-	}()
-	t.Cleanup(func() {
-		_ = ln.Close()
-		pb.killConns()
-		wg.Wait()
-	})
+	pb := &partialBackend{msg: msg, sent: sent, forwarded: make(chan uint32, 16), resets: make(chan http2.ErrCode, 16)}
+	pb.TCPServer = h2raw.StartBackend(t, pb.onFrame)
+	pb.addr = pb.Addr()
 	return pb
 }
 
 // killConns closes every backend connection, as a crashed backend would.
-func (pb *partialBackend) killConns() { pb.killOnce.Do(func() { close(pb.kill) }) }
+func (pb *partialBackend) killConns() { pb.CloseConns() }
 
-func (pb *partialBackend) serve(nc net.Conn) {
-	pre := make([]byte, len(http2.ClientPreface))
-	if _, err := io.ReadFull(nc, pre); err != nil {
-		return
-	}
-	fr := http2.NewFramer(nc, nc)
-	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	if fr.WriteSettings() != nil {
-		return
-	}
-	var hbuf bytes.Buffer
-	henc := hpack.NewEncoder(&hbuf)
-	for _, f := range []hpack.HeaderField{{Name: ":status", Value: "200"}, {Name: "content-type", Value: "application/grpc"}} {
-		_ = henc.WriteField(f)
-	}
-	respHeaders := hbuf.Bytes()
-	for {
-		f, err := fr.ReadFrame()
-		if err != nil {
-			return
+func (pb *partialBackend) onFrame(sc *h2raw.ServerConn, f http2.Frame) error {
+	switch f := f.(type) {
+	case *http2.MetaHeadersFrame:
+		if f.StreamID%2 == 0 || f.PseudoValue("path") == "" {
+			return nil // request trailers: none expected
 		}
-		switch f := f.(type) {
-		case *http2.SettingsFrame:
-			if !f.IsAck() && fr.WriteSettingsAck() != nil {
-				return
+		block := sc.EncodeHeaders(hpack.HeaderField{Name: ":status", Value: "200"}, hpack.HeaderField{Name: "content-type", Value: "application/grpc"})
+		if err := sc.WriteHeaders(http2.HeadersFrameParam{StreamID: f.StreamID, BlockFragment: block, EndHeaders: true}); err != nil {
+			return err
+		}
+		// meshd's window is at least 65535 (the HTTP/2 default) and its
+		// frame size at least 16384.
+		for p := pb.msg[:pb.sent]; len(p) > 0; {
+			n := min(len(p), 16384)
+			if err := sc.WriteData(f.StreamID, false, p[:n]); err != nil {
+				return err
 			}
-		case *http2.MetaHeadersFrame:
-			if f.StreamID%2 == 0 || f.PseudoValue("path") == "" {
-				continue // request trailers: none expected
-			}
-			if fr.WriteHeaders(http2.HeadersFrameParam{StreamID: f.StreamID, BlockFragment: respHeaders, EndHeaders: true}) != nil {
-				return
-			}
-			// meshd's window is at least 65535 (the HTTP/2 default) and its
-			// frame size at least 16384.
-			for p := pb.msg[:pb.sent]; len(p) > 0; {
-				n := min(len(p), 16384)
-				if fr.WriteData(f.StreamID, false, p[:n]) != nil {
-					return
-				}
-				p = p[n:]
-			}
-		case *http2.WindowUpdateFrame:
-			if f.StreamID != 0 {
-				select {
-				case pb.forwarded <- f.StreamID:
-				default:
-				}
-			}
-		case *http2.RSTStreamFrame:
+			p = p[n:]
+		}
+	case *http2.WindowUpdateFrame:
+		if f.StreamID != 0 {
 			select {
-			case pb.resets <- f.ErrCode:
+			case pb.forwarded <- f.StreamID:
 			default:
 			}
 		}
+	case *http2.RSTStreamFrame:
+		select {
+		case pb.resets <- f.ErrCode:
+		default:
+		}
 	}
+	return nil
 }
 
 // TestEndMidMessage: when meshd ends a call (its deadline, a lost backend)
@@ -250,13 +183,15 @@ func TestEndMidMessageWire(t *testing.T) {
 	t.Parallel()
 	be := startPartialBackend(t, 100<<10, 20<<10)
 	p := startProxy(t, be.addr, Config{})
-	rc := newRawClient(t, p.addr)
-	rc.headers(1, grpcRequestHeaders("/grpc.testing.TestService/UnaryCall", "grpc-timeout", "300m"), false)
-	if err := rc.fr.WriteData(1, true, grpcMessage(t, &testpb.SimpleRequest{})); err != nil {
+	rc := h2raw.New(t, p.addr)
+	rc.Headers(1, h2raw.Request("/grpc.testing.TestService/UnaryCall", "grpc-timeout", "300m"), false)
+	if err := rc.Write(func(fr *http2.Framer) error {
+		return fr.WriteData(1, true, h2raw.MarshalMessage(t, &testpb.SimpleRequest{}))
+	}); err != nil {
 		t.Fatal(err)
 	}
 	var got []byte
-	f := rc.next("end of stream 1", func(f http2.Frame) bool {
+	f := rc.Next("end of stream 1", func(f http2.Frame) bool {
 		switch f := f.(type) {
 		case *http2.DataFrame:
 			if f.StreamID == 1 {
@@ -294,7 +229,7 @@ func TestEndMidMessageWire(t *testing.T) {
 	if r := p.nextResult(t); r.Code != codes.DeadlineExceeded || !errors.Is(r.Err, ErrDeadline) {
 		t.Fatalf("result %+v", r)
 	}
-	rc.ping() // the connection is still usable
+	rc.Ping() // the connection is still usable
 }
 
 // TestMsgTrackerAdvance: advance and inMessage find message boundaries

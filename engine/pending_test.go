@@ -12,6 +12,8 @@ import (
 	"google.golang.org/grpc/codes"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/status"
+
+	"github.com/meshd/meshd/internal/testkit"
 )
 
 // countLimiter is a Target.Pending of max slots that records misuse: a
@@ -144,7 +146,7 @@ func TestPendingWhileDialing(t *testing.T) {
 
 	first := unaryAsync(ctxT(t, 10*time.Second), c)
 	g.waitStarted(t)
-	waitFor(t, 5*time.Second, "the first call to wait for the dial", func() bool { return lim.n.Load() == 1 })
+	testkit.WaitFor(t, 5*time.Second, "the first call to wait for the dial", func() bool { return lim.n.Load() == 1 })
 
 	wantRefused(t, c)
 	if r := p.nextResult(t); r.Code != codes.ResourceExhausted || !r.NotReached || r.Err == nil {
@@ -180,22 +182,13 @@ func TestPendingAtStreamLimit(t *testing.T) {
 	// One stream open: the connection is full.
 	ctx, cancel := context.WithCancel(ctxT(t, 10*time.Second))
 	defer cancel()
-	s, err := c.FullDuplexCall(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Send(&testpb.StreamingOutputCallRequest{ResponseParameters: []*testpb.ResponseParameters{{Size: 1}}}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.Recv(); err != nil {
-		t.Fatal(err)
-	}
+	s := testkit.OpenStream(t, ctx, c)
 	g.waitStarted(t)
 	held := lim.acquired.Load() // the first call waited for the first dial
 
 	second := unaryAsync(ctxT(t, 10*time.Second), c)
 	g.waitStarted(t) // a second connection for it
-	waitFor(t, 5*time.Second, "the second call to wait for a stream", func() bool { return lim.n.Load() == 1 })
+	testkit.WaitFor(t, 5*time.Second, "the second call to wait for a stream", func() bool { return lim.n.Load() == 1 })
 	wantRefused(t, c)
 
 	g.gate <- nil
@@ -225,13 +218,13 @@ func TestPendingReleased(t *testing.T) {
 		ctx, cancel := context.WithCancel(ctxT(t, 10*time.Second))
 		call := unaryAsync(ctx, c)
 		g.waitStarted(t)
-		waitFor(t, 5*time.Second, "the call to wait", func() bool { return lim.n.Load() == 1 })
+		testkit.WaitFor(t, 5*time.Second, "the call to wait", func() bool { return lim.n.Load() == 1 })
 		cancel()
 		if err := recvErr(t, call); status.Code(err) != codes.Canceled {
 			t.Fatalf("cancelled call: %v", err)
 		}
 		// The dial is still in progress: the slot must not wait for it.
-		waitFor(t, 5*time.Second, "the slot to be released", func() bool { return lim.n.Load() == 0 })
+		testkit.WaitFor(t, 5*time.Second, "the slot to be released", func() bool { return lim.n.Load() == 0 })
 		lim.check(t)
 	})
 	t.Run("dial fails", func(t *testing.T) {
@@ -241,7 +234,7 @@ func TestPendingReleased(t *testing.T) {
 		_, c, _ := pendingProxy(t, g, lim, Config{})
 		call := unaryAsync(ctxT(t, 10*time.Second), c)
 		g.waitStarted(t)
-		waitFor(t, 5*time.Second, "the call to wait", func() bool { return lim.n.Load() == 1 })
+		testkit.WaitFor(t, 5*time.Second, "the call to wait", func() bool { return lim.n.Load() == 1 })
 		g.gate <- errors.New("no route to backend")
 		if err := recvErr(t, call); status.Code(err) != codes.Unavailable {
 			t.Fatalf("call whose dial failed: %v", err)
@@ -261,7 +254,7 @@ func TestPendingReleased(t *testing.T) {
 		g.gate <- errors.New("no route to backend")
 		rr.waitAsk(t)
 		g.waitStarted(t) // the dial to the other backend
-		waitFor(t, 5*time.Second, "the rerouted call to wait", func() bool { return lim.n.Load() == 1 })
+		testkit.WaitFor(t, 5*time.Second, "the rerouted call to wait", func() bool { return lim.n.Load() == 1 })
 		g.gate <- nil
 		if err := recvErr(t, call); err != nil {
 			t.Fatalf("rerouted call: %v", err)

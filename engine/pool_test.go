@@ -1,6 +1,10 @@
 package engine
 
 import (
+	"github.com/meshd/meshd/internal/testkit/h2raw"
+
+	"github.com/meshd/meshd/internal/testkit"
+
 	"context"
 	"encoding/binary"
 	"errors"
@@ -57,7 +61,7 @@ func TestSharedPool(t *testing.T) {
 			}
 		}
 	}
-	waitFor(t, 5*time.Second, "the pool's connections", func() bool { return pool.Stats().Conns == DefaultConnsPerBackend })
+	testkit.WaitFor(t, 5*time.Second, "the pool's connections", func() bool { return pool.Stats().Conns == DefaultConnsPerBackend })
 	if n := dials.Load(); n != DefaultConnsPerBackend {
 		t.Fatalf("%d dials for two Servers, want %d: the connections were not shared", n, DefaultConnsPerBackend)
 	}
@@ -84,7 +88,7 @@ func TestSharedPool(t *testing.T) {
 
 	// The owner's Forget drains them; the next call dials afresh.
 	pool.Forget(b.addr)
-	waitFor(t, 5*time.Second, "the forgotten connections to close", func() bool { return pool.Stats().Conns == 0 })
+	testkit.WaitFor(t, 5*time.Second, "the forgotten connections to close", func() bool { return pool.Stats().Conns == 0 })
 	if err := call(c2); err != nil {
 		t.Fatal(err)
 	}
@@ -117,24 +121,24 @@ func TestPoolServerFrameSizes(t *testing.T) {
 	p := startProxy(t, b.addr, Config{MaxFrameSize: 1 << 16})
 	p.route(func(*Request) (Target, error) { return Target{Addr: b.addr, Upstream: up}, nil })
 
-	rc := newRawClient(t, p.addr)
+	rc := h2raw.New(t, p.addr)
 	// meshd's SETTINGS announce the 64 KiB frames it accepts.
-	rc.next("SETTINGS", func(f http2.Frame) bool { sf, ok := f.(*http2.SettingsFrame); return ok && !sf.IsAck() })
+	rc.Next("SETTINGS", func(f http2.Frame) bool { sf, ok := f.(*http2.SettingsFrame); return ok && !sf.IsAck() })
 	want := payload(60000)
-	msg := grpcMessage(t, &testpb.SimpleRequest{Payload: want})
+	msg := h2raw.MarshalMessage(t, &testpb.SimpleRequest{Payload: want})
 	if len(msg) <= DefaultMaxFrameSize || len(msg) > 65535 {
 		t.Fatalf("message of %d bytes: want one frame above the Pool's max and within the initial windows", len(msg))
 	}
 	// The first stream waits for the dial, holding its DATA in the call;
 	// the second finds the connection and queues its DATA there at once.
 	for _, id := range []uint32{1, 3} {
-		rc.headers(id, grpcRequestHeaders("/grpc.testing.TestService/UnaryCall"), false)
-		if err := rc.fr.WriteData(id, true, msg); err != nil {
+		rc.Headers(id, h2raw.Request("/grpc.testing.TestService/UnaryCall"), false)
+		if err := rc.Write(func(fr *http2.Framer) error { return fr.WriteData(id, true, msg) }); err != nil {
 			t.Fatal(err)
 		}
 		var resp []byte
 		var code string
-		rc.next("trailers", func(f http2.Frame) bool {
+		rc.Next("trailers", func(f http2.Frame) bool {
 			switch f := f.(type) {
 			case *http2.DataFrame:
 				if f.StreamID == id {
@@ -166,7 +170,7 @@ func TestPoolServerFrameSizes(t *testing.T) {
 			t.Fatalf("stream %d: echoed payload differs from the request's (%d bytes back)", id, len(out.GetPayload().GetBody()))
 		}
 		// The stream's window: the response is as large as the request.
-		if err := rc.fr.WriteWindowUpdate(0, uint32(len(resp))); err != nil {
+		if err := rc.Write(func(fr *http2.Framer) error { return fr.WriteWindowUpdate(0, uint32(len(resp))) }); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -22,6 +22,8 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/meshd/meshd/internal/testkit"
 )
 
 func params(sizes ...int) []*testpb.ResponseParameters {
@@ -682,12 +684,7 @@ func TestConcurrentStreams(t *testing.T) {
 func TestDirectorErrors(t *testing.T) {
 	t.Parallel()
 	b := startBackend(t, &testBackend{})
-	dead, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	deadAddr := dead.Addr().String()
-	_ = dead.Close()
+	deadAddr := testkit.FreeAddr(t)
 
 	var seen atomic.Pointer[Request]
 	p := startProxy(t, b.addr, Config{DialTimeout: 2 * time.Second})
@@ -705,7 +702,7 @@ func TestDirectorErrors(t *testing.T) {
 	})
 	_, c := dial(t, p.addr)
 
-	_, err = c.EmptyCall(ctxT(t, 5*time.Second), &testpb.Empty{})
+	_, err := c.EmptyCall(ctxT(t, 5*time.Second), &testpb.Empty{})
 	if st := status.Convert(err); st.Code() != codes.Unimplemented || st.Message() != "no route for /x.Y/Z ✓ 100%\n" {
 		t.Fatalf("EmptyCall: %v", err)
 	}
@@ -767,7 +764,7 @@ func TestSlowReaderBounded(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The client's window fills; meshd then holds data it cannot send.
-	waitFor(t, 5*time.Second, "meshd to buffer data for the stalled client", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "meshd to buffer data for the stalled client", func() bool {
 		return p.srv.Stats().BufferedBytes >= window/2
 	})
 	// Watch for a while: an unbounded proxy would have drained the whole
@@ -794,7 +791,7 @@ func TestSlowReaderBounded(t *testing.T) {
 	if _, err := s.Recv(); err != io.EOF {
 		t.Fatalf("Recv = %v, want EOF", err)
 	}
-	waitFor(t, 2*time.Second, "buffers to drain", func() bool { return p.srv.Stats().BufferedBytes == 0 })
+	testkit.WaitFor(t, 2*time.Second, "buffers to drain", func() bool { return p.srv.Stats().BufferedBytes == 0 })
 }
 
 // TestGracefulShutdown: Shutdown lets open streams finish and refuses new
@@ -823,7 +820,7 @@ func TestGracefulShutdown(t *testing.T) {
 	shutErr := make(chan error, 1)
 	go func() { shutErr <- p.srv.Shutdown(ctxT(t, 10*time.Second)) }()
 	// New connections are refused once the listener is closed.
-	waitFor(t, 5*time.Second, "listener to close", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "listener to close", func() bool {
 		nc, err := net.Dial("tcp", p.addr)
 		if err == nil {
 			_ = nc.Close()
@@ -865,7 +862,7 @@ func TestForget(t *testing.T) {
 		t.Fatal("no upstream connection after a call")
 	}
 	p.srv.Pool().Forget(b.addr)
-	waitFor(t, 5*time.Second, "upstream connections to close", func() bool { return p.srv.Stats().UpstreamConns == 0 })
+	testkit.WaitFor(t, 5*time.Second, "upstream connections to close", func() bool { return p.srv.Stats().UpstreamConns == 0 })
 	// A new call dials again.
 	if _, err := c.UnaryCall(ctxT(t, 5*time.Second), &testpb.SimpleRequest{}); err != nil {
 		t.Fatal(err)
@@ -911,7 +908,7 @@ func TestBackendGracefulStop(t *testing.T) {
 		defer close(stopped)
 		gs.GracefulStop()
 	}()
-	waitFor(t, 5*time.Second, "backend listener to close", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "backend listener to close", func() bool {
 		nc, err := net.Dial("tcp", ln.Addr().String())
 		if err == nil {
 			_ = nc.Close()

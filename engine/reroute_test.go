@@ -3,7 +3,6 @@ package engine
 import (
 	"errors"
 	"io"
-	"net"
 	"strconv"
 	"sync"
 	"testing"
@@ -16,6 +15,9 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"github.com/meshd/meshd/internal/testkit"
+	"github.com/meshd/meshd/internal/testkit/h2raw"
 )
 
 // rerouter sends a call that did not reach its backend on through next,
@@ -63,19 +65,6 @@ func (r *rerouter) waitAsk(t *testing.T) Result {
 	}
 }
 
-// deadAddr is a loopback address nothing listens on: dials to it are
-// refused at once.
-func deadAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	_ = ln.Close()
-	return addr
-}
-
 // rerouteProxy starts a proxy that sends every stream to first, with rr as
 // its Rerouter.
 func rerouteProxy(t *testing.T, first string, rr *rerouter) (*proxy, *grpc.ClientConn) {
@@ -97,7 +86,7 @@ func TestRerouteDialFailure(t *testing.T) {
 	t.Run("unary", func(t *testing.T) {
 		t.Parallel()
 		rr := newRerouter(good.addr)
-		p, cc := rerouteProxy(t, deadAddr(t), rr)
+		p, cc := rerouteProxy(t, testkit.FreeAddr(t), rr)
 		var hdr metadata.MD
 		resp, err := testpb.NewTestServiceClient(cc).UnaryCall(ctxT(t, 5*time.Second),
 			&testpb.SimpleRequest{Payload: payload(1000)}, grpc.Header(&hdr))
@@ -120,7 +109,7 @@ func TestRerouteDialFailure(t *testing.T) {
 	t.Run("client stream", func(t *testing.T) {
 		t.Parallel()
 		rr := newRerouter(good.addr)
-		p, cc := rerouteProxy(t, deadAddr(t), rr)
+		p, cc := rerouteProxy(t, testkit.FreeAddr(t), rr)
 		s, err := testpb.NewTestServiceClient(cc).StreamingInputCall(ctxT(t, 5*time.Second))
 		if err != nil {
 			t.Fatal(err)
@@ -144,8 +133,8 @@ func TestRerouteDialFailure(t *testing.T) {
 
 	t.Run("until Reroute says no", func(t *testing.T) {
 		t.Parallel()
-		rr := newRerouter(deadAddr(t)) // the reroute fails too, then no more
-		p, cc := rerouteProxy(t, deadAddr(t), rr)
+		rr := newRerouter(testkit.FreeAddr(t)) // the reroute fails too, then no more
+		p, cc := rerouteProxy(t, testkit.FreeAddr(t), rr)
 		_, err := testpb.NewTestServiceClient(cc).UnaryCall(ctxT(t, 5*time.Second), &testpb.SimpleRequest{Payload: payload(10)})
 		if status.Code(err) != codes.Unavailable {
 			t.Fatalf("call: %v, want UNAVAILABLE", err)
@@ -170,12 +159,12 @@ func TestRerouteRefusedStream(t *testing.T) {
 	good := startBackend(t, &testBackend{})
 	for _, tc := range []struct {
 		name   string
-		refuse func(fr *http2.Framer, f *http2.MetaHeadersFrame)
+		refuse func(fr *h2raw.ServerConn, f *http2.MetaHeadersFrame)
 	}{
-		{"REFUSED_STREAM", func(fr *http2.Framer, f *http2.MetaHeadersFrame) {
+		{"REFUSED_STREAM", func(fr *h2raw.ServerConn, f *http2.MetaHeadersFrame) {
 			_ = fr.WriteRSTStream(f.StreamID, http2.ErrCodeRefusedStream)
 		}},
-		{"GOAWAY below the stream", func(fr *http2.Framer, f *http2.MetaHeadersFrame) {
+		{"GOAWAY below the stream", func(fr *h2raw.ServerConn, f *http2.MetaHeadersFrame) {
 			_ = fr.WriteGoAway(0, http2.ErrCodeNo, nil)
 		}},
 	} {
@@ -225,16 +214,17 @@ func TestRefusedAfterDataNotRerouted(t *testing.T) {
 	good := startBackend(t, &testBackend{})
 	var mu sync.Mutex
 	got := 0 // request DATA bytes the refusing backend read
-	bad := rawFrameBackend(t, func(fr *http2.Framer, f http2.Frame) {
+	bad := h2raw.StartBackend(t, func(sc *h2raw.ServerConn, f http2.Frame) error {
 		if d, ok := f.(*http2.DataFrame); ok {
 			mu.Lock()
 			got += len(d.Data())
 			mu.Unlock()
 			if d.StreamEnded() {
-				_ = fr.WriteRSTStream(d.StreamID, http2.ErrCodeRefusedStream)
+				_ = sc.WriteRSTStream(d.StreamID, http2.ErrCodeRefusedStream)
 			}
 		}
-	})
+		return nil
+	}).Addr()
 	rr := newRerouter(good.addr)
 	p, cc := rerouteProxy(t, bad, rr)
 	_, err := testpb.NewTestServiceClient(cc).UnaryCall(ctxT(t, 5*time.Second), &testpb.SimpleRequest{Payload: payload(100)})
@@ -254,65 +244,4 @@ func TestRefusedAfterDataNotRerouted(t *testing.T) {
 	if got == 0 {
 		t.Error("the refusing backend read no request DATA")
 	}
-}
-
-// rawFrameBackend is an HTTP/2 server written with the x/net Framer that
-// hands every frame after the preface to onFrame (SETTINGS are
-// acknowledged first), to play backends that misbehave on purpose. Its
-// connections are closed and its goroutines joined at test cleanup.
-func rawFrameBackend(t *testing.T, onFrame func(fr *http2.Framer, f http2.Frame)) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []net.Conn
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			nc, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, nc)
-			mu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				pre := make([]byte, len(http2.ClientPreface))
-				if _, err := io.ReadFull(nc, pre); err != nil {
-					return
-				}
-				fr := http2.NewFramer(nc, nc)
-				fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-				if fr.WriteSettings() != nil {
-					return
-				}
-				for {
-					f, err := fr.ReadFrame()
-					if err != nil {
-						return
-					}
-					if sf, ok := f.(*http2.SettingsFrame); ok && !sf.IsAck() {
-						_ = fr.WriteSettingsAck()
-					}
-					onFrame(fr, f)
-				}
-			}()
-		}
-	}()
-	t.Cleanup(func() {
-		_ = ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			_ = c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	return ln.Addr().String()
 }

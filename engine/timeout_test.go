@@ -13,6 +13,9 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"github.com/meshd/meshd/internal/testkit"
+	"github.com/meshd/meshd/internal/testkit/h2raw"
 )
 
 // routeTimeoutMsg is the message of the test Directors' TimeoutErr.
@@ -24,16 +27,18 @@ const routeTimeoutMsg = "meshd: route timeout 200ms exceeded"
 // itself, so what it reads is exactly what meshd sent.
 func rawUnary(t *testing.T, addr, timeout string) map[string]string {
 	t.Helper()
-	rc := newRawClient(t, addr)
+	rc := h2raw.New(t, addr)
 	var extra []string
 	if timeout != "" {
 		extra = []string{"grpc-timeout", timeout}
 	}
-	rc.headers(1, grpcRequestHeaders("/grpc.testing.TestService/UnaryCall", extra...), false)
-	if err := rc.fr.WriteData(1, true, grpcMessage(t, &testpb.SimpleRequest{})); err != nil {
+	rc.Headers(1, h2raw.Request("/grpc.testing.TestService/UnaryCall", extra...), false)
+	if err := rc.Write(func(fr *http2.Framer) error {
+		return fr.WriteData(1, true, h2raw.MarshalMessage(t, &testpb.SimpleRequest{}))
+	}); err != nil {
 		t.Fatal(err)
 	}
-	f := rc.next("final HEADERS", func(f http2.Frame) bool {
+	f := rc.Next("final HEADERS", func(f http2.Frame) bool {
 		h, ok := f.(*http2.MetaHeadersFrame)
 		return ok && h.StreamID == 1 && h.StreamEnded()
 	})
@@ -69,7 +74,7 @@ func TestTimeoutErr(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			hole := blackHole(t)
+			hole := testkit.BlackHole(t).Addr()
 			p := startProxy(t, hole, Config{DialTimeout: 3 * time.Second})
 			p.route(func(*Request) (Target, error) {
 				return Target{Addr: hole, Timeout: tc.timeout, TimeoutErr: tc.timeoutErr}, nil

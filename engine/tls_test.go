@@ -2,13 +2,8 @@ package engine
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"math/big"
 	"net"
 	"strings"
 	"sync"
@@ -22,69 +17,9 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+
+	"github.com/meshd/meshd/internal/testkit"
 )
-
-// tlsCA is a certificate authority made in the test.
-type tlsCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-}
-
-func newTLSCA(t testing.TB) *tlsCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "h2proxy test CA"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &tlsCA{cert: cert, key: key}
-}
-
-func (ca *tlsCA) pool() *x509.CertPool {
-	p := x509.NewCertPool()
-	p.AddCert(ca.cert)
-	return p
-}
-
-// issue returns a certificate for cn, for server and client auth, valid
-// for the DNS name backend.test.
-func (ca *tlsCA) issue(t testing.TB, cn string) tls.Certificate {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()),
-		Subject:      pkix.Name{CommonName: cn},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		DNSNames:     []string{"backend.test"},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
-}
 
 // tlsUpstream dials TLS with roots, server name backend.test and, if cert
 // is not nil, a client certificate, as meshd's clusters do.
@@ -108,11 +43,11 @@ type tlsBackend struct {
 	cns []string
 }
 
-func startTLSBackend(t *testing.T, ca *tlsCA, mutual bool) *tlsBackend {
+func startTLSBackend(t *testing.T, ca *testkit.CA, mutual bool) *tlsBackend {
 	t.Helper()
-	cfg := &tls.Config{Certificates: []tls.Certificate{ca.issue(t, "backend")}, MinVersion: tls.VersionTLS12}
+	cfg := &tls.Config{Certificates: []tls.Certificate{ca.KeyPair(t, "backend", "backend.test")}, MinVersion: tls.VersionTLS12}
 	if mutual {
-		cfg.ClientCAs = ca.pool()
+		cfg.ClientCAs = ca.Pool()
 		cfg.ClientAuth = tls.RequireAndVerifyClientCert
 	}
 	b := &tlsBackend{}
@@ -142,9 +77,9 @@ func startTLSBackend(t *testing.T, ca *tlsCA, mutual bool) *tlsBackend {
 // UNAVAILABLE naming the cause, before anything reaches the backend.
 func TestUpstreamTLS(t *testing.T) {
 	t.Parallel()
-	ca := newTLSCA(t)
-	client := ca.issue(t, "meshd-client")
-	other := newTLSCA(t)
+	ca := testkit.NewCA(t, "h2proxy test CA")
+	client := ca.KeyPair(t, "meshd-client", "backend.test")
+	other := testkit.NewCA(t, "h2proxy test CA")
 
 	// A backend speaking HTTP/2 over TLS without ALPN: it would serve
 	// meshd's streams (the server below is h2c inside the TLS), so only
@@ -159,7 +94,7 @@ func TestUpstreamTLS(t *testing.T) {
 	served := make(chan struct{})
 	go func() {
 		defer close(served)
-		_ = gs.Serve(tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{ca.issue(t, "backend")}}))
+		_ = gs.Serve(tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{ca.KeyPair(t, "backend", "backend.test")}}))
 	}()
 	t.Cleanup(func() { gs.Stop(); <-served })
 
@@ -171,11 +106,11 @@ func TestUpstreamTLS(t *testing.T) {
 		wantCN  string // on success
 		wantErr string // part of the UNAVAILABLE message
 	}{
-		{name: "verified", up: tlsUpstream("c1", ca.pool(), nil), wantCN: "(no client certificate)"},
-		{name: "mutual", mutual: true, up: tlsUpstream("c1", ca.pool(), &client), wantCN: "meshd-client"},
-		{name: "mutual without client certificate", mutual: true, up: tlsUpstream("c1", ca.pool(), nil), wantErr: "certificate required"},
-		{name: "wrong CA", up: tlsUpstream("wrong-ca", other.pool(), nil), wantErr: "upstream wrong-ca): tls: failed to verify certificate: x509: certificate signed by unknown authority"},
-		{name: "no ALPN h2", addr: ln.Addr().String(), up: tlsUpstream("c1", ca.pool(), nil), wantErr: `backend did not negotiate HTTP/2 over TLS (ALPN "", want "h2")`},
+		{name: "verified", up: tlsUpstream("c1", ca.Pool(), nil), wantCN: "(no client certificate)"},
+		{name: "mutual", mutual: true, up: tlsUpstream("c1", ca.Pool(), &client), wantCN: "meshd-client"},
+		{name: "mutual without client certificate", mutual: true, up: tlsUpstream("c1", ca.Pool(), nil), wantErr: "certificate required"},
+		{name: "wrong CA", up: tlsUpstream("wrong-ca", other.Pool(), nil), wantErr: "upstream wrong-ca): tls: failed to verify certificate: x509: certificate signed by unknown authority"},
+		{name: "no ALPN h2", addr: ln.Addr().String(), up: tlsUpstream("c1", ca.Pool(), nil), wantErr: `backend did not negotiate HTTP/2 over TLS (ALPN "", want "h2")`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -223,13 +158,13 @@ func TestUpstreamTLS(t *testing.T) {
 // connections of every Upstream to that address.
 func TestUpstreamIdentity(t *testing.T) {
 	t.Parallel()
-	ca := newTLSCA(t)
+	ca := testkit.NewCA(t, "h2proxy test CA")
 	b := startTLSBackend(t, ca, true)
-	alice, bob := ca.issue(t, "alice"), ca.issue(t, "bob")
+	alice, bob := ca.KeyPair(t, "alice", "backend.test"), ca.KeyPair(t, "bob", "backend.test")
 	ups := []*Upstream{
-		tlsUpstream("a", ca.pool(), &alice),
-		tlsUpstream("b", ca.pool(), &bob),
-		tlsUpstream("a-reloaded", ca.pool(), &alice), // new identity, same settings
+		tlsUpstream("a", ca.Pool(), &alice),
+		tlsUpstream("b", ca.Pool(), &bob),
+		tlsUpstream("a-reloaded", ca.Pool(), &alice), // new identity, same settings
 	}
 	wantCN := []string{"alice", "bob", "alice"}
 	p := startProxy(t, b.addr, Config{ConnsPerBackend: 1})
@@ -262,7 +197,7 @@ func TestUpstreamIdentity(t *testing.T) {
 		t.Fatalf("UpstreamConns = %d, want %d (one per upstream)", n, len(ups))
 	}
 	p.srv.Pool().Forget(b.addr)
-	waitFor(t, 5*time.Second, "Forget to close the connections of every upstream", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "Forget to close the connections of every upstream", func() bool {
 		return p.srv.Stats().UpstreamConns == 0
 	})
 	// A later call dials afresh.

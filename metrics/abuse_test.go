@@ -54,11 +54,11 @@ func TestListenerMetrics(t *testing.T) {
 		{"meshd_listener_stream_resets_sent_total", with("code", "REFUSED_STREAM"), 50},
 		{"meshd_listener_stream_resets_sent_total", with("code", "NO_ERROR"), 0},
 	} {
-		if got := value(t, mfs, c.name, c.labels); got != c.want {
+		if got := mfs.Value(t, c.name, c.labels); got != c.want {
 			t.Errorf("%s%v = %g, want %g", c.name, c.labels, got, c.want)
 		}
 	}
-	if n := len(series(mfs, "meshd_listener_connections_closed_total", main)); n != int(engine.NumAbuseReasons) {
+	if n := len(mfs.Series("meshd_listener_connections_closed_total", main)); n != int(engine.NumAbuseReasons) {
 		t.Errorf("%d closed_total series, want one per reason (%d)", n, engine.NumAbuseReasons)
 	}
 }

@@ -43,11 +43,11 @@ func TestFrameMetrics(t *testing.T) {
 		{"meshd_frame_messages_too_large_total", 8},
 		{"meshd_frame_mid_message_resets_total", 6},
 	} {
-		if got := value(t, mfs, c.name, main); got != c.want {
+		if got := mfs.Value(t, c.name, main); got != c.want {
 			t.Errorf("%s%v = %g, want %g", c.name, main, got, c.want)
 		}
 		// Zeros are reported too, so rate() works from the first scrape.
-		if got := value(t, mfs, c.name, map[string]string{"listener": "edge"}); got != 0 {
+		if got := mfs.Value(t, c.name, map[string]string{"listener": "edge"}); got != 0 {
 			t.Errorf("%s{listener=edge} = %g, want 0", c.name, got)
 		}
 	}

@@ -2,114 +2,27 @@ package metrics_test
 
 import (
 	"fmt"
-	"net/http"
 	"net/http/httptest"
-	"sort"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 	"google.golang.org/grpc/codes"
 
 	"github.com/meshd/meshd/balancer"
 	"github.com/meshd/meshd/callrecord"
 	"github.com/meshd/meshd/discovery"
+	"github.com/meshd/meshd/internal/testkit"
 	"github.com/meshd/meshd/metrics"
 )
 
-// scrape fetches /metrics from a real HTTP server in front of m and parses
-// it with Prometheus' own text parser.
-func scrape(t *testing.T, m *metrics.Metrics) map[string]*dto.MetricFamily {
+// scrape fetches /metrics from a real HTTP server in front of m, asking for
+// the text format, and parses it with Prometheus' own text parser.
+func scrape(t *testing.T, m *metrics.Metrics) testkit.Metrics {
 	t.Helper()
 	srv := httptest.NewServer(m.Handler())
 	defer srv.Close()
-	req, err := http.NewRequest(http.MethodGet, srv.URL, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Accept", "text/plain") // ask for the text format explicitly
-	resp, err := srv.Client().Do(req)
-	if err != nil {
-		t.Fatalf("scrape: %v", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("scrape: status %d", resp.StatusCode)
-	}
-	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/plain") {
-		t.Fatalf("scrape: content type %q, want text/plain", ct)
-	}
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	mfs, err := p.TextToMetricFamilies(resp.Body)
-	if err != nil {
-		t.Fatalf("parse: %v", err)
-	}
-	return mfs
-}
-
-// series returns the metrics of family name whose labels include want.
-func series(mfs map[string]*dto.MetricFamily, name string, want map[string]string) []*dto.Metric {
-	var out []*dto.Metric
-	for _, m := range mfs[name].GetMetric() {
-		if hasLabels(m, want) {
-			out = append(out, m)
-		}
-	}
-	return out
-}
-
-func hasLabels(m *dto.Metric, want map[string]string) bool {
-	got := map[string]string{}
-	for _, l := range m.GetLabel() {
-		got[l.GetName()] = l.GetValue()
-	}
-	for k, v := range want {
-		if got[k] != v {
-			return false
-		}
-	}
-	return true
-}
-
-// value returns the single matching series' counter or gauge value.
-func value(t *testing.T, mfs map[string]*dto.MetricFamily, name string, want map[string]string) float64 {
-	t.Helper()
-	ms := series(mfs, name, want)
-	if len(ms) != 1 {
-		t.Fatalf("%s%v: %d series, want 1", name, want, len(ms))
-	}
-	m := ms[0]
-	switch {
-	case m.Counter != nil:
-		return m.GetCounter().GetValue()
-	case m.Gauge != nil:
-		return m.GetGauge().GetValue()
-	case m.Untyped != nil:
-		return m.GetUntyped().GetValue()
-	}
-	t.Fatalf("%s%v: not a counter or gauge", name, want)
-	return 0
-}
-
-func labelValues(mfs map[string]*dto.MetricFamily, name, label string) []string {
-	seen := map[string]bool{}
-	for _, m := range mfs[name].GetMetric() {
-		for _, l := range m.GetLabel() {
-			if l.GetName() == label {
-				seen[l.GetValue()] = true
-			}
-		}
-	}
-	out := make([]string, 0, len(seen))
-	for v := range seen {
-		out = append(out, v)
-	}
-	sort.Strings(out)
-	return out
+	return testkit.Scrape(t, srv.Client(), srv.URL)
 }
 
 // observe runs one call through m the way the proxy does.
@@ -155,16 +68,16 @@ func TestCallCountsAndLatency(t *testing.T) {
 		{"meshd_message_bytes_total", map[string]string{"cluster": "users-a", "direction": "out"}, 700},
 		{"meshd_active_streams", nil, 0},
 	} {
-		if got := value(t, mfs, tc.name, tc.labels); got != tc.want {
+		if got := mfs.Value(t, tc.name, tc.labels); got != tc.want {
 			t.Errorf("%s%v = %v, want %v", tc.name, tc.labels, got, tc.want)
 		}
 	}
 	// Only codes that happened have series.
-	if got := len(series(mfs, "grpc_server_handled_total", base)); got != 2 {
+	if got := len(mfs.Series("grpc_server_handled_total", base)); got != 2 {
 		t.Errorf("handled series for users-a: %d, want 2 (OK, Unavailable)", got)
 	}
 
-	hs := series(mfs, "grpc_server_handling_seconds", base)
+	hs := mfs.Series("grpc_server_handling_seconds", base)
 	if len(hs) != 1 {
 		t.Fatalf("handling_seconds series: %d, want 1", len(hs))
 	}
@@ -214,10 +127,10 @@ func TestMethodLabelsBounded(t *testing.T) {
 	observe(m, callrecord.Call{Method: "/x.S/\xff\xfe", Code: codes.Unimplemented})
 
 	mfs := scrape(t, m)
-	if got, want := labelValues(mfs, "grpc_server_handled_total", "grpc_method"), []string{"One", "Two", "other", "unmatched"}; fmt.Sprint(got) != fmt.Sprint(want) {
+	if got, want := mfs.LabelValues("grpc_server_handled_total", "grpc_method"), []string{"One", "Two", "other", "unmatched"}; fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("grpc_method values %v, want %v", got, want)
 	}
-	if got, want := labelValues(mfs, "grpc_server_handling_seconds", "grpc_method"), []string{"One", "Two", "other", "unmatched"}; fmt.Sprint(got) != fmt.Sprint(want) {
+	if got, want := mfs.LabelValues("grpc_server_handling_seconds", "grpc_method"), []string{"One", "Two", "other", "unmatched"}; fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("histogram grpc_method values %v, want %v", got, want)
 	}
 	for _, tc := range []struct {
@@ -229,12 +142,12 @@ func TestMethodLabelsBounded(t *testing.T) {
 		{map[string]string{"grpc_method": "other", "grpc_service": "other", "route": "r"}, 2},
 		{map[string]string{"grpc_method": "unmatched", "grpc_service": "unmatched", "grpc_code": "Unimplemented"}, 51},
 	} {
-		if got := value(t, mfs, "grpc_server_handled_total", tc.labels); got != tc.want {
+		if got := mfs.Value(t, "grpc_server_handled_total", tc.labels); got != tc.want {
 			t.Errorf("handled%v = %v, want %v", tc.labels, got, tc.want)
 		}
 	}
 	// Unmatched calls never went upstream: no route-level series for them.
-	if got := labelValues(mfs, "meshd_upstream_attempts_total", "route"); fmt.Sprint(got) != "[r r2]" {
+	if got := mfs.LabelValues("meshd_upstream_attempts_total", "route"); fmt.Sprint(got) != "[r r2]" {
 		t.Errorf("attempts routes %v, want [r r2]", got)
 	}
 }
@@ -258,16 +171,16 @@ func TestConcurrentCalls(t *testing.T) {
 	wg.Wait()
 	mfs := scrape(t, m)
 	var total float64
-	for _, s := range series(mfs, "grpc_server_handled_total", map[string]string{"route": "r"}) {
+	for _, s := range mfs.Series("grpc_server_handled_total", map[string]string{"route": "r"}) {
 		total += s.GetCounter().GetValue()
 	}
 	if total != workers*perWorker {
 		t.Errorf("handled total %v, want %d", total, workers*perWorker)
 	}
-	if got := len(labelValues(mfs, "grpc_server_handled_total", "grpc_method")); got != 4 {
+	if got := len(mfs.LabelValues("grpc_server_handled_total", "grpc_method")); got != 4 {
 		t.Errorf("%d method label values, want 3 + other", got)
 	}
-	if got := value(t, mfs, "meshd_upstream_attempts_total", nil); got != workers*perWorker {
+	if got := mfs.Value(t, "meshd_upstream_attempts_total", nil); got != workers*perWorker {
 		t.Errorf("attempts %v, want %d", got, workers*perWorker)
 	}
 }
@@ -279,7 +192,7 @@ func TestActiveStreams(t *testing.T) {
 		m.CallStarted()
 	}
 	m.ObserveCall(&callrecord.Call{Method: "/a.S/M", Route: "r", Cluster: "c"})
-	if got := value(t, scrape(t, m), "meshd_active_streams", nil); got != 2 {
+	if got := scrape(t, m).Value(t, "meshd_active_streams", nil); got != 2 {
 		t.Errorf("active streams %v, want 2", got)
 	}
 }
@@ -306,10 +219,10 @@ func TestStateMetrics(t *testing.T) {
 	if _, ok := mfs["meshd_endpoint_state"]; ok {
 		t.Error("endpoint state reported before SetSource")
 	}
-	if got := value(t, mfs, "meshd_tracing_dropped_spans_total", nil); got != 42 {
+	if got := mfs.Value(t, "meshd_tracing_dropped_spans_total", nil); got != 42 {
 		t.Errorf("dropped spans %v, want 42", got)
 	}
-	if got := value(t, mfs, "meshd_access_log_dropped_total", nil); got != 7 {
+	if got := mfs.Value(t, "meshd_access_log_dropped_total", nil); got != 7 {
 		t.Errorf("dropped log lines %v, want 7", got)
 	}
 	for _, fam := range []string{"go_goroutines", "process_cpu_seconds_total"} {
@@ -363,11 +276,11 @@ func TestStateMetrics(t *testing.T) {
 		{"meshd_config_reloads_total", map[string]string{"result": "ok"}, 5},
 		{"meshd_config_reloads_total", map[string]string{"result": "failed"}, 2},
 	} {
-		if got := value(t, mfs, tc.name, tc.labels); got != tc.want {
+		if got := mfs.Value(t, tc.name, tc.labels); got != tc.want {
 			t.Errorf("%s%v = %v, want %v", tc.name, tc.labels, got, tc.want)
 		}
 	}
-	if got := len(series(mfs, "meshd_endpoint_state", ep1)); got != 4 {
+	if got := len(mfs.Series("meshd_endpoint_state", ep1)); got != 4 {
 		t.Errorf("endpoint 1 has %d state series, want one per state (4)", got)
 	}
 }
@@ -380,7 +293,7 @@ func TestMethodNotUTF8(t *testing.T) {
 	m := metrics.New()
 	observe(m, callrecord.Call{Method: "/x.S\xff/M\xfe", Route: "all", Cluster: "c", Code: codes.OK, Attempts: 1})
 	mfs := scrape(t, m)
-	if got := value(t, mfs, "grpc_server_handled_total", map[string]string{"grpc_service": "x.S\uFFFD", "grpc_method": "M\uFFFD"}); got != 1 {
+	if got := mfs.Value(t, "grpc_server_handled_total", map[string]string{"grpc_service": "x.S\uFFFD", "grpc_method": "M\uFFFD"}); got != 1 {
 		t.Errorf("handled = %v, want 1", got)
 	}
 }

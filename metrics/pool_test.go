@@ -42,10 +42,10 @@ func TestPoolMetrics(t *testing.T) {
 		{"meshd_cluster_upstream_stream_errors_total", 6},
 		{"meshd_cluster_upstream_buffered_bytes", 7},
 	} {
-		if got := value(t, mfs, c.name, map[string]string{"cluster": "users"}); got != c.want {
+		if got := mfs.Value(t, c.name, map[string]string{"cluster": "users"}); got != c.want {
 			t.Errorf("%s{cluster=users} = %g, want %g", c.name, got, c.want)
 		}
-		if got := value(t, mfs, c.name, map[string]string{"cluster": "orders"}); got != 0 {
+		if got := mfs.Value(t, c.name, map[string]string{"cluster": "orders"}); got != 0 {
 			t.Errorf("%s{cluster=orders} = %g, want 0", c.name, got)
 		}
 	}

@@ -12,6 +12,8 @@ import (
 	"go.uber.org/goleak"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
+
+	"github.com/meshd/meshd/internal/testkit"
 )
 
 func TestMain(m *testing.M) {
@@ -178,11 +180,8 @@ func TestRelay(t *testing.T) {
 	}
 	// Relay 1 ended for its client (EOF) a moment before its goroutine
 	// leaves the count: poll for it.
-	for deadline := time.Now().Add(5 * time.Second); c.Relays() != 1; {
-		if time.Now().After(deadline) {
-			t.Fatalf("Relays() = %d, want 1 (relay 1 done, relay 2 open)", c.Relays())
-		}
-		time.Sleep(time.Millisecond) // polling interval, not a wait for state
+	if !testkit.Poll(5*time.Second, 0, func() bool { return c.Relays() == 1 }) {
+		t.Fatalf("Relays() = %d, want 1 (relay 1 done, relay 2 open)", c.Relays())
 	}
 	c.Close()
 	if n := c.Relays(); n != 0 {

@@ -12,6 +12,8 @@ import (
 
 	"golang.org/x/net/http2"
 
+	"github.com/meshd/meshd/internal/testkit"
+	"github.com/meshd/meshd/internal/testkit/h2raw"
 	"github.com/meshd/meshd/test/backend"
 )
 
@@ -73,11 +75,11 @@ type abuseCase struct {
 	// answered says meshd's answer on a connection is complete; nil: when
 	// meshd has closed it. Cases whose connection stays open by design
 	// set it, so that they need not wait for a timeout.
-	answered func(rawResult) bool
+	answered func(h2raw.Result) bool
 
 	// answer checks what the attacking connections saw and returns a
 	// one-line summary for the report.
-	answer func(t *testing.T, rs []rawResult) string
+	answer func(t *testing.T, rs []h2raw.Result) string
 	// counter is the /metrics series that must grow by at least min; ""
 	// when meshd exports none for this answer.
 	counter string
@@ -104,7 +106,7 @@ func closedFor(reason string) string {
 // wantGoAway: every connection that got an answer got GOAWAY with code
 // (and one of the debug texts, if any are given), and meshd then closed
 // it.
-func wantGoAway(code http2.ErrCode, debug ...string) func(*testing.T, []rawResult) string {
+func wantGoAway(code http2.ErrCode, debug ...string) func(*testing.T, []h2raw.Result) string {
 	debugOK := func(d string) bool {
 		for _, w := range debug {
 			if d == w {
@@ -113,7 +115,7 @@ func wantGoAway(code http2.ErrCode, debug ...string) func(*testing.T, []rawResul
 		}
 		return len(debug) == 0
 	}
-	return func(t *testing.T, rs []rawResult) string {
+	return func(t *testing.T, rs []h2raw.Result) string {
 		t.Helper()
 		n, seen := 0, ""
 		for i, r := range rs {
@@ -138,7 +140,7 @@ func wantGoAway(code http2.ErrCode, debug ...string) func(*testing.T, []rawResul
 
 // wantClosed: meshd closed every connection without a GOAWAY (it never
 // saw an HTTP/2 client).
-func wantClosed(t *testing.T, rs []rawResult) string {
+func wantClosed(t *testing.T, rs []h2raw.Result) string {
 	t.Helper()
 	var worst time.Duration
 	for i, r := range rs {
@@ -152,7 +154,7 @@ func wantClosed(t *testing.T, rs []rawResult) string {
 
 // wantRefused: the streams past max_concurrent_streams are refused one
 // by one and the connection stays open.
-func wantRefused(t *testing.T, rs []rawResult) string {
+func wantRefused(t *testing.T, rs []h2raw.Result) string {
 	r := rs[0]
 	if got := r.Settings[http2.SettingMaxConcurrentStreams]; got != abuseMaxStreams {
 		t.Errorf("SETTINGS_MAX_CONCURRENT_STREAMS = %d, want %d", got, abuseMaxStreams)
@@ -164,7 +166,7 @@ func wantRefused(t *testing.T, rs []rawResult) string {
 }
 
 // wantSlowlorisClosed: each connection closed at handshake_timeout.
-func wantSlowlorisClosed(t *testing.T, rs []rawResult) string {
+func wantSlowlorisClosed(t *testing.T, rs []h2raw.Result) string {
 	var first, last time.Duration
 	for i, r := range rs {
 		if !r.Ended || r.EndedAt < abuseHandshake-100*time.Millisecond || r.EndedAt > abuseHandshake+time.Second {
@@ -178,7 +180,7 @@ func wantSlowlorisClosed(t *testing.T, rs []rawResult) string {
 	return fmt.Sprintf("close at handshake_timeout (%d connections, closed after %s-%s)", len(rs), first.Round(10*time.Millisecond), last.Round(10*time.Millisecond))
 }
 
-func wantRejected(t *testing.T, rs []rawResult) string {
+func wantRejected(t *testing.T, rs []h2raw.Result) string {
 	rejected, admitted := 0, 0
 	for _, r := range rs {
 		if r.Ended && r.Frames[http2.FrameSettings] == 0 {
@@ -219,8 +221,8 @@ var abuseCases = []abuseCase{
 	// A small block that decodes to a list over the limit: the stream
 	// alone is refused, with an answer the client can read.
 	{name: "oversized_header_list_hpack_bomb", attack: oversizedIndexedHeaders,
-		answered: func(r rawResult) bool { return r.Statuses["8"] > 0 },
-		answer: func(t *testing.T, rs []rawResult) string {
+		answered: func(r h2raw.Result) bool { return r.Statuses["8"] > 0 },
+		answer: func(t *testing.T, rs []h2raw.Result) string {
 			r := rs[0]
 			if r.Statuses["http:431"] != 1 || r.Statuses["8"] != 1 || r.GoAway != nil || r.Ended {
 				t.Errorf("%v; want HTTP 431 with grpc-status RESOURCE_EXHAUSTED, the connection left open", r)
@@ -230,7 +232,7 @@ var abuseCases = []abuseCase{
 		counter: noCounter,
 		once:    true, phase: abusePhase, settle: 100 * time.Millisecond},
 	{name: "more_streams_than_advertised", attack: tooManyStreams,
-		answered: func(r rawResult) bool { return r.Resets[http2.ErrCodeRefusedStream] >= 50 },
+		answered: func(r h2raw.Result) bool { return r.Resets[http2.ErrCodeRefusedStream] >= 50 },
 		answer:   wantRefused, counter: `meshd_listener_stream_resets_sent_total{code="REFUSED_STREAM",listener="main"}`, min: 50,
 		once: true, phase: abusePhase, settle: 100 * time.Millisecond},
 	{name: "garbage", attack: garbage,
@@ -245,15 +247,15 @@ var abuseCases = []abuseCase{
 	// Admitted connections are held (until every attacker has its answer)
 	// so that the ones over the limit find it reached.
 	{name: "connections_over_max", attack: holdConn, parallel: abuseMaxConns + 20,
-		answered: func(r rawResult) bool { return r.Frames[http2.FrameSettings] > 0 },
+		answered: func(r h2raw.Result) bool { return r.Frames[http2.FrameSettings] > 0 },
 		answer:   wantRejected, counter: `meshd_listener_connections_rejected_total{listener="main"}`, min: 20,
 		once: true, phase: abusePhase, settle: 100 * time.Millisecond},
 }
 
 // holdConn opens a well-behaved connection and holds it until the attack
 // ends (or, with opt.answered, until meshd admitted it).
-func holdConn(ctx context.Context, addr string, opt attackOpts) (*rawH2, error) {
-	c, err := dialRawConn(addr)
+func holdConn(ctx context.Context, addr string, opt attackOpts) (*h2raw.Recorder, error) {
+	c, err := h2raw.Handshake(addr)
 	if err != nil {
 		return nil, err
 	}
@@ -277,15 +279,15 @@ func TestAbuse(t *testing.T) {
 	var report strings.Builder
 	for _, tc := range abuseCases {
 		ok := t.Run(tc.name, func(t *testing.T) {
-			before := scrapeMetrics(t, p.admin)
+			before := scrapeMetrics(t, p.admin).Samples()
 			rs := attackOnce(tc, p.addr)
 			answer := tc.answer(t, rs)
 			if tc.counter == noCounter {
 				answer += "; no meshd_listener_* counter"
 			} else {
 				var after map[string]float64
-				waitFor(t, 5*time.Second, tc.counter+" to grow", func() bool {
-					after = scrapeMetrics(t, p.admin)
+				testkit.WaitFor(t, 5*time.Second, tc.counter+" to grow", func() bool {
+					after = scrapeMetrics(t, p.admin).Samples()
 					return after[tc.counter]-before[tc.counter] >= tc.min
 				})
 				answer += fmt.Sprintf("; %s +%g", shortSeries(tc.counter), after[tc.counter]-before[tc.counter])
@@ -302,7 +304,7 @@ func TestAbuse(t *testing.T) {
 		}
 	}
 	var series []string
-	for k, v := range scrapeMetrics(t, p.admin) {
+	for k, v := range scrapeMetrics(t, p.admin).Samples() {
 		if strings.HasPrefix(k, "meshd_listener_") && v != 0 {
 			series = append(series, fmt.Sprintf("%s %g", k, v))
 		}
@@ -317,15 +319,15 @@ func TestAbuse(t *testing.T) {
 // (tc.answered, or the connection closed). Connections are closed only
 // when every attacker has its answer, so that held ones count against
 // the listener's limits until then.
-func attackOnce(tc abuseCase, addr string) []rawResult {
+func attackOnce(tc abuseCase, addr string) []h2raw.Result {
 	answered := tc.answered
 	if answered == nil {
-		answered = func(r rawResult) bool { return r.Ended }
+		answered = func(r h2raw.Result) bool { return r.Ended }
 	}
 	opt := attackOpts{maxStreams: abuseMaxStreams, maxHeaderListSize: abuseMaxHeaderList, answered: answered}
 	par := max(tc.parallel, 1)
-	conns := make([]*rawH2, par)
-	rs := make([]rawResult, par)
+	conns := make([]*h2raw.Recorder, par)
+	rs := make([]h2raw.Result, par)
 	var wg sync.WaitGroup
 	for i := range par {
 		wg.Go(func() {
@@ -335,7 +337,7 @@ func attackOnce(tc abuseCase, addr string) []rawResult {
 			if err != nil {
 				// meshd closed the connection before the client preface
 				// was out (max_connections): that is an answer too.
-				rs[i] = rawResult{Frames: map[http2.FrameType]int{}, Ended: true, EndErr: err}
+				rs[i] = h2raw.Result{Frames: map[http2.FrameType]int{}, Ended: true, EndErr: err}
 				return
 			}
 			// A flood stops writing once meshd closed the connection; the

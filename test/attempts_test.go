@@ -11,6 +11,8 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"github.com/meshd/meshd/internal/testkit"
 )
 
 // TestRetryAttemptsCounted: every attempt of a retried call is counted in
@@ -60,12 +62,12 @@ clusters:
 			t.Errorf("access log line %v, want 3 attempts, UNAVAILABLE", l)
 		}
 	}
-	mfs := obsScrape(t, o.Admin)
+	mfs := scrapeMetrics(t, o.Admin)
 	route := map[string]string{"route": "r", "cluster": "c"}
-	if got := obsValue(t, mfs, "meshd_upstream_attempts_total", route); got != 3*calls {
+	if got := mfs.Value(t, "meshd_upstream_attempts_total", route); got != 3*calls {
 		t.Errorf("meshd_upstream_attempts_total = %v, want %d", got, 3*calls)
 	}
-	if got := obsValue(t, mfs, "meshd_upstream_retries_total", route); got != 2*calls {
+	if got := mfs.Value(t, "meshd_upstream_retries_total", route); got != 2*calls {
 		t.Errorf("meshd_upstream_retries_total = %v, want %d", got, 2*calls)
 	}
 }
@@ -97,7 +99,7 @@ clusters:
     endpoints: [%s, %s]
     health: {disabled: true}
     outlier: {consecutive_failures: -1}
-`, logFile, refusedAddr(t), live.Addr))
+`, logFile, testkit.FreeAddr(t), live.Addr))
 	client := testpb.NewTestServiceClient(dial(t, o.Addr))
 
 	const rounds = 4 // a unary call and a client stream each
@@ -141,12 +143,12 @@ clusters:
 	if rerouted == 0 {
 		t.Fatal("no call started on the dead endpoint: round robin did not alternate")
 	}
-	mfs := obsScrape(t, o.Admin)
+	mfs := scrapeMetrics(t, o.Admin)
 	route := map[string]string{"route": "r", "cluster": "c"}
-	if got := obsValue(t, mfs, "meshd_upstream_attempts_total", route); got != float64(attempts) {
+	if got := mfs.Value(t, "meshd_upstream_attempts_total", route); got != float64(attempts) {
 		t.Errorf("meshd_upstream_attempts_total = %v, want %d (the access log's)", got, attempts)
 	}
-	if got := obsValue(t, mfs, "meshd_upstream_retries_total", route); got != float64(rerouted) {
+	if got := mfs.Value(t, "meshd_upstream_retries_total", route); got != float64(rerouted) {
 		t.Errorf("meshd_upstream_retries_total = %v, want %d", got, rerouted)
 	}
 }

@@ -16,6 +16,8 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"github.com/meshd/meshd/internal/testkit"
 )
 
 // chaosFate is what the test does to one call of TestChaos.
@@ -68,7 +70,7 @@ clusters:
 	waitHealthy(t, o.Admin, "good", 2)
 	waitHealthy(t, o.Admin, "broken", 1)
 	client := testpb.NewTestServiceClient(cc)
-	before := scrapeMetrics(t, o.Admin)
+	before := scrapeMetrics(t, o.Admin).Samples()
 
 	const (
 		calls       = 300
@@ -154,10 +156,10 @@ clusters:
 		t.Errorf("%d of %d calls to the failing backend carried its status, want all", n, want)
 	}
 
-	waitFor(t, 10*time.Second, "meshd to hold no stream", func() bool {
-		return obsValue(t, obsScrape(t, o.Admin), "meshd_active_streams", nil) == 0
+	testkit.WaitFor(t, 10*time.Second, "meshd to hold no stream", func() bool {
+		return scrapeMetrics(t, o.Admin).Value(t, "meshd_active_streams", nil) == 0
 	})
-	after := scrapeMetrics(t, o.Admin)
+	after := scrapeMetrics(t, o.Admin).Samples()
 	for series, v := range after {
 		if strings.HasPrefix(series, "meshd_listener_connections_closed_total{") && v != before[series] {
 			t.Errorf("%s went %g → %g: meshd closed a client connection as abusive", series, before[series], v)

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshd/meshd/internal/consultest"
+	"github.com/meshd/meshd/internal/testkit"
 	"github.com/meshd/meshd/test/backend"
 )
 
@@ -70,7 +71,7 @@ func registerBackend(t testing.TB, a *consultest.Agent, service, id string, b *b
 // when that was seen.
 func waitGone(t testing.TB, admin, cluster, addr string) time.Time {
 	t.Helper()
-	waitFor(t, 10*time.Second, addr+" to leave "+cluster, func() bool {
+	testkit.WaitFor(t, 10*time.Second, addr+" to leave "+cluster, func() bool {
 		_, ok := endpointAt(t, admin, cluster, addr)
 		return !ok
 	})
@@ -204,7 +205,7 @@ func testConsulTTL(t *testing.T, agent *consultest.Agent) {
 
 	passing := time.Now()
 	agent.SetTTL(t, checkID, api.HealthPassing)
-	waitFor(t, 10*time.Second, "the instance to take traffic again", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "the instance to take traffic again", func() bool {
 		_, ok := l.load.FirstAfter(checked.Name, passing)
 		return ok
 	})
@@ -283,7 +284,7 @@ routes:
 	})
 	t.Run("dc2", func(t *testing.T) {
 		var cv clusterView
-		waitFor(t, 10*time.Second, "the dc2 query to fail", func() bool {
+		testkit.WaitFor(t, 10*time.Second, "the dc2 query to fail", func() bool {
 			cv = clustersOf(t, m.Admin)["in-dc2"]
 			return cv.Discovery != nil && cv.Discovery.LastError != ""
 		})
@@ -298,7 +299,7 @@ routes:
 		// The other clusters sync; the dc2 one keeps meshd unready.
 		var code int
 		var body string
-		waitFor(t, 10*time.Second, "/ready to blame in-dc2", func() bool {
+		testkit.WaitFor(t, 10*time.Second, "/ready to blame in-dc2", func() bool {
 			code, body = adminGet(t, m.Admin, "/ready")
 			return strings.Contains(body, `"in-dc2"`)
 		})
@@ -308,7 +309,7 @@ routes:
 		t.Logf("/ready: %d %s", code, strings.TrimSpace(body))
 	})
 	t.Run("no instances", func(t *testing.T) {
-		waitFor(t, 10*time.Second, "the empty cluster to sync", func() bool {
+		testkit.WaitFor(t, 10*time.Second, "the empty cluster to sync", func() bool {
 			return clustersOf(t, m.Admin)["no-instances"].Status.Ready
 		})
 		_, err := call("no-instances")
@@ -339,7 +340,7 @@ func testConsulAgentLost(t *testing.T, _ *consultest.Agent) {
 
 	agent.Stop(t)
 	var cv clusterView
-	waitFor(t, 10*time.Second, "discovery to report the lost agent", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "discovery to report the lost agent", func() bool {
 		cv = clustersOf(t, m.Admin)["lost"]
 		return cv.Discovery != nil && !cv.Discovery.Healthy && cv.Discovery.LastError != ""
 	})
@@ -352,7 +353,7 @@ func testConsulAgentLost(t *testing.T, _ *consultest.Agent) {
 		t.Errorf("cluster with the agent down: %+v, want the 2 known endpoints serving", cv.Status)
 	}
 	for _, b := range bs[:2] {
-		waitFor(t, 10*time.Second, b.Name+" to keep taking traffic", func() bool {
+		testkit.WaitFor(t, 10*time.Second, b.Name+" to keep taking traffic", func() bool {
 			return l.load.CountAfter(b.Name, failingSeen) >= 20
 		})
 	}
@@ -370,12 +371,12 @@ func testConsulAgentLost(t *testing.T, _ *consultest.Agent) {
 		registerBackend(t, agent, svc, b.Name, b)
 	}
 	var first time.Time
-	waitFor(t, 20*time.Second, "the newcomer to take traffic", func() bool {
+	testkit.WaitFor(t, 20*time.Second, "the newcomer to take traffic", func() bool {
 		var ok bool
 		first, ok = l.load.FirstAfter(bs[2].Name, restarted)
 		return ok
 	})
-	waitFor(t, 10*time.Second, "discovery to recover", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "discovery to recover", func() bool {
 		d := clustersOf(t, m.Admin)["lost"].Discovery
 		return d != nil && d.Healthy && d.LastError == ""
 	})
@@ -401,7 +402,7 @@ func testConsulUnreachableAtStart(t *testing.T, _ *consultest.Agent) {
 
 	var code int
 	var body string
-	waitFor(t, 10*time.Second, "/ready to explain", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "/ready to explain", func() bool {
 		code, body = adminGet(t, m.Admin, "/ready")
 		return code == 503 && strings.Contains(body, "discovery: consul query")
 	})
@@ -419,7 +420,7 @@ func testConsulUnreachableAtStart(t *testing.T, _ *consultest.Agent) {
 	agent.Restart(t)
 	restarted := time.Now()
 	registerBackend(t, agent, svc, bs[0].Name, bs[0])
-	waitFor(t, 20*time.Second, "/ready to pass", func() bool {
+	testkit.WaitFor(t, 20*time.Second, "/ready to pass", func() bool {
 		code, _ := adminGet(t, m.Admin, "/ready")
 		return code == 200
 	})

@@ -20,6 +20,7 @@ import (
 
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 
+	"github.com/meshd/meshd/internal/testkit"
 	"github.com/meshd/meshd/test/backend"
 )
 
@@ -207,9 +208,9 @@ func TestDrainBinary(t *testing.T) {
 			}()
 		}
 
-		waitFor(t, 2*time.Second, "/ready to fail", func() bool { return readyCode(p.admin) != http.StatusOK })
+		testkit.WaitFor(t, 2*time.Second, "/ready to fail", func() bool { return readyCode(p.admin) != http.StatusOK })
 		readyAt := time.Since(sigAt)
-		waitFor(t, 2*time.Second, "new connections to be refused", func() bool {
+		testkit.WaitFor(t, 2*time.Second, "new connections to be refused", func() bool {
 			c, err := net.DialTimeout("tcp", p.addr, time.Second)
 			if err != nil {
 				return errors.Is(err, syscall.ECONNREFUSED)
@@ -253,21 +254,12 @@ func TestDrainBinary(t *testing.T) {
 		waitServing(t, cc)
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
-		st, err := testpb.NewTestServiceClient(cc).FullDuplexCall(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := st.Send(&testpb.StreamingOutputCallRequest{ResponseParameters: []*testpb.ResponseParameters{{Size: 1}}}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := st.Recv(); err != nil {
-			t.Fatal(err)
-		}
+		st := testkit.OpenStream(t, ctx, testpb.NewTestServiceClient(cc))
 		sigAt := time.Now()
 		if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 			t.Fatal(err)
 		}
-		_, err = st.Recv() // blocks until meshd cuts the stream
+		_, err := st.Recv() // blocks until meshd cuts the stream
 		select {
 		case <-p.exited:
 		case <-time.After(10 * time.Second):

@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"io"
-	"net"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -20,6 +18,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshd/meshd/balancer"
+	"github.com/meshd/meshd/internal/testkit"
+	"github.com/meshd/meshd/internal/testkit/h2raw"
 	"github.com/meshd/meshd/test/backend"
 )
 
@@ -32,129 +32,25 @@ import (
 // 2-core machine.
 const faultSlack = time.Second
 
-// blackHole accepts connections and never says a word (it reads and
-// discards what it gets, so the client's writes do not block).
-type blackHole struct {
-	lis   net.Listener
-	wg    sync.WaitGroup
-	mu    sync.Mutex
-	conns []net.Conn
-}
-
-func startBlackHole(t testing.TB) *blackHole {
+// startH2Backend is a hand-written HTTP/2 server (h2raw) that answers PING
+// and hands each request's HEADERS to onHeaders, which decides the
+// misbehaviour. requests counts the HEADERS it got.
+func startH2Backend(t testing.TB, requests *atomic.Int64, onHeaders func(sc *h2raw.ServerConn, id uint32) error) string {
 	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := &blackHole{lis: lis}
-	b.wg.Add(1)
-	go func() {
-		defer b.wg.Done()
-		for {
-			c, err := lis.Accept()
-			if err != nil {
-				return
+	return h2raw.StartBackend(t, func(sc *h2raw.ServerConn, f http2.Frame) error {
+		switch f := f.(type) {
+		case *http2.PingFrame:
+			if !f.IsAck() {
+				return sc.WritePing(true, f.Data)
 			}
-			b.mu.Lock()
-			b.conns = append(b.conns, c)
-			b.mu.Unlock()
-			b.wg.Add(1)
-			go func() {
-				defer b.wg.Done()
-				_, _ = io.Copy(io.Discard, c) // until Stop closes it
-			}()
-		}
-	}()
-	t.Cleanup(b.Stop)
-	return b
-}
-
-func (b *blackHole) Addr() string { return b.lis.Addr().String() }
-
-// Stop closes the listener and every connection and waits.
-func (b *blackHole) Stop() {
-	b.lis.Close()
-	b.mu.Lock()
-	for _, c := range b.conns {
-		c.Close()
-	}
-	b.mu.Unlock()
-	b.wg.Wait()
-}
-
-// h2Backend is a hand-written HTTP/2 server: it completes the connection
-// preface, answers SETTINGS and PING, and hands each request's HEADERS to
-// onHeaders, which decides the misbehaviour. One goroutine per connection
-// reads and writes, so the Framer needs no lock.
-type h2Backend struct {
-	blackHole // listener, connection tracking and Stop
-	requests  atomic.Int64
-}
-
-func startH2Backend(t testing.TB, onHeaders func(fr *http2.Framer, enc *hpack.Encoder, buf *bytes.Buffer, id uint32) error) *h2Backend {
-	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := &h2Backend{blackHole: blackHole{lis: lis}}
-	serve := func(c net.Conn) {
-		preface := make([]byte, len(http2.ClientPreface))
-		if _, err := io.ReadFull(c, preface); err != nil || string(preface) != http2.ClientPreface {
-			return
-		}
-		fr := http2.NewFramer(c, c)
-		fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-		var buf bytes.Buffer
-		enc := hpack.NewEncoder(&buf)
-		if fr.WriteSettings() != nil {
-			return
-		}
-		for {
-			f, err := fr.ReadFrame()
-			if err != nil {
-				return
+		case *http2.MetaHeadersFrame:
+			if requests != nil {
+				requests.Add(1)
 			}
-			switch f := f.(type) {
-			case *http2.SettingsFrame:
-				if !f.IsAck() {
-					err = fr.WriteSettingsAck()
-				}
-			case *http2.PingFrame:
-				if !f.IsAck() {
-					err = fr.WritePing(true, f.Data)
-				}
-			case *http2.MetaHeadersFrame:
-				b.requests.Add(1)
-				err = onHeaders(fr, enc, &buf, f.StreamID)
-			}
-			if err != nil {
-				return
-			}
+			return onHeaders(sc, f.StreamID)
 		}
-	}
-	b.wg.Add(1)
-	go func() {
-		defer b.wg.Done()
-		for {
-			c, err := lis.Accept()
-			if err != nil {
-				return
-			}
-			b.mu.Lock()
-			b.conns = append(b.conns, c)
-			b.mu.Unlock()
-			b.wg.Add(1)
-			go func() {
-				defer b.wg.Done()
-				defer c.Close()
-				serve(c)
-			}()
-		}
-	}()
-	t.Cleanup(b.Stop)
-	return b
+		return nil
+	}).Addr()
 }
 
 // faultConfig routes /grpc.testing.TestService/UnaryCall without a route
@@ -233,7 +129,7 @@ func endpointState(m *mesh, cluster, addr string) string {
 // takes a call: it never reports SERVING.
 func TestFaultBlackHole(t *testing.T) {
 	t.Parallel()
-	bh := startBlackHole(t)
+	bh := testkit.BlackHole(t)
 	t.Run("health disabled: calls reach it", func(t *testing.T) {
 		const timeout = 300 * time.Millisecond
 		m := startMesh(t, faultConfig([]string{bh.Addr()}, timeout, "    health: {disabled: true}"))
@@ -317,7 +213,7 @@ clusters: [{name: c, endpoints: [%s]}]
 			if got != 1 {
 				t.Errorf("client got %d messages before the stall was cut, want 1", got)
 			}
-			waitFor(t, 5*time.Second, "the backend to see the call cancelled", func() bool { return bs[0].Cancelled() == 1 })
+			testkit.WaitFor(t, 5*time.Second, "the backend to see the call cancelled", func() bool { return bs[0].Cancelled() == 1 })
 		})
 	}
 }
@@ -326,21 +222,19 @@ clusters: [{name: c, endpoints: [%s]}]
 var (
 	// Bytes that are no valid frame: a HEADERS frame whose block is not
 	// HPACK.
-	sendGarbage = func(fr *http2.Framer, _ *hpack.Encoder, _ *bytes.Buffer, id uint32) error {
-		return fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: bytes.Repeat([]byte{0xff}, 32), EndHeaders: true})
+	sendGarbage = func(sc *h2raw.ServerConn, id uint32) error {
+		return sc.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: bytes.Repeat([]byte{0xff}, 32), EndHeaders: true})
 	}
 	// A well-formed response that is not gRPC (an HTML error page).
-	sendHTML = func(fr *http2.Framer, enc *hpack.Encoder, buf *bytes.Buffer, id uint32) error {
-		buf.Reset()
-		_ = enc.WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
-		_ = enc.WriteField(hpack.HeaderField{Name: "content-type", Value: "text/html"})
-		if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: buf.Bytes(), EndHeaders: true}); err != nil {
+	sendHTML = func(sc *h2raw.ServerConn, id uint32) error {
+		block := sc.EncodeHeaders(hpack.HeaderField{Name: ":status", Value: "200"}, hpack.HeaderField{Name: "content-type", Value: "text/html"})
+		if err := sc.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block, EndHeaders: true}); err != nil {
 			return err
 		}
-		return fr.WriteData(id, true, []byte("<html>oops</html>"))
+		return sc.WriteData(id, true, []byte("<html>oops</html>"))
 	}
-	resetStream = func(fr *http2.Framer, _ *hpack.Encoder, _ *bytes.Buffer, id uint32) error {
-		return fr.WriteRSTStream(id, http2.ErrCodeInternal)
+	resetStream = func(sc *h2raw.ServerConn, id uint32) error {
+		return sc.WriteRSTStream(id, http2.ErrCodeInternal)
 	}
 )
 
@@ -350,7 +244,7 @@ func TestFaultMalformedResponse(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
 		name   string
-		answer func(*http2.Framer, *hpack.Encoder, *bytes.Buffer, uint32) error
+		answer func(*h2raw.ServerConn, uint32) error
 		want   []codes.Code
 	}{
 		{"invalid HPACK", sendGarbage, []codes.Code{codes.Unavailable, codes.Internal}},
@@ -358,8 +252,9 @@ func TestFaultMalformedResponse(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			be := startH2Backend(t, tc.answer)
-			m := startMesh(t, faultConfig([]string{be.Addr()}, 5*time.Second, "    health: {disabled: true}"))
+			var requests atomic.Int64
+			be := startH2Backend(t, &requests, tc.answer)
+			m := startMesh(t, faultConfig([]string{be}, 5*time.Second, "    health: {disabled: true}"))
 			client := testpb.NewTestServiceClient(dial(t, m.Addr))
 			for i := range 3 {
 				code, took, err := timedCall(10*time.Second, func(ctx context.Context) error {
@@ -368,7 +263,7 @@ func TestFaultMalformedResponse(t *testing.T) {
 				})
 				wantAnswer(t, fmt.Sprintf("call %d", i), code, took, err, tc.want, 0, time.Second)
 			}
-			if be.requests.Load() == 0 {
+			if requests.Load() == 0 {
 				t.Error("the backend saw no request")
 			}
 		})
@@ -380,9 +275,10 @@ func TestFaultMalformedResponse(t *testing.T) {
 // on every call goes to the good backend.
 func TestFaultResetEveryStream(t *testing.T) {
 	t.Parallel()
-	bad := startH2Backend(t, resetStream)
+	var badRequests atomic.Int64
+	bad := startH2Backend(t, &badRequests, resetStream)
 	good := startBackends(t, "good", 1, backend.WithHealth(backend.HealthNone))
-	m := startMesh(t, faultConfig([]string{bad.Addr(), good[0].Addr}, 5*time.Second, `    health: {disabled: true}
+	m := startMesh(t, faultConfig([]string{bad, good[0].Addr}, 5*time.Second, `    health: {disabled: true}
     outlier: {consecutive_failures: 3, failure_codes: [INTERNAL], base_ejection_time: 30s, max_ejection_percent: 50}`))
 	client := testpb.NewTestServiceClient(dial(t, m.Addr))
 	failed := 0
@@ -405,10 +301,10 @@ func TestFaultResetEveryStream(t *testing.T) {
 	if failed == 0 || failed > 3 {
 		t.Errorf("%d calls failed before the ejection; want 1-3 (consecutive_failures 3, every other call goes to it)", failed)
 	}
-	if st := endpointState(m, "broken", bad.Addr()); st != balancer.StateEjected {
+	if st := endpointState(m, "broken", bad); st != balancer.StateEjected {
 		t.Errorf("resetting backend state %q, want %q", st, balancer.StateEjected)
 	}
-	t.Logf("%d of 40 calls failed (INTERNAL) before the resetting backend was ejected; it saw %d requests", failed, bad.requests.Load())
+	t.Logf("%d of 40 calls failed (INTERNAL) before the resetting backend was ejected; it saw %d requests", failed, badRequests.Load())
 }
 
 // TestFaultGoAwayUnderLoad: a backend that sends GOAWAY on its

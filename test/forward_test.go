@@ -16,6 +16,8 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"github.com/meshd/meshd/internal/testkit"
 )
 
 // forwardFixture is one meshd in front of one backend.
@@ -389,7 +391,7 @@ func TestDeadline(t *testing.T) {
 	if took > 1500*time.Millisecond {
 		t.Errorf("deadline answered after %s, want near 200ms", took)
 	}
-	waitFor(t, 3*time.Second, "the backend to see the cancel", func() bool { return f.be.Cancelled() > before })
+	testkit.WaitFor(t, 3*time.Second, "the backend to see the cancel", func() bool { return f.be.Cancelled() > before })
 	md := f.be.LastMetadata()
 	if md == nil {
 		t.Fatal("backend saw no call")
@@ -410,7 +412,7 @@ func TestClientCancel(t *testing.T) {
 		t.Fatal(err)
 	}
 	cancel()
-	waitFor(t, 3*time.Second, "the backend to see the cancel", func() bool { return f.be.Cancelled() > before })
+	testkit.WaitFor(t, 3*time.Second, "the backend to see the cancel", func() bool { return f.be.Cancelled() > before })
 	if _, err := st.Recv(); status.Code(err) != codes.Canceled {
 		t.Errorf("client Recv after cancel = %v", err)
 	}
@@ -450,7 +452,7 @@ func TestRoundRobinPerCall(t *testing.T) {
 	cc := dial(t, m.Addr)
 	c := testpb.NewTestServiceClient(cc)
 	// Wait until every backend is admitted.
-	waitFor(t, 10*time.Second, "all three backends to be admitted", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "all three backends to be admitted", func() bool {
 		seen := map[string]bool{}
 		for i := 0; i < 6; i++ {
 			var h metadata.MD

@@ -1,13 +1,11 @@
 package test
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -18,6 +16,7 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 
 	"github.com/meshd/meshd/config"
+	"github.com/meshd/meshd/internal/testkit"
 	"github.com/meshd/meshd/server"
 	"github.com/meshd/meshd/test/backend"
 )
@@ -117,34 +116,12 @@ clusters:
 %s`, addrs(bs), extraCluster)
 }
 
-// waitFor polls cond until it holds or the timeout passes.
-func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	if !poll(timeout, 5*time.Millisecond, cond) {
-		t.Fatalf("timed out after %s waiting for %s", timeout, what)
-	}
-}
-
-// poll calls cond every interval until it holds (true) or timeout has
-// passed (false). It is waitFor for callers that report a timeout with
-// more than its message.
-func poll(timeout, interval time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(interval) // polling interval, not a wait for state
-	}
-	return true
-}
-
 // waitServing waits until calls through meshd succeed (endpoints are
 // admitted only after their first SERVING).
 func waitServing(t testing.TB, cc *grpc.ClientConn) {
 	t.Helper()
 	c := testpb.NewTestServiceClient(cc)
-	waitFor(t, 10*time.Second, "meshd to serve", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "meshd to serve", func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		_, err := c.EmptyCall(ctx, &testpb.Empty{})
@@ -176,38 +153,9 @@ func tryGet(addr, path string) (int, string, error) {
 	return resp.StatusCode, string(b), nil
 }
 
-// scrapeMetrics fetches /metrics and returns every sample by its series
-// as the text format writes it: name{label="value",...}, labels sorted.
-func scrapeMetrics(t testing.TB, admin string) map[string]float64 {
+// scrapeMetrics scrapes meshd's /metrics on its admin address. Samples
+// flattens it into one value per series as the text format writes it.
+func scrapeMetrics(t testing.TB, admin string) testkit.Metrics {
 	t.Helper()
-	c := http.Client{Timeout: 5 * time.Second}
-	resp, err := c.Get("http://" + admin + "/metrics")
-	if err != nil {
-		t.Fatalf("GET /metrics: %v", err)
-	}
-	defer resp.Body.Close()
-	out, err := parseMetrics(resp.Body)
-	if err != nil {
-		t.Fatalf("read /metrics: %v", err)
-	}
-	return out
-}
-
-// parseMetrics reads the Prometheus text format into every sample by its
-// series as written: name{label="value",...}.
-func parseMetrics(r io.Reader) (map[string]float64, error) {
-	out := map[string]float64{}
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
-			out[line[:i]] = v
-		}
-	}
-	return out, sc.Err()
+	return testkit.Scrape(t, nil, "http://"+admin+"/metrics")
 }

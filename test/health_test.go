@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshd/meshd/internal/consultest"
+	"github.com/meshd/meshd/internal/testkit"
 	"github.com/meshd/meshd/test/backend"
 )
 
@@ -73,7 +74,7 @@ func endpointAt(t testing.TB, admin, cluster, addr string) (endpointView, bool) 
 func waitState(t testing.TB, admin, cluster, addr, state string) endpointView {
 	t.Helper()
 	var e endpointView
-	waitFor(t, 10*time.Second, fmt.Sprintf("%s to be %s", addr, state), func() bool {
+	testkit.WaitFor(t, 10*time.Second, fmt.Sprintf("%s to be %s", addr, state), func() bool {
 		var ok bool
 		e, ok = endpointAt(t, admin, cluster, addr)
 		return ok && e.State == state
@@ -114,7 +115,7 @@ func loadThrough(t *testing.T, m *mesh) *loaded {
 func (l *loaded) waitLoad(t *testing.T, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	start := time.Now()
-	if !poll(timeout, 5*time.Millisecond, cond) {
+	if !testkit.Poll(timeout, 5*time.Millisecond, cond) {
 		fs := l.load.Failures()
 		t.Fatalf("timed out after %s waiting for %s; load: %d calls done, answers %v, %d failures:\n%s",
 			timeout, what, l.load.Total(), l.load.Counts(), len(fs), describeFailures(fs, start))
@@ -279,7 +280,7 @@ func testOutlierEjection(t *testing.T) {
 	// Sample every ejection: its reason says how long it lasts, its Since
 	// when it began (meshd's clock, the same as this test's).
 	seen := map[int]endpointView{}
-	waitFor(t, 10*time.Second, "three ejections", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "three ejections", func() bool {
 		e, _ := endpointAt(t, l.mesh.Admin, "backends", bad.Addr)
 		if e.State == "ejected" && e.Source == "outlier" {
 			seen[e.Ejections] = e
@@ -357,7 +358,7 @@ func testAllFailing(t *testing.T) {
 	for _, b := range bs {
 		b.FailAll(codes.Unavailable)
 	}
-	waitFor(t, 10*time.Second, "an ejection", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "an ejection", func() bool {
 		for _, e := range clustersOf(t, l.mesh.Admin)["backends"].Status.Endpoints {
 			if e.Ejections > 0 {
 				return true
@@ -529,7 +530,7 @@ func testNoWatchLeak(t *testing.T) {
 			t.Errorf("cycle %d: %d Watch streams open on the backend, want 1", i, n)
 		}
 		agent.Deregister(t, "flappy")
-		waitFor(t, 10*time.Second, "the endpoint to be forgotten", func() bool {
+		testkit.WaitFor(t, 10*time.Second, "the endpoint to be forgotten", func() bool {
 			for _, e := range clustersOf(t, m.Admin)["leak"].Status.Endpoints {
 				if e.Address == flappy[0].Addr {
 					return false
@@ -537,7 +538,7 @@ func testNoWatchLeak(t *testing.T) {
 			}
 			return true
 		})
-		waitFor(t, 10*time.Second, "the backend's streams and connections to close", func() bool {
+		testkit.WaitFor(t, 10*time.Second, "the backend's streams and connections to close", func() bool {
 			return counter.watches.Load() == 0 && counter.conns.Load() == 0
 		})
 	}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"os"
 	"runtime"
 	"runtime/pprof"
 	"sync"
@@ -18,6 +17,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshd/meshd/config"
+	"github.com/meshd/meshd/internal/testkit"
+	"github.com/meshd/meshd/internal/testkit/proc"
 	"github.com/meshd/meshd/test/backend"
 )
 
@@ -42,11 +43,11 @@ func (u usage) String() string { return fmt.Sprintf("%d goroutines, %d fds", u.g
 
 func currentUsage(t testing.TB) usage {
 	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
+	fds, err := proc.OpenFiles()
 	if err != nil {
 		t.Fatalf("count fds: %v", err)
 	}
-	return usage{goroutines: runtime.NumGoroutine(), fds: len(ents)}
+	return usage{goroutines: runtime.NumGoroutine(), fds: fds}
 }
 
 // waitBaseline polls until usage is back within the slack of base, and
@@ -54,7 +55,7 @@ func currentUsage(t testing.TB) usage {
 func waitBaseline(t *testing.T, base usage, after string) {
 	t.Helper()
 	var u usage
-	if poll(leakSettle, 20*time.Millisecond, func() bool {
+	if testkit.Poll(leakSettle, 20*time.Millisecond, func() bool {
 		u = currentUsage(t)
 		return u.goroutines <= base.goroutines+leakSlackGoroutines && u.fds <= base.fds+leakSlackFDs
 	}) {
@@ -93,7 +94,7 @@ func TestLeak(t *testing.T) {
 	t.Run("1000 cancelled calls", func(t *testing.T) {
 		before := bs[0].Cancelled() + bs[1].Cancelled()
 		cancelledCalls(t, client, bs[:2], 1000, 50)
-		waitFor(t, 10*time.Second, "the backends to see every cancellation", func() bool {
+		testkit.WaitFor(t, 10*time.Second, "the backends to see every cancellation", func() bool {
 			return bs[0].Cancelled()+bs[1].Cancelled()-before >= 1000
 		})
 		waitBaseline(t, base, "1,000 cancelled calls")
@@ -229,7 +230,7 @@ func cancelledCalls(t *testing.T, client testpb.TestServiceClient, bs []*backend
 				}
 			}()
 		}
-		waitFor(t, 10*time.Second, "a batch of calls to reach the backends", func() bool { return calls()-before >= int64(batch) })
+		testkit.WaitFor(t, 10*time.Second, "a batch of calls to reach the backends", func() bool { return calls()-before >= int64(batch) })
 		cancel()
 		wg.Wait()
 		close(errs)

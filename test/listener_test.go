@@ -13,6 +13,9 @@ import (
 	"google.golang.org/grpc/connectivity"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/status"
+
+	"github.com/meshd/meshd/internal/testkit"
+	"github.com/meshd/meshd/internal/testkit/h2raw"
 )
 
 func emptyCall(cc *grpc.ClientConn, timeout time.Duration) error {
@@ -46,7 +49,7 @@ func TestListenerMaxConnections(t *testing.T) {
 		}
 	}
 	first.Close()
-	waitFor(t, 10*time.Second, "the freed slot to admit the third connection", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "the freed slot to admit the third connection", func() bool {
 		return emptyCall(third, time.Second) == nil
 	})
 }
@@ -101,7 +104,7 @@ func TestListenerIdleTimeout(t *testing.T) {
 	if left := waitLeaveReady(t, cc, 10*time.Second, true); left.Sub(ready) < idle/2 {
 		t.Errorf("GOAWAY %v after the last call, before idle_timeout %v", left.Sub(ready), idle)
 	}
-	waitFor(t, 10*time.Second, "the idle connection to be closed (client IDLE)", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "the idle connection to be closed (client IDLE)", func() bool {
 		return cc.GetState() == connectivity.Idle
 	})
 	if err := emptyCall(cc, 5*time.Second); err != nil {
@@ -192,16 +195,16 @@ func TestListenerKeepalive(t *testing.T) {
 	bs := startBackends(t, "limits-ka", 1)
 	const kaTime, kaTimeout = time.Second, 500 * time.Millisecond
 	m := startMesh(t, limitsConfig(addrs(bs), "keepalive: {time: 1s, timeout: 500ms}"))
-	c, err := dialRawConn(m.Addr)
+	c, err := h2raw.Handshake(m.Addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
 	var pingAt time.Duration
-	waitFor(t, 10*time.Second, "meshd's keepalive PING", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "meshd's keepalive PING", func() bool {
 		// The client sends none: every PING is meshd's.
 		r := c.Result()
-		pingAt = time.Since(c.start)
+		pingAt = c.Since()
 		return r.Frames[http2.FramePing] > 0 || r.Ended
 	})
 	if r := c.Result(); r.Frames[http2.FramePing] == 0 {
@@ -239,7 +242,7 @@ func TestListenerPingPolicy(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			m := startMesh(t, limitsConfig(addrs(bs), tt.keys))
-			c, err := dialRawConn(m.Addr)
+			c, err := h2raw.Handshake(m.Addr)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -249,11 +252,11 @@ func TestListenerPingPolicy(t *testing.T) {
 			defer tick.Stop()
 			for i := 0; i < pings; i++ {
 				<-tick.C
-				if c.Write(func(fr *http2.Framer) error { return fr.WritePing(false, [8]byte{byte(i)}) }) != nil || c.Flush() != nil {
+				if c.Write(func(fr *http2.Framer) error { return fr.WritePing(false, [8]byte{byte(i)}) }) != nil {
 					break // closed: checked below
 				}
 				// Every PING gets its ACK before the next goes out.
-				waitFor(t, 5*time.Second, "the PING's ACK", func() bool {
+				testkit.WaitFor(t, 5*time.Second, "the PING's ACK", func() bool {
 					r := c.Result()
 					return r.Frames[http2.FramePing] > i || r.Ended || r.GoAway != nil
 				})

@@ -10,6 +10,8 @@ import (
 	"google.golang.org/grpc/codes"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/status"
+
+	"github.com/meshd/meshd/internal/testkit"
 )
 
 // TestMidMessageReset: when meshd's route timeout ends a call whose
@@ -36,7 +38,7 @@ clusters: [{name: backends, endpoints: %s}]
 	// a 2 MiB message cannot all cross while the client reads nothing.
 	cc := dial(t, m.Addr, grpc.WithInitialWindowSize(65535), grpc.WithInitialConnWindowSize(65535))
 	waitServing(t, cc)
-	before := scrapeMetrics(t, m.Admin)
+	before := scrapeMetrics(t, m.Admin).Samples()
 	const resets = `meshd_frame_mid_message_resets_total{listener="main"}`
 	const deadlines = `meshd_frame_deadlines_exceeded_total{listener="main"}`
 	if _, ok := before[resets]; !ok {
@@ -52,13 +54,13 @@ clusters: [{name: backends, endpoints: %s}]
 		t.Fatal(err)
 	}
 	// Read nothing until meshd has given up on the call.
-	waitFor(t, 10*time.Second, "meshd to reset the call mid-message", func() bool {
-		return scrapeMetrics(t, m.Admin)[resets] >= before[resets]+1
+	testkit.WaitFor(t, 10*time.Second, "meshd to reset the call mid-message", func() bool {
+		return scrapeMetrics(t, m.Admin).Samples()[resets] >= before[resets]+1
 	})
 	if _, err := st.Recv(); status.Code(err) != codes.Canceled && status.Code(err) != codes.DeadlineExceeded {
 		t.Errorf("client saw %v, want the stream reset (CANCELLED)", err)
 	}
-	after := scrapeMetrics(t, m.Admin)
+	after := scrapeMetrics(t, m.Admin).Samples()
 	if after[deadlines] < before[deadlines]+1 {
 		t.Errorf("%s went %g → %g, want it to count the route timeout", deadlines, before[deadlines], after[deadlines])
 	}

@@ -27,6 +27,7 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/peer"
 
+	"github.com/meshd/meshd/internal/testkit"
 	"github.com/meshd/meshd/test/backend"
 )
 
@@ -131,7 +132,7 @@ clusters:
 		return err
 	}
 	b1Addr := net.JoinHostPort(b1.ip, strconv.Itoa(backendPort))
-	waitFor(t, 15*time.Second, "calls through meshd to succeed", func() bool { return appCall(b1Addr, false) == nil })
+	testkit.WaitFor(t, 15*time.Second, "calls through meshd to succeed", func() bool { return appCall(b1Addr, false) == nil })
 
 	t.Run("outbound to a cluster's endpoint is balanced over the cluster", func(t *testing.T) {
 		n1, n2 := back1.Calls(), back2.Calls()
@@ -429,17 +430,8 @@ func (e *netnsEnv) scrape(t *testing.T, h netnsHost, admin string) map[string]fl
 		return e.dialer(h.ns)(ctx, addr)
 	}}
 	defer tr.CloseIdleConnections()
-	c := http.Client{Timeout: 5 * time.Second, Transport: tr}
-	resp, err := c.Get("http://" + admin + "/metrics")
-	if err != nil {
-		t.Fatalf("GET /metrics: %v", err)
-	}
-	defer resp.Body.Close()
-	out, err := parseMetrics(resp.Body)
-	if err != nil {
-		t.Fatalf("read /metrics: %v", err)
-	}
-	return out
+	c := &http.Client{Timeout: 5 * time.Second, Transport: tr}
+	return testkit.Scrape(t, c, "http://"+admin+"/metrics").Samples()
 }
 
 // tcpServers starts the two opaque TCP servers on ip (call it inside the
@@ -456,37 +448,7 @@ func (e *netnsEnv) tcpServers(t *testing.T, ip string) error {
 		if err != nil {
 			return err
 		}
-		var wg sync.WaitGroup
-		var mu sync.Mutex
-		var conns []net.Conn
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				c, err := l.Accept()
-				if err != nil {
-					return
-				}
-				mu.Lock()
-				conns = append(conns, c)
-				mu.Unlock()
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					defer c.Close()
-					serve(c)
-				}()
-			}
-		}()
-		t.Cleanup(func() {
-			l.Close()
-			mu.Lock()
-			for _, c := range conns {
-				c.Close()
-			}
-			mu.Unlock()
-			wg.Wait()
-		})
+		testkit.Serve(t, l, serve)
 	}
 	return nil
 }

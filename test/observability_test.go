@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -18,9 +17,6 @@ import (
 	"testing"
 	"time"
 
-	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 	"google.golang.org/grpc/codes"
@@ -34,6 +30,7 @@ import (
 	"github.com/meshd/meshd/callrecord"
 	"github.com/meshd/meshd/config"
 	"github.com/meshd/meshd/internal/otlptest"
+	"github.com/meshd/meshd/internal/testkit"
 	"github.com/meshd/meshd/metrics"
 	"github.com/meshd/meshd/server"
 	"github.com/meshd/meshd/tracing"
@@ -136,19 +133,6 @@ func runMesh(t testing.TB, cfg *config.Config, opts ...server.Option) *mesh {
 	return m
 }
 
-// refusedAddr is a loopback address nothing listens on: connections to it
-// are refused at once.
-func refusedAddr(t testing.TB) string {
-	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := lis.Addr().String()
-	lis.Close()
-	return addr
-}
-
 const obsCallerSpan = "00f067aa0ba902b7"
 
 func obsTraceID(i int) string { return fmt.Sprintf("4bf92f3577b34da6a3ce929d%08x", i+1) }
@@ -173,7 +157,7 @@ func TestTraceThroughMeshd(t *testing.T) {
 	}{
 		{
 			name: "transparent retry of a refused connection",
-			bad:  func(t *testing.T) string { return refusedAddr(t) },
+			bad:  func(t *testing.T) string { return testkit.FreeAddr(t) },
 		},
 		{
 			name:  "retry policy on UNAVAILABLE",
@@ -255,7 +239,7 @@ routes:
 	// Every trace is complete once its SERVER span and the CLIENT span of
 	// the attempt that reached the backend have arrived.
 	var traces map[string][]*tracepb.Span
-	waitFor(t, 10*time.Second, "every call's spans", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "every call's spans", func() bool {
 		traces = map[string][]*tracepb.Span{}
 		for _, s := range recv.Spans() {
 			id := hex.EncodeToString(s.GetTraceId())
@@ -350,12 +334,12 @@ routes:
 		}
 	}
 	// And so do the metrics.
-	mfs := obsScrape(t, o.Admin)
+	mfs := scrapeMetrics(t, o.Admin)
 	route := map[string]string{"route": "unary", "cluster": "pair"}
-	if got := obsValue(t, mfs, "meshd_upstream_retries_total", route); got != float64(retried) {
+	if got := mfs.Value(t, "meshd_upstream_retries_total", route); got != float64(retried) {
 		t.Errorf("meshd_upstream_retries_total = %v, want the %d retried traces", got, retried)
 	}
-	if got := obsValue(t, mfs, "meshd_upstream_attempts_total", route); got != float64(calls+retried) {
+	if got := mfs.Value(t, "meshd_upstream_attempts_total", route); got != float64(calls+retried) {
 		t.Errorf("meshd_upstream_attempts_total = %v, want %d", got, calls+retried)
 	}
 }
@@ -367,7 +351,7 @@ func TestCollectorDown(t *testing.T) {
 	t.Parallel()
 	bs := startBackends(t, "be", 1)
 	o := startObserved(t, simpleConfig(bs, ""),
-		tracing.WithEndpoint(refusedAddr(t)), tracing.WithSampleRatio(1),
+		tracing.WithEndpoint(testkit.FreeAddr(t)), tracing.WithSampleRatio(1),
 		tracing.WithBatchTimeout(10*time.Millisecond), tracing.WithExportTimeout(200*time.Millisecond))
 	cc := dial(t, o.Addr)
 	waitServing(t, cc)
@@ -386,9 +370,9 @@ func TestCollectorDown(t *testing.T) {
 			t.Errorf("call %d took %v with the collector down", i, d)
 		}
 	}
-	waitFor(t, 10*time.Second, "spans to be counted as dropped", func() bool { return o.tp.Dropped() > 0 })
+	testkit.WaitFor(t, 10*time.Second, "spans to be counted as dropped", func() bool { return o.tp.Dropped() > 0 })
 	dropped := o.tp.Dropped()
-	got := obsValue(t, obsScrape(t, o.Admin), "meshd_tracing_dropped_spans_total", nil)
+	got := scrapeMetrics(t, o.Admin).Value(t, "meshd_tracing_dropped_spans_total", nil)
 	if got < float64(dropped) {
 		t.Errorf("meshd_tracing_dropped_spans_total = %v, want at least %d", got, dropped)
 	}
@@ -449,7 +433,7 @@ clusters:
 		}
 	}
 
-	mfs := obsScrape(t, o.Admin)
+	mfs := scrapeMetrics(t, o.Admin)
 	unary := map[string]string{"grpc_service": "grpc.testing.TestService", "grpc_method": "UnaryCall", "route": "unary", "cluster": "backends"}
 	with := func(base map[string]string, kv ...string) map[string]string {
 		out := map[string]string{}
@@ -482,14 +466,14 @@ clusters:
 		{"meshd_config_reloads_total", map[string]string{"result": "ok"}, 0},
 		{"meshd_tracing_dropped_spans_total", nil, 0},
 	} {
-		if got := obsValue(t, mfs, tc.name, tc.labels); got != tc.want {
+		if got := mfs.Value(t, tc.name, tc.labels); got != tc.want {
 			t.Errorf("%s%v = %v, want %v", tc.name, tc.labels, got, tc.want)
 		}
 	}
-	if got, want := obsLabelValues(mfs, "grpc_server_handled_total", "grpc_method"), "[EmptyCall UnaryCall other unmatched]"; fmt.Sprint(got) != want {
+	if got, want := mfs.LabelValues("grpc_server_handled_total", "grpc_method"), "[EmptyCall UnaryCall other unmatched]"; fmt.Sprint(got) != want {
 		t.Errorf("grpc_method label values %v, want %s (capped at 2)", got, want)
 	}
-	hs := obsSeries(mfs, "grpc_server_handling_seconds", unary)
+	hs := mfs.Series("grpc_server_handling_seconds", unary)
 	if len(hs) != 1 {
 		t.Fatalf("handling_seconds series for UnaryCall: %d, want 1", len(hs))
 	}
@@ -518,9 +502,9 @@ clusters:
 	if err := o.srv.Reload(&config.Config{Clusters: cfg.Clusters}); err == nil {
 		t.Fatal("reload of an invalid config succeeded")
 	}
-	mfs = obsScrape(t, o.Admin)
+	mfs = scrapeMetrics(t, o.Admin)
 	for res, want := range map[string]float64{"ok": 1, "failed": 1} {
-		if got := obsValue(t, mfs, "meshd_config_reloads_total", map[string]string{"result": res}); got != want {
+		if got := mfs.Value(t, "meshd_config_reloads_total", map[string]string{"result": res}); got != want {
 			t.Errorf("meshd_config_reloads_total{result=%q} = %v, want %v", res, got, want)
 		}
 	}
@@ -546,8 +530,8 @@ func TestAccessLog(t *testing.T) {
 			client := testpb.NewTestServiceClient(cc)
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			waitFor(t, 10*time.Second, "endpoint serving", func() bool {
-				return obsValue(t, obsScrape(t, o.Admin), "meshd_cluster_healthy_endpoints", nil) == 1
+			testkit.WaitFor(t, 10*time.Second, "endpoint serving", func() bool {
+				return scrapeMetrics(t, o.Admin).Value(t, "meshd_cluster_healthy_endpoints", nil) == 1
 			})
 			for range 2 {
 				if _, err := client.UnaryCall(ctx, &testpb.SimpleRequest{Payload: &testpb.Payload{Body: make([]byte, 100)}}); err != nil {
@@ -619,11 +603,11 @@ func TestAdminGRPCHealthDrain(t *testing.T) {
 		_, err := testpb.NewTestServiceClient(cc).UnaryCall(dctx, &testpb.SimpleRequest{})
 		callDone <- err
 	}()
-	waitFor(t, 5*time.Second, "the slow call to be in flight", func() bool {
-		return obsValue(t, obsScrape(t, o.Admin), "meshd_active_streams", nil) == 1
+	testkit.WaitFor(t, 5*time.Second, "the slow call to be in flight", func() bool {
+		return scrapeMetrics(t, o.Admin).Value(t, "meshd_active_streams", nil) == 1
 	})
 	o.stop() // SIGTERM
-	waitFor(t, 5*time.Second, "health NOT_SERVING during the drain", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "health NOT_SERVING during the drain", func() bool {
 		resp, err := hc.Check(ctx, &healthpb.HealthCheckRequest{})
 		return err == nil && resp.GetStatus() == healthpb.HealthCheckResponse_NOT_SERVING
 	})
@@ -714,7 +698,7 @@ func readLogLines(t testing.TB, file string) []map[string]any {
 func waitLogLines(t testing.TB, file string, n int) []map[string]any {
 	t.Helper()
 	var lines []map[string]any
-	waitFor(t, 10*time.Second, fmt.Sprintf("%d access log lines", n), func() bool {
+	testkit.WaitFor(t, 10*time.Second, fmt.Sprintf("%d access log lines", n), func() bool {
 		lines = readLogLines(t, file)
 		return len(lines) >= n
 	})
@@ -722,71 +706,4 @@ func waitLogLines(t testing.TB, file string, n int) []map[string]any {
 		t.Errorf("%d access log lines, want %d", len(lines), n)
 	}
 	return lines
-}
-
-func obsScrape(t testing.TB, adminAddr string) map[string]*dto.MetricFamily {
-	t.Helper()
-	resp, err := http.Get("http://" + adminAddr + "/metrics")
-	if err != nil {
-		t.Fatalf("GET /metrics: %v", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET /metrics: %d", resp.StatusCode)
-	}
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	mfs, err := p.TextToMetricFamilies(resp.Body)
-	if err != nil {
-		t.Fatalf("parse /metrics: %v", err)
-	}
-	return mfs
-}
-
-func obsSeries(mfs map[string]*dto.MetricFamily, name string, want map[string]string) []*dto.Metric {
-	var out []*dto.Metric
-	for _, m := range mfs[name].GetMetric() {
-		got := map[string]string{}
-		for _, l := range m.GetLabel() {
-			got[l.GetName()] = l.GetValue()
-		}
-		match := true
-		for k, v := range want {
-			if got[k] != v {
-				match = false
-			}
-		}
-		if match {
-			out = append(out, m)
-		}
-	}
-	return out
-}
-
-func obsValue(t testing.TB, mfs map[string]*dto.MetricFamily, name string, want map[string]string) float64 {
-	t.Helper()
-	ms := obsSeries(mfs, name, want)
-	if len(ms) != 1 {
-		t.Fatalf("%s%v: %d series, want 1", name, want, len(ms))
-	}
-	if c := ms[0].GetCounter(); c != nil {
-		return c.GetValue()
-	}
-	return ms[0].GetGauge().GetValue()
-}
-
-func obsLabelValues(mfs map[string]*dto.MetricFamily, name, label string) []string {
-	seen := map[string]bool{}
-	for _, m := range mfs[name].GetMetric() {
-		for _, l := range m.GetLabel() {
-			if l.GetName() == label {
-				seen[l.GetValue()] = true
-			}
-		}
-	}
-	out := make([]string, 0, len(seen))
-	for v := range seen {
-		out = append(out, v)
-	}
-	sort.Strings(out)
-	return out
 }

@@ -1,6 +1,8 @@
 package test
 
 import (
+	"github.com/meshd/meshd/internal/testkit"
+
 	"bufio"
 	"context"
 	"fmt"
@@ -98,7 +100,7 @@ clusters:
 	}
 	const want = 1 + 2 // the health watch, ConnsPerBackend
 	calls(la["a"])
-	waitFor(t, 5*time.Second, "the cluster's connections", func() bool { return len(connsTo(t, port)) == want })
+	testkit.WaitFor(t, 5*time.Second, "the cluster's connections", func() bool { return len(connsTo(t, port)) == want })
 	before := connsTo(t, port)
 	calls(la["b"])
 	calls(la["a"])
@@ -107,7 +109,7 @@ clusters:
 			len(after), slices.Sorted(maps.Keys(after)), len(before), slices.Sorted(maps.Keys(before)))
 	}
 
-	mt := scrapeMetrics(t, m.Admin)
+	mt := scrapeMetrics(t, m.Admin).Samples()
 	if got := mt[`meshd_cluster_upstream_connections{cluster="backends"}`]; got != 2 {
 		t.Errorf(`meshd_cluster_upstream_connections{cluster="backends"} = %g, want 2`, got)
 	}
@@ -168,7 +170,7 @@ clusters:
 	}
 	callB()
 	// Each cluster: its health watch and its 2 call connections.
-	waitFor(t, 5*time.Second, "both clusters' connections", func() bool { return len(connsTo(t, port)) == 2*(1+2) })
+	testkit.WaitFor(t, 5*time.Second, "both clusters' connections", func() bool { return len(connsTo(t, port)) == 2*(1+2) })
 	before := connsTo(t, port)
 
 	cfg, err := config.Parse([]byte(gen(false)), "test.yaml")
@@ -180,7 +182,7 @@ clusters:
 	}
 	// a is retired once no call can use it; its 3 connections close. Had
 	// its retirement closed b's too, fewer than b's 3 would be left here.
-	waitFor(t, 10*time.Second, "the retired cluster's connections to close", func() bool { return len(connsTo(t, port)) <= 1+2 })
+	testkit.WaitFor(t, 10*time.Second, "the retired cluster's connections to close", func() bool { return len(connsTo(t, port)) <= 1+2 })
 	callB()
 	after := connsTo(t, port)
 	for p := range after {
@@ -192,7 +194,7 @@ clusters:
 	if len(after) != 1+2 {
 		t.Fatalf("%d connections to the backend after a's retirement (%v), want b's 3", len(after), slices.Sorted(maps.Keys(after)))
 	}
-	mt := scrapeMetrics(t, m.Admin)
+	mt := scrapeMetrics(t, m.Admin).Samples()
 	if got := mt[`meshd_cluster_upstream_connections{cluster="b"}`]; got != 2 {
 		t.Errorf(`meshd_cluster_upstream_connections{cluster="b"} = %g, want 2`, got)
 	}
@@ -244,14 +246,14 @@ clusters:
 		call(true)
 		call(false)
 	}
-	waitFor(t, 5*time.Second, "both clusters' connections", func() bool { return len(connsTo(t, port)) == 2*(1+2) })
+	testkit.WaitFor(t, 5*time.Second, "both clusters' connections", func() bool { return len(connsTo(t, port)) == 2*(1+2) })
 	before := connsTo(t, port)
 
 	if err := agent.Client.Agent().ServiceDeregister(x.Name); err != nil {
 		t.Fatal(err)
 	}
 	waitGone(t, m.Admin, "a", x.Addr)
-	waitFor(t, 10*time.Second, "cluster a's connections to X to close", func() bool { return len(connsTo(t, port)) <= 1+2 })
+	testkit.WaitFor(t, 10*time.Second, "cluster a's connections to X to close", func() bool { return len(connsTo(t, port)) <= 1+2 })
 	for range 10 {
 		call(false)
 	}
@@ -265,7 +267,7 @@ clusters:
 	if len(after) != 1+2 {
 		t.Fatalf("%d connections to X after a removed it (%v), want b's 3", len(after), slices.Sorted(maps.Keys(after)))
 	}
-	mt := scrapeMetrics(t, m.Admin)
+	mt := scrapeMetrics(t, m.Admin).Samples()
 	if got := mt[`meshd_cluster_upstream_connections{cluster="a"}`]; got != 0 {
 		t.Errorf(`meshd_cluster_upstream_connections{cluster="a"} = %g, want 0`, got)
 	}

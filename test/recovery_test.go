@@ -18,6 +18,10 @@ package test
 // binary itself, re-executed into TestHelperBackendProcess.
 
 import (
+	"github.com/meshd/meshd/internal/testkit/proc"
+
+	"github.com/meshd/meshd/internal/testkit"
+
 	"bufio"
 	"context"
 	"encoding/json"
@@ -334,7 +338,7 @@ func firstServed(calls []callRec, backend string) (time.Time, bool) {
 func waitFirstCall(t *testing.T, l *recoveryLoad, backend string, since time.Time) time.Duration {
 	t.Helper()
 	var at time.Time
-	waitFor(t, 15*time.Second, "a call served by "+backend, func() bool {
+	testkit.WaitFor(t, 15*time.Second, "a call served by "+backend, func() bool {
 		var ok bool
 		at, ok = firstServed(l.snapshot(), backend)
 		return ok
@@ -526,7 +530,7 @@ func TestRecoveryBlackHole(t *testing.T) {
 	t.Parallel()
 	bin := buildMeshd(t)
 	good := startBackends(t, "good", 1)[0]
-	hole := startBlackHole(t)
+	hole := testkit.BlackHole(t)
 	p := startBinary(t, bin, writeConfig(t, recoveryConfig("127.0.0.1:0", "127.0.0.1:0",
 		[]string{good.Addr, hole.Addr()}, "    healthy_panic_threshold: 100\n")))
 	cc := dial(t, p.addr)
@@ -535,10 +539,13 @@ func TestRecoveryBlackHole(t *testing.T) {
 	t.Logf("black hole: %s (%s)", e.State, e.Reason)
 
 	const window = 5 * time.Second
-	holeConns := func() int {
-		hole.mu.Lock()
-		defer hole.mu.Unlock()
-		return len(hole.conns)
+	holeConns := hole.Accepted
+	procCPU := func(pid int) time.Duration {
+		d, err := proc.CPU(pid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
 	}
 	cpu0, conns0, t0 := procCPU(p.cmd.Process.Pid), holeConns(), time.Now()
 	for time.Since(t0) < window {
@@ -627,7 +634,7 @@ func TestPanicThreshold(t *testing.T) {
 				counts[resp.GetServerId()]++
 			}
 			v := panicViewOf(t, m.Admin, "backends")
-			metrics := scrapeMetrics(t, m.Admin)
+			metrics := scrapeMetrics(t, m.Admin).Samples()
 			picks := metrics[`meshd_cluster_panic_picks_total{cluster="backends"}`]
 			t.Logf("threshold %d%%: calls %v; /clusters panic=%v entered=%d picks=%d; /metrics panic=%v picks=%v",
 				tc.threshold, counts, v.Panic, v.PanicEntered, v.PanicPicks, metrics[`meshd_cluster_panic{cluster="backends"}`], picks)
@@ -690,7 +697,7 @@ func TestUpgradeUnderLoad(t *testing.T) {
 	if nw.addr != old.addr || nw.admin != old.admin {
 		t.Fatalf("new meshd on %s (admin %s), old on %s (admin %s): want the same addresses", nw.addr, nw.admin, old.addr, old.admin)
 	}
-	waitFor(t, 15*time.Second, "the new meshd's /ready?pid", func() bool { return readyPid(nw.admin, nw.cmd.Process.Pid) == http.StatusOK })
+	testkit.WaitFor(t, 15*time.Second, "the new meshd's /ready?pid", func() bool { return readyPid(nw.admin, nw.cmd.Process.Pid) == http.StatusOK })
 
 	t.Run("exclusive bind fails next to a running meshd", func(t *testing.T) {
 		cmd := exec.Command(bin, "run", "-config", file, "-reuse-port=false")

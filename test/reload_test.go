@@ -21,6 +21,7 @@ import (
 
 	"github.com/meshd/meshd/config"
 	"github.com/meshd/meshd/internal/consultest"
+	"github.com/meshd/meshd/internal/testkit"
 	"github.com/meshd/meshd/test/backend"
 )
 
@@ -189,7 +190,7 @@ func TestReloadUnderLoad(t *testing.T) {
 		gen.Store(int64(i))
 		// Let traffic use generation i before the next reload.
 		before := viaGen.Load()
-		waitFor(t, 10*time.Second, fmt.Sprintf("calls through route gen-%d", i), func() bool { return viaGen.Load() >= before+5 })
+		testkit.WaitFor(t, 10*time.Second, fmt.Sprintf("calls through route gen-%d", i), func() bool { return viaGen.Load() >= before+5 })
 	}
 	took := time.Since(start)
 	stop()
@@ -329,7 +330,7 @@ clusters:
 		t.Helper()
 		var slowest time.Duration
 		for i, c := range clients {
-			waitFor(t, 10*time.Second, fmt.Sprintf("instance %d to route to %s", i, want), func() bool { return answeredBy(c) == want })
+			testkit.WaitFor(t, 10*time.Second, fmt.Sprintf("instance %d to route to %s", i, want), func() bool { return answeredBy(c) == want })
 			slowest = max(slowest, time.Since(since))
 		}
 		return slowest
@@ -350,7 +351,7 @@ clusters:
 	}
 	put([]byte("routes:\n  - name: broken\n    match: {prefix: /}\n    cluster: missing\n"))
 	for i, m := range meshes {
-		waitFor(t, 5*time.Second, fmt.Sprintf("instance %d to reject the value", i), func() bool {
+		testkit.WaitFor(t, 5*time.Second, fmt.Sprintf("instance %d to reject the value", i), func() bool {
 			_, failed := m.srv.ReloadCounts()
 			return failed == failedBefore[i]+1
 		})
@@ -422,12 +423,12 @@ func TestReloadBinaryFileWatch(t *testing.T) {
 	}
 	start := time.Now()
 	publish(cfgFor(b))
-	waitFor(t, 5*time.Second, "the ConfigMap swap to be applied", func() bool { return answeredBy() == "fb-0" })
+	testkit.WaitFor(t, 5*time.Second, "the ConfigMap swap to be applied", func() bool { return answeredBy() == "fb-0" })
 	t.Logf("ConfigMap-style swap applied %v after it was made (polling off)", time.Since(start).Round(time.Millisecond))
 
 	base := getConfigDump(t, p.admin)
 	publish("listeners: [oops\n")
-	waitFor(t, 5*time.Second, "the bad file to be rejected", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "the bad file to be rejected", func() bool {
 		return getConfigDump(t, p.admin).ReloadsFailed == base.ReloadsFailed+1
 	})
 	if d := getConfigDump(t, p.admin); !strings.Contains(d.LastError, "meshd.yaml") {
@@ -437,10 +438,10 @@ func TestReloadBinaryFileWatch(t *testing.T) {
 		t.Fatalf("after the bad file: answered by %s, want the old config's fb-0", got)
 	}
 	publish(cfgFor(a))
-	waitFor(t, 5*time.Second, "the fixed file to be applied", func() bool { return answeredBy() == "fa-0" })
+	testkit.WaitFor(t, 5*time.Second, "the fixed file to be applied", func() bool { return answeredBy() == "fa-0" })
 	okBefore := getConfigDump(t, p.admin).ReloadsOK
 	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "SIGHUP to reload", func() bool { return getConfigDump(t, p.admin).ReloadsOK == okBefore+1 })
+	testkit.WaitFor(t, 5*time.Second, "SIGHUP to reload", func() bool { return getConfigDump(t, p.admin).ReloadsOK == okBefore+1 })
 }

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/meshd/meshd/internal/testkit"
 	"github.com/meshd/meshd/test/backend"
 )
 
@@ -587,7 +588,7 @@ func TestRetryBudgetCapsStorm(t *testing.T) {
 // retry has somewhere else to go (waitServing proves only one).
 func waitHealthy(t *testing.T, admin, cluster string, n int) {
 	t.Helper()
-	waitFor(t, 10*time.Second, fmt.Sprintf("%d healthy endpoints in %s", n, cluster), func() bool {
+	testkit.WaitFor(t, 10*time.Second, fmt.Sprintf("%d healthy endpoints in %s", n, cluster), func() bool {
 		_, body := adminGet(t, admin, "/clusters")
 		var v map[string]struct {
 			Status struct{ Healthy int } `json:"status"`
@@ -627,18 +628,7 @@ func TestConcurrencyLimits(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		var streams []testpb.TestService_FullDuplexCallClient
 		for range 2 {
-			st, err := client.FullDuplexCall(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			// One round trip: the stream is admitted and open.
-			if err := st.Send(&testpb.StreamingOutputCallRequest{ResponseParameters: []*testpb.ResponseParameters{{Size: 1}}}); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := st.Recv(); err != nil {
-				t.Fatal(err)
-			}
-			streams = append(streams, st)
+			streams = append(streams, testkit.OpenStream(t, ctx, client))
 		}
 		start := time.Now()
 		_, err := client.EmptyCall(ctxMD(t), &testpb.Empty{})
@@ -654,7 +644,7 @@ func TestConcurrencyLimits(t *testing.T) {
 		for _, st := range streams {
 			st.Recv() // the cancel ends them
 		}
-		waitFor(t, 5*time.Second, "calls admitted again", func() bool {
+		testkit.WaitFor(t, 5*time.Second, "calls admitted again", func() bool {
 			_, err := client.EmptyCall(ctxMD(t), &testpb.Empty{})
 			return err == nil
 		})
@@ -684,17 +674,7 @@ func testMaxPending(t *testing.T) {
 	// Two streams open: both connections the gate lets through are full.
 	var streams []testpb.TestService_FullDuplexCallClient
 	for range 2 {
-		st, err := client.FullDuplexCall(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := st.Send(&testpb.StreamingOutputCallRequest{ResponseParameters: []*testpb.ResponseParameters{{Size: 1}}}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := st.Recv(); err != nil {
-			t.Fatal(err)
-		}
-		streams = append(streams, st)
+		streams = append(streams, testkit.OpenStream(t, ctx, client))
 	}
 	if _, pending := clusterLimits(t, m.Admin, "c"); pending != 0 {
 		t.Fatalf("pending = %d with every call linked; want 0", pending)
@@ -704,7 +684,7 @@ func testMaxPending(t *testing.T) {
 		_, err := client.EmptyCall(ctx, &testpb.Empty{})
 		waiting <- err
 	}()
-	waitFor(t, 5*time.Second, "the call to wait for a new connection", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "the call to wait for a new connection", func() bool {
 		_, pending := clusterLimits(t, m.Admin, "c")
 		return pending == 1
 	})

@@ -1,13 +1,11 @@
 package test
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"math"
 	"os"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -19,6 +17,9 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/status"
 
+	"github.com/meshd/meshd/internal/testkit"
+	"github.com/meshd/meshd/internal/testkit/h2raw"
+	"github.com/meshd/meshd/internal/testkit/proc"
 	"github.com/meshd/meshd/test/backend"
 )
 
@@ -79,8 +80,8 @@ func TestSoak(t *testing.T) {
 	}
 	bin := buildMeshd(t)
 	good := startBackends(t, "soak", 2)
-	reset := startH2Backend(t, resetStream)
-	bh := startBlackHole(t)
+	reset := startH2Backend(t, nil, resetStream)
+	bh := testkit.BlackHole(t)
 	faultyGood := startBackends(t, "soak-faulty", 1, backend.WithHealth(backend.HealthNone))
 	// EmptyCall goes to the faulty cluster, with a 300ms route timeout.
 	cfg := abuseConfigWith(good,
@@ -89,7 +90,7 @@ func TestSoak(t *testing.T) {
     endpoints: [%s, %s, %s]
     health: {disabled: true}
     outlier: {consecutive_failures: 3, failure_codes: [INTERNAL, DEADLINE_EXCEEDED, UNAVAILABLE], base_ejection_time: 2s, max_ejection_percent: 70}
-`, bh.Addr(), reset.Addr(), faultyGood[0].Addr))
+`, bh.Addr(), reset, faultyGood[0].Addr))
 	p := startBinary(t, bin, writeConfig(t, cfg))
 	cc := dial(t, p.addr)
 	waitServing(t, cc)
@@ -100,7 +101,7 @@ func TestSoak(t *testing.T) {
 	sleepPhase(time.Second)
 	quiet := newPhase("quiet")
 	mon.sliced(quiet, abuseQuietBaseline)
-	start := scrapeMetrics(t, p.admin)
+	start := scrapeMetrics(t, p.admin).Samples()
 
 	// The faulty cluster's client: every call answered within its route
 	// timeout (plus slack), whatever the code.
@@ -141,10 +142,10 @@ func TestSoak(t *testing.T) {
 	// (attack connections are all closed by now, or closing).
 	var after map[string]float64
 	settled := func() bool {
-		after = scrapeMetrics(t, p.admin)
+		after = scrapeMetrics(t, p.admin).Samples()
 		return after["go_goroutines"] <= start["go_goroutines"]+10 && after["process_open_fds"] <= start["process_open_fds"]+5
 	}
-	if !poll(15*time.Second, 100*time.Millisecond, settled) {
+	if !testkit.Poll(15*time.Second, 100*time.Millisecond, settled) {
 		t.Errorf("meshd after the soak: %g goroutines, %g fds; at the start %g, %g", after["go_goroutines"], after["process_open_fds"], start["go_goroutines"], start["process_open_fds"])
 	}
 	t.Logf("soak %s, %d rounds of every attack: steady p99 undisturbed %s, after %s; meshd peak RSS %.1f MiB; goroutines %g→%g, fds %g→%g; faulty cluster: %s",
@@ -269,7 +270,7 @@ func TestSoakAbuse(t *testing.T) {
 	var rows []row
 	for _, tc := range abuseCases {
 		ok := t.Run(tc.name, func(t *testing.T) {
-			before := scrapeMetrics(t, p.admin)
+			before := scrapeMetrics(t, p.admin).Samples()
 			ref, ph, rs := measureAttack(mon, tc, p.addr, opt, "")
 			if len(rs) == 0 {
 				t.Fatal("no attacking connection could be made")
@@ -279,8 +280,8 @@ func TestSoakAbuse(t *testing.T) {
 				answer += "; no meshd_listener_* counter"
 			} else {
 				var after map[string]float64
-				waitFor(t, 5*time.Second, tc.counter+" to grow", func() bool {
-					after = scrapeMetrics(t, p.admin)
+				testkit.WaitFor(t, 5*time.Second, tc.counter+" to grow", func() bool {
+					after = scrapeMetrics(t, p.admin).Samples()
 					return after[tc.counter]-before[tc.counter] >= tc.min
 				})
 				answer += fmt.Sprintf("; %s +%g", shortSeries(tc.counter), after[tc.counter]-before[tc.counter])
@@ -310,7 +311,7 @@ func TestSoakAbuse(t *testing.T) {
 	mon.stop()
 	checkSteady(t, quiet, quiet, final)
 	var series []string
-	for k, v := range scrapeMetrics(t, p.admin) {
+	for k, v := range scrapeMetrics(t, p.admin).Samples() {
 		if strings.HasPrefix(k, "meshd_listener_") && v != 0 {
 			series = append(series, fmt.Sprintf("%s %g", k, v))
 		}
@@ -397,12 +398,12 @@ const (
 // returns the quiet phase around it, the attack phase and what the
 // attacking connections saw. Cases with a phase of their own (connections
 // held for seconds) run once between two quiet slices.
-func measureAttack(mon *monitor, tc abuseCase, addr string, opt attackOpts, suffix string) (ref, ph *phase, rs []rawResult) {
+func measureAttack(mon *monitor, tc abuseCase, addr string, opt attackOpts, suffix string) (ref, ph *phase, rs []h2raw.Result) {
 	ref, ph = newPhase("quiet around "+tc.name+suffix), newPhase(tc.name+suffix)
 	quiet := func(d time.Duration) { mon.enter(ref); sleepPhase(d) }
 	if tc.phase > 0 {
 		mon.sliced(ref, abuseQuietAfterEach)
-		done := make(chan []rawResult, 1)
+		done := make(chan []h2raw.Result, 1)
 		go func() { done <- runAttack(tc, addr, opt, tc.phase) }()
 		for finished := false; !finished; {
 			mon.enter(ph)
@@ -427,13 +428,13 @@ func measureAttack(mon *monitor, tc abuseCase, addr string, opt attackOpts, suff
 
 // runAttack runs one case for d and returns what each attacking
 // connection saw.
-func runAttack(tc abuseCase, addr string, opt attackOpts, d time.Duration) []rawResult {
+func runAttack(tc abuseCase, addr string, opt attackOpts, d time.Duration) []h2raw.Result {
 	par := max(tc.parallel, 1)
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
 	var (
 		mu    sync.Mutex
-		rs    []rawResult
+		rs    []h2raw.Result
 		conns atomic.Int32
 		wg    sync.WaitGroup
 	)
@@ -646,7 +647,8 @@ func (m *monitor) next(name string) *phase {
 
 // enter ends the current phase's slice and opens a slice of ph.
 func (m *monitor) enter(ph *phase) {
-	now, cpu := time.Now(), procCPU(m.pid)
+	now := time.Now()
+	cpu, _ := proc.CPU(m.pid) // 0 once meshd is gone
 	ph.mu.Lock()
 	if !ph.sliceAt.IsZero() { // re-entered: close the open slice first
 		ph.wall += now.Sub(ph.sliceAt)
@@ -733,7 +735,7 @@ func (m *monitor) sampleRSS() {
 			return
 		case <-tick.C:
 		}
-		kib, err := procStatusKiB(m.pid, "VmRSS")
+		kib, err := proc.StatusKiB(m.pid, "VmRSS")
 		if err != nil {
 			m.dead.Store(true)
 			continue
@@ -752,39 +754,4 @@ func (m *monitor) sampleRSS() {
 			}
 		}
 	}
-}
-
-// procStatusKiB reads a "Key: N kB" line of /proc/pid/status.
-func procStatusKiB(pid int, key string) (int64, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), key+":"); ok {
-			return strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-		}
-	}
-	return 0, fmt.Errorf("%s not in /proc/%d/status", key, pid)
-}
-
-// procCPU is the user+system CPU time pid has used (0 if it is gone).
-func procCPU(pid int) time.Duration {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	// Fields after the command name, which is in parentheses and may
-	// contain spaces: state is field 3, utime 14, stime 15.
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-	if len(f) < 13 {
-		return 0
-	}
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	const clkTck = 100 // USER_HZ on Linux
-	return time.Duration(ut+st) * time.Second / clkTck
 }

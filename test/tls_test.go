@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	"github.com/meshd/meshd/internal/testkit"
 	"github.com/meshd/meshd/test/backend"
 )
 
@@ -68,12 +69,12 @@ func callPeer(cc *grpc.ClientConn, timeout time.Duration) (tls.ConnectionState, 
 
 func TestTLSListener(t *testing.T) {
 	t.Parallel()
-	ca := newTestCA(t, "meshd test CA")
+	ca := testkit.NewCA(t, "meshd test CA")
 	dir := t.TempDir()
-	c, k, serial := ca.issue(t, "meshd")
+	c, k, serial := ca.Issue(t, "meshd")
 	m, b := tlsMesh(t, dir, writeFile(t, dir, "tls.crt", c), writeFile(t, dir, "tls.key", k), "")
 
-	cc := tlsDial(t, m.Addr, &tls.Config{RootCAs: ca.pool(), ServerName: "localhost"})
+	cc := tlsDial(t, m.Addr, &tls.Config{RootCAs: ca.Pool(), ServerName: "localhost"})
 	waitServing(t, cc) // the backend takes calls after its first SERVING
 	calls := b.Calls()
 	st, err := callPeer(cc, 10*time.Second)
@@ -95,8 +96,8 @@ func TestTLSListener(t *testing.T) {
 		cc   *grpc.ClientConn
 	}{
 		{"plaintext client", dial(t, m.Addr)},
-		{"TLS 1.1 client", tlsDial(t, m.Addr, &tls.Config{RootCAs: ca.pool(), ServerName: "localhost", MaxVersion: tls.VersionTLS11})},
-		{"client not trusting the CA", tlsDial(t, m.Addr, &tls.Config{RootCAs: newTestCA(t, "other").pool(), ServerName: "localhost"})},
+		{"TLS 1.1 client", tlsDial(t, m.Addr, &tls.Config{RootCAs: ca.Pool(), ServerName: "localhost", MaxVersion: tls.VersionTLS11})},
+		{"client not trusting the CA", tlsDial(t, m.Addr, &tls.Config{RootCAs: testkit.NewCA(t, "other").Pool(), ServerName: "localhost"})},
 	} {
 		if _, err := callPeer(tc.cc, 2*time.Second); status.Code(err) != codes.Unavailable {
 			t.Errorf("%s: err = %v, want UNAVAILABLE", tc.name, err)
@@ -109,14 +110,14 @@ func TestTLSListener(t *testing.T) {
 
 func TestTLSMutual(t *testing.T) {
 	t.Parallel()
-	ca := newTestCA(t, "meshd test CA")
+	ca := testkit.NewCA(t, "meshd test CA")
 	dir := t.TempDir()
-	c, k, _ := ca.issue(t, "meshd")
-	m, b := tlsMesh(t, dir, writeFile(t, dir, "tls.crt", c), writeFile(t, dir, "tls.key", k), writeFile(t, dir, "ca.crt", ca.pem))
+	c, k, _ := ca.Issue(t, "meshd")
+	m, b := tlsMesh(t, dir, writeFile(t, dir, "tls.crt", c), writeFile(t, dir, "tls.key", k), writeFile(t, dir, "ca.crt", ca.PEM()))
 
-	base := tls.Config{RootCAs: ca.pool(), ServerName: "localhost"}
+	base := tls.Config{RootCAs: ca.Pool(), ServerName: "localhost"}
 	withCert := base.Clone()
-	withCert.Certificates = []tls.Certificate{ca.keyPair(t, "client")}
+	withCert.Certificates = []tls.Certificate{ca.KeyPair(t, "client")}
 	good := tlsDial(t, m.Addr, withCert)
 	waitServing(t, good) // the backend takes calls after its first SERVING
 	calls := b.Calls()
@@ -124,7 +125,7 @@ func TestTLSMutual(t *testing.T) {
 		t.Fatalf("client with a certificate from the CA: %v", err)
 	}
 	foreign := base.Clone()
-	foreign.Certificates = []tls.Certificate{newTestCA(t, "other").keyPair(t, "intruder")}
+	foreign.Certificates = []tls.Certificate{testkit.NewCA(t, "other").KeyPair(t, "intruder")}
 	for _, tc := range []struct {
 		name string
 		cfg  *tls.Config
@@ -149,12 +150,12 @@ func TestTLSMutual(t *testing.T) {
 // a certificate that does not match its key for a moment.
 func TestTLSRotationUnderLoad(t *testing.T) {
 	t.Parallel()
-	ca := newTestCA(t, "meshd test CA")
+	ca := testkit.NewCA(t, "meshd test CA")
 	dir := t.TempDir()
-	c, k, first := ca.issue(t, "meshd")
+	c, k, first := ca.Issue(t, "meshd")
 	certFile, keyFile := writeFile(t, dir, "tls.crt", c), writeFile(t, dir, "tls.key", k)
 	m, _ := tlsMesh(t, dir, certFile, keyFile, "")
-	clientTLS := &tls.Config{RootCAs: ca.pool(), ServerName: "localhost"}
+	clientTLS := &tls.Config{RootCAs: ca.Pool(), ServerName: "localhost"}
 	waitServing(t, tlsDial(t, m.Addr, clientTLS)) // the backend is admitted on its first SERVING
 
 	var (
@@ -212,14 +213,14 @@ func TestTLSRotationUnderLoad(t *testing.T) {
 
 	waitSeen := func(serial int64) {
 		t.Helper()
-		waitFor(t, 15*time.Second, fmt.Sprintf("new handshakes to present certificate %d", serial), func() bool {
+		testkit.WaitFor(t, 15*time.Second, fmt.Sprintf("new handshakes to present certificate %d", serial), func() bool {
 			_, ok := seen.Load(serial)
 			return ok
 		})
 	}
 	waitSeen(first)
 	for i := range 3 {
-		c, k, serial := ca.issue(t, "meshd")
+		c, k, serial := ca.Issue(t, "meshd")
 		// Alternate which file lands first: either way there is a moment
 		// when the pair on disk does not match.
 		files := [][2]any{{certFile, c}, {keyFile, k}}
@@ -235,7 +236,7 @@ func TestTLSRotationUnderLoad(t *testing.T) {
 	}
 	// A symlink swap, as a Kubernetes Secret volume rotates: ..data points
 	// at a new directory holding both files.
-	c, k, serial := ca.issue(t, "meshd")
+	c, k, serial := ca.Issue(t, "meshd")
 	swapDir := filepath.Join(dir, "v2")
 	if err := os.Mkdir(swapDir, 0o700); err != nil {
 		t.Fatal(err)
@@ -265,7 +266,7 @@ func TestTLSRotationUnderLoad(t *testing.T) {
 // server_name.
 func TestTLSUpstream(t *testing.T) {
 	t.Parallel()
-	ca := newTestCA(t, "upstream CA")
+	ca := testkit.NewCA(t, "upstream CA")
 	dir := t.TempDir()
 	var clientCN atomic.Pointer[string]
 	record := func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
@@ -278,14 +279,14 @@ func TestTLSUpstream(t *testing.T) {
 		return h(ctx, req)
 	}
 	srvTLS := &tls.Config{
-		Certificates: []tls.Certificate{ca.keyPair(t, "backend", "backend.internal")},
-		ClientCAs:    ca.pool(),
+		Certificates: []tls.Certificate{ca.KeyPair(t, "backend", "backend.internal")},
+		ClientCAs:    ca.Pool(),
 		ClientAuth:   tls.RequireAndVerifyClientCert,
 		MinVersion:   tls.VersionTLS12,
 	}
 	bs := startBackends(t, "tls-up", 2, backend.WithTLS(srvTLS), backend.WithServerOptions(grpc.UnaryInterceptor(record)))
-	c, k, _ := ca.issue(t, "meshd-client")
-	caFile, certFile, keyFile := writeFile(t, dir, "ca.crt", ca.pem), writeFile(t, dir, "client.crt", c), writeFile(t, dir, "client.key", k)
+	c, k, _ := ca.Issue(t, "meshd-client")
+	caFile, certFile, keyFile := writeFile(t, dir, "ca.crt", ca.PEM()), writeFile(t, dir, "client.crt", c), writeFile(t, dir, "client.key", k)
 	m := startMesh(t, fmt.Sprintf(`
 listeners: [{name: main, address: 127.0.0.1:0}]
 drain_timeout: 5s

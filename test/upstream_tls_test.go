@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshd/meshd/config"
+	"github.com/meshd/meshd/internal/testkit"
 	"github.com/meshd/meshd/test/backend"
 )
 
@@ -71,11 +72,11 @@ func (cc *clientCerts) has(method, id string) bool {
 
 // mtlsBackends starts n backends that require a client certificate from
 // ca and serve a certificate for backend.internal.
-func mtlsBackends(t *testing.T, ca *testCA, n int, rec *clientCerts, opts ...grpc.ServerOption) []*backend.Backend {
+func mtlsBackends(t *testing.T, ca *testkit.CA, n int, rec *clientCerts, opts ...grpc.ServerOption) []*backend.Backend {
 	t.Helper()
 	srvTLS := &tls.Config{
-		Certificates: []tls.Certificate{ca.keyPair(t, "backend", "backend.internal")},
-		ClientCAs:    ca.pool(),
+		Certificates: []tls.Certificate{ca.KeyPair(t, "backend", "backend.internal")},
+		ClientCAs:    ca.Pool(),
 		ClientAuth:   tls.RequireAndVerifyClientCert,
 		MinVersion:   tls.VersionTLS12,
 	}
@@ -96,17 +97,17 @@ const (
 // a cluster's certificate takes effect on the next call.
 func TestTLSUpstreamClusters(t *testing.T) {
 	t.Parallel()
-	ca := newTestCA(t, "upstream CA")
-	other := newTestCA(t, "other CA")
+	ca := testkit.NewCA(t, "upstream CA")
+	other := testkit.NewCA(t, "other CA")
 	var rec clientCerts
 	bs := mtlsBackends(t, ca, 2, &rec)
 	dir := t.TempDir()
-	caFile := writeFile(t, dir, "ca.crt", ca.pem)
-	otherCA := writeFile(t, dir, "other.crt", other.pem)
+	caFile := writeFile(t, dir, "ca.crt", ca.PEM())
+	otherCA := writeFile(t, dir, "other.crt", other.PEM())
 	files := map[string][2]string{}
 	serials := map[string]int64{}
 	for _, cn := range []string{"meshd-a", "meshd-b", "meshd-c"} {
-		c, k, serial := ca.issue(t, cn)
+		c, k, serial := ca.Issue(t, cn)
 		files[cn] = [2]string{writeFile(t, dir, cn+".crt", c), writeFile(t, dir, cn+".key", k)}
 		serials[cn] = serial
 	}
@@ -209,14 +210,14 @@ clusters:
 // a short age, so that meshd keeps dialing new ones.
 func TestTLSUpstreamRotation(t *testing.T) {
 	t.Parallel()
-	ca := newTestCA(t, "upstream CA")
+	ca := testkit.NewCA(t, "upstream CA")
 	var rec clientCerts
 	bs := mtlsBackends(t, ca, 1, &rec, grpc.KeepaliveParams(keepalive.ServerParameters{
 		MaxConnectionAge: 100 * time.Millisecond, MaxConnectionAgeGrace: 5 * time.Second,
 	}))
 	dir := t.TempDir()
-	c, k, first := ca.issue(t, "meshd-client")
-	caFile, certFile, keyFile := writeFile(t, dir, "ca.crt", ca.pem), writeFile(t, dir, "client.crt", c), writeFile(t, dir, "client.key", k)
+	c, k, first := ca.Issue(t, "meshd-client")
+	caFile, certFile, keyFile := writeFile(t, dir, "ca.crt", ca.PEM()), writeFile(t, dir, "client.crt", c), writeFile(t, dir, "client.key", k)
 	m := startMesh(t, fmt.Sprintf(`
 listeners: [{name: main, address: 127.0.0.1:0}]
 drain_timeout: 5s
@@ -231,7 +232,7 @@ clusters:
 	waitSerial := func(serial int64) {
 		t.Helper()
 		want := fmt.Sprintf("meshd-client/%d", serial)
-		waitFor(t, 15*time.Second, "calls to arrive with client certificate "+want, func() bool {
+		testkit.WaitFor(t, 15*time.Second, "calls to arrive with client certificate "+want, func() bool {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
 			// A call may meet a connection the backend is just
@@ -241,7 +242,7 @@ clusters:
 		})
 	}
 	waitSerial(first)
-	c, k, second := ca.issue(t, "meshd-client")
+	c, k, second := ca.Issue(t, "meshd-client")
 	// Key first, then certificate: for a moment the pair on disk
 	// does not match, and meshd keeps the previous one.
 	if err := os.WriteFile(keyFile, k, 0o600); err != nil {

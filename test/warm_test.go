@@ -12,6 +12,7 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 
 	"github.com/meshd/meshd/config"
+	"github.com/meshd/meshd/internal/testkit"
 	"github.com/meshd/meshd/server"
 	"github.com/meshd/meshd/test/backend"
 )
@@ -43,7 +44,7 @@ func TestWarmBeforeServing(t *testing.T) {
 	bs := startBackends(t, "warm", 2, backend.WithServerOptions(grpc.StreamInterceptor(gatedHealth(open))))
 	// Run publishes its addresses only once serving, so the test
 	// picks them: free loopback ports, bound again at once by meshd.
-	adminAddr, mainAddr := refusedAddr(t), refusedAddr(t)
+	adminAddr, mainAddr := testkit.FreeAddr(t), testkit.FreeAddr(t)
 	cfg, err := config.Parse([]byte(fmt.Sprintf(`
 admin: {address: %s}
 listeners: [{name: main, address: %s}]
@@ -69,7 +70,7 @@ clusters: [{name: backends, endpoints: %s}]
 	}()
 
 	// While the health verdicts are held back, /ready names the reason.
-	waitFor(t, 10*time.Second, "/ready to say the clusters are warming", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "/ready to say the clusters are warming", func() bool {
 		code, body, err := tryGet(adminAddr, "/ready")
 		return err == nil && code == 503 && strings.Contains(body, "warming")
 	})
@@ -93,7 +94,7 @@ clusters: [{name: backends, endpoints: %s}]
 		t.Fatalf("call made during warm-up: %v", err)
 	}
 	<-srv.Serving()
-	waitFor(t, 10*time.Second, "/ready to turn 200", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "/ready to turn 200", func() bool {
 		code, _, err := tryGet(adminAddr, "/ready")
 		return err == nil && code == 200
 	})

@@ -20,6 +20,8 @@ import (
 	"time"
 
 	testpb "google.golang.org/grpc/interop/grpc_testing"
+
+	"github.com/meshd/meshd/internal/testkit/proc"
 )
 
 func main() {
@@ -104,7 +106,7 @@ func (t *target) pids() []int {
 	}
 	p := []int{t.proc.pid()}
 	if t.withWorkers {
-		p = append(p, children(p[0])...)
+		p = append(p, proc.Children(p[0])...)
 	}
 	return p
 }
@@ -210,7 +212,7 @@ func (h *harness) progress(format string, a ...any) { fmt.Fprintf(h.log, format+
 // error or interruption.
 func (h *harness) run(ctx context.Context, names []string, meshdBin, nginxBin string, install bool, pprofPrefix, jsonOut string, stdout io.Writer) error {
 	started := time.Now()
-	loadStart := loadAvg()
+	loadStart := proc.LoadAvg()
 	dir, err := os.MkdirTemp("", "meshbench")
 	if err != nil {
 		return fmt.Errorf("meshbench: %w", err)
@@ -392,7 +394,7 @@ func (h *harness) conclude(all, avail []*target, started time.Time, loadStart st
 	}
 	h.res.deriveAddedP99(rep.availNames)
 	rep.checks = checks(h.res, h.p, rep.availNames, slices.Contains(rep.availNames, nginx))
-	rep.loadEnd = loadAvg()
+	rep.loadEnd = proc.LoadAvg()
 	return rep
 }
 
@@ -479,11 +481,12 @@ func (h *harness) measureRound(ctx context.Context, t *target, r int) error {
 	var hwm bool
 	var sampler *rssSampler
 	if len(pids) > 0 {
-		var err error
-		if cpu0, err = cpuSeconds(pids); err != nil {
+		d, err := proc.CPU(pids...)
+		if err != nil {
 			return fmt.Errorf("meshbench: %s: %w%s", t.name, err, procLog(t))
 		}
-		hwm = len(pids) == 1 && resetPeakRSS(pids[0]) == nil
+		cpu0 = d.Seconds()
+		hwm = len(pids) == 1 && proc.ResetPeakRSS(pids[0]) == nil
 		sampler = startRSSSampler(ctx, pids, 100*time.Millisecond)
 	}
 	tr := closedLoop(ctx, stubs, p.Concurrency, p.ThroughputDur, p.ThroughputMaxCalls, uop)
@@ -492,12 +495,13 @@ func (h *harness) measureRound(ctx context.Context, t *target, r int) error {
 	h.failed(t.name, tr.errs, tr.firstErr)
 	if len(pids) > 0 {
 		peak := sampler.stop(pids)
-		cpu1, err := cpuSeconds(pids)
+		d, err := proc.CPU(pids...)
 		if err != nil {
 			return fmt.Errorf("meshbench: %s: %w%s", t.name, err, procLog(t))
 		}
+		cpu1 := d.Seconds()
 		if hwm {
-			if kib, err := statusKiB(pids[0], "VmHWM"); err == nil {
+			if kib, err := proc.StatusKiB(pids[0], "VmHWM"); err == nil {
 				peak = max(peak, float64(kib)/1024)
 			}
 		}
@@ -548,7 +552,7 @@ func (h *harness) measureIdle(ctx context.Context, t *target, r int, pprofPrefix
 		}
 	}
 	res, err := idleStreams(ctx, t.addr, h.p.IdleStreams, h.p.IdleOpenTimeout, h.p.IdleHold,
-		func() (float64, error) { return memMiB(t.pids()) }, atPeak)
+		func() (float64, error) { return proc.MemMiB(t.pids()...) }, atPeak)
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}

@@ -16,61 +16,9 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 
 	"github.com/meshd/meshd/config"
+	"github.com/meshd/meshd/internal/testkit/proc"
 	"github.com/meshd/meshd/test/backend"
 )
-
-// TestParseStat covers command names with spaces and parentheses, which
-// break naive field splitting.
-func TestParseStat(t *testing.T) {
-	t.Parallel()
-	tests := []struct {
-		name, in string
-		ppid     int
-		ticks    int64
-		wantErr  bool
-	}{
-		{"plain", "42 (meshd) S 7 42 42 0 -1 4194560 100 0 0 0 150 25 0 0 20 0 9 0 1000 1 1", 7, 175, false},
-		{"spaces and parens", "43 (nginx: (worker) x) S 42 42 42 0 -1 0 0 0 0 0 3 4 0 0 20 0 1 0 1 1 1", 42, 7, false},
-		{"truncated", "44 (x) S 1 2 3", 0, 0, true},
-		{"no comm", "garbage", 0, 0, true},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			got, err := parseStat([]byte(tc.in))
-			if (err != nil) != tc.wantErr {
-				t.Fatalf("err = %v, want error %v", err, tc.wantErr)
-			}
-			if err == nil && (got.ppid != tc.ppid || got.ticks != tc.ticks) {
-				t.Errorf("got %+v, want ppid %d ticks %d", got, tc.ppid, tc.ticks)
-			}
-		})
-	}
-}
-
-// TestProcOwnProcess reads this process's real /proc entries.
-func TestProcOwnProcess(t *testing.T) {
-	t.Parallel()
-	pid := os.Getpid()
-	s, err := readStat(pid)
-	if err != nil || s.ppid != os.Getppid() {
-		t.Fatalf("readStat = %+v, %v; want ppid %d", s, err, os.Getppid())
-	}
-	rss, err := rssMiB([]int{pid})
-	if err != nil || rss <= 0 {
-		t.Fatalf("rssMiB = %v, %v", rss, err)
-	}
-	hwm, err := statusKiB(pid, "VmHWM")
-	if err != nil || float64(hwm)/1024 < rss*0.99 {
-		t.Fatalf("VmHWM = %d KiB, %v; below VmRSS %.1f MiB", hwm, err, rss)
-	}
-	if _, err := statusKiB(pid, "NoSuchKey"); err == nil {
-		t.Error("statusKiB found a key that does not exist")
-	}
-	if _, err := cpuSeconds([]int{pid}); err != nil {
-		t.Error(err)
-	}
-}
 
 // TestChildren finds a real child process by its parent PID, as the harness
 // finds nginx's workers, measures the pair's memory and stops it by PID.
@@ -81,15 +29,15 @@ func TestChildren(t *testing.T) {
 		t.Skipf("no sleep binary: %v", err)
 	}
 	defer c.stop(syscall.SIGTERM, 5*time.Second)
-	if got := children(os.Getpid()); !slices.Contains(got, c.pid()) {
-		t.Errorf("children(%d) = %v, want it to contain %d", os.Getpid(), got, c.pid())
+	if got := proc.Children(os.Getpid()); !slices.Contains(got, c.pid()) {
+		t.Errorf("proc.Children(%d) = %v, want it to contain %d", os.Getpid(), got, c.pid())
 	}
-	if mib, err := memMiB([]int{os.Getpid(), c.pid()}); err != nil || mib <= 0 {
-		t.Errorf("memMiB over two processes = %v, %v", mib, err)
+	if mib, err := proc.MemMiB(os.Getpid(), c.pid()); err != nil || mib <= 0 {
+		t.Errorf("proc.MemMiB over two processes = %v, %v", mib, err)
 	}
 	c.stop(syscall.SIGTERM, 5*time.Second)
-	if _, err := memMiB([]int{os.Getpid(), c.pid()}); err == nil {
-		t.Error("memMiB of a stopped process did not fail")
+	if _, err := proc.MemMiB(os.Getpid(), c.pid()); err == nil {
+		t.Error("proc.MemMiB of a stopped process did not fail")
 	}
 	if !c.exited() {
 		t.Error("child still running after stop")
@@ -319,7 +267,7 @@ func TestLoadPhases(t *testing.T) {
 		}
 	})
 	t.Run("idle streams stay open through the measurement", func(t *testing.T) {
-		rss := func() (float64, error) { return rssMiB([]int{os.Getpid()}) }
+		rss := func() (float64, error) { return proc.RSSMiB(os.Getpid()) }
 		peaked := false
 		r, err := idleStreams(ctx, b.Addr, 600, 20*time.Second, 0, rss, func() { peaked = true })
 		if err != nil {

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/meshd/meshd/internal/testkit/proc"
 )
 
 // nginxVersion parses `nginx -v` output ("nginx version: nginx/1.22.1").
@@ -139,10 +141,10 @@ func startNginx(ctx context.Context, bin, dir, backendAddr string, workers int) 
 // stopNginx stops the master (SIGTERM: fast shutdown, which stops the
 // workers) and then SIGKILLs, by PID, any worker it left behind.
 func stopNginx(c *child) {
-	workers := children(c.pid())
+	workers := proc.Children(c.pid())
 	c.stop(syscall.SIGTERM, 5*time.Second)
 	for _, w := range workers {
-		if s, err := readStat(w); err == nil && s.ppid != c.pid() && isNginx(w) {
+		if s, err := proc.ReadStat(w); err == nil && s.PPID != c.pid() && isNginx(w) {
 			_ = syscall.Kill(w, syscall.SIGKILL)
 		}
 	}
@@ -150,8 +152,8 @@ func stopNginx(c *child) {
 
 // isNginx guards stopNginx against a recycled PID.
 func isNginx(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	return err == nil && strings.HasPrefix(string(b), "nginx")
+	cmd, err := proc.Cmdline(pid)
+	return err == nil && strings.HasPrefix(cmd, "nginx")
 }
 
 // installNginx runs `apt-get install -y nginx-light` (only with -install-nginx).

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshd/meshd/internal/testkit"
 	"github.com/meshd/meshd/test/backend"
 )
 
@@ -136,7 +137,7 @@ func TestRouteExplainUsage(t *testing.T) {
 		{"two methods", []string{"route", "explain", "-config", file, "/a.B/C", "/a.B/D"}, 2},
 		{"header without value", []string{"route", "explain", "-config", file, "/a.B/C", "-H", "x-tenant"}, 2},
 		{"missing file", []string{"route", "explain", "-config", file + ".nope", "/a.B/C"}, 1},
-		{"unreachable admin", []string{"route", "explain", "-config", file, "-admin", refused(t), "/users.v1.Users/GetUser"}, 1},
+		{"unreachable admin", []string{"route", "explain", "-config", file, "-admin", testkit.FreeAddr(t), "/users.v1.Users/GetUser"}, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -179,7 +180,7 @@ clusters:
 	adminAddr := startServer(t, file).admin
 
 	var out string
-	waitUntil(t, 10*time.Second, "both endpoints reported by health", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "both endpoints reported by health", func() bool {
 		code, o, _ := runCmd("route", "explain", "-config", file, "-admin", adminAddr, "/users.v1.Users/GetUser")
 		out = o
 		return code == 0 && strings.Contains(o, "serving") && strings.Contains(o, "ejected")

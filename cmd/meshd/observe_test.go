@@ -4,15 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -20,6 +17,7 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 
 	"github.com/meshd/meshd/internal/otlptest"
+	"github.com/meshd/meshd/internal/testkit"
 	"github.com/meshd/meshd/test/backend"
 )
 
@@ -68,7 +66,7 @@ access_log: {enabled: true, path: %s}
 	client := testpb.NewTestServiceClient(cc)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	waitUntil(t, 10*time.Second, "a call to succeed", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "a call to succeed", func() bool {
 		_, err := client.UnaryCall(ctx, &testpb.SimpleRequest{})
 		return err == nil
 	})
@@ -82,16 +80,7 @@ access_log: {enabled: true, path: %s}
 		t.Errorf("spans by kind %v, want SERVER and CLIENT", kinds)
 	}
 
-	resp, err := http.Get("http://" + adminAddr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	mfs, err := p.TextToMetricFamilies(resp.Body)
-	resp.Body.Close()
-	if err != nil {
-		t.Fatalf("parse /metrics: %v", err)
-	}
+	mfs := testkit.Scrape(t, nil, "http://"+adminAddr+"/metrics")
 	var ok float64
 	for _, m := range mfs["grpc_server_handled_total"].GetMetric() {
 		ok += m.GetCounter().GetValue()

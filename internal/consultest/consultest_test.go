@@ -14,6 +14,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/meshd/meshd/internal/consultest"
+	"github.com/meshd/meshd/internal/testkit"
 )
 
 func TestMain(m *testing.M) {
@@ -80,16 +81,15 @@ func (f *fatalRecorder) Fatal(args ...any) {
 // instances of service.
 func waitPassing(t *testing.T, c *api.Client, service string, want int) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		entries, _, err := c.Health().Service(service, "", true, nil)
-		if err == nil && len(entries) == want {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: want %d passing instances, got %d (err %v)", service, want, len(entries), err)
-		}
-		time.Sleep(20 * time.Millisecond) // poll interval, not a wait for state
+	var (
+		entries []*api.ServiceEntry
+		err     error
+	)
+	if !testkit.Poll(10*time.Second, 20*time.Millisecond, func() bool {
+		entries, _, err = c.Health().Service(service, "", true, nil)
+		return err == nil && len(entries) == want
+	}) {
+		t.Fatalf("%s: want %d passing instances, got %d (err %v)", service, want, len(entries), err)
 	}
 }
 
