@@ -127,6 +127,17 @@ type hstream struct {
 	gotHeaders  bool // a HEADERS frame was received on the stream
 	respStarted bool // client side: response HEADERS or DATA queued to the client
 
+	// Client side: how the client closed its half of the stream, which
+	// decides the answer to frames that follow (RFC 9113 §5.1; closed.go).
+	endRecv bool // the client's END_STREAM was received
+	rstRecv bool // the client's RST_STREAM was received
+
+	// The message's content-length (RFC 9113 §8.1.1), when it has one:
+	// lenLeft is what it declared minus the DATA received so far. Used only
+	// by the reader of the connection the message comes from.
+	hasLen  bool
+	lenLeft int64
+
 	// respSent follows the message boundaries of the response DATA handed
 	// to the writer on a client stream: what the client will have received
 	// whatever happens to the DATA still queued. call.answerClient reads it
@@ -260,6 +271,14 @@ type conn struct {
 	nextStreamID    uint32 // backend: next stream id to assign
 	goAwayLast      uint32 // backend: last stream id from the peer's GOAWAY
 	gotGoAway       bool
+
+	// Server: how the last client streams closed, and the streams whose
+	// response ended while the client was still sending, waiting for a
+	// PING round trip before meshd resets them (closed.go).
+	recent     closedStreams
+	endWait    []*hstream // response END_STREAM written, no end PING after it yet
+	endPinged  []*hstream // covered by the end PING in flight
+	endPingOut bool
 }
 
 // init sets up buffers and framers; sh.cfg must be resolved.
@@ -554,6 +573,9 @@ func (c *conn) removeStreamLocked(st *hstream) {
 	st.removed = true
 	if st.id != 0 {
 		delete(c.streams, st.id)
+		if !c.isUp {
+			c.recent.add(st.id, closedHow(st.endRecv, st.rstRecv))
+		}
 	}
 	c.numStreams--
 	if !c.isUp {
@@ -809,6 +831,10 @@ func (c *conn) collectLocked(b []op) []op {
 			c.active.push(st)
 		}
 	}
+	if len(c.endWait) > 0 && !c.endPingOut {
+		// After the responses it is to confirm (closed.go).
+		b = append(b, c.endPingLocked())
+	}
 	return b
 }
 
@@ -863,6 +889,7 @@ func (c *conn) takeDataLocked(st *hstream, o *op, w int64) op {
 	c.queued -= w
 	if chunk.end {
 		st.sendDone = true
+		c.endSentLocked(st)
 	}
 	return chunk
 }
@@ -887,6 +914,7 @@ func (c *conn) takeFrameLocked(st *hstream) op {
 		st.sendDone, st.recvDone = true, true
 	case x.end:
 		st.sendDone = true
+		c.endSentLocked(st)
 	}
 	return x
 }
