@@ -156,6 +156,28 @@ func connectionSpecific(name string) bool {
 	return false
 }
 
+// headerListSize is the size of fields as SETTINGS_MAX_HEADER_LIST_SIZE
+// counts it (RFC 9113 §6.5.2): name and value lengths plus 32 per field.
+func headerListSize(fields []hpack.HeaderField) uint64 {
+	var n uint64
+	for _, f := range fields {
+		n += uint64(f.Size())
+	}
+	return n
+}
+
+// upstreamHeaderListSize is the header list size meshd reads from
+// backends (and advertises to them) for a configured limit: four times
+// it. A response between the limit and this size is decoded and refused
+// with a status that says why (checkResponseFields); a grpc-go backend
+// told the limit itself would reset the stream instead, INTERNAL_ERROR
+// with no word of the cause. Only a backend that ignores the advertised
+// size can make the Framer give up on a header block, which ends its
+// connection.
+func upstreamHeaderListSize(limit uint32) uint32 {
+	return uint32(min(4*uint64(limit), 1<<31-1))
+}
+
 // parseContentLength parses a content-length value (RFC 9110 §8.6:
 // digits only).
 func parseContentLength(v string) (int64, bool) {
@@ -252,6 +274,35 @@ func checkTrailerFields(f *http2.MetaHeadersFrame) (bad string) {
 		}
 	}
 	return ""
+}
+
+// checkResponseFields is checkRequestFields for a backend's response
+// HEADERS (first true) or trailers: exactly one :status, then
+// checkTrailerFields' rules, te included (it is a request field), and
+// the header list limit meshd enforces (Config.MaxHeaderListSize). It
+// returns the content-length (-1: none) or why meshd refuses the block.
+func checkResponseFields(f *http2.MetaHeadersFrame, first bool, limit uint32) (clen int64, bad string) {
+	if n := headerListSize(f.Fields); n > uint64(limit) {
+		return -1, fmt.Sprintf("header list of %d bytes is over the limit of %d", n, limit)
+	}
+	if !first {
+		return -1, checkTrailerFields(f)
+	}
+	pseudo := f.PseudoFields()
+	if len(pseudo) != 1 || pseudo[0].Name != ":status" || pseudo[0].Value == "" {
+		return -1, "response HEADERS without exactly one :status"
+	}
+	fields := f.RegularFields()
+	for _, hf := range fields {
+		if connectionSpecific(hf.Name) || hf.Name == "te" {
+			return -1, "connection-specific header field " + strconv.Quote(hf.Name)
+		}
+	}
+	clen, bad = contentLength(fields)
+	if bad == "" && clen > 0 && f.StreamEnded() {
+		bad = fmt.Sprintf("content-length %d but no DATA", clen)
+	}
+	return clen, bad
 }
 
 // filterResponse copies the response header or trailer fields to forward to
