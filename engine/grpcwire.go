@@ -280,14 +280,33 @@ func checkTrailerFields(f *http2.MetaHeadersFrame) (bad string) {
 // HEADERS (first true) or trailers: exactly one :status, then
 // checkTrailerFields' rules, te included (it is a request field), and
 // the header list limit meshd enforces (Config.MaxHeaderListSize). It
-// returns the content-length (-1: none) or why meshd refuses the block.
-func checkResponseFields(f *http2.MetaHeadersFrame, first bool, limit uint32) (clen int64, bad string) {
+// returns the content-length (-1: none) or, when meshd refuses the
+// block, the status message that says why.
+func checkResponseFields(f *http2.MetaHeadersFrame, first bool, limit uint32) (clen int64, refused string) {
 	if n := headerListSize(f.Fields); n > uint64(limit) {
-		return -1, fmt.Sprintf("header list of %d bytes is over the limit of %d", n, limit)
+		return -1, fmt.Sprintf("meshd: backend response header list of %d bytes is over the limit of %d", n, limit)
 	}
-	if !first {
-		return -1, checkTrailerFields(f)
+	var bad string
+	clen = -1
+	if first {
+		clen, bad = checkResponseHeaders(f)
+	} else {
+		bad = checkTrailerFields(f)
 	}
+	if bad != "" {
+		return -1, malformedResponse + bad
+	}
+	return clen, ""
+}
+
+// malformedResponse starts the status message of a call whose backend
+// broke RFC 9113's rules for a response.
+const malformedResponse = "meshd: malformed response from backend: "
+
+// checkResponseHeaders applies RFC 9113's rules to a response's first
+// HEADERS and returns its content-length (-1: none) or why it is
+// malformed.
+func checkResponseHeaders(f *http2.MetaHeadersFrame) (clen int64, bad string) {
 	pseudo := f.PseudoFields()
 	if len(pseudo) != 1 || pseudo[0].Name != ":status" || pseudo[0].Value == "" {
 		return -1, "response HEADERS without exactly one :status"

@@ -560,12 +560,12 @@ func (uc *upConn) onHeaders(f *http2.MetaHeadersFrame) error {
 	if f.Truncated {
 		return fail(fmt.Sprintf("meshd: backend response header list over %d bytes", uc.rfr.MaxHeaderListSize))
 	}
-	clen, bad := checkResponseFields(f, first, uc.sh.cfg.MaxHeaderListSize)
-	if bad == "" && !first && st.hasLen && st.lenLeft != 0 {
-		bad = "DATA does not match content-length"
+	clen, refused := checkResponseFields(f, first, uc.sh.cfg.MaxHeaderListSize)
+	if refused == "" && !first && st.hasLen && st.lenLeft != 0 {
+		refused = malformedResponse + "DATA does not match content-length"
 	}
-	if bad != "" {
-		return fail("meshd: malformed response from backend: " + bad)
+	if refused != "" {
+		return fail(refused)
 	}
 	if first {
 		httpStatus := f.PseudoValue("status")
@@ -587,7 +587,7 @@ func (uc *upConn) onHeaders(f *http2.MetaHeadersFrame) error {
 		return nil
 	}
 	if !end {
-		return fail("meshd: malformed response from backend: second HEADERS without END_STREAM")
+		return fail(malformedResponse + "second HEADERS without END_STREAM")
 	}
 	fields := filterResponse(f.Fields)
 	code, _ := grpcStatusOf(fields)
@@ -637,7 +637,7 @@ func (uc *upConn) onData(f *http2.DataFrame) error {
 			uc.mu.Unlock()
 			uc.sh.stats.StreamErrors.Add(1)
 			st.call.streamEnded(st, ending{mode: endStatus, code: codes.Internal, upCode: http2.ErrCodeProtocol,
-				st: statusInternal("meshd: malformed response from backend: DATA does not match content-length"), err: errors.New("engine: response DATA does not match content-length")})
+				st: statusInternal(malformedResponse + "DATA does not match content-length"), err: errors.New("engine: response DATA does not match content-length")})
 			return nil
 		}
 	}
