@@ -56,12 +56,12 @@ type Config struct {
 	// value and 32 bytes per field). Default 64 KiB (Envoy allows 60 KiB;
 	// grpc-go's 16 MiB would let one client make meshd decode and forward
 	// 16 MiB of metadata per call). A request over it gets 431 /
-	// RESOURCE_EXHAUSTED. Backends are told four times it: a response
-	// between the two is read and ends its call with INTERNAL naming the
-	// limit (a grpc-go backend told the limit itself would reset the
-	// stream with INTERNAL_ERROR and no reason); only a backend that
-	// ignores the advertised size can make meshd give up on a header
-	// block, which ends that backend connection.
+	// RESOURCE_EXHAUSTED. Header blocks are decoded up to four times it,
+	// and backends are told that size: a response between the two is read
+	// and ends its call with INTERNAL naming the limit (a grpc-go backend
+	// told the limit itself would reset the stream with INTERNAL_ERROR and
+	// no reason); only a backend that ignores the advertised size can make
+	// meshd give up on a header block, which ends that backend connection.
 	MaxHeaderListSize uint32
 
 	// MaxRecvMsgSize is the largest gRPC message (as declared by its 5-byte

@@ -298,13 +298,7 @@ func (c *conn) init(sh *shared, nc net.Conn, isUp bool) {
 	c.rfr.SetReuseFrames()
 	c.rfr.SetMaxReadFrameSize(cfg.MaxFrameSize)
 	c.rfr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	c.rfr.MaxHeaderListSize = cfg.MaxHeaderListSize
-	if isUp {
-		// Responses over MaxHeaderListSize are decoded, then refused by
-		// meshd with a status that says so (checkResponseFields); only
-		// past upstreamHeaderListSize does the Framer give up on them.
-		c.rfr.MaxHeaderListSize = upstreamHeaderListSize(cfg.MaxHeaderListSize)
-	}
+	c.rfr.MaxHeaderListSize = headerDecodeLimit(cfg.MaxHeaderListSize)
 	c.wfr = http2.NewFramer(&c.out, nil)
 	c.henc = hpack.NewEncoder(&c.hbuf)
 	c.cond.L = &c.mu
@@ -324,10 +318,14 @@ func (c *conn) init(sh *shared, nc net.Conn, isUp bool) {
 // ourSettings are the SETTINGS meshd sends on every connection.
 func (c *conn) ourSettings() []http2.Setting {
 	cfg := &c.sh.cfg
+	listSize := cfg.MaxHeaderListSize
+	if c.isUp {
+		listSize = c.rfr.MaxHeaderListSize // headerDecodeLimit
+	}
 	s := []http2.Setting{
 		{ID: http2.SettingInitialWindowSize, Val: cfg.InitialWindowSize},
 		{ID: http2.SettingMaxFrameSize, Val: cfg.MaxFrameSize},
-		{ID: http2.SettingMaxHeaderListSize, Val: c.rfr.MaxHeaderListSize},
+		{ID: http2.SettingMaxHeaderListSize, Val: listSize},
 	}
 	if c.isUp {
 		s = append(s, http2.Setting{ID: http2.SettingEnablePush, Val: 0})

@@ -166,15 +166,20 @@ func headerListSize(fields []hpack.HeaderField) uint64 {
 	return n
 }
 
-// upstreamHeaderListSize is the header list size meshd reads from
-// backends (and advertises to them) for a configured limit: four times
-// it. A response between the limit and this size is decoded and refused
-// with a status that says why (checkResponseFields); a grpc-go backend
-// told the limit itself would reset the stream instead, INTERNAL_ERROR
-// with no word of the cause. Only a backend that ignores the advertised
-// size can make the Framer give up on a header block, which ends its
-// connection.
-func upstreamHeaderListSize(limit uint32) uint32 {
+// headerDecodeLimit is how much of a header list the Framer decodes for a
+// configured limit (Config.MaxHeaderListSize): four times it. meshd
+// enforces the limit itself (requestHeaders, checkResponseFields), so a
+// block between the two is read whole and answered with a status that
+// says why. The Framer's own limit is a cliff: past it, the next
+// CONTINUATION frame is a connection error. On client connections the
+// abuse scanner closes a connection whose block is over the limit encoded
+// (abuseScanner.checkBlock); decoding further makes sure the scanner,
+// which reads ahead, is what decides (ENHANCE_YOUR_CALM
+// "headers_too_large"), not the Framer's cliff one frame earlier.
+// Backends are told this size (a grpc-go backend told the limit itself
+// would reset the stream, INTERNAL_ERROR and no reason); clients are told
+// the limit.
+func headerDecodeLimit(limit uint32) uint32 {
 	return uint32(min(4*uint64(limit), 1<<31-1))
 }
 

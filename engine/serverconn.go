@@ -527,9 +527,8 @@ func (sc *serverConn) onTrailers(st *hstream, f *http2.MetaHeadersFrame) error {
 		sc.streamError(st.id, st, code, reason)
 		return nil
 	}
-	if f.Truncated {
-		// Over the header list size meshd advertised: the trailers cannot
-		// be forwarded whole.
+	if f.Truncated || headerListSize(f.Fields) > uint64(sc.sh.cfg.MaxHeaderListSize) {
+		// Over the header list size meshd advertised.
 		st.recvDone, st.endRecv = true, true
 		sc.mu.Unlock()
 		st.call.fail(codes.ResourceExhausted, "meshd: request trailer list too large", errors.New("engine: request trailers over MaxHeaderListSize"), false)
@@ -583,7 +582,7 @@ type reqHeaders struct {
 // them. ok false: they are malformed, and the call was ended with the
 // status or reset they call for.
 func (sc *serverConn) requestHeaders(cl *call, f *http2.MetaHeadersFrame) (req reqHeaders, ok bool) {
-	if f.Truncated {
+	if f.Truncated || headerListSize(f.Fields) > uint64(sc.sh.cfg.MaxHeaderListSize) {
 		cl.endCall(ending{mode: endStatus, code: codes.ResourceExhausted, httpStatus: "431",
 			st: status.New(codes.ResourceExhausted, "meshd: request header list too large")})
 		return req, false
