@@ -45,6 +45,7 @@ fuzz-smoke:
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime 5s ./config/
 	$(GO) test -run '^$$' -fuzz '^FuzzLookup$$' -fuzztime 5s ./router/
 	$(GO) test -run '^$$' -fuzz '^FuzzHeaderMatcher$$' -fuzztime 5s ./router/
+	$(GO) test -run '^$$' -fuzz '^FuzzServerConn$$' -fuzztime 5s ./engine/
 
 # Benchmarks run once each in CI (no timing is asserted: this only keeps them
 # compiling and running). `make bench` runs them properly.

@@ -131,8 +131,10 @@ func statusFields(st *status.Status, trailersOnly bool) []hpack.HeaderField {
 // connection-specific fields that HTTP/2 forbids and a proxy must not pass
 // on (RFC 9113 §8.2.2, httputil's hopHeaders), and meshd's own "x-meshd-*".
 // This is meshd's one drop list (README "Headers meshd does not copy").
-// "te" is handled separately: only "te: trailers" is legal and gRPC needs
-// it.
+// A message carrying a connection-specific field is refused before it
+// gets here (connectionSpecific); they stay on the list so that it is
+// whole. "te" is handled separately: only "te: trailers" is legal and
+// gRPC needs it.
 func isHopByHop(name string) bool {
 	switch name {
 	case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "host", "http2-settings":
