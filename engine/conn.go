@@ -110,18 +110,20 @@ type hstream struct {
 	call *call
 	id   uint32 // 0 until an upstream stream's HEADERS are handed to the writer
 
+	// These four sit in id's padding, which keeps hstream (two per call)
+	// in the 384-byte size class.
+	inActive    bool // in c.active
+	finalQueued bool // END_STREAM or RST_STREAM queued: no more ops accepted
+	sendDone    bool // END_STREAM or RST_STREAM handed to the writer
+	recvDone    bool // peer's END_STREAM or RST_STREAM received, or we reset the stream
+
 	q    []op // pending ops; q[qh:] are live
 	qh   int
 	qbuf [3]op // initial storage for q: HEADERS, DATA, trailers of a unary call
 
-	outWin      int64 // peer's window for our DATA on this stream
-	inActive    bool  // in c.active
-	finalQueued bool  // END_STREAM or RST_STREAM queued: no more ops accepted
-	sendDone    bool  // END_STREAM or RST_STREAM handed to the writer
-
+	outWin    int64 // peer's window for our DATA on this stream
 	inWin     int64 // window granted to the peer and not yet consumed
 	inUnacked int64 // bytes forwarded but not yet returned with WINDOW_UPDATE
-	recvDone  bool  // peer's END_STREAM or RST_STREAM received, or we reset the stream
 	removed   bool
 
 	gotHeaders  bool // a HEADERS frame was received on the stream
