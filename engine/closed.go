@@ -153,7 +153,9 @@ func (sc *serverConn) onEndPingAck() {
 	if sc.endPingOut {
 		sc.endPingOut = false
 		for i, st := range sc.endPinged {
-			if !st.removed && !st.recvDone {
+			// Once the response has ended, only a reset can be queued on
+			// the stream: one with a code of its own is left alone.
+			if !st.removed && !st.recvDone && st.qlen() == 0 {
 				sc.resetLocked(st, http2.ErrCodeNo, &cs, &sc.fl)
 			}
 			sc.endPinged[i] = nil

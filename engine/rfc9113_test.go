@@ -12,20 +12,22 @@ import (
 )
 
 // rfcAnswer is the frame meshd must answer a protocol violation with: the
-// first RST_STREAM or GOAWAY it sends after the violation. rst 0 and
-// goAway 0 mean neither: the violation is ignored (the connection answers
-// a later request without resetting anything).
+// first RST_STREAM or GOAWAY it sends after the violation, or neither
+// (ignored): the violation is discarded, and the connection answers a
+// later request without resetting anything.
 type rfcAnswer struct {
-	rst    http2.ErrCode // RST_STREAM on stream
-	goAway http2.ErrCode // GOAWAY (a connection error)
-	stream uint32        // RST_STREAM: its stream
-	last   uint32        // GOAWAY: its last stream id, when not 0
+	kind   http2.FrameType // FrameRSTStream or FrameGoAway; 0 (DATA): neither
+	code   http2.ErrCode
+	stream uint32 // RST_STREAM: its stream
+	last   uint32 // GOAWAY: its last stream id, when not 0
 }
 
-func rstOn(id uint32, code http2.ErrCode) rfcAnswer { return rfcAnswer{rst: code, stream: id} }
+func rstOn(id uint32, code http2.ErrCode) rfcAnswer {
+	return rfcAnswer{kind: http2.FrameRSTStream, code: code, stream: id}
+}
 
 func goAwayWith(code http2.ErrCode, last uint32) rfcAnswer {
-	return rfcAnswer{goAway: code, last: last}
+	return rfcAnswer{kind: http2.FrameGoAway, code: code, last: last}
 }
 
 var ignored = rfcAnswer{}
@@ -83,12 +85,12 @@ func (rc *rawClient) expect(want rfcAnswer, probe uint32) {
 	})
 	switch f := f.(type) {
 	case *http2.RSTStreamFrame:
-		if want.rst == 0 || f.StreamID != want.stream || f.ErrCode != want.rst {
+		if want.kind != http2.FrameRSTStream || f.StreamID != want.stream || f.ErrCode != want.code {
 			rc.t.Fatalf("got RST_STREAM(%d, %v); want %+v", f.StreamID, f.ErrCode, want)
 		}
 		rc.ping() // a stream error leaves the connection up
 	case *http2.GoAwayFrame:
-		if want.goAway == 0 || f.ErrCode != want.goAway || (want.last != 0 && f.LastStreamID != want.last) {
+		if want.kind != http2.FrameGoAway || f.ErrCode != want.code || (want.last != 0 && f.LastStreamID != want.last) {
 			rc.t.Fatalf("got GOAWAY(last %d, %v, %q); want %+v", f.LastStreamID, f.ErrCode, f.DebugData(), want)
 		}
 	}
@@ -339,4 +341,40 @@ func TestRFC9113(t *testing.T) {
 	if n := smuggled.Load(); n != 0 {
 		t.Errorf("%d requests with connection-specific fields reached the Director", n)
 	}
+}
+
+// TestResponseEndConfirmedByPing: when a response ends while the client
+// is still sending, meshd writes a PING after it and resets the stream
+// (NO_ERROR) only once the client acknowledges the PING (closed.go);
+// until then the stream is checked as half-closed (local).
+func TestResponseEndConfirmedByPing(t *testing.T) {
+	t.Parallel()
+	p := startProxy(t, "127.0.0.1:1", Config{})
+	rc := newRawClient(t, p.addr)
+	hf := grpcRequestHeaders("/grpc.testing.TestService/UnaryCall")
+	hf[4].Value = "text/plain" // answered at once: 415
+	rc.headers(1, hf, false)
+	ended := false
+	f := rc.next("meshd's PING", func(f http2.Frame) bool {
+		switch f := f.(type) {
+		case *http2.MetaHeadersFrame:
+			ended = ended || (f.StreamID == 1 && f.StreamEnded())
+		case *http2.RSTStreamFrame:
+			t.Fatalf("RST_STREAM(%d, %v) before the PING was acknowledged", f.StreamID, f.ErrCode)
+		case *http2.PingFrame:
+			return !f.IsAck()
+		}
+		return false
+	}).(*http2.PingFrame)
+	if !ended || string(f.Data[:]) != endPing {
+		t.Fatalf("PING %q, response ended before it: %v", f.Data[:], ended)
+	}
+	// The stream is still open on meshd's side: DATA is accepted...
+	_ = rc.fr.WriteData(1, false, []byte("more"))
+	rc.expect(ignored, 3)
+	// ...and once the client has seen the response, meshd asks it to stop.
+	if err := rc.fr.WritePing(true, f.Data); err != nil {
+		t.Fatal(err)
+	}
+	rc.expect(rstOn(1, http2.ErrCodeNo), 0)
 }
