@@ -48,6 +48,7 @@ fuzz-smoke:
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime 5s ./config/
 	$(GO) test -run '^$$' -fuzz '^FuzzLookup$$' -fuzztime 5s ./router/
 	$(GO) test -run '^$$' -fuzz '^FuzzHeaderMatcher$$' -fuzztime 5s ./router/
+	$(GO) test -run '^$$' -fuzz '^FuzzServerConn$$' -fuzztime 5s ./engine/
 
 # Every benchmark once, without -race (test-go already runs them under it).
 bench-smoke:

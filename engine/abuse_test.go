@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -174,7 +175,7 @@ func TestAbuseRules(t *testing.T) {
 				if i == 0 {
 					return fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block, EndStream: true})
 				}
-				return fr.WriteContinuation(1, false, h2raw.Block(hpack.HeaderField{Name: "x-pad", Value: string(make([]byte, 1000)), Sensitive: true}))
+				return fr.WriteContinuation(1, false, h2raw.Block(hpack.HeaderField{Name: "x-pad", Value: strings.Repeat("p", 1000), Sensitive: true}))
 			}},
 		{name: "frame over MAX_FRAME_SIZE", n: 1, reason: AbuseFrameTooLarge, code: http2.ErrCodeFrameSize,
 			write: func(fr *http2.Framer, i int) error { return fr.WritePing(false, [8]byte{}) }},

@@ -480,16 +480,6 @@ func (cl *call) forwardDown(up *hstream, o op, fl *flusher) {
 	}
 }
 
-// rstAfterFinalLocked asks a client that is still sending to stop, after the
-// complete response (RFC 9113 §8.1: RST_STREAM(NO_ERROR) after the response).
-func (c *conn) rstAfterFinalLocked(st *hstream, fl *flusher) {
-	if c.closed || st.recvDone || st.removed {
-		return
-	}
-	st.appendOp(op{kind: opRST, val: uint32(http2.ErrCodeNo)})
-	c.activateLocked(st, fl)
-}
-
 // resetUp resets the upstream stream up with code (CANCEL when 0) and
 // reports whether its HEADERS were never written: the backend never saw
 // the stream, so the call did not reach it.

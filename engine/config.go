@@ -50,10 +50,18 @@ type Config struct {
 	// minimum; at most 1<<24-1.
 	MaxFrameSize uint32
 
-	// MaxHeaderListSize is advertised as SETTINGS_MAX_HEADER_LIST_SIZE and
-	// enforced on request and response header blocks. Default 64 KiB
-	// (Envoy allows 60 KiB; grpc-go's 16 MiB would let one client make
-	// meshd decode and forward 16 MiB of metadata per call).
+	// MaxHeaderListSize is advertised to clients as
+	// SETTINGS_MAX_HEADER_LIST_SIZE and enforced on request and response
+	// header and trailer blocks, counted as HTTP/2 counts them (name,
+	// value and 32 bytes per field). Default 64 KiB (Envoy allows 60 KiB;
+	// grpc-go's 16 MiB would let one client make meshd decode and forward
+	// 16 MiB of metadata per call). A request over it gets 431 /
+	// RESOURCE_EXHAUSTED. Header blocks are decoded up to four times it,
+	// and backends are told that size: a response between the two is read
+	// and ends its call with INTERNAL naming the limit (a grpc-go backend
+	// told the limit itself would reset the stream with INTERNAL_ERROR and
+	// no reason); only a backend that ignores the advertised size can make
+	// meshd give up on a header block, which ends that backend connection.
 	MaxHeaderListSize uint32
 
 	// MaxRecvMsgSize is the largest gRPC message (as declared by its 5-byte

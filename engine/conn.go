@@ -110,22 +110,35 @@ type hstream struct {
 	call *call
 	id   uint32 // 0 until an upstream stream's HEADERS are handed to the writer
 
+	// These four sit in id's padding, which keeps hstream (two per call)
+	// in the 384-byte size class.
+	inActive    bool // in c.active
+	finalQueued bool // END_STREAM or RST_STREAM queued: no more ops accepted
+	sendDone    bool // END_STREAM or RST_STREAM handed to the writer
+	recvDone    bool // peer's END_STREAM or RST_STREAM received, or we reset the stream
+
 	q    []op // pending ops; q[qh:] are live
 	qh   int
 	qbuf [3]op // initial storage for q: HEADERS, DATA, trailers of a unary call
 
-	outWin      int64 // peer's window for our DATA on this stream
-	inActive    bool  // in c.active
-	finalQueued bool  // END_STREAM or RST_STREAM queued: no more ops accepted
-	sendDone    bool  // END_STREAM or RST_STREAM handed to the writer
-
+	outWin    int64 // peer's window for our DATA on this stream
 	inWin     int64 // window granted to the peer and not yet consumed
 	inUnacked int64 // bytes forwarded but not yet returned with WINDOW_UPDATE
-	recvDone  bool  // peer's END_STREAM or RST_STREAM received, or we reset the stream
 	removed   bool
 
 	gotHeaders  bool // a HEADERS frame was received on the stream
 	respStarted bool // client side: response HEADERS or DATA queued to the client
+
+	// Client side: how the client closed its half of the stream, which
+	// decides the answer to frames that follow (RFC 9113 §5.1; closed.go).
+	endRecv bool // the client's END_STREAM was received
+	rstRecv bool // the client's RST_STREAM was received
+
+	// The message's content-length (RFC 9113 §8.1.1), when it has one:
+	// lenLeft is what it declared minus the DATA received so far. Used only
+	// by the reader of the connection the message comes from.
+	hasLen  bool
+	lenLeft int64
 
 	// respSent follows the message boundaries of the response DATA handed
 	// to the writer on a client stream: what the client will have received
@@ -260,6 +273,14 @@ type conn struct {
 	nextStreamID    uint32 // backend: next stream id to assign
 	goAwayLast      uint32 // backend: last stream id from the peer's GOAWAY
 	gotGoAway       bool
+
+	// Server: how the last client streams closed, and the streams whose
+	// response ended while the client was still sending, waiting for a
+	// PING round trip before meshd resets them (closed.go).
+	recent     closedStreams
+	endWait    []*hstream // response END_STREAM written, no end PING after it yet
+	endPinged  []*hstream // covered by the end PING in flight
+	endPingOut bool
 }
 
 // init sets up buffers and framers; sh.cfg must be resolved.
@@ -279,7 +300,7 @@ func (c *conn) init(sh *shared, nc net.Conn, isUp bool) {
 	c.rfr.SetReuseFrames()
 	c.rfr.SetMaxReadFrameSize(cfg.MaxFrameSize)
 	c.rfr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	c.rfr.MaxHeaderListSize = cfg.MaxHeaderListSize
+	c.rfr.MaxHeaderListSize = headerDecodeLimit(cfg.MaxHeaderListSize)
 	c.wfr = http2.NewFramer(&c.out, nil)
 	c.henc = hpack.NewEncoder(&c.hbuf)
 	c.cond.L = &c.mu
@@ -299,10 +320,14 @@ func (c *conn) init(sh *shared, nc net.Conn, isUp bool) {
 // ourSettings are the SETTINGS meshd sends on every connection.
 func (c *conn) ourSettings() []http2.Setting {
 	cfg := &c.sh.cfg
+	listSize := cfg.MaxHeaderListSize
+	if c.isUp {
+		listSize = c.rfr.MaxHeaderListSize // headerDecodeLimit
+	}
 	s := []http2.Setting{
 		{ID: http2.SettingInitialWindowSize, Val: cfg.InitialWindowSize},
 		{ID: http2.SettingMaxFrameSize, Val: cfg.MaxFrameSize},
-		{ID: http2.SettingMaxHeaderListSize, Val: cfg.MaxHeaderListSize},
+		{ID: http2.SettingMaxHeaderListSize, Val: listSize},
 	}
 	if c.isUp {
 		s = append(s, http2.Setting{ID: http2.SettingEnablePush, Val: 0})
@@ -554,6 +579,9 @@ func (c *conn) removeStreamLocked(st *hstream) {
 	st.removed = true
 	if st.id != 0 {
 		delete(c.streams, st.id)
+		if !c.isUp {
+			c.recent.add(st.id, closedHow(st.endRecv, st.rstRecv))
+		}
 	}
 	c.numStreams--
 	if !c.isUp {
@@ -809,6 +837,10 @@ func (c *conn) collectLocked(b []op) []op {
 			c.active.push(st)
 		}
 	}
+	if len(c.endWait) > 0 && !c.endPingOut {
+		// After the responses it is to confirm (closed.go).
+		b = append(b, c.endPingLocked())
+	}
 	return b
 }
 
@@ -863,6 +895,7 @@ func (c *conn) takeDataLocked(st *hstream, o *op, w int64) op {
 	c.queued -= w
 	if chunk.end {
 		st.sendDone = true
+		c.endSentLocked(st)
 	}
 	return chunk
 }
@@ -887,6 +920,7 @@ func (c *conn) takeFrameLocked(st *hstream) op {
 		st.sendDone, st.recvDone = true, true
 	case x.end:
 		st.sendDone = true
+		c.endSentLocked(st)
 	}
 	return x
 }

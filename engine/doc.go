@@ -72,6 +72,21 @@
 // from then on it is never retried and the copy is released. Calls
 // without Retry keep nothing and pay nothing.
 //
+// Strict at the edge of the protocol (closed.go, grpcwire.go): client
+// streams follow RFC 9113's states, and a frame that breaks them gets the
+// answer the RFC names: a new stream id below one already used, or DATA
+// and HEADERS on a stream the client had ended, a connection error; the
+// same after the client's own RST_STREAM, a stream error STREAM_CLOSED;
+// frames that crossed a reset of meshd's are discarded. A request the RFC
+// calls malformed (connection-specific header fields, te other than
+// "trailers", missing or empty pseudo-header fields, a second HEADERS
+// without END_STREAM, pseudo-header fields in trailers, DATA that does not
+// add up to its content-length) is reset with PROTOCOL_ERROR and never
+// reaches the Director or a backend. When a response ends while the
+// client is still sending, meshd confirms the response with a PING before
+// it asks the client to stop (closed.go), so the client's stream is held
+// to the same rules until then.
+//
 // A call's life (lifecycle.go) is an explicit state, starting, opening,
 // linked, backoff, committed, done, changed only under the call's mutex
 // by one transition function; connection readers, the Pool and the

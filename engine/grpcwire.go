@@ -3,6 +3,7 @@ package engine
 import (
 	"encoding/base64"
 	"encoding/binary"
+	"fmt"
 	"math"
 	"strconv"
 	"strings"
@@ -130,14 +131,204 @@ func statusFields(st *status.Status, trailersOnly bool) []hpack.HeaderField {
 // connection-specific fields that HTTP/2 forbids and a proxy must not pass
 // on (RFC 9113 §8.2.2, httputil's hopHeaders), and meshd's own "x-meshd-*".
 // This is meshd's one drop list (README "Headers meshd does not copy").
-// "te" is handled separately: only "te: trailers" is legal and gRPC needs
-// it.
+// A message carrying a connection-specific field is refused before it
+// gets here (connectionSpecific); they stay on the list so that it is
+// whole. "te" is handled separately: only "te: trailers" is legal and
+// gRPC needs it.
 func isHopByHop(name string) bool {
 	switch name {
 	case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "host", "http2-settings":
 		return true
 	}
 	return strings.HasPrefix(name, "x-meshd-")
+}
+
+// connectionSpecific reports the header fields RFC 9113 §8.2.2 forbids in
+// HTTP/2: a message that carries one is malformed. They are refused, not
+// dropped: a proxy that quietly drops "transfer-encoding" from a request
+// it passes on has agreed to frame a message two ways, which is how
+// request smuggling starts. "te" is the exception, allowed in requests
+// with the value "trailers" only; checkRequestFields and
+// checkResponseFields deal with it.
+func connectionSpecific(name string) bool {
+	switch name {
+	case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade":
+		return true
+	}
+	return false
+}
+
+// headerListSize is the size of fields as SETTINGS_MAX_HEADER_LIST_SIZE
+// counts it (RFC 9113 §6.5.2): name and value lengths plus 32 per field.
+func headerListSize(fields []hpack.HeaderField) uint64 {
+	var n uint64
+	for _, f := range fields {
+		n += uint64(f.Size())
+	}
+	return n
+}
+
+// headerDecodeLimit is how much of a header list the Framer decodes for a
+// configured limit (Config.MaxHeaderListSize): four times it. meshd
+// enforces the limit itself (requestHeaders, checkResponseFields), so a
+// block between the two is read whole and answered with a status that
+// says why. The Framer's own limit is a cliff: past it, the next
+// CONTINUATION frame is a connection error. On client connections the
+// abuse scanner closes a connection whose block is over the limit encoded
+// (abuseScanner.checkBlock); decoding further makes sure the scanner,
+// which reads ahead, is what decides (ENHANCE_YOUR_CALM
+// "headers_too_large"), not the Framer's cliff one frame earlier.
+// Backends are told this size (a grpc-go backend told the limit itself
+// would reset the stream, INTERNAL_ERROR and no reason); clients are told
+// the limit.
+func headerDecodeLimit(limit uint32) uint32 {
+	return uint32(min(4*uint64(limit), 1<<31-1))
+}
+
+// parseContentLength parses a content-length value (RFC 9110 §8.6:
+// digits only).
+func parseContentLength(v string) (int64, bool) {
+	if v == "" || len(v) > 18 {
+		return 0, false
+	}
+	var n int64
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return n, true
+}
+
+// contentLength takes the content-length of a header block: -1 when it has
+// none; bad is set when its value is not a length or two values disagree.
+func contentLength(fields []hpack.HeaderField) (n int64, bad string) {
+	n = -1
+	for _, f := range fields {
+		if f.Name != "content-length" {
+			continue
+		}
+		v, ok := parseContentLength(f.Value)
+		if !ok || (n >= 0 && v != n) {
+			return -1, fmt.Sprintf("invalid content-length %q", f.Value)
+		}
+		n = v
+	}
+	return n, ""
+}
+
+// checkRequestFields applies RFC 9113's rules for a well-formed request
+// header block (§8.3.1 pseudo-header fields, §8.2.2 connection-specific
+// fields, §8.1.1 content-length) and returns the content-length (-1: none)
+// or why the request is malformed. The Framer has already refused
+// uppercase names, invalid values, unknown or repeated pseudo-header
+// fields and pseudo-header fields after regular ones.
+func checkRequestFields(f *http2.MetaHeadersFrame) (clen int64, bad string) {
+	var method, scheme, path string
+	hasPath := false
+	for _, hf := range f.PseudoFields() {
+		switch hf.Name {
+		case ":method":
+			method = hf.Value
+		case ":scheme":
+			scheme = hf.Value
+		case ":path":
+			path, hasPath = hf.Value, true
+		case ":authority":
+		default:
+			// :status, or :protocol, which needs SETTINGS_ENABLE_CONNECT_PROTOCOL.
+			return -1, "pseudo-header field " + hf.Name + " in a request"
+		}
+	}
+	switch {
+	case method == "":
+		return -1, "no :method"
+	case method == "CONNECT":
+		// No :scheme and :path (§8.5); not gRPC, which the caller answers.
+	case scheme == "":
+		return -1, "no :scheme"
+	case !hasPath || path == "":
+		return -1, "empty or missing :path"
+	}
+	fields := f.RegularFields()
+	for _, hf := range fields {
+		if connectionSpecific(hf.Name) {
+			return -1, "connection-specific header field " + strconv.Quote(hf.Name)
+		}
+		if hf.Name == "te" && hf.Value != "trailers" {
+			return -1, fmt.Sprintf("te: %q (only \"trailers\" is allowed)", hf.Value)
+		}
+	}
+	clen, bad = contentLength(fields)
+	if bad == "" && clen > 0 && f.StreamEnded() {
+		bad = fmt.Sprintf("content-length %d but no DATA", clen)
+	}
+	return clen, bad
+}
+
+// checkTrailerFields applies RFC 9113's rules to a trailer block, request
+// or response: no pseudo-header fields (§8.1), no connection-specific
+// fields (§8.2.2).
+func checkTrailerFields(f *http2.MetaHeadersFrame) (bad string) {
+	if p := f.PseudoFields(); len(p) > 0 {
+		return "pseudo-header field " + p[0].Name + " in trailers"
+	}
+	for _, hf := range f.RegularFields() {
+		if connectionSpecific(hf.Name) || hf.Name == "te" {
+			return "connection-specific header field " + strconv.Quote(hf.Name) + " in trailers"
+		}
+	}
+	return ""
+}
+
+// checkResponseFields is checkRequestFields for a backend's response
+// HEADERS (first true) or trailers: exactly one :status, then
+// checkTrailerFields' rules, te included (it is a request field), and
+// the header list limit meshd enforces (Config.MaxHeaderListSize). It
+// returns the content-length (-1: none) or, when meshd refuses the
+// block, the status message that says why.
+func checkResponseFields(f *http2.MetaHeadersFrame, first bool, limit uint32) (clen int64, refused string) {
+	if n := headerListSize(f.Fields); n > uint64(limit) {
+		return -1, fmt.Sprintf("meshd: backend response header list of %d bytes is over the limit of %d", n, limit)
+	}
+	var bad string
+	clen = -1
+	if first {
+		clen, bad = checkResponseHeaders(f)
+	} else {
+		bad = checkTrailerFields(f)
+	}
+	if bad != "" {
+		return -1, malformedResponse + bad
+	}
+	return clen, ""
+}
+
+// malformedResponse starts the status message of a call whose backend
+// broke RFC 9113's rules for a response.
+const malformedResponse = "meshd: malformed response from backend: "
+
+// checkResponseHeaders applies RFC 9113's rules to a response's first
+// HEADERS and returns its content-length (-1: none) or why it is
+// malformed.
+func checkResponseHeaders(f *http2.MetaHeadersFrame) (clen int64, bad string) {
+	pseudo := f.PseudoFields()
+	if len(pseudo) != 1 || pseudo[0].Name != ":status" || pseudo[0].Value == "" {
+		return -1, "response HEADERS without exactly one :status"
+	}
+	fields := f.RegularFields()
+	for _, hf := range fields {
+		if connectionSpecific(hf.Name) || hf.Name == "te" {
+			return -1, "connection-specific header field " + strconv.Quote(hf.Name)
+		}
+	}
+	clen, bad = contentLength(fields)
+	if bad == "" && clen > 0 && f.StreamEnded() {
+		bad = fmt.Sprintf("content-length %d but no DATA", clen)
+	}
+	return clen, bad
 }
 
 // filterResponse copies the response header or trailer fields to forward to

@@ -391,6 +391,17 @@ func (cl *call) dropStale(ev *event) {
 			sc.removeStreamLocked(st)
 		}
 		sc.mu.Unlock()
+	case endRST:
+		if ev.kind == evEnd {
+			// A stream error of the client's (only the client reader ends a
+			// call with endRST) on a call meshd had already answered: the
+			// client still gets the RST_STREAM code RFC 9113 names for
+			// it, after or instead of that answer.
+			sc := &cl.sc.conn
+			sc.mu.Lock()
+			sc.resetLocked(cl.down, ev.end.rst, &cs, ev.end.fl)
+			sc.mu.Unlock()
+		}
 	}
 	applyCredits(cs)
 }
@@ -593,7 +604,6 @@ func (cl *call) answerClient(e *ending, cs *[]credit) (committed bool) {
 				fields[0].Value = e.httpStatus
 			}
 			sc.pushLocked(st, op{kind: opHeaders, fields: fields, end: true}, e.fl)
-			sc.rstAfterFinalLocked(st, e.fl)
 		}
 	case endForward:
 		if sc.pushLocked(st, e.final, e.fl) {
@@ -601,7 +611,6 @@ func (cl *call) answerClient(e *ending, cs *[]credit) (committed bool) {
 		} else {
 			sc.sh.dropOp(&e.final, cs)
 		}
-		sc.rstAfterFinalLocked(st, e.fl)
 	case endRST:
 		sc.resetLocked(st, e.rst, cs, e.fl)
 	}

@@ -210,8 +210,17 @@ func (sc *serverConn) readLoop() error {
 			sc.mu.Unlock()
 		case *http2.PushPromiseFrame:
 			err = connError{http2.ErrCodeProtocol, "PUSH_PROMISE from a client"}
+		case *http2.PriorityFrame:
+			// Priorities are ignored (RFC 9113 §5.3.2), but a stream cannot
+			// depend on itself (§5.3.1).
+			if f.StreamDep == f.StreamID {
+				sc.mu.Lock()
+				st := sc.streams[f.StreamID]
+				sc.mu.Unlock()
+				sc.streamError(f.StreamID, st, http2.ErrCodeProtocol, "stream depends on itself")
+			}
 		default:
-			// PRIORITY, PRIORITY_UPDATE and unknown extension frames are ignored.
+			// PRIORITY_UPDATE and unknown extension frames are ignored.
 		}
 		if err != nil {
 			return err
@@ -221,8 +230,11 @@ func (sc *serverConn) readLoop() error {
 
 func (sc *serverConn) onPing(f *http2.PingFrame) error {
 	if f.IsAck() {
-		if string(f.Data[:]) == drainPing {
+		switch string(f.Data[:]) {
+		case drainPing:
 			sc.finishDrain()
+		case endPing:
+			sc.onEndPingAck()
 		}
 		return nil
 	}
@@ -251,34 +263,63 @@ func (sc *serverConn) onWindowUpdate(f *http2.WindowUpdateFrame) error {
 	}
 	sc.mu.Unlock()
 	if st != nil && st.call != nil {
-		sc.sh.stats.StreamErrors.Add(1)
-		st.call.endCall(ending{mode: endRST, rst: http2.ErrCodeFlowControl, code: codes.Internal, err: errors.New("engine: client stream window overflow")})
+		sc.streamError(st.id, st, http2.ErrCodeFlowControl, "stream window above 2^31-1")
 	}
 	return err
+}
+
+// streamError answers a stream error the client caused (RFC 9113 §5.4.2):
+// RST_STREAM(code) on stream id. st is the stream if it is still in the
+// table: its call ends with the reset, or, if the call had already ended
+// (meshd answered it), the stream is reset all the same (call.dropStale),
+// so the client learns the code whatever meshd had answered. Client
+// reader goroutine only.
+func (sc *serverConn) streamError(id uint32, st *hstream, code http2.ErrCode, reason string) {
+	sc.sh.stats.StreamErrors.Add(1)
+	sc.sh.cfg.abuse.reset(code)
+	if st != nil {
+		st.call.endCall(ending{mode: endRST, rst: code, code: codes.Internal, err: errors.New("engine: client stream error: " + reason), fl: &sc.fl})
+		return
+	}
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	if !sc.pushCtrlLocked(op{kind: opRST, streamID: id, val: uint32(code)}, &sc.fl) && !sc.closed {
+		sc.sh.cfg.abuse.goAway(http2.ErrCodeEnhanceYourCalm)
+		sc.goAwayLocked(http2.ErrCodeEnhanceYourCalm, "too many queued control frames")
+	}
+}
+
+// closedStreamFrame answers DATA or HEADERS (what) on a client stream
+// that is no longer in the table (closed.go): an error if the client had
+// closed its side, nothing if meshd had reset the stream. id is not idle.
+// Client reader goroutine, without conn.mu.
+func (sc *serverConn) closedStreamFrame(id uint32, how closeKind, what string) error {
+	switch how {
+	case closedPeerEnded:
+		return connError{http2.ErrCodeStreamClosed, what + " on a stream the client ended"}
+	case closedPeerReset:
+		sc.streamError(id, nil, http2.ErrCodeStreamClosed, what+" after the client's RST_STREAM")
+	}
+	return nil
 }
 
 // onStreamError handles a stream error found by the Framer (malformed
 // header block, zero window increment).
 func (sc *serverConn) onStreamError(se http2.StreamError) {
-	sc.sh.stats.StreamErrors.Add(1)
 	sc.mu.Lock()
 	st := sc.streams[se.StreamID]
-	if st == nil {
-		if se.StreamID%2 == 1 && se.StreamID > sc.maxPeerStreamID {
-			sc.maxPeerStreamID = se.StreamID // the stream was opened and is now closed
-		}
-		ok := sc.pushCtrlLocked(op{kind: opRST, streamID: se.StreamID, val: uint32(se.Code)}, &sc.fl)
-		if ok {
-			sc.sh.cfg.abuse.reset(se.Code)
-		} else if !sc.closed {
-			sc.sh.cfg.abuse.goAway(http2.ErrCodeEnhanceYourCalm)
-			sc.goAwayLocked(http2.ErrCodeEnhanceYourCalm, "too many queued control frames")
-		}
-		sc.mu.Unlock()
-		return
+	if st == nil && se.Cause != nil && se.StreamID%2 == 1 && se.StreamID > sc.maxPeerStreamID {
+		// A header block the Framer decoded and refused (it names the
+		// field): the stream was opened, and is now closed by meshd.
+		sc.maxPeerStreamID = se.StreamID
+		sc.recent.add(se.StreamID, closedByMeshd)
 	}
 	sc.mu.Unlock()
-	st.call.endCall(ending{mode: endRST, rst: se.Code, code: codes.Internal, err: se})
+	reason := "malformed frame"
+	if se.Cause != nil {
+		reason = se.Cause.Error()
+	}
+	sc.streamError(se.StreamID, st, se.Code, reason)
 }
 
 func (sc *serverConn) onRST(f *http2.RSTStreamFrame) error {
@@ -286,12 +327,18 @@ func (sc *serverConn) onRST(f *http2.RSTStreamFrame) error {
 	st := sc.streams[f.StreamID]
 	if st == nil {
 		idle := sc.isIdleStreamLocked(f.StreamID)
+		if !idle {
+			// It crossed meshd's RST_STREAM, or came later: either way
+			// the client has reset the stream from now on.
+			sc.recent.peerReset(f.StreamID)
+		}
 		sc.mu.Unlock()
 		if idle {
 			return connError{http2.ErrCodeProtocol, "RST_STREAM on idle stream"}
 		}
 		return nil
 	}
+	st.rstRecv = true
 	sc.mu.Unlock()
 	// The client cancelled: nothing more is sent to it, and the backend
 	// stream is cancelled so the backend's handler sees its context end.
@@ -309,30 +356,50 @@ func (sc *serverConn) onData(f *http2.DataFrame) error {
 		return err
 	}
 	st := sc.streams[id]
-	if st == nil || st.recvDone {
-		idle := st == nil && sc.isIdleStreamLocked(id)
+	if st == nil {
+		idle := sc.isIdleStreamLocked(id)
+		how := closedUnknown
+		if !idle && id <= sc.acceptLimit {
+			how = sc.recent.lookup(id)
+		}
 		sc.addCreditLocked(nil, flen)
 		sc.mu.Unlock()
 		if idle {
 			return connError{http2.ErrCodeProtocol, "DATA on idle stream"}
 		}
-		if st != nil {
-			sc.sh.stats.StreamErrors.Add(1)
-			st.call.endCall(ending{mode: endRST, rst: http2.ErrCodeStreamClosed, code: codes.Internal, err: errors.New("engine: client sent DATA after END_STREAM")})
+		return sc.closedStreamFrame(id, how, "DATA")
+	}
+	if st.recvDone {
+		// Half-closed (remote): DATA after END_STREAM is a stream error
+		// (RFC 9113 §5.1, §6.1); otherwise meshd has reset the stream and
+		// this DATA was sent before the client saw the RST_STREAM.
+		sc.addCreditLocked(nil, flen)
+		sc.mu.Unlock()
+		if st.endRecv {
+			sc.streamError(id, st, http2.ErrCodeStreamClosed, "DATA after END_STREAM")
 		}
 		return nil
 	}
 	if flen > st.inWin {
 		sc.addCreditLocked(nil, flen)
 		sc.mu.Unlock()
-		sc.sh.stats.StreamErrors.Add(1)
-		st.call.endCall(ending{mode: endRST, rst: http2.ErrCodeFlowControl, code: codes.Internal, err: errors.New("engine: client exceeded stream window")})
+		sc.streamError(id, st, http2.ErrCodeFlowControl, "stream flow-control window exceeded")
 		return nil
 	}
-	st.inWin -= flen
 	end := f.StreamEnded()
+	if st.hasLen {
+		// RFC 9113 §8.1.1: the DATA must add up to the content-length.
+		st.lenLeft -= int64(len(data))
+		if st.lenLeft < 0 || (end && st.lenLeft != 0) {
+			sc.addCreditLocked(nil, flen)
+			sc.mu.Unlock()
+			sc.streamError(id, st, http2.ErrCodeProtocol, "DATA does not match content-length")
+			return nil
+		}
+	}
+	st.inWin -= flen
 	if end {
-		st.recvDone = true
+		st.recvDone, st.endRecv = true, true
 	}
 	if st.finalQueued {
 		// The response is complete (or failed); the request body is moot.
@@ -356,27 +423,60 @@ func (sc *serverConn) onData(f *http2.DataFrame) error {
 
 func (sc *serverConn) onHeaders(f *http2.MetaHeadersFrame) error {
 	id := f.StreamID
+	selfDep := f.HasPriority() && f.Priority.StreamDep == id
 	sc.mu.Lock()
 	if id%2 == 0 {
 		sc.mu.Unlock()
 		return connError{http2.ErrCodeProtocol, "client stream id is even"}
 	}
-	if id <= sc.maxPeerStreamID {
-		st := sc.streams[id]
-		sc.mu.Unlock()
-		if st == nil {
-			return nil // a stream meshd already closed or reset: ignore
-		}
-		return sc.onTrailers(st, f)
-	}
-	sc.maxPeerStreamID = id
 	if id > sc.acceptLimit {
+		if id > sc.maxPeerStreamID {
+			sc.maxPeerStreamID = id
+		}
 		sc.mu.Unlock()
 		return nil // after the final GOAWAY: not processed, the client retries elsewhere
 	}
-	if uint32(sc.numStreams) >= sc.sh.cfg.MaxConcurrentStreams {
+	if id <= sc.maxPeerStreamID {
+		st := sc.streams[id]
+		how := closedUnknown
+		if st == nil {
+			how = sc.recent.lookup(id)
+		}
+		sc.mu.Unlock()
+		switch {
+		case st != nil && selfDep:
+			sc.streamError(id, st, http2.ErrCodeProtocol, "stream depends on itself")
+			return nil
+		case st != nil:
+			return sc.onTrailers(st, f)
+		case how == closedUnknown:
+			// Never opened (skipped when a higher id was), or closed too
+			// long ago to tell: either way an attempt to open a stream
+			// with an id already used (RFC 9113 §5.1.1).
+			return connError{http2.ErrCodeProtocol, "HEADERS on a stream id below one already used"}
+		}
+		return sc.closedStreamFrame(id, how, "HEADERS")
+	}
+	sc.maxPeerStreamID = id
+	end := f.StreamEnded()
+	refuse := http2.ErrCode(0)
+	switch {
+	case selfDep:
+		refuse = http2.ErrCodeProtocol // §5.3.1
+	case uint32(sc.numStreams) >= sc.sh.cfg.MaxConcurrentStreams:
+		refuse = http2.ErrCodeRefusedStream // §5.1.2
 		sc.sh.stats.RefusedStreams.Add(1)
-		ok := sc.pushCtrlLocked(op{kind: opRST, streamID: id, val: uint32(http2.ErrCodeRefusedStream)}, &sc.fl)
+	}
+	if refuse == http2.ErrCodeProtocol {
+		sc.recent.add(id, closedHow(end, false)) // opened, and closed at once by meshd
+		sc.mu.Unlock()
+		sc.streamError(id, nil, refuse, "stream depends on itself")
+		return nil
+	}
+	if refuse == http2.ErrCodeRefusedStream {
+		// Counted as RefusedStreams, not as a stream error.
+		sc.recent.add(id, closedHow(end, false))
+		ok := sc.pushCtrlLocked(op{kind: opRST, streamID: id, val: uint32(refuse)}, &sc.fl)
 		sc.mu.Unlock()
 		if !ok {
 			return connError{http2.ErrCodeEnhanceYourCalm, "too many queued control frames"}
@@ -387,8 +487,8 @@ func (sc *serverConn) onHeaders(f *http2.MetaHeadersFrame) error {
 	st.q = st.qbuf[:0]
 	cl := &call{sc: sc, down: st}
 	st.call = cl
-	if f.StreamEnded() {
-		st.recvDone = true
+	if end {
+		st.recvDone, st.endRecv = true, true
 	}
 	sc.streams[id] = st
 	sc.numStreams++
@@ -400,16 +500,41 @@ func (sc *serverConn) onHeaders(f *http2.MetaHeadersFrame) error {
 }
 
 // onTrailers handles a second HEADERS block from the client (request
-// trailers, unusual in gRPC): it must end the stream and is forwarded.
+// trailers, unusual in gRPC): it must end the stream, carry no
+// pseudo-header or connection-specific field and close a message whose
+// DATA matched its content-length (RFC 9113 §8.1, §8.1.1, §8.2.2); then
+// it is forwarded.
 func (sc *serverConn) onTrailers(st *hstream, f *http2.MetaHeadersFrame) error {
+	var reason string
+	code := http2.ErrCodeProtocol
 	sc.mu.Lock()
-	if st.recvDone || !f.StreamEnded() || len(f.PseudoFields()) > 0 {
+	switch {
+	case st.endRecv:
+		reason, code = "HEADERS after END_STREAM", http2.ErrCodeStreamClosed // §5.1 half-closed (remote)
+	case st.recvDone:
+		// meshd reset the stream; the client sent these before it knew.
 		sc.mu.Unlock()
-		sc.sh.stats.StreamErrors.Add(1)
-		st.call.endCall(ending{mode: endRST, rst: http2.ErrCodeProtocol, code: codes.Internal, err: errors.New("engine: malformed request trailers")})
+		return nil
+	case !f.StreamEnded():
+		reason = "second HEADERS without END_STREAM"
+	case st.hasLen && st.lenLeft != 0:
+		reason = "DATA does not match content-length"
+	default:
+		reason = checkTrailerFields(f)
+	}
+	if reason != "" {
+		sc.mu.Unlock()
+		sc.streamError(st.id, st, code, reason)
 		return nil
 	}
-	st.recvDone = true
+	if f.Truncated || headerListSize(f.Fields) > uint64(sc.sh.cfg.MaxHeaderListSize) {
+		// Over the header list size meshd advertised.
+		st.recvDone, st.endRecv = true, true
+		sc.mu.Unlock()
+		st.call.fail(codes.ResourceExhausted, "meshd: request trailer list too large", errors.New("engine: request trailers over MaxHeaderListSize"), false)
+		return nil
+	}
+	st.recvDone, st.endRecv = true, true
 	final := st.finalQueued
 	if final && st.sendDone {
 		sc.removeStreamLocked(st)
@@ -457,7 +582,7 @@ type reqHeaders struct {
 // them. ok false: they are malformed, and the call was ended with the
 // status or reset they call for.
 func (sc *serverConn) requestHeaders(cl *call, f *http2.MetaHeadersFrame) (req reqHeaders, ok bool) {
-	if f.Truncated {
+	if f.Truncated || headerListSize(f.Fields) > uint64(sc.sh.cfg.MaxHeaderListSize) {
 		cl.endCall(ending{mode: endStatus, code: codes.ResourceExhausted, httpStatus: "431",
 			st: status.New(codes.ResourceExhausted, "meshd: request header list too large")})
 		return req, false
@@ -484,10 +609,15 @@ func (sc *serverConn) requestHeaders(cl *call, f *http2.MetaHeadersFrame) (req r
 			host = hf.Value
 		}
 	}
-	if req.path == "" || f.PseudoValue("scheme") == "" {
-		sc.sh.stats.StreamErrors.Add(1)
-		cl.endCall(ending{mode: endRST, rst: http2.ErrCodeProtocol, code: codes.Internal, err: errors.New("engine: request without :path or :scheme")})
+	// What RFC 9113 calls malformed is reset before anything gRPC-specific
+	// is looked at, and never reaches the Director or a backend.
+	clen, bad := checkRequestFields(f)
+	if bad != "" {
+		sc.streamError(f.StreamID, cl.down, http2.ErrCodeProtocol, "malformed request: "+bad)
 		return req, false
+	}
+	if clen >= 0 {
+		cl.down.hasLen, cl.down.lenLeft = true, clen
 	}
 	if !isGRPCContentType(contentType) {
 		cl.endCall(ending{mode: endStatus, code: codes.InvalidArgument, httpStatus: "415",

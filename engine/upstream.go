@@ -574,12 +574,19 @@ func (uc *upConn) onHeaders(f *http2.MetaHeadersFrame) error {
 		return nil
 	}
 	if f.Truncated {
-		return fail("meshd: backend response header list too large")
+		return fail(fmt.Sprintf("meshd: backend response header list over %d bytes", uc.rfr.MaxHeaderListSize))
+	}
+	clen, refused := checkResponseFields(f, first, uc.sh.cfg.MaxHeaderListSize)
+	if refused == "" && !first && st.hasLen && st.lenLeft != 0 {
+		refused = malformedResponse + "DATA does not match content-length"
+	}
+	if refused != "" {
+		return fail(refused)
 	}
 	if first {
 		httpStatus := f.PseudoValue("status")
-		if httpStatus == "" || len(f.PseudoFields()) != 1 {
-			return fail("meshd: malformed response headers from backend")
+		if clen >= 0 {
+			st.hasLen, st.lenLeft = true, clen
 		}
 		fields := filterResponse(f.Fields)
 		if end {
@@ -595,8 +602,8 @@ func (uc *upConn) onHeaders(f *http2.MetaHeadersFrame) error {
 		cl.forwardDown(st, op{kind: opHeaders, fields: fields}, &uc.fl)
 		return nil
 	}
-	if !end || len(f.PseudoFields()) > 0 {
-		return fail("meshd: malformed trailers from backend")
+	if !end {
+		return fail(malformedResponse + "second HEADERS without END_STREAM")
 	}
 	fields := filterResponse(f.Fields)
 	code, _ := grpcStatusOf(fields)
@@ -637,8 +644,20 @@ func (uc *upConn) onData(f *http2.DataFrame) error {
 			st: statusInternal("meshd: backend exceeded stream window"), err: errors.New("engine: backend exceeded stream window")})
 		return nil
 	}
-	st.inWin -= flen
 	end := f.StreamEnded()
+	if st.hasLen {
+		// RFC 9113 §8.1.1, as for requests (serverConn.onData).
+		st.lenLeft -= int64(len(data))
+		if st.lenLeft < 0 || (end && st.lenLeft != 0) {
+			uc.addCreditLocked(nil, flen)
+			uc.mu.Unlock()
+			uc.sh.stats.StreamErrors.Add(1)
+			st.call.streamEnded(st, ending{mode: endStatus, code: codes.Internal, upCode: http2.ErrCodeProtocol,
+				st: statusInternal(malformedResponse + "DATA does not match content-length"), err: errors.New("engine: response DATA does not match content-length")})
+			return nil
+		}
+	}
+	st.inWin -= flen
 	if end {
 		st.recvDone = true
 	}

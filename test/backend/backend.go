@@ -201,6 +201,23 @@ func (b *Backend) begin(ctx context.Context, setHeader func(metadata.MD) error, 
 				tr[k] = v
 			}
 		}
+		for _, pad := range [...]struct {
+			key string
+			md  metadata.MD
+			bin bool
+		}{{"x-pad-header", hdr, false}, {"x-pad-header-bin", hdr, true}, {"x-pad-trailer", tr, false}, {"x-pad-trailer-bin", tr, true}} {
+			if v := first(md, pad.key); v != "" {
+				n, err := strconv.Atoi(v)
+				if err != nil || n < 0 {
+					return status.Errorf(codes.InvalidArgument, "bad %s %q", pad.key, v)
+				}
+				if pad.bin {
+					pad.md["x-pad-bin"] = []string{string(PadBytes(n))}
+				} else {
+					pad.md["x-pad"] = []string{PadValue(n)}
+				}
+			}
+		}
 		if err := setHeader(hdr); err != nil {
 			return err
 		}
@@ -244,6 +261,28 @@ func (b *Backend) begin(ctx context.Context, setHeader func(metadata.MD) error, 
 		return st.Err()
 	}
 	return nil
+}
+
+// PadValue is the x-pad metadata value of n bytes (x-pad-header,
+// x-pad-trailer): printable ASCII in a pattern that shows any byte moved
+// or lost.
+func PadValue(n int) string {
+	const alphabet = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-_"
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = alphabet[(i*7+i/len(alphabet))%len(alphabet)]
+	}
+	return string(b)
+}
+
+// PadBytes is the x-pad-bin metadata value of n bytes (x-pad-header-bin,
+// x-pad-trailer-bin): every byte value, base64 on the wire.
+func PadBytes(n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(i*31 + i/256)
+	}
+	return b
 }
 
 // seenKeys lists the request's metadata keys, sorted, so a test can check

@@ -10,6 +10,9 @@
 //	x-fail-message   the status message for x-fail (x-fail-message-bin for unicode)
 //	x-fail-details   "1": attach a status detail (google.rpc.ErrorInfo)
 //	x-trailers-only  "1": answer with no response headers at all
+//	x-pad-header     N: add a response header x-pad of N bytes (PadValue);
+//	                 x-pad-header-bin: a binary x-pad-bin of N bytes (PadBytes)
+//	x-pad-trailer    N: the same as trailers (x-pad-trailer-bin for x-pad-bin)
 //
 // The trailer x-seen-keys lists the request metadata keys the backend got.
 //
