@@ -23,8 +23,11 @@ type PoolConfig struct {
 	// MaxFrameSize is the largest frame payload accepted from backends and
 	// the largest of the Pool's DATA buffer classes. Default 16384.
 	MaxFrameSize uint32
-	// MaxHeaderListSize is advertised to backends and enforced on response
-	// header blocks. Default 64 KiB.
+	// MaxHeaderListSize is enforced on response header and trailer
+	// blocks: a larger one ends its call with INTERNAL naming the limit.
+	// Blocks are decoded, and backends told, up to four times it
+	// (headerDecodeLimit), so that a response over the limit gets that
+	// status rather than costing its connection. Default 64 KiB.
 	MaxHeaderListSize uint32
 	// ConnsPerBackend is how many connections the Pool keeps to each
 	// backend address (per Upstream); more only while every one is at the
