@@ -437,12 +437,18 @@ func consulEndpoints(entries []*api.ServiceEntry) []Endpoint {
 // backoff returns the jittered delay before the retry after n consecutive
 // failures (n >= 1).
 func (c *Consul) backoff(n uint64) time.Duration {
-	d := c.opts.backoffBase
-	for i := uint64(1); i < n && d < c.opts.backoffMax; i++ {
+	return backoff(c.opts.backoffBase, c.opts.backoffMax, n)
+}
+
+// backoff is the delay after n consecutive failures (n >= 1): base doubled
+// per failure up to maxDelay, jittered down by up to half so that retries
+// stay bounded by maxDelay and spread out.
+func backoff(base, maxDelay time.Duration, n uint64) time.Duration {
+	d := base
+	for i := uint64(1); i < n && d < maxDelay; i++ {
 		d *= 2
 	}
-	d = min(d, c.opts.backoffMax)
-	// Jitter down by up to half: retries stay bounded by max and spread out.
+	d = min(d, maxDelay)
 	return d/2 + rand.N(d/2+1)
 }
 
