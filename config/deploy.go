@@ -245,6 +245,12 @@ func (v *validator) listenerLimits(p string, l *Listener) {
 			// from the app is relayed as opaque TCP, never terminated.
 			v.add(p+".original_dst", "cannot be combined with tls")
 		}
+		if l.MeshTLS != "" && o.Direction != DirectionInbound {
+			// An outbound listener takes the app's own plaintext calls;
+			// meshd upgrades them to mTLS on the way out (clusters'
+			// mesh_tls), and the peer's inbound listener takes them.
+			v.add(p+".mesh_tls", "only an inbound original_dst listener takes mesh TLS; outbound calls are upgraded by the destination cluster's mesh_tls")
+		}
 	}
 }
 

@@ -19,6 +19,10 @@ type Config struct {
 	Clusters []Cluster `yaml:"clusters"`
 	// Consul is the agent used by clusters with a consul section.
 	Consul Consul `yaml:"consul"`
+	// Mesh, when set, gives this workload a service-mesh identity (mTLS
+	// on mesh_tls listeners and clusters) and authorizes the calls its
+	// mesh listeners receive (mesh.go).
+	Mesh *Mesh `yaml:"mesh"`
 	// Tracing configures OpenTelemetry trace export.
 	Tracing Tracing `yaml:"tracing"`
 	// Metrics configures the Prometheus metrics on the admin port's /metrics.
@@ -83,6 +87,12 @@ type Listener struct {
 	// redirected by iptables (`meshd iptables`): calls are routed by the
 	// connection's original destination as well as by method.
 	OriginalDst *OriginalDst `yaml:"original_dst"`
+	// MeshTLS makes this a mesh listener: TLS with the mesh identity,
+	// client certificates from mesh identities, and every call authorized
+	// by the intentions of mesh.service. "strict" takes only mTLS;
+	// "permissive" also takes plaintext (migration), whose calls have no
+	// identity and match only "*" intentions. Exclusive with tls.
+	MeshTLS string `yaml:"mesh_tls"`
 }
 
 // ListenerTLS is TLS termination on a listener.
@@ -223,6 +233,10 @@ type Cluster struct {
 	HealthyPanicThreshold int `yaml:"healthy_panic_threshold"`
 	// TLS to the upstream endpoints; plaintext (h2c) when absent.
 	TLS *UpstreamTLS `yaml:"tls"`
+	// MeshTLS dials the endpoints (other meshd sidecars' mesh listeners)
+	// with this workload's mesh identity and requires theirs to be
+	// MeshTLS.Service. Exclusive with tls.
+	MeshTLS *ClusterMeshTLS `yaml:"mesh_tls"`
 	// MaxRequests caps the calls in flight to the cluster from this meshd
 	// (0: no cap, the default). Calls over it are answered
 	// RESOURCE_EXHAUSTED at once rather than queued.
@@ -254,6 +268,10 @@ type ConsulService struct {
 	Datacenter string `yaml:"datacenter"`
 	// PassingOnly keeps only instances whose Consul checks pass. Default true.
 	PassingOnly *bool `yaml:"passing_only"`
+	// Connect discovers the service's Connect-capable instances: the
+	// sidecars registered as kind connect-proxy for it (their address and
+	// port, which is the peer meshd's mesh listener), with their health.
+	Connect bool `yaml:"connect"`
 }
 
 // Health is a cluster's active health checking.

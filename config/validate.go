@@ -44,6 +44,7 @@ func (c *Config) Validate() error {
 	v.reserveOriginalDst(clusters)
 	v.routes(clusters)
 	v.resilience()
+	v.mesh()
 	switch c.Engine {
 	case "", "frame":
 	case "grpc":
@@ -139,6 +140,11 @@ func (c *Config) CheckFiles() error {
 			v.file(p+".key_file", t.KeyFile)
 			v.file(p+".client_ca_file", t.ClientCAFile)
 		}
+	}
+	if m := c.Mesh; m != nil {
+		v.file("mesh.cert_file", m.CertFile)
+		v.file("mesh.key_file", m.KeyFile)
+		v.file("mesh.ca_file", m.CAFile)
 	}
 	for i, cl := range c.Clusters {
 		if t := cl.TLS; t != nil {
@@ -358,6 +364,7 @@ func contains(list []string, s string) bool {
 // applyDefaults fills in every documented default. It runs after Validate.
 func (c *Config) applyDefaults() {
 	c.applyResilienceDefaults()
+	c.applyMeshDefaults()
 	if c.DrainTimeout == 0 {
 		c.DrainTimeout = Duration(10 * time.Second)
 	}

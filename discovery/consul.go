@@ -45,6 +45,10 @@ type ConsulQuery struct {
 	// PassingOnly keeps only instances whose checks all pass. The config
 	// default is true; the zero value here is false, so the caller sets it.
 	PassingOnly bool
+	// Connect follows the service's Connect-capable instances instead:
+	// its sidecars (kind connect-proxy), at their own address and port,
+	// with their health (Consul's /v1/health/connect).
+	Connect bool
 }
 
 // ConsulOption configures a Consul resolver.
@@ -362,7 +366,11 @@ func (c *Consul) query(ctx context.Context, index uint64, wait time.Duration) ([
 		WaitIndex:  index,
 		WaitTime:   wait,
 	}
-	entries, meta, err := c.client.Health().Service(c.q.Service, c.q.Tag, c.q.PassingOnly, opts.WithContext(ctx))
+	health := c.client.Health().Service
+	if c.q.Connect {
+		health = c.client.Health().Connect
+	}
+	entries, meta, err := health(c.q.Service, c.q.Tag, c.q.PassingOnly, opts.WithContext(ctx))
 	if err != nil {
 		return nil, nil, c.describe(err)
 	}

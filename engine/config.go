@@ -141,6 +141,15 @@ type Config struct {
 	// not hold a connection. Default 10s.
 	HandshakeTimeout time.Duration
 
+	// ConnContext, if set, derives a client connection's context once its
+	// handshake is done (for a TLS connection: after the TLS handshake, so
+	// the peer's verified certificate is known). The context it returns
+	// is the one Director.Direct gets for every call of the connection,
+	// as net/http's Server.ConnContext does; meshd puts the caller's mesh
+	// identity there. It runs on the connection's reader goroutine before
+	// any stream is read, and must not block.
+	ConnContext func(ctx context.Context, nc net.Conn) context.Context
+
 	// Abuse holds the thresholds of the flood and reset rules applied to
 	// client connections (abuse.go). Zero fields take the defaults of
 	// DefaultAbuseLimits.

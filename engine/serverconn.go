@@ -60,6 +60,12 @@ func (sc *serverConn) serve() {
 	}
 	sc.req.RemoteAddr = sc.nc.RemoteAddr()
 	sc.req.Header = &sc.hdr
+	if cc := sc.sh.cfg.ConnContext; cc != nil {
+		// Only this goroutine reads sc.ctx (Direct runs on it), and no
+		// stream has been read yet. The derived context is a child of
+		// the connection's, so cancelling that still ends it.
+		sc.ctx = cc(sc.ctx, sc.nc)
+	}
 
 	done := make(chan struct{})
 	go func() {

@@ -218,6 +218,7 @@ func (s *Server) newClusterRun(c config.Cluster, maxMsg int, pc engine.PoolConfi
 			Tag:         c.Consul.Tag,
 			Datacenter:  c.Consul.Datacenter,
 			PassingOnly: *c.Consul.PassingOnly,
+			Connect:     c.Consul.Connect,
 		}, discovery.WithLogger(s.log.With("component", "discovery", "cluster", c.Name, "service", c.Consul.Service)))
 	} else {
 		eps := make([]discovery.Endpoint, len(c.Endpoints))
