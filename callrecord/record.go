@@ -30,6 +30,13 @@ type Call struct {
 	// call costs allocations the metrics observer never needs.
 	PeerAddr net.Addr
 	TraceID  trace.TraceID
+	// Peer is the caller's mesh identity (its SPIFFE ID) on a mesh
+	// listener, "" elsewhere and for plaintext callers.
+	Peer string
+	// Denied is true when meshd's authorization (the mesh's intentions)
+	// refused the call: Code is then PERMISSION_DENIED and no route was
+	// looked up.
+	Denied bool
 }
 
 // PeerString is the client's address, "" when unknown.

@@ -48,6 +48,7 @@ func (c *call) startSpans(ctx context.Context, req *engine.Request) fieldCarrier
 	tp := c.d.tracer
 	sctx, sspan := tp.StartServer(ctx, req.Method, headerCarrier{req.Header}, remote(req))
 	tracing.SetRoute(sctx, c.rec.Route, c.rec.Cluster)
+	tracing.SetPeer(sctx, c.rec.Peer)
 	var out fieldCarrier
 	_, cspan := tp.StartClient(sctx, req.Method, c.ep.Address(), 1, &out)
 	c.sctx, c.client = sctx, cspan
@@ -86,24 +87,27 @@ func errText(err error) string {
 	return err.Error()
 }
 
-// failed reports a call meshd answered itself and returns err.
-func (d *Director) failed(req *engine.Request, start time.Time, route, cluster string, err error) error {
+// failed reports a call meshd answered itself and returns err. rec holds
+// what is known of the call: its route, cluster and caller's mesh identity
+// (Peer), and whether meshd's authorization refused it (Denied).
+func (d *Director) failed(req *engine.Request, start time.Time, rec callrecord.Call, err error) error {
 	st := status.Convert(err)
 	if d.tracer != nil {
 		sctx, span := d.tracer.StartServer(context.Background(), req.Method, headerCarrier{req.Header}, remote(req))
-		if route != "" {
-			tracing.SetRoute(sctx, route, cluster)
+		if rec.Route != "" {
+			tracing.SetRoute(sctx, rec.Route, rec.Cluster)
 		}
+		tracing.SetPeer(sctx, rec.Peer)
 		tracing.EndSpan(span, st.Code(), st.Message())
 	}
 	if len(d.observers) == 0 {
 		return err
 	}
 	d.callStarted()
-	c := &callrecord.Call{Method: req.Method, Route: route, Cluster: cluster, Code: st.Code(), Message: st.Message(),
-		Start: start, Duration: time.Since(start), PeerAddr: req.RemoteAddr}
+	rec.Method, rec.Code, rec.Message = req.Method, st.Code(), st.Message()
+	rec.Start, rec.Duration, rec.PeerAddr = start, time.Since(start), req.RemoteAddr
 	for _, o := range d.observers {
-		o.ObserveCall(c)
+		o.ObserveCall(&rec)
 	}
 	return err
 }

@@ -66,3 +66,13 @@ func timeoutStatus(setting string, d time.Duration) error {
 	}
 	return status.Error(codes.DeadlineExceeded, fmt.Sprintf("meshd: %s %s exceeded", setting, d))
 }
+
+// ErrDenied: the mesh's intentions do not allow source (a SPIFFE ID, or
+// "" for a plaintext caller) to call destination. The message names both
+// and never the rule, whose internals are the operator's business.
+func ErrDenied(source, destination string) error {
+	if source == "" {
+		source = "an unauthenticated caller"
+	}
+	return status.Errorf(codes.PermissionDenied, "meshd: %s is not allowed to call %s", source, destination)
+}

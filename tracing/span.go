@@ -37,6 +37,24 @@ func SetRoute(ctx context.Context, route, cluster string) {
 	span.SetAttributes(RouteKey.String(route), ClusterKey.String(cluster))
 }
 
+// PeerKey is the SERVER span attribute naming the caller's mesh identity
+// (its SPIFFE ID), set on calls that arrived on a mesh listener with a
+// client certificate.
+const PeerKey = attribute.Key("meshd.peer.identity")
+
+// SetPeer records the caller's mesh identity on the SERVER span in ctx;
+// "" records nothing.
+func SetPeer(ctx context.Context, id string) {
+	if id == "" {
+		return
+	}
+	span := trace.SpanFromContext(ctx)
+	if !span.IsRecording() {
+		return
+	}
+	span.SetAttributes(PeerKey.String(id))
+}
+
 // StartServer starts the SERVER span of an inbound call, when the call is
 // accepted: method is the :path ("/pkg.Svc/Method"), hdr the request's
 // header fields, from which the caller's W3C trace context and baggage are
