@@ -121,6 +121,7 @@ func (l *Logger) ObserveCall(c *callrecord.Call) {
 		slog.Int("attempts", c.Attempts),
 		slog.String("trace_id", c.TraceIDString()),
 		slog.String("peer", c.PeerString()),
+		slog.String("peer_identity", c.Peer),
 	)
 	if c.Message != "" {
 		r.AddAttrs(slog.String("error", c.Message))

@@ -65,6 +65,7 @@ type Metrics struct {
 	retries  *prometheus.CounterVec
 	bytes    *prometheus.CounterVec
 	active   prometheus.Gauge
+	denied   *denials // mesh.go
 
 	state *stateCollector
 
@@ -124,10 +125,11 @@ func New(opts ...Option) *Metrics {
 			Name: "meshd_active_streams",
 			Help: "Calls (streams) in flight through meshd's listeners.",
 		}),
-		state: &stateCollector{},
+		state:  &stateCollector{},
+		denied: newDenials(),
 	}
 	m.series.Store(&map[seriesKey]*series{})
-	m.reg.MustRegister(m.handled, m.handling, m.attempts, m.retries, m.bytes, m.active, m.state,
+	m.reg.MustRegister(m.handled, m.handling, m.attempts, m.retries, m.bytes, m.active, m.state, m.denied.vec,
 		listenerCollector{state: m.state}, // abuse.go
 		frameCollector{state: m.state},    // frame.go
 		counterFunc("meshd_tracing_dropped_spans_total", "Sampled spans not exported: export queue full, collector failing, or lost at shutdown.", o.droppedSpan),
@@ -176,6 +178,9 @@ func (m *Metrics) ObserveCall(c *callrecord.Call) {
 	s := m.seriesFor(c)
 	s.code(c.Code).Inc()
 	s.handling.Observe(c.Duration.Seconds())
+	if c.Denied {
+		m.denied.observe(c)
+	}
 	if s.attempts == nil {
 		return // matched no route: nothing went upstream
 	}

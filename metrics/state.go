@@ -85,7 +85,8 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descEndpointState, descOutstanding, descEjections, descWeight,
 		descClusterEndpoints, descClusterHealthy, descClusterReady,
 		descClusterPanic, descClusterPanics, descClusterPanicPicks,
-		descConsulHealthy, descConsulFailures, descConsulLastSuccess, descReloads} {
+		descConsulHealthy, descConsulFailures, descConsulLastSuccess, descReloads,
+		descMeshReady, descLeafExpiry, descMeshRoots, descHandshakeFailures} {
 		ch <- d
 	}
 }
@@ -100,6 +101,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	ok, failed := src.ReloadCounts()
 	ch <- prometheus.MustNewConstMetric(descReloads, prometheus.CounterValue, float64(ok), "ok")
 	ch <- prometheus.MustNewConstMetric(descReloads, prometheus.CounterValue, float64(failed), "failed")
+	collectMesh(src, ch)
 
 	for _, cs := range src.ClusterStatuses() {
 		ch <- prometheus.MustNewConstMetric(descClusterEndpoints, prometheus.GaugeValue, float64(cs.Total), cs.Name)
