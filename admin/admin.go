@@ -31,6 +31,14 @@ type Source interface {
 	Clusters() any
 }
 
+// CertSource is implemented by a Source that can have a mesh identity.
+// Certs returns what GET /certs shows (the leaf's service, serial and
+// expiry, the trusted roots; never a private key), or false when meshd
+// has no mesh section (404).
+type CertSource interface {
+	Certs() (any, bool)
+}
+
 // Server is the admin server: HTTP/1.1 and h2c on one port, with gRPC
 // requests (content-type application/grpc) going to the grpc.health.v1
 // service and everything else to the HTTP endpoints.
@@ -107,6 +115,7 @@ func Listen(addr string, src Source, opts ...Option) (*Server, error) {
 	mux.HandleFunc("GET /config_dump", s.json(src.ConfigDump))
 	mux.HandleFunc("GET /routes", s.json(src.Routes))
 	mux.HandleFunc("GET /clusters", s.json(src.Clusters))
+	mux.HandleFunc("GET /certs", s.certs)
 	if s.metrics != nil {
 		mux.Handle("GET /metrics", s.metrics)
 	}
@@ -184,6 +193,20 @@ func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	fmt.Fprintln(w, "ready")
+}
+
+// certs serves the mesh identity, or 404 without one.
+func (s *Server) certs(w http.ResponseWriter, r *http.Request) {
+	cs, ok := s.src.(CertSource)
+	var v any
+	if ok {
+		v, ok = cs.Certs()
+	}
+	if !ok {
+		http.Error(w, "meshd has no mesh identity (no mesh section in its config)", http.StatusNotFound)
+		return
+	}
+	s.json(func() any { return v })(w, r)
 }
 
 func (s *Server) json(get func() any) http.HandlerFunc {
