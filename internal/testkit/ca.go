@@ -10,6 +10,7 @@ import (
 	"encoding/pem"
 	"math/big"
 	"net"
+	"net/url"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -68,21 +69,41 @@ func (ca *CA) Pool() *x509.CertPool {
 // serial number, returned too, so that tests can tell certificates apart.
 func (ca *CA) Issue(tb testing.TB, cn string, names ...string) (certPEM, keyPEM []byte, serial int64) {
 	tb.Helper()
+	serial = ca.serial.Add(1)
+	certPEM, keyPEM = ca.issue(tb, &x509.Certificate{
+		SerialNumber: big.NewInt(serial),
+		Subject:      pkix.Name{CommonName: cn},
+		DNSNames:     append([]string{"localhost"}, names...),
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+	})
+	return certPEM, keyPEM, serial
+}
+
+// IssueSPIFFE returns a PEM certificate and key shaped like a mesh leaf
+// (Consul Connect's): one URI SAN, uri (e.g.
+// spiffe://other.consul/ns/default/dc/dc1/svc/web), no DNS names, valid
+// for server and client auth.
+func (ca *CA) IssueSPIFFE(tb testing.TB, uri string) (certPEM, keyPEM []byte) {
+	tb.Helper()
+	u, err := url.Parse(uri)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return ca.issue(tb, &x509.Certificate{SerialNumber: big.NewInt(ca.serial.Add(1)), URIs: []*url.URL{u}})
+}
+
+// issue signs tmpl (its names and serial set) with a new P-256 key, for a
+// day, for server and client auth.
+func (ca *CA) issue(tb testing.TB, tmpl *x509.Certificate) (certPEM, keyPEM []byte) {
+	tb.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	serial = ca.serial.Add(1)
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(serial),
-		Subject:      pkix.Name{CommonName: cn},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		DNSNames:     append([]string{"localhost"}, names...),
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
-	}
+	tmpl.NotBefore = time.Now().Add(-time.Hour)
+	tmpl.NotAfter = time.Now().Add(24 * time.Hour)
+	tmpl.KeyUsage = x509.KeyUsageDigitalSignature
+	tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
 	if err != nil {
 		tb.Fatal(err)
@@ -92,7 +113,7 @@ func (ca *CA) Issue(tb testing.TB, cn string, names ...string) (certPEM, keyPEM 
 		tb.Fatal(err)
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), serial
+		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})
 }
 
 // KeyPair is Issue as a tls.Certificate, for clients and backends.
