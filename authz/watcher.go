@@ -116,8 +116,9 @@ func (w *Watcher) Table() *Table { return w.table.Load() }
 func (w *Watcher) Ready() <-chan struct{} { return w.ready }
 
 // Status reports the query loop's state. Synced is true only once a table
-// is in place; LastError shows a compile error of the latest answer (the
-// query itself may be healthy) until an answer compiles.
+// is in place, and only after the loop has recorded the answer, a moment
+// after Ready closes; LastError shows a compile error of the latest answer
+// (the query itself may be healthy) until an answer compiles.
 func (w *Watcher) Status() discovery.WatchStatus {
 	st := w.follow.Status()
 	if w.table.Load() == nil {
