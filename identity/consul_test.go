@@ -128,6 +128,19 @@ func TestConsulMTLS(t *testing.T) {
 		})
 	}
 
+	t.Run("not ready", func(t *testing.T) {
+		t.Parallel()
+		idle := identity.NewConsul(agent.Client, "idle", nil) // never run
+		if idle.Current() != nil || idle.Status().Ready || !idle.Expiry().IsZero() {
+			t.Fatalf("a source that never ran: %+v", idle.Status())
+		}
+		if o := handshake(t, idle.ServerConfig(), web.ClientConfig("idle")); o.serverErr == nil || !strings.Contains(o.serverErr.Error(), "not ready") {
+			t.Fatalf("server handshake error = %v, want not ready", o.serverErr)
+		}
+		if o := handshake(t, apiSrc.ServerConfig(), idle.ClientConfig("api")); o.clientErr == nil || !strings.Contains(o.clientErr.Error(), "not ready") {
+			t.Fatalf("client handshake error = %v, want not ready", o.clientErr)
+		}
+	})
 	t.Run("sniff plaintext", func(t *testing.T) {
 		t.Parallel()
 		sc, cc := sniffPair(t, apiSrc.ServerConfig())

@@ -58,8 +58,11 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// testLogger logs into the test's output.
+// testLogger logs into the test's output (benchmarks discard it).
 func testLogger(t testing.TB) *slog.Logger {
+	if _, ok := t.(*testing.B); ok {
+		return slog.New(slog.DiscardHandler)
+	}
 	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelInfo}))
 }
 
