@@ -114,6 +114,7 @@ func TestConsulMTLS(t *testing.T) {
 					t.Errorf("%s error = %v, want one with %q", side, err, want)
 				}
 			}
+			t.Logf("server: %v; client: %v", o.serverErr, o.clientErr)
 			check("server", o.serverErr, tt.serverErr)
 			check("client", o.clientErr, tt.clientErr)
 			if tt.wantCaller != "" {

@@ -81,8 +81,12 @@ func newMaterial(certPEM, keyPEM []byte, roots []root, trustDomain string) (*Mat
 		m.RootIDs = append(m.RootIDs, r.id)
 		m.roots = append(m.roots, RootStatus{ID: r.id, Name: r.name, Active: r.active, NotAfter: r.cert.NotAfter})
 	}
-	if _, err := verifyChain(m, pair.Certificate, leaf, x509.ExtKeyUsageAny); err != nil {
-		return nil, fmt.Errorf("identity: own leaf %s: %w", id, err)
+	// A sidecar both serves and dials with one leaf, so it must verify
+	// for both uses, as peers will check it.
+	for _, eku := range []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth} {
+		if _, err := verifyChain(m, pair.Certificate, leaf, eku); err != nil {
+			return nil, fmt.Errorf("identity: own leaf %s: %w", id, err)
+		}
 	}
 	m.serverCfg = m.newServerConfig()
 	return m, nil

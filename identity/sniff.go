@@ -19,7 +19,8 @@ const recordTypeHandshake = 0x16
 // server writes its SETTINGS before it reads, and in both TLS and h2 the
 // client speaks first, so that byte is on its way) and then behaves as
 // tls.Server(nc with that byte put back, cfg) if it is 0x16, else as nc.
-// Deadlines pass through to nc.
+// Deadlines pass through to nc. cfg must not be nil; callers that need
+// the TLS state or the raw connection type-assert to *SniffConn.
 func Sniff(nc net.Conn, cfg *tls.Config) net.Conn {
 	return &SniffConn{nc: nc, cfg: cfg}
 }
