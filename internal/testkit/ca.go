@@ -126,3 +126,68 @@ func (ca *CA) KeyPair(tb testing.TB, cn string, names ...string) tls.Certificate
 	}
 	return pair
 }
+
+// IssueSPIFFE returns a PEM certificate and key shaped like a Consul
+// Connect leaf: ECDSA P-256, one URI SAN (uri, a SPIFFE ID), no DNS names
+// or IPs, valid for server and client auth. It returns the serial too.
+func (ca *CA) IssueSPIFFE(tb testing.TB, uri string) (certPEM, keyPEM []byte, serial int64) {
+	tb.Helper()
+	u, err := url.Parse(uri)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	serial = ca.serial.Add(1)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(serial),
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyAgreement,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		URIs:         []*url.URL{u},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	kder, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), serial
+}
+
+// Intermediate returns a CA whose certificate ca signs, named name. Its
+// PEM is the intermediate certificate alone: a leaf it issues verifies
+// against ca's Pool only when the intermediate is sent along.
+func (ca *CA) Intermediate(tb testing.TB, name string) *CA {
+	tb.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(ca.serial.Add(1)),
+		Subject:               pkix.Name{CommonName: name},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	in := &CA{cert: cert, key: key, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
+	in.serial.Store(1000)
+	return in
+}

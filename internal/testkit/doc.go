@@ -8,7 +8,8 @@
 //     [FreeAddr] is an address nobody answers on.
 //   - [OpenStream] opens a gRPC stream through a proxy and proves it open.
 //   - [NewCA] makes a certificate authority that issues server and client
-//     certificates for TLS tests.
+//     certificates for TLS tests, SPIFFE leaves shaped like Consul
+//     Connect's ([CA.IssueSPIFFE]) and intermediate CAs.
 //   - [Scrape] and [ParseMetrics] read a Prometheus /metrics page with
 //     Prometheus' own text parser; [Metrics] finds series in it, or
 //     flattens it into one value per series as the page writes it.
