@@ -79,19 +79,6 @@ func (ca *CA) Issue(tb testing.TB, cn string, names ...string) (certPEM, keyPEM 
 	return certPEM, keyPEM, serial
 }
 
-// IssueSPIFFE returns a PEM certificate and key shaped like a mesh leaf
-// (Consul Connect's): one URI SAN, uri (e.g.
-// spiffe://other.consul/ns/default/dc/dc1/svc/web), no DNS names, valid
-// for server and client auth.
-func (ca *CA) IssueSPIFFE(tb testing.TB, uri string) (certPEM, keyPEM []byte) {
-	tb.Helper()
-	u, err := url.Parse(uri)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return ca.issue(tb, &x509.Certificate{SerialNumber: big.NewInt(ca.serial.Add(1)), URIs: []*url.URL{u}})
-}
-
 // issue signs tmpl (its names and serial set) with a new P-256 key, for a
 // day, for server and client auth.
 func (ca *CA) issue(tb testing.TB, tmpl *x509.Certificate) (certPEM, keyPEM []byte) {
@@ -102,7 +89,7 @@ func (ca *CA) issue(tb testing.TB, tmpl *x509.Certificate) (certPEM, keyPEM []by
 	}
 	tmpl.NotBefore = time.Now().Add(-time.Hour)
 	tmpl.NotAfter = time.Now().Add(24 * time.Hour)
-	tmpl.KeyUsage = x509.KeyUsageDigitalSignature
+	tmpl.KeyUsage |= x509.KeyUsageDigitalSignature
 	tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
 	if err != nil {
@@ -136,29 +123,10 @@ func (ca *CA) IssueSPIFFE(tb testing.TB, uri string) (certPEM, keyPEM []byte, se
 	if err != nil {
 		tb.Fatal(err)
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		tb.Fatal(err)
-	}
 	serial = ca.serial.Add(1)
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(serial),
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyAgreement,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		URIs:         []*url.URL{u},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	kder, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), serial
+	certPEM, keyPEM = ca.issue(tb, &x509.Certificate{SerialNumber: big.NewInt(serial), URIs: []*url.URL{u},
+		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageKeyAgreement})
+	return certPEM, keyPEM, serial
 }
 
 // Intermediate returns a CA whose certificate ca signs, named name. Its
