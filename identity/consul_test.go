@@ -2,9 +2,6 @@ package identity_test
 
 import (
 	"bufio"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
@@ -13,8 +10,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/hashicorp/consul/api"
 
 	"github.com/meshd/meshd/discovery"
 	"github.com/meshd/meshd/identity"
@@ -234,28 +229,7 @@ func TestConsulCARotation(t *testing.T) {
 	waitReady(t, web, 30*time.Second)
 	mustHandshake(t, apiSrc, web, "api")
 
-	// Consul's provider derives its state from the key settings: the dev
-	// agent's own (ec, 256, no key) would map to the same root, so the new
-	// root gets a new P-256 key of ours.
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = agent.Client.Connect().CASetConfig(&api.CAConfig{
-		Provider: "consul",
-		Config: map[string]interface{}{
-			"PrivateKeyType": "ec",
-			"PrivateKeyBits": 256,
-			"PrivateKey":     string(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der})),
-		},
-	}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	agent.RotateCA(t)
 	var newRoot *x509.Certificate
 	var newRootID string
 	testkit.WaitFor(t, 10*time.Second, "a new active root", func() bool {

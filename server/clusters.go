@@ -183,6 +183,14 @@ func (s *Server) newClusterRun(c config.Cluster, maxMsg int, pc engine.PoolConfi
 	if err != nil {
 		return nil, fmt.Errorf("cluster %q: tls: %w", c.Name, err)
 	}
+	if c.MeshTLS != nil {
+		if s.mesh == nil {
+			return nil, fmt.Errorf("cluster %q: mesh_tls needs the mesh section meshd started with", c.Name)
+		}
+		// Health checks and calls both handshake as this workload and
+		// require the peer to be the cluster's service.
+		creds, upstream = s.mesh.upstream(c.Name, c.MeshTLS.Service)
+	}
 	pc.Logger = s.log.With("component", "engine", "cluster", c.Name)
 	pool := engine.NewPool(pc)
 	upstream.Pool = pool

@@ -74,7 +74,7 @@ func (s *Server) frameListener(cfg *config.Config, lc config.Listener, lis net.L
 	if lc.IdleTimeout != nil {
 		idle = *lc.IdleTimeout
 	}
-	fs := engine.NewServer(s.dir, engine.Config{
+	ecfg := engine.Config{
 		MaxConcurrentStreams: lc.MaxConcurrentStreams,
 		MaxHeaderListSize:    lc.MaxHeaderListSize,
 		MaxRecvMsgSize:       cfg.MaxMessageSize,
@@ -90,7 +90,13 @@ func (s *Server) frameListener(cfg *config.Config, lc config.Listener, lis net.L
 		KeepalivePermitWithoutStream: lc.Keepalive.PermitWithoutStream != nil && *lc.Keepalive.PermitWithoutStream,
 		Abuse:                        lc.FloodProtection.Engine(),
 		Logger:                       s.log.With("component", "engine", "listener", lc.Name),
-	})
+	}
+	if lc.MeshTLS != "" {
+		// Mesh TLS with the workload's identity; each connection's
+		// caller reaches the Director through the connection context.
+		lis = s.mesh.listen(lis, lc)
+		ecfg.ConnContext = connContext
+	}
 	if lc.TLS != nil {
 		tc, err := loadServerTLS(lc.TLS, s.log.With("listener", lc.Name))
 		if err != nil {
@@ -98,6 +104,7 @@ func (s *Server) frameListener(cfg *config.Config, lc config.Listener, lis net.L
 		}
 		lis = tls.NewListener(lis, tc)
 	}
+	fs := engine.NewServer(s.dir, ecfg)
 	srv := frameServer{Server: fs}
 	if lc.OriginalDst != nil {
 		srv.odst = s.originalDstAccept(lc, fs)

@@ -130,6 +130,12 @@ func (a *odstAccept) serveConn(nc net.Conn) {
 		return
 	}
 	ctx := peer.NewContext(context.Background(), &peer.Peer{Addr: nc.RemoteAddr(), LocalAddr: nc.LocalAddr(), AuthInfo: info})
+	if mc, ok := nc.(*meshConn); ok {
+		// An inbound mesh listener: the engine sees origdst's replaying
+		// connection, not this one, so connContext finds it here once
+		// the engine's handshake has completed TLS.
+		ctx = withMeshConn(ctx, mc)
+	}
 	// After stop the engine is shut down: ServeConn drains or closes the
 	// connection at once.
 	a.fs.ServeConn(ctx, conn)

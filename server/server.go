@@ -31,6 +31,7 @@ type Server struct {
 	tracer    *tracing.Provider // nil: tracing off
 	adminOpts []admin.Option
 	dests     *destinations // transparent interception (origdst.go)
+	mesh      *meshRun      // mesh identity and authorization (mesh.go); nil without a mesh section
 	observers []callrecord.Observer
 	reusePort bool // bind with SO_REUSEPORT (reuseport_linux.go)
 
@@ -119,6 +120,14 @@ func New(cfg *config.Config, opts ...Option) (*Server, error) {
 	}
 	s.dests = newDestinations(s.log.With("component", "origdst"))
 	dopts = append(dopts, director.WithDestinations(s.dests))
+	if cfg.Mesh != nil {
+		m, err := s.startMesh(cfg)
+		if err != nil {
+			return nil, err
+		}
+		s.mesh = m
+		dopts = append(dopts, director.WithAuthorizer(m, cfg.Mesh.Service))
+	}
 	s.dir = director.New(dopts...)
 	s.startApplyLoop()
 	if err := s.Reload(cfg); err != nil {
@@ -198,6 +207,9 @@ func (s *Server) apply(cfg *config.Config) error {
 	old := s.cfg.Load()
 	if old != nil && s.started.Load() && !reflect.DeepEqual(old.Listeners, cfg.Listeners) {
 		return errors.New("server: listeners changed: restart meshd to apply listener changes")
+	}
+	if err := s.applyMesh(old, cfg); err != nil {
+		return fmt.Errorf("server: %w", err)
 	}
 	s.mu.Lock()
 	runs, curConsul, curConsulOf := s.runs, s.consul, s.consulOf
@@ -432,6 +444,9 @@ func (s *Server) closeAll() {
 	for _, l := range listeners {
 		l.srv.Stop()
 	}
+	if s.mesh != nil {
+		s.mesh.stop()
+	}
 	s.dests.close()
 	s.wg.Wait()
 	s.mu.Lock()
@@ -493,6 +508,11 @@ func (s *Server) Ready() error {
 			return fmt.Errorf("cluster %q has no discovery result yet%s", n, s.discoveryNote(n))
 		}
 	}
+	if s.mesh != nil {
+		if err := s.mesh.ready(); err != nil {
+			return err
+		}
+	}
 	return s.kvReady()
 }
 
@@ -523,6 +543,9 @@ func (s *Server) ConfigDump() any {
 	}
 	if kv := s.kvStatus(); kv != nil {
 		out["consul_config_key"] = kv
+	}
+	if s.mesh != nil {
+		out["mesh_intentions"] = s.mesh.dump()
 	}
 	return out
 }

@@ -8,9 +8,12 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hashicorp/consul/api"
 	"google.golang.org/grpc/metadata"
 
+	"github.com/meshd/meshd/authz"
 	"github.com/meshd/meshd/config"
+	"github.com/meshd/meshd/discovery"
 	"github.com/meshd/meshd/router"
 )
 
@@ -24,6 +27,7 @@ func cmdExplain(args []string, stdout io.Writer) error {
 	fs := newFlags("route explain", stdout)
 	file := fs.String("config", "", "config file")
 	adminAddr := fs.String("admin", "", "admin address of a running meshd, for live endpoint health")
+	source := fs.String("source", "", "calling mesh service (as its certificate names it; \"-\" for an unauthenticated caller): say whether the intentions allow the call")
 	var hdrs headerFlags
 	fs.Var(&hdrs, "H", "request metadata key=value (repeatable)")
 	// Flags may come before or after the method.
@@ -42,7 +46,7 @@ func cmdExplain(args []string, stdout io.Writer) error {
 		method, rest = fs.Arg(0), fs.Args()[1:]
 	}
 	if *file == "" || method == "" {
-		return fmt.Errorf("meshd route explain -config FILE /pkg.Service/Method [-H key=value]: %w", errUsage)
+		return fmt.Errorf("meshd route explain -config FILE /pkg.Service/Method [-H key=value] [-source SERVICE] [-admin ADDR]: %w", errUsage)
 	}
 	cfg, err := config.Load(*file)
 	if err != nil {
@@ -60,7 +64,58 @@ func cmdExplain(args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if *source != "" {
+		allowed, err := explainAuthz(stdout, cfg, *source, method, md)
+		if err != nil {
+			return err
+		}
+		if !allowed {
+			return nil
+		}
+	}
 	return explain(stdout, cfg, table, method, md, *adminAddr)
+}
+
+// explainAuthz says whether the mesh's intentions let source make the
+// call, as the running meshd would decide it: from the config's own
+// intentions (identity files) or from Consul's, fetched once.
+func explainAuthz(w io.Writer, cfg *config.Config, source, method string, md metadata.MD) (bool, error) {
+	m := cfg.Mesh
+	if m == nil {
+		fmt.Fprintln(w, "authorization: none (no mesh section: calls are not authorized by intentions)")
+		return true, nil
+	}
+	var rules []authz.Rule
+	from := "the config's mesh.intentions"
+	if m.Identity == config.IdentityConsulConnect {
+		client, err := discovery.NewConsulClient(cfg.Consul.Address, cfg.Consul.Token)
+		if err != nil {
+			return false, fmt.Errorf("meshd route explain: consul: %w", err)
+		}
+		got, _, err := client.Connect().IntentionMatch(&api.IntentionMatch{By: api.IntentionMatchDestination, Names: []string{m.Service}}, nil)
+		if err != nil {
+			return false, fmt.Errorf("meshd route explain: consul intentions for %s: %w", m.Service, err)
+		}
+		rules = authz.FromConsul(got[m.Service])
+		from = "consul's intentions"
+	} else {
+		rules = authz.FromConfig(m.Intentions)
+	}
+	t, err := authz.Compile(m.Service, rules, authz.ActionOf(m.DefaultAction))
+	if err != nil {
+		return false, fmt.Errorf("meshd route explain: intentions: %w", err)
+	}
+	caller := source
+	if source == "-" {
+		source, caller = "", "an unauthenticated caller"
+	}
+	d := t.Decide(source, method, md)
+	verdict := "denied: meshd answers PERMISSION_DENIED"
+	if d.Allow {
+		verdict = "allowed"
+	}
+	fmt.Fprintf(w, "authorization: %s → %s %s by %s (%s, from %s)\n", caller, m.Service, verdict, d.Rule, d.Reason, from)
+	return d.Allow, nil
 }
 
 func explain(w io.Writer, cfg *config.Config, table *router.Table, method string, md metadata.MD, adminAddr string) error {
