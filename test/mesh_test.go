@@ -6,8 +6,10 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -22,6 +24,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/meshd/meshd/config"
 	"github.com/meshd/meshd/internal/consultest"
 	"github.com/meshd/meshd/internal/testkit"
 	"github.com/meshd/meshd/test/backend"
@@ -512,5 +515,174 @@ func TestMeshConsulDown(t *testing.T) {
 	leaf := presentedLeaf(t, agent, p.apiStrict)
 	if _, err := leaf.Verify(x509.VerifyOptions{Roots: rootPool(t, agent), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
 		t.Fatalf("api's leaf after Consul's restart is not from the new CA: %v", err)
+	}
+}
+
+// TestMeshConnectHealth: web discovers api's sidecar through Consul
+// Connect (the connect-proxy instance registered for api), and the health
+// of api's app reaches web through the mesh: web's health checks cross the
+// mTLS hop to api's sidecar, which answers them for its app whatever the
+// intentions say. A deny intention makes calls PERMISSION_DENIED and never
+// makes the endpoint look unhealthy; the app's own NOT_SERVING does.
+func TestMeshConnectHealth(t *testing.T) {
+	t.Parallel()
+	agent := consultest.Start(t)
+	app := startBackends(t, "api-app", 1)[0]
+	apiMesh := startObserved(t, fmt.Sprintf(`
+admin: {address: 127.0.0.1:0}
+consul: {address: %s}
+mesh: {service: api}
+listeners: [{name: mesh, address: 127.0.0.1:0, mesh_tls: strict}]
+routes: [{name: local, match: {prefix: /}, cluster: local}]
+clusters: [{name: local, endpoints: [%s]}]
+`, agent.Addr, app.Addr)).mesh
+	meshAddr := apiMesh.srv.ListenerAddrs()["mesh"]
+	host, port := splitHostPort(t, meshAddr)
+	register(t, agent, &api.AgentServiceRegistration{ID: "api-sidecar-proxy", Name: "api-sidecar-proxy", Kind: api.ServiceKindConnectProxy,
+		Address: host, Port: port, Proxy: &api.AgentServiceConnectProxyConfig{DestinationServiceName: "api", LocalServicePort: 9000}})
+	web := startObserved(t, fmt.Sprintf(`
+admin: {address: 127.0.0.1:0}
+consul: {address: %s}
+mesh: {service: web}
+listeners: [{name: out, address: 127.0.0.1:0}]
+routes: [{name: to-api, match: {prefix: /}, cluster: api}]
+clusters:
+  - name: api
+    consul: {service: api, connect: true}
+    mesh_tls: {service: api}
+    health: {reconnect_max: 200ms}
+`, agent.Addr)).mesh
+	client := testpb.NewTestServiceClient(dial(t, web.Addr))
+	setIntentions(t, agent, "api", l4("web", api.IntentionActionAllow))
+	waitCode(t, "web → api through Connect discovery", codes.OK, func() error { return unary(client) })
+	if st := endpointStateOf(t, web.Admin, "api", meshAddr); st != "serving" {
+		t.Fatalf("api's sidecar at web: %q, want serving", st)
+	}
+
+	setIntentions(t, agent, "api", l4("web", api.IntentionActionDeny))
+	waitCode(t, "web denied", codes.PermissionDenied, func() error { return unary(client) })
+	// Health is watched (a stream): a denial that reached it would have
+	// ended it by now. The endpoint stays serving across denied calls.
+	for range 10 {
+		if err := unary(client); codeOf(err) != codes.PermissionDenied {
+			t.Fatalf("denied call: %v", err)
+		}
+	}
+	if st := endpointStateOf(t, web.Admin, "api", meshAddr); st != "serving" {
+		t.Fatalf("api's sidecar at web after denials: %q, want serving", st)
+	}
+
+	// The app's own health crosses the mesh.
+	app.SetServing(false)
+	waitState(t, web.Admin, "api", meshAddr, "ejected")
+	app.SetServing(true)
+	waitState(t, web.Admin, "api", meshAddr, "serving")
+	setIntentions(t, agent, "api", l4("web", api.IntentionActionAllow))
+	waitCode(t, "web allowed again", codes.OK, func() error { return unary(client) })
+}
+
+func splitHostPort(t testing.TB, addr string) (string, int) {
+	t.Helper()
+	h, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := strconv.Atoi(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h, n
+}
+
+// TestMeshFilesReload: identity files (certificates delivered by other
+// means than Consul) with the config's own intentions, which reload with
+// the file; a reload that changes the identity is refused and the old
+// config keeps serving.
+func TestMeshFilesReload(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ca := testkit.NewCA(t, "mesh files")
+	write := func(name string, b []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	caFile := write("ca.pem", ca.PEM())
+	leaf := func(svc string) (string, string) {
+		c, k, _ := ca.IssueSPIFFE(t, "spiffe://files.test/ns/default/dc/dc1/svc/"+svc)
+		return write(svc+".pem", c), write(svc+"-key.pem", k)
+	}
+	apiCert, apiKey := leaf("api")
+	webCert, webKey := leaf("web")
+	app := startBackends(t, "api-app", 1)[0]
+	apiConfig := func(service, intention string) string {
+		return fmt.Sprintf(`
+admin: {address: 127.0.0.1:0}
+mesh:
+  service: %s
+  identity: files
+  cert_file: %s
+  key_file: %s
+  ca_file: %s
+  intentions: [%s]
+listeners: [{name: mesh, address: 127.0.0.1:0, mesh_tls: strict}]
+routes: [{name: local, match: {prefix: /}, cluster: local}]
+clusters: [{name: local, endpoints: [%s]}]
+`, service, apiCert, apiKey, caFile, intention, app.Addr)
+	}
+	apiFile := write("api.yaml", []byte(apiConfig("api", "{source: web, action: allow}")))
+	cfg, err := config.Load(apiFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	apiMesh := runMesh(t, cfg)
+	web := startMesh(t, fmt.Sprintf(`
+admin: {address: 127.0.0.1:0}
+mesh: {service: web, identity: files, cert_file: %s, key_file: %s, ca_file: %s}
+listeners: [{name: out, address: 127.0.0.1:0}]
+routes: [{name: to-api, match: {prefix: /}, cluster: api}]
+clusters: [{name: api, endpoints: [%s], mesh_tls: {service: api}}]
+`, webCert, webKey, caFile, apiMesh.srv.ListenerAddrs()["mesh"]))
+	client := testpb.NewTestServiceClient(dial(t, web.Addr))
+	waitCode(t, "web → api", codes.OK, func() error { return unary(client) })
+
+	write("api.yaml", []byte(apiConfig("api", "{source: web, action: deny}")))
+	if err := apiMesh.srv.ReloadFile(apiFile); err != nil {
+		t.Fatalf("reload with a deny: %v", err)
+	}
+	if err := unary(client); codeOf(err) != codes.PermissionDenied {
+		t.Fatalf("after the reload: %v, want PERMISSION_DENIED", err)
+	}
+
+	write("api.yaml", []byte(apiConfig("billing", "{source: web, action: allow}")))
+	err = apiMesh.srv.ReloadFile(apiFile)
+	if err == nil || !strings.Contains(err.Error(), "restart") {
+		t.Fatalf("reload changing mesh.service: %v, want an error asking for a restart", err)
+	}
+	if err := unary(client); codeOf(err) != codes.PermissionDenied {
+		t.Fatalf("after the refused reload: %v, want the old config (deny) in force", err)
+	}
+
+	// A client whose leaf is for the wrong service is refused by web's
+	// dial: web must reach service api, and a sidecar presenting billing
+	// is not it.
+	billCert, billKey := leaf("billing")
+	impostor := startMesh(t, fmt.Sprintf(`
+mesh: {service: billing, identity: files, cert_file: %s, key_file: %s, ca_file: %s, default_action: allow}
+listeners: [{name: mesh, address: 127.0.0.1:0, mesh_tls: strict}]
+routes: [{name: local, match: {prefix: /}, cluster: local}]
+clusters: [{name: local, endpoints: [%s]}]
+`, billCert, billKey, caFile, app.Addr))
+	web2 := startMesh(t, fmt.Sprintf(`
+mesh: {service: web, identity: files, cert_file: %s, key_file: %s, ca_file: %s}
+listeners: [{name: out, address: 127.0.0.1:0}]
+routes: [{name: to-api, match: {prefix: /}, cluster: api}]
+clusters: [{name: api, endpoints: [%s], mesh_tls: {service: api}, health: {disabled: true}}]
+`, webCert, webKey, caFile, impostor.Addr))
+	err = unary(testpb.NewTestServiceClient(dial(t, web2.Addr)))
+	if codeOf(err) != codes.Unavailable || !strings.Contains(err.Error(), "billing") {
+		t.Fatalf("web dialing an impostor: %v, want UNAVAILABLE naming the peer's identity", err)
 	}
 }
