@@ -110,11 +110,22 @@ func explainAuthz(w io.Writer, cfg *config.Config, source, method string, md met
 		source, caller = "", "an unauthenticated caller"
 	}
 	d := t.Decide(source, method, md)
-	verdict := "denied: meshd answers PERMISSION_DENIED"
-	if d.Allow {
-		verdict = "allowed"
+	why := map[string]string{
+		authz.ReasonIntention:  "its L4 action",
+		authz.ReasonPermission: fmt.Sprintf("permission %d", d.Permission),
+		authz.ReasonDefault:    "mesh.default_action " + m.DefaultAction,
+	}[d.Reason]
+	if d.Reason == authz.ReasonDefault && d.Rule != authz.DefaultRule {
+		why = "no permission matched, so mesh.default_action " + m.DefaultAction
 	}
-	fmt.Fprintf(w, "authorization: %s → %s %s by %s (%s, from %s)\n", caller, m.Service, verdict, d.Rule, d.Reason, from)
+	verdict := "allowed"
+	if !d.Allow {
+		verdict = "denied"
+	}
+	fmt.Fprintf(w, "authorization: %s → %s %s by %s: %s (from %s)\n", caller, m.Service, verdict, d.Rule, why, from)
+	if !d.Allow {
+		fmt.Fprintln(w, "result: meshd answers PERMISSION_DENIED before routing")
+	}
 	return d.Allow, nil
 }
 
