@@ -10,6 +10,7 @@ import (
 	"reflect"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/hashicorp/consul/api"
 	"google.golang.org/grpc/credentials"
@@ -413,4 +414,31 @@ func (s *Server) MeshState() (metrics.MeshState, bool) {
 		return metrics.MeshState{}, false
 	}
 	return s.mesh.state(), true
+}
+
+// warmMesh waits, like warm for clusters and within the same bound, for
+// the mesh identity and intentions before the listeners serve: until
+// then every mesh handshake would fail and every call be denied, and
+// mesh clusters' health checks could not connect. Connections that
+// arrive meanwhile wait in the listen backlog.
+func (s *Server) warmMesh(ctx context.Context) {
+	if s.mesh == nil {
+		return
+	}
+	deadline := time.NewTimer(warmTimeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for s.mesh.ready() != nil {
+		select {
+		case <-tick.C:
+		case <-deadline.C:
+			s.log.Warn("mesh identity not loaded in time; serving anyway (/ready says why)", "timeout", warmTimeout, "why", s.mesh.ready())
+			return
+		case <-ctx.Done():
+			return
+		case <-s.stopping:
+			return
+		}
+	}
 }

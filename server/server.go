@@ -318,6 +318,7 @@ func (s *Server) Run(ctx context.Context) error {
 			}
 		}()
 	}
+	s.warmMesh(ctx)
 	s.warm(ctx, s.liveRuns())
 	for _, l := range s.listeners {
 		serving.Add(1)
