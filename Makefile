@@ -58,7 +58,8 @@ bench:
 	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./... | tee bench.out
 
 # The load harness (cmd/meshbench, see README "Load harness"): a real backend,
-# bin/meshd and nginx if installed, interleaved rounds; prints
+# bin/meshd and nginx if installed, interleaved rounds (add the mesh chains
+# with BENCH_LOAD_ARGS='-targets direct,meshd,meshd-2hop,meshd-mtls'); prints
 # medians, ratios to direct and the issue's targets. Under 2 minutes;
 # `make bench-load BENCH_LOAD_ARGS='-mode full -json load.json'` for the
 # long run (under 10 minutes).
@@ -66,9 +67,10 @@ bench-load: build
 	$(GO) run ./cmd/meshbench -meshd $(MESHD) -mode quick $(BENCH_LOAD_ARGS)
 
 # CI: a few hundred calls per target (~10 s) so the harness cannot rot. It
-# fails only if a target does not answer; no timing is asserted.
+# fails only if a target does not answer; no timing is asserted. The mesh
+# chains (two meshds, h2c and mTLS hops) run here too, though not by default.
 bench-smoke-load: build
-	$(GO) run ./cmd/meshbench -meshd $(MESHD) -mode smoke
+	$(GO) run ./cmd/meshbench -meshd $(MESHD) -mode smoke -targets direct,meshd,nginx,meshd-2hop,meshd-mtls
 
 clean:
 	rm -rf $(BIN)

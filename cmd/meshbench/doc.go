@@ -11,7 +11,25 @@
 //
 //	direct        the backend itself
 //	meshd         bin/meshd (the frame engine, meshd's one data path)
+//	meshd-2hop    two bin/meshd sidecars, client → web → h2c → api → backend
+//	meshd-mtls    the same with issue 16's mesh mTLS between web and api
 //	nginx         /usr/sbin/nginx with grpc_pass, 2 workers, its own prefix and config
+//
+// The two chains (chain.go, not in the default -targets; ask for them)
+// measure what mesh mTLS costs: they differ only in the hop between the
+// sidecars. For meshd-mtls the harness issues, at start and into its temp
+// dir, a CA and SPIFFE leaves spiffe://meshbench.local/ns/default/dc/dc1/
+// svc/{web,api} (ECDSA P-256, like Consul Connect's); both sidecars use
+// identity: files, web's cluster has mesh_tls: {service: api}, api's
+// listener mesh_tls: strict, and api's local intentions allow web. A
+// chain's CPU and memory are both meshds' summed. The report prints
+// meshd-mtls/meshd-2hop (what mTLS costs per call) and meshd-2hop/meshd
+// (what the second sidecar costs). Since web pools its connections to api,
+// the chains have one more phase, connection churn: the harness dials api
+// directly, as web does (h2c, or mTLS with web's identity through meshd's
+// own client config), one call per new connection, and charges api's CPU
+// per connection; over mTLS that is dominated by the handshake
+// (identity's BenchmarkHandshake gives one handshake's CPU, both sides).
 //
 // Then it runs several rounds. Each round measures every target in a
 // rotating order (A B C, B C A, …), so slow drift on the machine spreads

@@ -56,6 +56,12 @@ type plan struct {
 	IdleOpenTimeout time.Duration `json:"idle_open_timeout_ns"`
 	IdleHold        time.Duration `json:"idle_hold_ns"`
 	NginxWorkers    int           `json:"nginx_workers"`
+	// ChurnDur, ChurnMaxConns and ChurnConc bound the chains' connection
+	// churn phase: one new connection per call to the hop's server side
+	// (see measureChurn). ChurnMaxConns 0 skips it.
+	ChurnDur      time.Duration `json:"churn_ns"`
+	ChurnMaxConns int64         `json:"churn_max_conns"`
+	ChurnConc     int           `json:"churn_concurrency"`
 }
 
 // planFor is a mode's plan. The load shape (concurrency 50, 1 KiB echo,
@@ -66,6 +72,7 @@ func planFor(mode string) (plan, error) {
 		Mode: mode, Concurrency: 50, Conns: 4, Payload: 1024, Rate: 2000, MaxInflight: 1000,
 		StreamMsgs: 100, IdleStreams: 10000, NginxWorkers: 2,
 		ThroughputMaxCalls: 5_000_000, StreamMaxCalls: 500_000,
+		ChurnConc: 4, ChurnMaxConns: 100_000,
 	}
 	switch mode {
 	case "smoke": // ~10 s: a few hundred calls per target, no judgement
@@ -73,14 +80,17 @@ func planFor(mode string) (plan, error) {
 		p.Rate, p.LatencyDur = 200, time.Second
 		p.StreamDur, p.StreamMaxCalls = 2*time.Second, 10
 		p.IdleStreams, p.IdleRounds, p.IdleOpenTimeout, p.IdleHold = 100, 1, 10*time.Second, 200*time.Millisecond
+		p.ChurnDur, p.ChurnMaxConns = time.Second, 20
 	case "quick": // under 2 minutes
 		p.Rounds, p.Warmup, p.ThroughputDur = 3, 300*time.Millisecond, 2*time.Second
 		p.LatencyDur, p.StreamDur = 2*time.Second, 1500*time.Millisecond
 		p.IdleRounds, p.IdleOpenTimeout, p.IdleHold = 1, 30*time.Second, time.Second
+		p.ChurnDur = 1500 * time.Millisecond
 	case "full": // under 10 minutes
 		p.Rounds, p.Warmup, p.ThroughputDur = 5, time.Second, 5*time.Second
 		p.LatencyDur, p.StreamDur = 5*time.Second, 3*time.Second
 		p.IdleRounds, p.IdleOpenTimeout, p.IdleHold = 1, 60*time.Second, 2*time.Second
+		p.ChurnDur = 3 * time.Second
 	default:
 		return p, fmt.Errorf("meshbench: unknown -mode %q (want smoke, quick or full)", mode)
 	}
@@ -89,27 +99,46 @@ func planFor(mode string) (plan, error) {
 
 // target is one thing the load is sent to.
 type target struct {
-	name        string
-	addr        string
-	admin       string // meshd's admin address, for pprof
-	version     string
-	proc        *child // nil for direct: there is no proxy to charge
-	withWorkers bool   // count the process's children too (nginx)
+	name    string
+	addr    string
+	admin   string // meshd's admin address, for pprof
+	version string
+	// procs are the proxy processes: none for direct (there is no proxy to
+	// charge), one for meshd and nginx, two for a chain (api, then web).
+	procs       []*child
+	withWorkers bool // count the processes' children too (nginx)
+	hop         *hop // chains only: the hop between the two sidecars
 	unavailable string
 	cl          *client
 }
 
-// pids are the processes whose CPU and memory are the target's overhead.
+// pids are the processes whose CPU and memory are the target's overhead:
+// every proxy process of the target (both sidecars of a chain), and
+// nginx's workers.
 func (t *target) pids() []int {
-	if t.proc == nil {
-		return nil
-	}
-	p := []int{t.proc.pid()}
-	if t.withWorkers {
-		p = append(p, proc.Children(p[0])...)
+	var p []int
+	for _, c := range t.procs {
+		p = append(p, c.pid())
+		if t.withWorkers {
+			p = append(p, proc.Children(c.pid())...)
+		}
 	}
 	return p
 }
+
+// memMiB is the memory t's processes hold: the sum of their RSS, except
+// for nginx, whose forked workers share pages with their master, where it
+// is the sum of PSS (proc.MemMiB). Two sidecars are two RSSs, as they are
+// two pods' in a mesh, so a chain compares with one meshd's RSS.
+func (t *target) memMiB() (float64, error) {
+	if t.withWorkers {
+		return proc.MemMiB(t.pids()...)
+	}
+	return proc.RSSMiB(t.pids()...)
+}
+
+// isProxy reports whether t has proxy processes (everything but direct).
+func (t *target) isProxy() bool { return len(t.procs) > 0 }
 
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("meshbench", flag.ContinueOnError)
@@ -118,7 +147,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	meshdBin := fs.String("meshd", "bin/meshd", "the meshd binary (make build)")
 	nginxBin := fs.String("nginx", "/usr/sbin/nginx", "the nginx binary; the nginx target is skipped if it does not exist")
 	install := fs.Bool("install-nginx", false, "run `apt-get install -y nginx-light` if the nginx binary is missing")
-	targetList := fs.String("targets", "direct,meshd,nginx", "comma-separated: direct, meshd, nginx")
+	targetList := fs.String("targets", "direct,meshd,nginx", "comma-separated: "+strings.Join(targetNames, ", "))
 	jsonOut := fs.String("json", "", "also write every value as JSON to this file")
 	pprofPrefix := fs.String("meshd-pprof", "", "fetch CPU and heap profiles from meshd's admin /debug/pprof/ (if it serves them) into PREFIX-TARGET-{cpu,heap}.pprof")
 	rounds := fs.Int("rounds", 0, "override the mode's number of rounds")
@@ -277,14 +306,25 @@ func (h *harness) startTarget(ctx context.Context, t *target, dir, backendAddr, 
 	switch {
 	case t.name == direct:
 		t.addr, t.version = backendAddr, "grpc-go "+backendVersion()
-	case t.name == "meshd":
-		t.proc, t.addr, t.admin, err = startMeshd(ctx, meshdBin, dir, backendAddr)
+	case t.name == meshd:
+		var c *child
+		c, t.addr, t.admin, err = startMeshd(ctx, meshdBin, dir, backendAddr)
+		if c != nil {
+			t.procs = []*child{c}
+		}
 		t.version = meshdVersion(meshdBin)
+	case isChain(t.name):
+		err = startChain(ctx, t, meshdBin, dir, backendAddr)
+		t.version = meshdVersion(meshdBin) + " ×2 (" + chainShape(t.name) + ")"
 	case t.name == nginx:
-		t.proc, t.addr, t.version, err = startNginx(ctx, nginxBin, dir, backendAddr, h.p.NginxWorkers)
+		var c *child
+		c, t.addr, t.version, err = startNginx(ctx, nginxBin, dir, backendAddr, h.p.NginxWorkers)
+		if c != nil {
+			t.procs = []*child{c}
+		}
 		t.withWorkers = true
 	default:
-		return fmt.Errorf("meshbench: unknown target %q (want direct, meshd or nginx)", t.name)
+		return fmt.Errorf("meshbench: unknown target %q (want %s)", t.name, strings.Join(targetNames, ", "))
 	}
 	if errors.Is(err, errUnavailable) {
 		t.unavailable = err.Error()
@@ -301,7 +341,7 @@ func (h *harness) startTarget(ctx context.Context, t *target, dir, backendAddr, 
 		return fmt.Errorf("meshbench: %s at %s does not answer: %w%s", t.name, t.addr, err, procLog(t))
 	}
 	pid := "-"
-	if t.proc != nil {
+	if t.isProxy() {
 		pid = fmt.Sprint(t.pids())
 	}
 	h.progress("%s: %s at %s, pids %s", t.name, t.version, t.addr, pid)
@@ -316,12 +356,12 @@ func stopTargets(targets []*target) {
 		if t.cl != nil {
 			t.cl.Close()
 		}
-		switch {
-		case t.proc == nil:
-		case t.withWorkers:
-			stopNginx(t.proc)
-		default:
-			t.proc.stop(syscall.SIGTERM, 5*time.Second)
+		for _, c := range slices.Backward(t.procs) {
+			if t.withWorkers {
+				stopNginx(c)
+			} else {
+				c.stop(syscall.SIGTERM, 5*time.Second)
+			}
 		}
 	}
 }
@@ -352,7 +392,7 @@ func (h *harness) measure(ctx context.Context, avail []*target, pprofPrefix stri
 	}
 	var proxies []*target
 	for _, t := range avail {
-		if t.proc != nil {
+		if t.isProxy() {
 			proxies = append(proxies, t)
 		}
 	}
@@ -424,6 +464,7 @@ func (h *harness) writeJSONReport(path string, rep runReport) error {
 		CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), LoadAvgStart: rep.loadStart, LoadAvgEnd: rep.loadEnd, Checks: rep.checks,
 	}
 	jr.Metrics, jr.VsDirect, jr.VsNginx = buildJSON(h.res, h.p, rep.availNames)
+	jr.Pairs = pairJSON(h.res, rep.availNames)
 	for _, t := range rep.all {
 		jt := jsonTarget{Name: t.name, Available: t.unavailable == "", Reason: t.unavailable, Version: t.version, Errors: h.errs[t.name]}
 		if e := h.firstErr[t.name]; e != nil {
@@ -452,8 +493,11 @@ func (h *harness) verify(avail []*target) error {
 			bad = append(bad, fmt.Sprintf("%s: %d failed calls or streams (first: %v)", t.name, n, h.firstErr[t.name]))
 		}
 		keys := []string{"unary_calls_per_s", "p50_ms", "stream_msgs_per_s"}
-		if t.proc != nil && h.p.IdleStreams > 0 {
+		if t.isProxy() && h.p.IdleStreams > 0 {
 			keys = append(keys, "idle_rss_mib")
+		}
+		if t.hop != nil && h.p.ChurnMaxConns > 0 {
+			keys = append(keys, "hop_conns_per_s")
 		}
 		for _, k := range keys {
 			if s := summarize(h.res.get(t.name, k)); s.n == 0 || s.max <= 0 {
@@ -486,23 +530,29 @@ func (h *harness) measureRound(ctx context.Context, t *target, r int) error {
 			return fmt.Errorf("meshbench: %s: %w%s", t.name, err, procLog(t))
 		}
 		cpu0 = d.Seconds()
-		hwm = len(pids) == 1 && proc.ResetPeakRSS(pids[0]) == nil
-		sampler = startRSSSampler(ctx, pids, 100*time.Millisecond)
+		// VmHWM is per process: reset each meshd's, sum them afterwards
+		// (an upper bound on the chain's peak, since the two peaks need not
+		// coincide). nginx's workers are sampled instead.
+		hwm = !t.withWorkers
+		for _, pid := range pids {
+			hwm = hwm && proc.ResetPeakRSS(pid) == nil
+		}
+		sampler = startRSSSampler(ctx, t.memMiB, 100*time.Millisecond)
 	}
 	tr := closedLoop(ctx, stubs, p.Concurrency, p.ThroughputDur, p.ThroughputMaxCalls, uop)
 	line := fmt.Sprintf("round %d/%d %-12s %8.0f calls/s", r+1, p.Rounds, t.name, float64(tr.ok())/tr.elapsed.Seconds())
 	h.res.set(t.name, "unary_calls_per_s", r, float64(tr.ok())/tr.elapsed.Seconds())
 	h.failed(t.name, tr.errs, tr.firstErr)
 	if len(pids) > 0 {
-		peak := sampler.stop(pids)
+		peak := sampler.stop()
 		d, err := proc.CPU(pids...)
 		if err != nil {
 			return fmt.Errorf("meshbench: %s: %w%s", t.name, err, procLog(t))
 		}
 		cpu1 := d.Seconds()
 		if hwm {
-			if kib, err := proc.StatusKiB(pids[0], "VmHWM"); err == nil {
-				peak = max(peak, float64(kib)/1024)
+			if mib, err := sumKiB(pids, "VmHWM"); err == nil {
+				peak = max(peak, mib)
 			}
 		}
 		if tr.ok() > 0 {
@@ -535,8 +585,28 @@ func (h *harness) measureRound(ctx context.Context, t *target, r int) error {
 	h.failed(t.name, sr.errs, sr.firstErr)
 	h.res.set(t.name, "stream_msgs_per_s", r, sr.rate())
 	line += fmt.Sprintf(", %.0f stream msgs/s", sr.rate())
+	if t.hop != nil && p.ChurnMaxConns > 0 && ctx.Err() == nil {
+		s, err := h.measureChurn(ctx, t, r)
+		if err != nil {
+			return err
+		}
+		line += ", " + s
+	}
 	h.progress("%s", line)
 	return ctx.Err()
+}
+
+// sumKiB is the sum of a /proc/PID/status field over pids, in MiB.
+func sumKiB(pids []int, key string) (float64, error) {
+	var kib int64
+	for _, pid := range pids {
+		n, err := proc.StatusKiB(pid, key)
+		if err != nil {
+			return 0, err
+		}
+		kib += n
+	}
+	return float64(kib) / 1024, nil
 }
 
 // measureIdle holds p.IdleStreams streams open through the proxy t and
@@ -552,7 +622,7 @@ func (h *harness) measureIdle(ctx context.Context, t *target, r int, pprofPrefix
 		}
 	}
 	res, err := idleStreams(ctx, t.addr, h.p.IdleStreams, h.p.IdleOpenTimeout, h.p.IdleHold,
-		func() (float64, error) { return proc.MemMiB(t.pids()...) }, atPeak)
+		t.memMiB, atPeak)
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
@@ -635,13 +705,13 @@ func fetchPprof(ctx context.Context, admin, path, file string, timeout time.Dura
 
 // procLog is a failing target's recent output, for error messages.
 func procLog(t *target) string {
-	if t.proc == nil {
-		return ""
+	var b strings.Builder
+	for _, c := range t.procs {
+		if l := strings.TrimSpace(c.log()); l != "" {
+			fmt.Fprintf(&b, "\n%s output:\n%s", c.name, l)
+		}
 	}
-	if l := strings.TrimSpace(t.proc.log()); l != "" {
-		return "\n" + t.name + " output:\n" + l
-	}
-	return ""
+	return b.String()
 }
 
 // meshdVersion is `meshd version`'s first line.

@@ -3,10 +3,13 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"io"
+	"log/slog"
 	"math"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
@@ -16,6 +19,7 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 
 	"github.com/meshd/meshd/config"
+	"github.com/meshd/meshd/identity"
 	"github.com/meshd/meshd/internal/testkit/proc"
 	"github.com/meshd/meshd/test/backend"
 )
@@ -106,7 +110,11 @@ func TestChecks(t *testing.T) {
 		r.set("meshd", "peak_rss_mib", i, 30)
 	}
 	r.set("meshd", "idle_rss_mib", 0, 120)
-	targets := []string{direct, "meshd", nginx}
+	for i := range 2 { // a chain with figures that would MISS: never judged
+		r.set(meshdMTLS, "unary_calls_per_s", i, 1)
+		r.set(meshdMTLS, "peak_rss_mib", i, 100)
+	}
+	targets := []string{direct, "meshd", nginx, meshdMTLS}
 	r.deriveAddedP99(targets)
 	p, _ := planFor("quick")
 	want := map[string]string{
@@ -277,4 +285,114 @@ func TestLoadPhases(t *testing.T) {
 			t.Errorf("opened %d peak %.1f MiB atPeak %v", r.opened, r.peakMiB, peaked)
 		}
 	})
+}
+
+// TestChainConfigsAreValid keeps the chains' generated configs in step with
+// meshd's strict config schema, and checks that the leaves the harness
+// issues are what identity: files accepts, with the SPIFFE IDs the mesh
+// expects.
+func TestChainConfigsAreValid(t *testing.T) {
+	t.Parallel()
+	files, err := writeMeshIdentity(t.TempDir(), "web", "api")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for svc, f := range files {
+		src, err := identity.NewFiles(f.cert, f.key, f.ca, slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Fatalf("%s: %v", svc, err)
+		}
+		want := "spiffe://meshbench.local/ns/default/dc/dc1/svc/" + svc
+		if got := src.Current().ID.String(); got != want {
+			t.Errorf("%s leaf is %s, want %s", svc, got, want)
+		}
+	}
+	for _, tc := range []struct {
+		name  string
+		files map[string]meshFiles
+	}{{meshd2Hop, nil}, {meshdMTLS, files}} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			api, web := chainConfigs(tc.files, "127.0.0.1:9001", "127.0.0.1:15000", "127.0.0.1:15001", "127.0.0.1:15002", "127.0.0.1:15003")
+			for name, y := range map[string]string{"api": api, "web": web} {
+				c, err := config.Parse([]byte(y), name+".yaml")
+				if err != nil {
+					t.Fatalf("%s: %v\n%s", name, err, y)
+				}
+				if (c.Mesh != nil) != (tc.files != nil) {
+					t.Errorf("%s: mesh section %v, want it only for %s\n%s", name, c.Mesh != nil, meshdMTLS, y)
+				}
+			}
+			if tc.files != nil {
+				for _, want := range []string{"mesh_tls: strict", "{source: web, action: allow}", "default_action: deny"} {
+					if !strings.Contains(api, want) {
+						t.Errorf("api config lacks %q:\n%s", want, api)
+					}
+				}
+				if !strings.Contains(web, "mesh_tls: {service: api}") {
+					t.Errorf("web config does not dial api with mesh TLS:\n%s", web)
+				}
+			}
+		})
+	}
+}
+
+// TestSmokeChains runs the harness in smoke mode against real meshd
+// processes, the chains included: every target must answer (the harness
+// fails otherwise), the chains' churn phase must count connections, and
+// the report must carry the mTLS-against-plaintext ratios. No timing is
+// asserted.
+func TestSmokeChains(t *testing.T) {
+	t.Parallel()
+	if testing.Short() {
+		t.Skip("builds meshd and runs it (-short)")
+	}
+	bin := filepath.Join(t.TempDir(), "meshd")
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/meshd/meshd/cmd/meshd").CombinedOutput(); err != nil {
+		t.Fatalf("go build meshd: %v\n%s", err, out)
+	}
+	jsonFile := filepath.Join(t.TempDir(), "load.json")
+	var stdout, stderr strings.Builder
+	err := run([]string{"-mode", "smoke", "-meshd", bin, "-targets", "direct,meshd-2hop,meshd-mtls", "-json", jsonFile},
+		strings.NewReader(""), &stdout, &stderr)
+	if err != nil {
+		t.Fatalf("%v\nstderr:\n%s\nstdout:\n%s", err, stderr.String(), stdout.String())
+	}
+	out := stdout.String()
+	for _, want := range []string{
+		"meshd-mtls / meshd-2hop: mTLS hop against plaintext hop",
+		"web → mesh mTLS → api", "web → h2c → api",
+		"both meshds of a chain",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("report lacks %q:\n%s", want, out)
+		}
+	}
+	b, err := os.ReadFile(jsonFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep struct {
+		Metrics map[string]map[string]struct{ Median *float64 }
+		Pairs   map[string]map[string]struct{ Median *float64 }
+		Checks  []check
+	}
+	if err := json.Unmarshal(b, &rep); err != nil {
+		t.Fatal(err)
+	}
+	for _, tn := range []string{meshd2Hop, meshdMTLS} {
+		for _, k := range []string{"unary_calls_per_s", "cpu_s_per_10k", "hop_conns_per_s", "hop_cpu_ms_per_conn"} {
+			if m := rep.Metrics[tn][k].Median; m == nil || *m <= 0 {
+				t.Errorf("%s %s = %v, want > 0", tn, k, m)
+			}
+		}
+	}
+	if m := rep.Pairs[meshdMTLS+"/"+meshd2Hop]["unary_calls_per_s"].Median; m == nil || *m <= 0 {
+		t.Errorf("pair ratio unary_calls_per_s = %v, want > 0", m)
+	}
+	for _, c := range rep.Checks {
+		if isChain(c.Target) {
+			t.Errorf("chain %s judged against a single proxy's target: %+v", c.Target, c)
+		}
+	}
 }

@@ -232,26 +232,36 @@ func startMeshd(ctx context.Context, bin, dir, backendAddr string) (*child, stri
 	if err != nil {
 		return nil, "", "", err
 	}
-	file := dir + "/meshd.yaml"
-	if err := os.WriteFile(file, []byte(meshdConfig(admin, listen, backendAddr)), 0o644); err != nil {
-		return nil, "", "", fmt.Errorf("meshbench: %w", err)
-	}
-	if _, err := os.Stat(bin); err != nil {
-		return nil, "", "", fmt.Errorf("meshbench: meshd binary %s: %w (run `make build`)", bin, err)
-	}
-	if out, err := exec.CommandContext(ctx, bin, "validate", "-config", file).CombinedOutput(); err != nil {
-		return nil, "", "", fmt.Errorf("%w: %s rejects its config: %s", errUnavailable, bin, strings.TrimSpace(string(out)))
-	}
-	// -watch-interval 0: no config polling, which would add CPU unrelated to calls.
-	c, err := startChild("meshd", exec.Command(bin, "run", "-config", file, "-log-level", "warn", "-watch-interval", "0"))
+	c, err := runMeshd(ctx, bin, "meshd", dir+"/meshd.yaml", admin, meshdConfig(admin, listen, backendAddr))
 	if err != nil {
 		return nil, "", "", err
 	}
+	return c, listen, admin, nil
+}
+
+// runMeshd writes conf to file, validates it with bin and runs bin on it as
+// the child name, until its admin /ready answers. A config the binary
+// rejects is errUnavailable (an older binary without a feature).
+func runMeshd(ctx context.Context, bin, name, file, admin, conf string) (*child, error) {
+	if err := os.WriteFile(file, []byte(conf), 0o644); err != nil {
+		return nil, fmt.Errorf("meshbench: %w", err)
+	}
+	if _, err := os.Stat(bin); err != nil {
+		return nil, fmt.Errorf("meshbench: meshd binary %s: %w (run `make build`)", bin, err)
+	}
+	if out, err := exec.CommandContext(ctx, bin, "validate", "-config", file).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("%w: %s rejects its config for %s: %s", errUnavailable, bin, name, strings.TrimSpace(string(out)))
+	}
+	// -watch-interval 0: no config polling, which would add CPU unrelated to calls.
+	c, err := startChild(name, exec.Command(bin, "run", "-config", file, "-log-level", "warn", "-watch-interval", "0"))
+	if err != nil {
+		return nil, err
+	}
 	if err := waitHTTP(ctx, "http://"+admin+"/ready", c, 20*time.Second); err != nil {
 		c.stop(syscall.SIGTERM, 5*time.Second)
-		return nil, "", "", fmt.Errorf("meshbench: meshd not ready: %w\n%s", err, c.log())
+		return nil, fmt.Errorf("meshbench: %s not ready: %w\n%s", name, err, c.log())
 	}
-	return c, listen, admin, nil
+	return c, nil
 }
 
 // waitHTTP polls url until it answers 200, the child exits or the timeout

@@ -10,11 +10,18 @@ import (
 	"strings"
 )
 
-// Target names; the report compares every target with these two.
+// Target names. The report compares every target with direct and nginx,
+// and the chains with each other and with meshd (see pairs).
 const (
-	direct = "direct"
-	nginx  = "nginx"
+	direct    = "direct"
+	meshd     = "meshd"
+	meshd2Hop = "meshd-2hop" // client → web → h2c → api → backend
+	meshdMTLS = "meshd-mtls" // client → web → mesh mTLS → api → backend
+	nginx     = "nginx"
 )
+
+// targetNames are the targets -targets accepts.
+var targetNames = []string{direct, meshd, meshd2Hop, meshdMTLS, nginx}
 
 // results holds every measured value: target → metric → one value per
 // round (NaN where a round measured nothing).
@@ -111,11 +118,22 @@ func metricDefs(p plan) []metricDef {
 		{"p999_ms", fmt.Sprintf("p99.9 latency at %d calls/s, ms", p.Rate), 3, true, true},
 		{"added_p99_ms", "added p99 over direct (same round), ms", 3, false, false},
 		{"stream_msgs_per_s", fmt.Sprintf("server-streaming, messages/s (%d × %d B per call, %d streams in flight)", p.StreamMsgs, p.Payload, p.Concurrency), 0, true, true},
-		{"cpu_s_per_10k", "proxy CPU-seconds per 10k unary calls (utime+stime, all its processes)", 3, false, true},
-		{"peak_rss_mib", "proxy peak memory under the throughput load, MiB (meshd: VmHWM; nginx: PSS summed over its processes)", 1, false, true},
-		{"idle_rss_mib", fmt.Sprintf("proxy memory with %d idle open streams, MiB (meshd: RSS; nginx: summed PSS)", p.IdleStreams), 1, false, true},
+		{"cpu_s_per_10k", "proxy CPU-seconds per 10k unary calls (utime+stime, all its processes: nginx's master and workers, both meshds of a chain)", 3, false, true},
+		{"peak_rss_mib", "proxy peak memory under the throughput load, MiB (meshd: VmHWM; chains: both meshds' VmHWM summed; nginx: PSS summed over its processes)", 1, false, true},
+		{"idle_rss_mib", fmt.Sprintf("proxy memory with %d idle open streams, MiB (meshd: RSS; chains: both meshds' RSS summed; nginx: PSS summed over its processes)", p.IdleStreams), 1, false, true},
 		{"idle_kib_per_stream", "proxy memory per idle stream, KiB", 2, false, true},
+		{"hop_conns_per_s", fmt.Sprintf("chains: new connections/s to the hop's server side, api (each: connect, handshake, one call, close; %d in flight)", p.ChurnConc), 0, false, false},
+		{"hop_cpu_ms_per_conn", "chains: api sidecar CPU-ms per new hop connection (its side of the handshake and one call)", 3, false, false},
 	}
+}
+
+// pairs are the comparisons the report prints besides ×direct and ×nginx:
+// what the mTLS hop costs over a plaintext one, and what the second sidecar
+// costs over one meshd. Each ratio is a per-round ratio of a over b, then
+// the median.
+var pairs = []struct{ a, b, what string }{
+	{meshdMTLS, meshd2Hop, "mTLS hop against plaintext hop"},
+	{meshd2Hop, meshd, "two sidecars (h2c hop) against one meshd"},
 }
 
 // check is one of the issue's targets, judged on one meshd target.
@@ -128,13 +146,15 @@ type check struct {
 	Detail string  `json:"detail"`
 }
 
-// checks judges every meshd target against the issue's targets. Ratios and
-// differences are taken per round, then the median; memory limits use the
-// largest value of any round.
+// checks judges every single-proxy meshd target against the issue's
+// targets. Ratios and differences are taken per round, then the median;
+// memory limits use the largest value of any round. The chains are not
+// judged: those targets are for one proxy, and a chain is two (the report
+// compares them with meshd and with each other instead, see pairs).
 func checks(r *results, p plan, targets []string, haveNginx bool) []check {
 	var out []check
 	for _, t := range targets {
-		if !strings.HasPrefix(t, "meshd") {
+		if !strings.HasPrefix(t, meshd) || isChain(t) {
 			continue
 		}
 		add := func(name string, ok func(float64) bool, limit, v float64, needNginx bool, detail string) {
@@ -220,6 +240,7 @@ func printTable(w io.Writer, r *results, p plan, targets []string, cks []check) 
 			fmt.Fprintln(w)
 		}
 	}
+	printPairs(w, r, p, targets)
 	if len(cks) == 0 {
 		return
 	}
@@ -227,6 +248,40 @@ func printTable(w io.Writer, r *results, p plan, targets []string, cks []check) 
 	for _, c := range cks {
 		fmt.Fprintf(w, "  %-12s %-52s %-6s %s\n", c.Target, c.Name, c.Result, c.Detail)
 	}
+}
+
+// printPairs writes, for each of pairs whose two targets ran, the
+// per-round ratio a/b of every metric both measured.
+func printPairs(w io.Writer, r *results, p plan, targets []string) {
+	for _, pr := range pairs {
+		if !slices.Contains(targets, pr.a) || !slices.Contains(targets, pr.b) {
+			continue
+		}
+		fmt.Fprintf(w, "\n%s / %s: %s (ratio per round, then the median (min–max); >1 means %s has more)\n", pr.a, pr.b, pr.what, pr.a)
+		for _, m := range metricDefs(p) {
+			if s := summarize(perRound(r.get(pr.a, m.key), r.get(pr.b, m.key), ratio)); s.n > 0 {
+				fmt.Fprintf(w, "  %-22s %s\n", m.key, spread("×", s, 2))
+			}
+		}
+	}
+}
+
+// pairJSON is pairs' ratios for the -json output: "a/b" → metric → series.
+func pairJSON(r *results, targets []string) map[string]map[string]jsonSeries {
+	out := map[string]map[string]jsonSeries{}
+	for _, pr := range pairs {
+		if !slices.Contains(targets, pr.a) || !slices.Contains(targets, pr.b) {
+			continue
+		}
+		m := map[string]jsonSeries{}
+		for k, vals := range r.vals[pr.a] {
+			if b := r.get(pr.b, k); len(b) > 0 {
+				m[k] = toSeries(perRound(vals, b, ratio))
+			}
+		}
+		out[pr.a+"/"+pr.b] = m
+	}
+	return out
 }
 
 // jsonNum is a float64 that encodes NaN and ±Inf as null.
@@ -282,6 +337,7 @@ type jsonReport struct {
 	Metrics      map[string]map[string]jsonSeries `json:"metrics"`   // target → metric
 	VsDirect     map[string]map[string]jsonSeries `json:"vs_direct"` // target → metric → per-round ratio
 	VsNginx      map[string]map[string]jsonSeries `json:"vs_nginx"`  // target → metric → per-round ratio
+	Pairs        map[string]map[string]jsonSeries `json:"pairs"`     // "a/b" (see pairs) → metric → per-round ratio
 	Checks       []check                          `json:"checks"`
 }
 

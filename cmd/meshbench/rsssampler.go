@@ -4,24 +4,23 @@ import (
 	"context"
 	"sync"
 	"time"
-
-	"github.com/meshd/meshd/internal/testkit/proc"
 )
 
-// rssSampler records the largest memMiB of a fixed set of processes,
-// sampled on a ticker, for processes whose VmHWM cannot stand for the whole
-// set (nginx's master and workers).
+// rssSampler records the largest value of a target's memory function (its
+// memMiB over a fixed set of processes), sampled on a ticker, for processes
+// whose VmHWM cannot stand for the whole set (nginx's master and workers).
 type rssSampler struct {
+	mem    func() (float64, error)
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	mu     sync.Mutex
 	max    float64
 }
 
-func startRSSSampler(ctx context.Context, pids []int, every time.Duration) *rssSampler {
+func startRSSSampler(ctx context.Context, mem func() (float64, error), every time.Duration) *rssSampler {
 	ctx, cancel := context.WithCancel(ctx)
-	s := &rssSampler{cancel: cancel}
-	s.sample(pids)
+	s := &rssSampler{mem: mem, cancel: cancel}
+	s.sample()
 	s.wg.Go(func() {
 		t := time.NewTicker(every)
 		defer t.Stop()
@@ -30,15 +29,15 @@ func startRSSSampler(ctx context.Context, pids []int, every time.Duration) *rssS
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				s.sample(pids)
+				s.sample()
 			}
 		}
 	})
 	return s
 }
 
-func (s *rssSampler) sample(pids []int) {
-	v, err := proc.MemMiB(pids...)
+func (s *rssSampler) sample() {
+	v, err := s.mem()
 	if err != nil {
 		return // a process exiting mid-run shows up as a failed call instead
 	}
@@ -48,9 +47,9 @@ func (s *rssSampler) sample(pids []int) {
 }
 
 // stop takes a last sample, stops the sampler and returns the peak in MiB.
-func (s *rssSampler) stop(pids []int) float64 {
+func (s *rssSampler) stop() float64 {
 	s.cancel()
 	s.wg.Wait()
-	s.sample(pids)
+	s.sample()
 	return s.max
 }
