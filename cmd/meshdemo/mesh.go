@@ -239,7 +239,11 @@ func (a *meshAct) until(ctx context.Context, client testpb.TestServiceClient, wa
 		if n == 1 {
 			fmt.Printf("    api's sidecar had the change by the next call (%.2fs after the write)\n", time.Since(start).Seconds())
 		} else {
-			fmt.Printf("    api's sidecar had the change %.2fs after the write (%d calls before got the old answer)\n", time.Since(start).Seconds(), n-1)
+			calls := "calls"
+			if n-1 == 1 {
+				calls = "call"
+			}
+			fmt.Printf("    api's sidecar had the change %.2fs after the write (%d %s before got the old answer)\n", time.Since(start).Seconds(), n-1, calls)
 		}
 		return
 	}
