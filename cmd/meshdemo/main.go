@@ -56,6 +56,7 @@ func run() error {
 	}
 	defer agent.Close()
 	d := &demo{agent: agent}
+	act(1, "discovery, health and balancing: meshd in front of backends found in Consul")
 	defer d.stopBackends()
 	if err := d.startBackends(); err != nil {
 		return err
@@ -91,10 +92,19 @@ func run() error {
 		return nil // interrupted (Ctrl-C): no summary, just stop everything
 	}
 	d.printSummary(t)
-	if opts.keep {
-		d.keepRunning(ctx, m)
+
+	act2 := &meshAct{consul: agent}
+	defer act2.stop()
+	if err := act2.run(ctx, opts.meshdBin, dir); err != nil {
+		return err
 	}
-	step("stopping meshd (SIGTERM: drain, exit 0), the backends and Consul")
+	if ctx.Err() != nil {
+		return nil // interrupted during act 2
+	}
+	if opts.keep {
+		d.keepRunning(ctx, m, act2)
+	}
+	step("stopping the sidecars and meshd (SIGTERM: drain, exit 0), the backends and Consul")
 	return nil
 }
 
@@ -206,16 +216,20 @@ type meshdProc struct {
 	done chan error
 }
 
-// startMeshd writes meshd's config into dir and starts meshd with it. The
-// caller owns the process and the goroutine that waits for it: it must call
-// stop, which ends both.
+// startMeshd writes act 1's meshd config into dir and starts meshd with it.
 func (d *demo) startMeshd(bin, dir string) (*meshdProc, error) {
-	cfgFile := filepath.Join(dir, "meshd.yaml")
 	cfg := meshdConfig(d.admin, d.listen, d.agent.Addr, d.recv.Addr)
+	return startMeshd("meshd", bin, filepath.Join(dir, "meshd.yaml"), cfg)
+}
+
+// startMeshd writes cfg to cfgFile and starts meshd with it, announcing it
+// as what. The caller owns the process and the goroutine that waits for
+// it: it must call stop, which ends both.
+func startMeshd(what, bin, cfgFile, cfg string) (*meshdProc, error) {
 	if err := os.WriteFile(cfgFile, []byte(cfg), 0o644); err != nil {
 		return nil, err
 	}
-	step("starting meshd: " + bin + " run -config " + cfgFile)
+	step("starting " + what + ": " + bin + " run -config " + cfgFile)
 	fmt.Print(indent(cfg))
 	m := &meshdProc{cmd: exec.Command(bin, "run", "-config", cfgFile, "-log-level", "warn")}
 	m.cmd.Stdout, m.cmd.Stderr = &m.log, &m.log
@@ -348,14 +362,28 @@ func (d *demo) printSummary(t tally) {
 }
 
 // keepRunning (-keep) leaves everything up to explore until Ctrl-C, or
-// until meshd exits by itself; then Wait's result goes back on m.done for
-// m.stop.
-func (d *demo) keepRunning(ctx context.Context, m *meshdProc) {
-	step("running until Ctrl-C; try: curl http://" + d.admin + "/clusters")
-	select {
-	case <-ctx.Done():
-	case err := <-m.done:
-		m.done <- err
+// until one of the meshd processes exits by itself; Wait's result then
+// goes back on its done channel for its stop.
+func (d *demo) keepRunning(ctx context.Context, m *meshdProc, act2 *meshAct) {
+	step("running until Ctrl-C; try: curl http://" + d.admin + "/clusters, curl http://" + act2.apiAdmin + "/certs")
+	procs := []*meshdProc{m, act2.api, act2.web}
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		for _, p := range procs {
+			select {
+			case err := <-p.done:
+				p.done <- err
+				fmt.Printf("    a meshd exited by itself (%v):\n%s", err, p.log.String())
+				return
+			default:
+			}
+		}
 	}
 }
 
@@ -480,6 +508,11 @@ func freeAddr() string {
 }
 
 func step(s string) { fmt.Printf("\n==> %s\n", s) }
+
+// act announces one of the demo's acts.
+func act(n int, title string) {
+	fmt.Printf("\n%s\n=== act %d: %s\n%s\n", strings.Repeat("=", 78), n, title, strings.Repeat("=", 78))
+}
 func note(s string) { fmt.Printf("    *** %s\n", s) }
 
 func indent(s string) string {

@@ -39,6 +39,7 @@ const adminPort = 15000
 // manifests is every object under deploy/k8s, decoded strictly.
 type manifests struct {
 	deployments []*appsv1.Deployment
+	daemonSets  []*appsv1.DaemonSet
 	services    []*corev1.Service
 	configMaps  map[string]*corev1.ConfigMap
 	pdbs        []*policyv1.PodDisruptionBudget
@@ -82,6 +83,9 @@ func loadDir(dir string) (*manifests, int, error) {
 			case "apps/v1 Deployment":
 				d := &appsv1.Deployment{}
 				m.deployments, obj = append(m.deployments, d), d
+			case "apps/v1 DaemonSet":
+				d := &appsv1.DaemonSet{}
+				m.daemonSets, obj = append(m.daemonSets, d), d
 			case "v1 Service":
 				s := &corev1.Service{}
 				m.services, obj = append(m.services, s), s
@@ -205,6 +209,14 @@ func TestManifests(t *testing.T) {
 	if !sawSidecar || !sawEdge {
 		t.Errorf("want a sidecar Deployment (meshd as an init container) and an edge one; sidecar %v, edge %v", sawSidecar, sawEdge)
 	}
+	for _, d := range m.daemonSets {
+		t.Run("DaemonSet/"+d.Name, func(t *testing.T) {
+			if d.Spec.Selector == nil || len(d.Spec.Selector.MatchLabels) == 0 || !subset(d.Spec.Selector.MatchLabels, d.Spec.Template.Labels) {
+				t.Errorf("selector %v does not match the pod template's labels %v", d.Spec.Selector, d.Spec.Template.Labels)
+			}
+			checkContainers(t, d.Spec.Template.Spec)
+		})
+	}
 	for _, s := range m.services {
 		if d := m.selecting(s.Spec.Selector); d == nil {
 			t.Errorf("Service %s selects %v: no Deployment's pods carry those labels", s.Name, s.Spec.Selector)
@@ -270,6 +282,42 @@ func checkDeployment(t *testing.T, m *manifests, d *appsv1.Deployment) {
 		t.Fatalf("no meshd container")
 	}
 	checkProbes(t, meshd)
+	checkContainers(t, spec)
+	if meshd.SecurityContext != nil && (meshd.SecurityContext.RunAsUser == nil || *meshd.SecurityContext.RunAsUser != proxyUID) {
+		t.Errorf("meshd must run as UID %d (the Dockerfile's USER and iptables' -proxy-uid)", proxyUID)
+	}
+
+	cfg, cfgMount := meshdConfig(t, m, d, meshd)
+	checkConfigFiles(t, cfg, meshd)
+	ipt := iptablesContainer(spec.InitContainers)
+	if sidecar != nil {
+		if ipt == nil {
+			t.Fatalf("sidecar Deployment without an iptables init container")
+		}
+		iptIdx := slices.IndexFunc(spec.InitContainers, func(c corev1.Container) bool { return c.Name == ipt.Name })
+		if iptIdx > slices.IndexFunc(spec.InitContainers, func(c corev1.Container) bool { return c.Name == "meshd" }) {
+			t.Errorf("the iptables init container must run before meshd starts")
+		}
+		checkIptablesArgs(t, ipt, cfg)
+		checkConsulBeforeIptables(t, spec.InitContainers, iptIdx)
+	} else if ipt != nil {
+		t.Errorf("edge Deployment has an iptables container %s: only sidecars intercept", ipt.Name)
+	}
+	if cfg.MeshNeedsConsul() {
+		checkNodeAgent(t, m, meshd)
+	}
+	if !cfgMount.ReadOnly {
+		t.Errorf("meshd's config volume %s must be mounted read-only", cfgMount.Name)
+	}
+	if gp := spec.TerminationGracePeriodSeconds; gp == nil || int64(cfg.DrainTimeout.D().Seconds()) >= *gp {
+		t.Errorf("terminationGracePeriodSeconds %v must exceed meshd's drain_timeout %s", gp, cfg.DrainTimeout.D())
+	}
+}
+
+// checkContainers: every container has requests and limits and the
+// locked-down security context; only the iptables init container adds
+// capabilities (and runs as root).
+func checkContainers(t *testing.T, spec corev1.PodSpec) {
 	for _, c := range allContainers(spec) {
 		sc := c.SecurityContext
 		if sc == nil {
@@ -313,30 +361,67 @@ func checkDeployment(t *testing.T, m *manifests, d *appsv1.Deployment) {
 			t.Errorf("container %s: needs a fixed non-zero runAsUser", c.Name)
 		}
 	}
-	if meshd.SecurityContext != nil && (meshd.SecurityContext.RunAsUser == nil || *meshd.SecurityContext.RunAsUser != proxyUID) {
-		t.Errorf("meshd must run as UID %d (the Dockerfile's USER and iptables' -proxy-uid)", proxyUID)
-	}
+}
 
-	cfg, cfgMount := meshdConfig(t, m, d, meshd)
-	checkConfigFiles(t, cfg, meshd)
-	ipt := iptablesContainer(spec.InitContainers)
-	if sidecar != nil {
-		if ipt == nil {
-			t.Fatalf("sidecar Deployment without an iptables init container")
-		}
-		iptIdx := slices.IndexFunc(spec.InitContainers, func(c corev1.Container) bool { return c.Name == ipt.Name })
-		if iptIdx > slices.IndexFunc(spec.InitContainers, func(c corev1.Container) bool { return c.Name == "meshd" }) {
-			t.Errorf("the iptables init container must run before meshd starts")
-		}
-		checkIptablesArgs(t, ipt, cfg)
-	} else if ipt != nil {
-		t.Errorf("edge Deployment has an iptables container %s: only sidecars intercept", ipt.Name)
+// checkNodeAgent: a mesh sidecar with identity consul_connect takes its
+// certificates from the node's Consul client agent, at the node's address
+// (CONSUL_HTTP_ADDR=$(HOST_IP):8500 with HOST_IP from status.hostIP), and
+// the manifests ship that agent: a DaemonSet serving 8500 as a hostPort.
+func checkNodeAgent(t *testing.T, m *manifests, meshd *corev1.Container) {
+	env := map[string]corev1.EnvVar{}
+	for _, e := range meshd.Env {
+		env[e.Name] = e
 	}
-	if !cfgMount.ReadOnly {
-		t.Errorf("meshd's config volume %s must be mounted read-only", cfgMount.Name)
+	if e := env["HOST_IP"]; e.ValueFrom == nil || e.ValueFrom.FieldRef == nil || e.ValueFrom.FieldRef.FieldPath != "status.hostIP" {
+		t.Errorf("meshd (mesh, consul_connect) needs HOST_IP from the downward API's status.hostIP")
 	}
-	if gp := spec.TerminationGracePeriodSeconds; gp == nil || int64(cfg.DrainTimeout.D().Seconds()) >= *gp {
-		t.Errorf("terminationGracePeriodSeconds %v must exceed meshd's drain_timeout %s", gp, cfg.DrainTimeout.D())
+	if e := env["CONSUL_HTTP_ADDR"]; e.Value != "$(HOST_IP):8500" {
+		t.Errorf("meshd (mesh, consul_connect): CONSUL_HTTP_ADDR = %q, want $(HOST_IP):8500, the node's agent", e.Value)
+	}
+	for _, d := range m.daemonSets {
+		for _, c := range d.Spec.Template.Spec.Containers {
+			for _, p := range c.Ports {
+				if p.HostPort == 8500 && p.ContainerPort == 8500 {
+					return
+				}
+			}
+		}
+	}
+	t.Errorf("meshd (mesh, consul_connect) needs a Consul client agent on the node: no DaemonSet serves hostPort 8500")
+}
+
+// checkConsulBeforeIptables: an init step that calls the Consul agent
+// (the pod's service registration) runs before the iptables rules, which
+// would send its connection to a meshd that is not running yet.
+func checkConsulBeforeIptables(t *testing.T, inits []corev1.Container, iptIdx int) {
+	for i, c := range inits {
+		if c.Name == "meshd" || isIptables(c) {
+			continue
+		}
+		for _, e := range c.Env {
+			if e.Name == "CONSUL_HTTP_ADDR" && i > iptIdx {
+				t.Errorf("init container %s calls Consul after the iptables step: its connection would be redirected to meshd before meshd runs", c.Name)
+			}
+		}
+	}
+}
+
+// TestMeshConfigIsTheExample: the mesh sidecar's ConfigMap carries
+// configs/sidecar-mesh.yaml verbatim, so the example that `meshd validate`
+// and configs' test check is the one deployed.
+func TestMeshConfigIsTheExample(t *testing.T) {
+	t.Parallel()
+	m := load(t, "mesh")
+	cm := m.configMaps["web-meshd"]
+	if cm == nil {
+		t.Fatal("no ConfigMap web-meshd under mesh/")
+	}
+	want, err := os.ReadFile("../../configs/sidecar-mesh.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cm.Data["meshd.yaml"]; got != string(want) {
+		t.Errorf("ConfigMap web-meshd's meshd.yaml differs from configs/sidecar-mesh.yaml; regenerate it:\n  sed 's/^/    /' configs/sidecar-mesh.yaml")
 	}
 }
 
