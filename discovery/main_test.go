@@ -3,14 +3,9 @@ package discovery_test
 import (
 	"context"
 	"errors"
-	"fmt"
-	"os"
 	"reflect"
-	"sync"
 	"testing"
 	"time"
-
-	"go.uber.org/goleak"
 
 	"github.com/meshd/meshd/discovery"
 	"github.com/meshd/meshd/internal/consultest"
@@ -18,38 +13,12 @@ import (
 )
 
 // shared is one Consul agent for the tests that do not stop, restart or
-// reconfigure it; they use distinct service names, so they can run in
-// parallel. It starts on first use and TestMain closes it.
-var shared struct {
-	once  sync.Once
-	agent *consultest.Agent
-	err   error
-}
+// reconfigure it; TestMain closes it.
+var shared consultest.Shared
 
-func sharedAgent(t *testing.T) *consultest.Agent {
-	t.Helper()
-	shared.once.Do(func() { shared.agent, shared.err = consultest.Launch() })
-	if shared.err != nil {
-		t.Fatal(shared.err)
-	}
-	return shared.agent
-}
+func sharedAgent(t *testing.T) *consultest.Agent { return shared.Agent(t) }
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	// The agent must be gone before goleak looks: its client's connections
-	// only close with it.
-	if shared.agent != nil {
-		shared.agent.Close()
-	}
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { shared.Main(m) }
 
 // watcher runs a Resolver's Watch for the life of the test and collects its
 // snapshots.

@@ -8,55 +8,24 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
-	"fmt"
 	"log/slog"
 	"math/big"
 	"net"
 	"net/url"
-	"os"
-	"sync"
 	"testing"
 	"time"
-
-	"go.uber.org/goleak"
 
 	"github.com/meshd/meshd/identity"
 	"github.com/meshd/meshd/internal/consultest"
 )
 
 // shared is one Consul agent for the tests that do not stop, restart or
-// reconfigure it (the rotation and restart tests start their own). It
-// starts on first use and TestMain closes it.
-var shared struct {
-	once  sync.Once
-	agent *consultest.Agent
-	err   error
-}
+// reconfigure it; TestMain closes it.
+var shared consultest.Shared
 
-func sharedAgent(t *testing.T) *consultest.Agent {
-	t.Helper()
-	shared.once.Do(func() { shared.agent, shared.err = consultest.Launch() })
-	if shared.err != nil {
-		t.Fatal(shared.err)
-	}
-	return shared.agent
-}
+func sharedAgent(t *testing.T) *consultest.Agent { return shared.Agent(t) }
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	// The agent must be gone before goleak looks: its client's connections
-	// only close with it.
-	if shared.agent != nil {
-		shared.agent.Close()
-	}
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { shared.Main(m) }
 
 // testLogger logs into the test's output (benchmarks discard it).
 func testLogger(t testing.TB) *slog.Logger {

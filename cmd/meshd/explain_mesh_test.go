@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"strings"
 	"testing"
 
 	"github.com/hashicorp/consul/api"
@@ -69,19 +68,7 @@ clusters: [{name: local, endpoints: [127.0.0.1:9001]}]
 			if code != 0 {
 				t.Fatalf("exit %d, stderr %q", code, errOut)
 			}
-			rest := out
-			for _, w := range tc.want {
-				i := strings.Index(rest, w)
-				if i < 0 {
-					t.Fatalf("output lacks %q (in order):\n%s", w, out)
-				}
-				rest = rest[i+len(w):]
-			}
-			for _, a := range tc.absent {
-				if strings.Contains(out, a) {
-					t.Errorf("output has %q:\n%s", a, out)
-				}
-			}
+			wantInOrder(t, out, tc.want, tc.absent)
 		})
 	}
 }

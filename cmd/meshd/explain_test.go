@@ -107,20 +107,27 @@ func TestRouteExplain(t *testing.T) {
 			if code != 0 {
 				t.Fatalf("exit %d, stderr %q", code, errOut)
 			}
-			rest := out
-			for _, w := range tc.want {
-				i := strings.Index(rest, w)
-				if i < 0 {
-					t.Fatalf("output lacks %q (in order):\n%s", w, out)
-				}
-				rest = rest[i+len(w):]
-			}
-			for _, a := range tc.absent {
-				if strings.Contains(out, a) {
-					t.Errorf("output has %q:\n%s", a, out)
-				}
-			}
+			wantInOrder(t, out, tc.want, tc.absent)
 		})
+	}
+}
+
+// wantInOrder checks that out has every string of want, in that order,
+// and none of absent.
+func wantInOrder(t *testing.T, out string, want, absent []string) {
+	t.Helper()
+	rest := out
+	for _, w := range want {
+		i := strings.Index(rest, w)
+		if i < 0 {
+			t.Fatalf("output lacks %q (in order):\n%s", w, out)
+		}
+		rest = rest[i+len(w):]
+	}
+	for _, a := range absent {
+		if strings.Contains(out, a) {
+			t.Errorf("output has %q:\n%s", a, out)
+		}
 	}
 }
 

@@ -28,12 +28,19 @@ type CA struct {
 // NewCA makes a CA whose certificate has common name name.
 func NewCA(tb testing.TB, name string) *CA {
 	tb.Helper()
+	return newCA(tb, name, nil, 1, 100)
+}
+
+// newCA makes a CA certificate signed by parent (nil: self-signed) with
+// the given serial; its own leaves are numbered from next+1.
+func newCA(tb testing.TB, name string, parent *CA, serial, next int64) *CA {
+	tb.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		tb.Fatal(err)
 	}
 	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
+		SerialNumber:          big.NewInt(serial),
 		Subject:               pkix.Name{CommonName: name},
 		NotBefore:             time.Now().Add(-time.Hour),
 		NotAfter:              time.Now().Add(24 * time.Hour),
@@ -41,7 +48,11 @@ func NewCA(tb testing.TB, name string) *CA {
 		BasicConstraintsValid: true,
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	signer, signKey := tmpl, key
+	if parent != nil {
+		signer, signKey = parent.cert, parent.key
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, signer, &key.PublicKey, signKey)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -50,7 +61,7 @@ func NewCA(tb testing.TB, name string) *CA {
 		tb.Fatal(err)
 	}
 	ca := &CA{cert: cert, key: key, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
-	ca.serial.Store(100)
+	ca.serial.Store(next)
 	return ca
 }
 
@@ -134,28 +145,5 @@ func (ca *CA) IssueSPIFFE(tb testing.TB, uri string) (certPEM, keyPEM []byte, se
 // against ca's Pool only when the intermediate is sent along.
 func (ca *CA) Intermediate(tb testing.TB, name string) *CA {
 	tb.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(ca.serial.Add(1)),
-		Subject:               pkix.Name{CommonName: name},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	in := &CA{cert: cert, key: key, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
-	in.serial.Store(1000)
-	return in
+	return newCA(tb, name, ca, ca.serial.Add(1), 1000)
 }
