@@ -3,11 +3,14 @@
 package test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -80,6 +83,14 @@ func TestNetnsMesh(t *testing.T) {
 		return fmt.Sprintf("identity: files, cert_file: %[1]s/cert.pem, key_file: %[1]s/key.pem, ca_file: %[1]s/ca.pem", dir)
 	}
 	webFiles, apiFiles := files("web"), files("api")
+	leaf := func(svc string) tls.Certificate {
+		cert, key, _ := ca.IssueSPIFFE(t, fmt.Sprintf("spiffe://%s/ns/default/dc/dc1/svc/%s", meshTrustDomain, svc))
+		c, err := tls.X509KeyPair(cert, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
 	webID := fmt.Sprintf("spiffe://%s/ns/default/dc/dc1/svc/web", meshTrustDomain)
 
 	// Capture api's side of the wire from the start, so that every
@@ -94,6 +105,15 @@ func TestNetnsMesh(t *testing.T) {
 	})
 	app.SetServing(true)
 	t.Cleanup(app.Stop)
+	// And an opaque TCP port (echo), also behind the sidecar.
+	env.in(t, "api", func() error {
+		l, err := net.Listen("tcp", fmt.Sprintf("0.0.0.0:%d", echoPort))
+		if err != nil {
+			return err
+		}
+		testkit.Serve(t, l, func(c net.Conn) { io.Copy(c, c) })
+		return nil
+	})
 
 	// The pods' init steps and sidecars. api redirects its app's port to
 	// the strict inbound listener; web redirects its app's outbound TCP.
@@ -101,7 +121,7 @@ func TestNetnsMesh(t *testing.T) {
 		args := []string{"iptables", "-inbound-port", "15006", "-outbound-port", "15001",
 			"-proxy-uid", strconv.Itoa(netnsProxyUID), "-exclude-inbound-ports", "15000"}
 		if ns == "api" {
-			args = append(args, "-inbound-ports", strconv.Itoa(backendPort))
+			args = append(args, "-inbound-ports", fmt.Sprintf("%d,%d", backendPort, echoPort))
 		}
 		env.meshdCmd(t, ns, true, args...)
 	}
@@ -236,6 +256,37 @@ clusters:
 			return env.meshMetric(t, "api", "meshd_mesh_handshake_failures_total", map[string]string{"listener": "inbound"}) > before
 		})
 		t.Logf("plaintext call: %v", err)
+	})
+
+	t.Run("opaque TCP over mTLS is authorized too", func(t *testing.T) {
+		// A mesh peer that speaks something else than gRPC inside TLS is
+		// relayed to the app's port only if its intentions allow it.
+		echo := func(svc string) (string, error) {
+			c, err := env.dialer("rogue")(context.Background(), net.JoinHostPort(meshAPIIP, strconv.Itoa(echoPort)))
+			if err != nil {
+				return "", err
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			// The server's chain is not what this checks: its client
+			// certificate is.
+			tc := tls.Client(c, &tls.Config{Certificates: []tls.Certificate{leaf(svc)}, InsecureSkipVerify: true})
+			if _, err := io.WriteString(tc, "hello mesh\n"); err != nil {
+				return "", err
+			}
+			got, err := bufio.NewReader(tc).ReadString('\n')
+			return got, err
+		}
+		if got, err := echo("web"); got != "hello mesh\n" {
+			t.Errorf("web (allowed) over mTLS to api's opaque port: %q, %v; want the echo", got, err)
+		}
+		if got, err := echo("intruder"); err == nil || got != "" {
+			t.Errorf("intruder (no intention, default deny) over mTLS to api's opaque port: %q, %v; want the connection closed", got, err)
+		}
+		testkit.WaitFor(t, 5*time.Second, "api's meshd to log the denied opaque connection", func() bool {
+			return strings.Contains(api.logs.String(), `"msg":"opaque connection denied"`) &&
+				strings.Contains(api.logs.String(), "svc/intruder")
+		})
 	})
 
 	t.Run("api's sidecar authorizes web by its identity", func(t *testing.T) {
