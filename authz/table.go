@@ -144,6 +144,10 @@ const (
 	// ReasonDefault: no rule matched the caller, or its L7 rule had no
 	// matching permission; the table's default action decided.
 	ReasonDefault = "default"
+	// ReasonL7OnTCP: DecideTCP found the caller's rule is L7; an opaque
+	// connection has no request its permissions could match, so it is
+	// denied.
+	ReasonL7OnTCP = "l7_rule_on_tcp"
 	// ReasonNoTable: Decide was called on a nil table (nothing known yet);
 	// the call is denied.
 	ReasonNoTable = "no_table"
@@ -306,6 +310,31 @@ func (t *Table) Decide(source, method string, h Headers) Decision {
 		}
 	}
 	return Decision{Allow: t.def == Allow, Rule: r.id, Reason: ReasonDefault, Permission: -1}
+}
+
+// DecideTCP evaluates an opaque (non-gRPC) connection from source, which
+// has no method or headers: the caller's L4 rule gives its action; an L7
+// rule denies, as Consul's L4 filter treats intentions with permissions
+// (they can only allow requests it cannot see); no rule, the default. A
+// nil table denies (ReasonNoTable).
+func (t *Table) DecideTCP(source string) Decision {
+	if t == nil {
+		return Decision{Reason: ReasonNoTable, Permission: -1}
+	}
+	i := t.wildcard
+	if source != "" {
+		if j, ok := t.bySource[source]; ok && (i < 0 || j < i) {
+			i = j
+		}
+	}
+	if i < 0 {
+		return Decision{Allow: t.def == Allow, Rule: DefaultRule, Reason: ReasonDefault, Permission: -1}
+	}
+	r := &t.compiled[i]
+	if r.l7 {
+		return Decision{Rule: r.id, Reason: ReasonL7OnTCP, Permission: -1}
+	}
+	return Decision{Allow: r.action == Allow, Rule: r.id, Reason: ReasonIntention, Permission: -1}
 }
 
 // Default returns the action for callers no rule matches.

@@ -293,3 +293,42 @@ func TestActionText(t *testing.T) {
 		t.Error(`UnmarshalText accepted "Allow"`)
 	}
 }
+
+// TestDecideTCP: an opaque connection is decided at L4; an L7 rule, whose
+// permissions cannot see it, denies it whatever its permissions say.
+func TestDecideTCP(t *testing.T) {
+	t.Parallel()
+	everything := authz.Permission{Action: authz.Allow}
+	for _, tc := range []struct {
+		name   string
+		rules  []authz.Rule
+		def    authz.Action
+		source string
+		allow  bool
+		reason string
+	}{
+		{"L4 allow", []authz.Rule{l4("r", "web", authz.Allow)}, authz.Deny, "web", true, authz.ReasonIntention},
+		{"L4 deny", []authz.Rule{l4("r", "web", authz.Deny)}, authz.Allow, "web", false, authz.ReasonIntention},
+		{"no rule, default deny", []authz.Rule{l4("r", "web", authz.Allow)}, authz.Deny, "intruder", false, authz.ReasonDefault},
+		{"no rule, default allow", nil, authz.Allow, "intruder", true, authz.ReasonDefault},
+		{"L7 rule denies, even one allowing every call", []authz.Rule{l7("r", "web", everything)}, authz.Allow, "web", false, authz.ReasonL7OnTCP},
+		{"exact source before wildcard", []authz.Rule{l4("any", "*", authz.Deny), l4("r", "web", authz.Allow)}, authz.Deny, "web", true, authz.ReasonIntention},
+		{"unauthenticated matches wildcard only", []authz.Rule{l4("r", "web", authz.Allow), l4("any", "*", authz.Deny)}, authz.Allow, "", false, authz.ReasonIntention},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			tab, err := authz.Compile("api", tc.rules, tc.def)
+			if err != nil {
+				t.Fatal(err)
+			}
+			d := tab.DecideTCP(tc.source)
+			if d.Allow != tc.allow || d.Reason != tc.reason {
+				t.Errorf("DecideTCP(%q) = %+v, want allow %v reason %s", tc.source, d, tc.allow, tc.reason)
+			}
+		})
+	}
+	var nilTab *authz.Table
+	if d := nilTab.DecideTCP("web"); d.Allow || d.Reason != authz.ReasonNoTable {
+		t.Errorf("nil table: %+v, want a denial", d)
+	}
+}

@@ -57,6 +57,12 @@ type Options struct {
 	DialTimeout time.Duration
 	// Logger receives relay failures at debug level. Default: discard.
 	Logger *slog.Logger
+	// AdmitOpaque, if set, decides whether a connection detected as
+	// opaque TCP may be relayed: an error ends the handshake with it (the
+	// caller closes the connection) and the original destination is never
+	// dialed. A mesh listener authorizes the peer here, since opaque
+	// traffic never reaches the per-call authorization.
+	AdmitOpaque func(conn net.Conn, dst netip.AddrPort) error
 }
 
 // Credentials is the listener side of transparent interception. Install it
@@ -118,6 +124,11 @@ func (c *Credentials) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthI
 	}
 	if h2 {
 		return &replayConn{Conn: raw, head: head}, info, nil
+	}
+	if c.opts.AdmitOpaque != nil {
+		if err := c.opts.AdmitOpaque(raw, dst); err != nil {
+			return nil, nil, err
+		}
 	}
 	c.r.start(raw, head, dst, c.opts)
 	return nil, nil, credentials.ErrConnDispatched

@@ -45,6 +45,7 @@ func (s *Server) originalDstAccept(lc config.Listener, fs *engine.Server) *odstA
 		Inbound:       lc.OriginalDst.Direction == config.DirectionInbound,
 		DetectTimeout: lc.OriginalDst.DetectTimeout.D(),
 		Logger:        s.log.With("component", "origdst", "listener", lc.Name),
+		AdmitOpaque:   s.admitOpaque(lc),
 	})
 	s.dests.addCredentials(c)
 	return &odstAccept{

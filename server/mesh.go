@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"reflect"
 	"sync"
 	"sync/atomic"
@@ -22,6 +23,7 @@ import (
 	"github.com/meshd/meshd/engine"
 	"github.com/meshd/meshd/identity"
 	"github.com/meshd/meshd/metrics"
+	"github.com/meshd/meshd/policy"
 	"github.com/meshd/meshd/router"
 )
 
@@ -325,6 +327,33 @@ func connContext(ctx context.Context, nc net.Conn) context.Context {
 		return director.WithPeer(ctx, director.Peer{})
 	}
 	return director.WithPeer(ctx, c.peer())
+}
+
+// admitOpaque is origdst's AdmitOpaque on lc: on a mesh listener an
+// opaque TCP connection (anything but gRPC inside the TLS, or plaintext
+// on a permissive listener) is authorized at L4 before it is relayed to
+// the app; otherwise any certificate of the trust domain, or any
+// plaintext client of a permissive listener, would reach the app's ports
+// whatever the intentions say. Nil on other listeners.
+func (s *Server) admitOpaque(lc config.Listener) func(net.Conn, netip.AddrPort) error {
+	if lc.MeshTLS == "" || s.mesh == nil {
+		return nil
+	}
+	m := s.mesh
+	return func(nc net.Conn, dst netip.AddrPort) error {
+		var p director.Peer
+		if c, ok := nc.(*meshConn); ok {
+			p = c.peer()
+		}
+		d := m.table().DecideTCP(p.Service)
+		if d.Allow {
+			return nil
+		}
+		err := policy.ErrDenied(p.ID, m.cfg.Service)
+		m.log.Debug("opaque connection denied", "listener", lc.Name, "remote", nc.RemoteAddr(), "dst", dst,
+			"peer", p.ID, "rule", d.Rule, "reason", d.Reason)
+		return err
+	}
 }
 
 // meshState implements metrics.MeshSource's value.

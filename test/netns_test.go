@@ -299,6 +299,27 @@ type netnsEnv struct {
 
 func newNetnsEnv(t *testing.T) *netnsEnv {
 	t.Helper()
+	e := newNetnsBase(t)
+	e.addNetns(t, "app")
+	for i, h := range []string{"b1", "b2", "b3", "client"} {
+		ns := e.name(h)
+		e.addNetns(t, h)
+		hst := netnsHost{ns: ns, appIP: fmt.Sprintf("198.18.%d.1", i+1), ip: fmt.Sprintf("198.18.%d.2", i+1)}
+		appIf, hostIf := fmt.Sprintf("veth%d", i), "eth0"
+		run(t, "ip", "link", "add", appIf, "netns", e.name("app"), "type", "veth", "peer", "name", hostIf, "netns", ns)
+		run(t, "ip", "-n", e.name("app"), "addr", "add", hst.appIP+"/24", "dev", appIf)
+		run(t, "ip", "-n", e.name("app"), "link", "set", appIf, "up")
+		run(t, "ip", "-n", ns, "addr", "add", hst.ip+"/24", "dev", hostIf)
+		run(t, "ip", "-n", ns, "link", "set", hostIf, "up")
+		e.hosts = append(e.hosts, hst)
+	}
+	return e
+}
+
+// newNetnsBase skips unless namespaces can be made here, and builds the
+// meshd binary; the caller adds its namespaces and links.
+func newNetnsBase(t *testing.T) *netnsEnv {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("skipping: the netns test needs root to create network namespaces")
 	}
@@ -327,20 +348,6 @@ func newNetnsEnv(t *testing.T) *netnsEnv {
 	build.Dir = ".."
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build meshd: %v\n%s", err, out)
-	}
-
-	e.addNetns(t, "app")
-	for i, h := range []string{"b1", "b2", "b3", "client"} {
-		ns := e.name(h)
-		e.addNetns(t, h)
-		hst := netnsHost{ns: ns, appIP: fmt.Sprintf("198.18.%d.1", i+1), ip: fmt.Sprintf("198.18.%d.2", i+1)}
-		appIf, hostIf := fmt.Sprintf("veth%d", i), "eth0"
-		run(t, "ip", "link", "add", appIf, "netns", e.name("app"), "type", "veth", "peer", "name", hostIf, "netns", ns)
-		run(t, "ip", "-n", e.name("app"), "addr", "add", hst.appIP+"/24", "dev", appIf)
-		run(t, "ip", "-n", e.name("app"), "link", "set", appIf, "up")
-		run(t, "ip", "-n", ns, "addr", "add", hst.ip+"/24", "dev", hostIf)
-		run(t, "ip", "-n", ns, "link", "set", hostIf, "up")
-		e.hosts = append(e.hosts, hst)
 	}
 	return e
 }
@@ -486,18 +493,33 @@ func (e *netnsEnv) command(ns string, root bool, args ...string) *exec.Cmd {
 
 // startMeshd runs `meshd run` in app as the proxy UID until cleanup, which
 // sends SIGTERM and expects a clean exit.
-func (e *netnsEnv) startMeshd(t *testing.T, yaml string) {
+func (e *netnsEnv) startMeshd(t *testing.T, yaml string) *netnsMeshd {
 	t.Helper()
-	cfg := filepath.Join(e.dir, "meshd.yaml")
-	if err := os.WriteFile(cfg, []byte(yaml), 0o644); err != nil {
+	return e.startMeshdIn(t, "app", yaml)
+}
+
+// netnsMeshd is a meshd process a test started in a namespace.
+type netnsMeshd struct {
+	cmd  *exec.Cmd
+	cfg  string // its config file, world-readable
+	logs *syncBuffer
+}
+
+// startMeshdIn runs `meshd run` in namespace ns as the proxy UID, with
+// yaml in a config file of its own, until cleanup, which sends SIGTERM and
+// expects a clean exit.
+func (e *netnsEnv) startMeshdIn(t *testing.T, ns, yaml string) *netnsMeshd {
+	t.Helper()
+	p := &netnsMeshd{cfg: filepath.Join(e.dir, ns+".yaml"), logs: &syncBuffer{}}
+	if err := os.WriteFile(p.cfg, []byte(yaml), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cmd := e.command("app", false, "run", "-config", cfg, "-log-level", "debug")
-	var logs syncBuffer
-	cmd.Stdout, cmd.Stderr = &logs, &logs
+	cmd := e.command(ns, false, "run", "-config", p.cfg, "-log-level", "debug")
+	cmd.Stdout, cmd.Stderr = p.logs, p.logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	p.cmd = cmd
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
 	t.Cleanup(func() {
@@ -506,17 +528,18 @@ func (e *netnsEnv) startMeshd(t *testing.T, yaml string) {
 		select {
 		case err := <-done:
 			if err != nil {
-				t.Errorf("meshd exited with %v", err)
+				t.Errorf("meshd in %s exited with %v", ns, err)
 			}
 		case <-time.After(20 * time.Second):
 			cmd.Process.Kill()
 			<-done
-			t.Errorf("meshd did not stop within 20s of SIGTERM")
+			t.Errorf("meshd in %s did not stop within 20s of SIGTERM", ns)
 		}
 		if t.Failed() {
-			t.Logf("meshd log:\n%s", logs.String())
+			t.Logf("meshd log (%s):\n%s", ns, p.logs.String())
 		}
 	})
+	return p
 }
 
 // redirects is the packet count of the REDIRECT rule in chain: the number
@@ -524,7 +547,13 @@ func (e *netnsEnv) startMeshd(t *testing.T, yaml string) {
 // packet only).
 func (e *netnsEnv) redirects(t *testing.T, chain string) int {
 	t.Helper()
-	out, err := exec.Command("ip", "netns", "exec", e.name("app"), "iptables", "-t", "nat", "-L", chain, "-n", "-v", "-x").Output()
+	return e.redirectsIn(t, "app", chain)
+}
+
+// redirectsIn is redirects in namespace ns.
+func (e *netnsEnv) redirectsIn(t *testing.T, ns, chain string) int {
+	t.Helper()
+	out, err := exec.Command("ip", "netns", "exec", e.name(ns), "iptables", "-t", "nat", "-L", chain, "-n", "-v", "-x").Output()
 	if err != nil {
 		t.Fatalf("iptables -L %s: %v", chain, err)
 	}
