@@ -24,6 +24,9 @@ type MeshState struct {
 	// HandshakeFailures counts mesh listeners' failed TLS handshakes, by
 	// listener.
 	HandshakeFailures map[string]uint64
+	// OpaqueDenied counts opaque (non-gRPC) connections that the
+	// intentions refused on inbound mesh listeners, by listener.
+	OpaqueDenied map[string]uint64
 }
 
 // MeshSource is implemented by a Source whose config has a mesh section.
@@ -38,6 +41,8 @@ var (
 		"Expiry of the mesh leaf certificate in use, as a Unix time; alert on it minus time() getting small.", []string{"service"}, nil)
 	descMeshRoots = prometheus.NewDesc("meshd_mesh_roots",
 		"CA roots trusted for mesh identities.", []string{"service"}, nil)
+	descOpaqueDenied = prometheus.NewDesc("meshd_authz_denied_connections_total",
+		"Opaque (non-gRPC) connections to the app refused by the intentions on inbound mesh listeners, by listener.", []string{"listener"}, nil)
 	descHandshakeFailures = prometheus.NewDesc("meshd_mesh_handshake_failures_total",
 		"Failed TLS handshakes on mesh listeners (no or bad client certificate, another trust domain, plaintext on a strict listener), by listener.", []string{"listener"}, nil)
 )
@@ -59,6 +64,9 @@ func collectMesh(src Source, ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descMeshRoots, prometheus.GaugeValue, float64(st.Roots), st.Service)
 	for l, n := range st.HandshakeFailures {
 		ch <- prometheus.MustNewConstMetric(descHandshakeFailures, prometheus.CounterValue, float64(n), l)
+	}
+	for l, n := range st.OpaqueDenied {
+		ch <- prometheus.MustNewConstMetric(descOpaqueDenied, prometheus.CounterValue, float64(n), l)
 	}
 }
 

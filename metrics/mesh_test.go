@@ -50,7 +50,7 @@ type meshSource struct{ source }
 
 func (meshSource) MeshState() (metrics.MeshState, bool) {
 	return metrics.MeshState{Service: "web", Ready: true, LeafNotAfter: time.Unix(1900000000, 0), Roots: 2,
-		HandshakeFailures: map[string]uint64{"inbound": 3}}, true
+		HandshakeFailures: map[string]uint64{"inbound": 3}, OpaqueDenied: map[string]uint64{"inbound": 2}}, true
 }
 
 func TestMeshStateMetrics(t *testing.T) {
@@ -67,6 +67,7 @@ func TestMeshStateMetrics(t *testing.T) {
 		{"meshd_mesh_leaf_expiry_timestamp_seconds", map[string]string{"service": "web"}, 1900000000},
 		{"meshd_mesh_roots", map[string]string{"service": "web"}, 2},
 		{"meshd_mesh_handshake_failures_total", map[string]string{"listener": "inbound"}, 3},
+		{"meshd_authz_denied_connections_total", map[string]string{"listener": "inbound"}, 2},
 	} {
 		if v := got.Value(t, c.name, c.labels); v != c.want {
 			t.Errorf("%s = %v, want %v", c.name, v, c.want)

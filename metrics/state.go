@@ -86,7 +86,7 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 		descClusterEndpoints, descClusterHealthy, descClusterReady,
 		descClusterPanic, descClusterPanics, descClusterPanicPicks,
 		descConsulHealthy, descConsulFailures, descConsulLastSuccess, descReloads,
-		descMeshReady, descLeafExpiry, descMeshRoots, descHandshakeFailures} {
+		descMeshReady, descLeafExpiry, descMeshRoots, descHandshakeFailures, descOpaqueDenied} {
 		ch <- d
 	}
 }

@@ -44,7 +44,8 @@ type meshRun struct {
 	log   *slog.Logger
 
 	mu    sync.Mutex
-	fails map[string]*atomic.Uint64 // handshake failures by listener
+	fails  map[string]*atomic.Uint64 // handshake failures by listener
+	opaque map[string]*atomic.Uint64 // opaque connections denied, by listener
 
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -55,7 +56,7 @@ type meshRun struct {
 func newMesh(cfg *config.Config, consul *api.Client, log *slog.Logger) (*meshRun, error) {
 	mc := *cfg.Mesh
 	log = log.With("component", "mesh", "service", mc.Service)
-	m := &meshRun{cfg: mc, log: log, fails: map[string]*atomic.Uint64{}, done: make(chan struct{})}
+	m := &meshRun{cfg: mc, log: log, fails: map[string]*atomic.Uint64{}, opaque: map[string]*atomic.Uint64{}, done: make(chan struct{})}
 	var run []func(context.Context) error
 	switch mc.Identity {
 	case config.IdentityFiles:
@@ -184,13 +185,16 @@ func (m *meshRun) upstream(cluster, service string) (credentials.TransportCreden
 }
 
 // failures returns the handshake failure counter of listener.
-func (m *meshRun) failures(listener string) *atomic.Uint64 {
+func (m *meshRun) failures(listener string) *atomic.Uint64 { return m.counter(m.fails, listener) }
+
+// counter returns listener's counter in by, made on first use.
+func (m *meshRun) counter(by map[string]*atomic.Uint64, listener string) *atomic.Uint64 {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	c := m.fails[listener]
+	c := by[listener]
 	if c == nil {
 		c = new(atomic.Uint64)
-		m.fails[listener] = c
+		by[listener] = c
 	}
 	return c
 }
@@ -340,6 +344,7 @@ func (s *Server) admitOpaque(lc config.Listener) func(net.Conn, netip.AddrPort) 
 		return nil
 	}
 	m := s.mesh
+	denied := m.counter(m.opaque, lc.Name)
 	return func(nc net.Conn, dst netip.AddrPort) error {
 		var p director.Peer
 		if c, ok := nc.(*meshConn); ok {
@@ -350,6 +355,7 @@ func (s *Server) admitOpaque(lc config.Listener) func(net.Conn, netip.AddrPort) 
 			return nil
 		}
 		err := policy.ErrDenied(p.ID, m.cfg.Service)
+		denied.Add(1)
 		m.log.Debug("opaque connection denied", "listener", lc.Name, "remote", nc.RemoteAddr(), "dst", dst,
 			"peer", p.ID, "rule", d.Rule, "reason", d.Reason)
 		return err
@@ -358,7 +364,7 @@ func (s *Server) admitOpaque(lc config.Listener) func(net.Conn, netip.AddrPort) 
 
 // meshState implements metrics.MeshSource's value.
 func (m *meshRun) state() metrics.MeshState {
-	st := metrics.MeshState{Service: m.cfg.Service, Ready: m.ready() == nil, HandshakeFailures: map[string]uint64{}}
+	st := metrics.MeshState{Service: m.cfg.Service, Ready: m.ready() == nil, HandshakeFailures: map[string]uint64{}, OpaqueDenied: map[string]uint64{}}
 	if cur := m.id.Current(); cur != nil {
 		st.LeafNotAfter = cur.Leaf.NotAfter
 		st.Roots = len(cur.RootIDs)
@@ -366,6 +372,9 @@ func (m *meshRun) state() metrics.MeshState {
 	m.mu.Lock()
 	for l, n := range m.fails {
 		st.HandshakeFailures[l] = n.Load()
+	}
+	for l, n := range m.opaque {
+		st.OpaqueDenied[l] = n.Load()
 	}
 	m.mu.Unlock()
 	return st

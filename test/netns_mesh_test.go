@@ -287,6 +287,9 @@ clusters:
 			return strings.Contains(api.logs.String(), `"msg":"opaque connection denied"`) &&
 				strings.Contains(api.logs.String(), "svc/intruder")
 		})
+		if got := env.meshMetric(t, "api", "meshd_authz_denied_connections_total", map[string]string{"listener": "inbound"}); got < 1 {
+			t.Errorf("meshd_authz_denied_connections_total{listener=inbound} = %v on api, want ≥ 1", got)
+		}
 	})
 
 	t.Run("api's sidecar authorizes web by its identity", func(t *testing.T) {
