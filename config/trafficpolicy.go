@@ -59,4 +59,3 @@ func (cl *Cluster) applyTrafficPolicyDefaults() {
 
 // ZoneEnv is the environment variable locality.local_zone falls back to.
 const ZoneEnv = "MESHD_ZONE"
-
