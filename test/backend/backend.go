@@ -53,8 +53,8 @@ type Backend struct {
 	failEvery     atomic.Int64
 	failEveryCode atomic.Int32
 	failCount     atomic.Int64
-	lastMD    atomic.Pointer[metadata.MD]
-	stopOnce  sync.Once
+	lastMD        atomic.Pointer[metadata.MD]
+	stopOnce      sync.Once
 	testpb.UnimplementedTestServiceServer
 }
 
