@@ -53,6 +53,51 @@ func BenchmarkPick(b *testing.B) {
 	}
 }
 
+// BenchmarkPickSlowStartLocality is BenchmarkPick with slow start and
+// zone-aware balancing on, while the newest endpoints ramp: both are
+// decided when the picker is built, so a pick should cost what it costs
+// without them, with 0 allocs/op.
+func BenchmarkPickSlowStartLocality(b *testing.B) {
+	for _, policy := range []string{RoundRobin, LeastRequest, PeakEWMA} {
+		b.Run(policy, func(b *testing.B) {
+			c := rampingCluster(b, policy)
+			start := time.Now()
+			info := PickInfo{Method: "/users.v1.Users/GetUser"}
+			b.ReportAllocs()
+			for b.Loop() {
+				e, err := c.Pick(&info)
+				if err != nil {
+					b.Fatal(err)
+				}
+				c.Done(e, start, codes.OK, false)
+			}
+		})
+	}
+}
+
+// rampingCluster is 30 weighted endpoints over three zones with the local
+// zone healthy, slow start on with a window long enough that the last
+// third, added after the others, ramps for the whole benchmark.
+func rampingCluster(tb testing.TB, policy string) *Cluster {
+	tb.Helper()
+	c := newTestCluster(tb, Options{
+		Policy:    policy,
+		SlowStart: time.Hour,
+		Locality:  LocalityOptions{LocalZone: "z0", MinHealthyPercent: 70},
+		Health:    HealthOptions{Disabled: true},
+	})
+	eps := endpoints(30, 1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2, 3)
+	for i := range eps {
+		eps[i].Zone = "z" + strconv.Itoa(i%3)
+	}
+	c.Update(eps[:20])
+	c.Update(eps)
+	if st := c.Status(); st.PickZone != "z0" || st.Endpoints[len(st.Endpoints)-1].SlowStartUntil.IsZero() {
+		tb.Fatalf("bench cluster not local and ramping: %+v", st)
+	}
+	return c
+}
+
 // BenchmarkPickParallel is BenchmarkPick from GOMAXPROCS goroutines, where
 // contention on the shared counters would show.
 func BenchmarkPickParallel(b *testing.B) {
@@ -102,6 +147,23 @@ func TestPickAllocs(t *testing.T) {
 				}
 			})
 		}
+	}
+	for _, policy := range []string{RoundRobin, LeastRequest, PeakEWMA} {
+		t.Run("slow start and locality/"+policy, func(t *testing.T) {
+			c := rampingCluster(t, policy)
+			start := time.Now()
+			allocs := testing.AllocsPerRun(1000, func() {
+				info := PickInfo{Method: "/a.B/C"}
+				e, err := c.Pick(&info)
+				if err != nil {
+					t.Fatal(err)
+				}
+				c.Done(e, start, codes.OK, false)
+			})
+			if allocs != 0 {
+				t.Errorf("Pick+Done: %v allocs/op, want 0", allocs)
+			}
+		})
 	}
 	t.Run("failed calls", func(t *testing.T) {
 		// Failures that do not reach the ejection threshold stay on the

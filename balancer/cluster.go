@@ -74,6 +74,8 @@ type Cluster struct {
 	percentRule bool
 	consecLimit int64 // 0: rule off
 	failMask    uint64
+	// slowStartOn: SlowStart set and the policy uses it (not ring_hash).
+	slowStartOn bool
 
 	picker atomic.Pointer[pickerRef]
 	synced atomic.Bool
@@ -106,6 +108,10 @@ type Cluster struct {
 	// panics counts the times the cluster entered it.
 	panicking bool
 	panics    uint64
+	// rampNext is when the next slow-start weight step is due (zero: no
+	// endpoint ramps); pickZone the zone picks stay in ("" : every zone).
+	rampNext time.Time
+	pickZone string
 }
 
 // pickerRef lets an interface value live behind an atomic.Pointer. A nil p
@@ -147,6 +153,7 @@ func NewCluster(opts Options, dial Dialer) (*Cluster, error) {
 		policy:        pol,
 		errNoEndpoint: fmt.Errorf("%w in cluster %q", ErrNoEndpoint, o.Name),
 		trackRTT:      o.Policy == PeakEWMA,
+		slowStartOn:   o.SlowStart > 0 && o.Policy != RingHash,
 		tau:           float64(o.PeakEWMA.Decay.Nanoseconds()),
 		wake:          make(chan struct{}, 1),
 		quit:          make(chan struct{}),
@@ -406,8 +413,10 @@ func (c *Cluster) step(ticked bool) (waiters []chan struct{}, next time.Duration
 	}
 	dirty = c.expireEjections(now) || dirty
 	dirty = c.judgeOutliers(now, ticked) || dirty
+	// A slow-start step is due: rebuild with the next weights.
+	dirty = dirty || (!c.rampNext.IsZero() && !now.Before(c.rampNext))
 	if dirty {
-		c.rebuild()
+		c.rebuild(now)
 	}
 	// Only now that no picker offers them may removed endpoints be marked;
 	// see Pick.
@@ -434,6 +443,7 @@ func (c *Cluster) applySnapshot(snap []discovery.Endpoint, now time.Time) (remov
 		if e := c.eps[d.ID]; e != nil {
 			if e.address == d.Address {
 				e.weight.Store(d.Weight)
+				e.zone = d.Zone
 				if !maps.Equal(e.meta, d.Meta) {
 					e.meta = maps.Clone(d.Meta)
 				}
@@ -465,7 +475,7 @@ func (c *Cluster) add(d discovery.Endpoint, now time.Time) error {
 	if conn == nil {
 		return fmt.Errorf("balancer: dial %s: dialer returned no connection", d.Address)
 	}
-	e := &Endpoint{id: d.ID, address: d.Address, conn: conn, meta: maps.Clone(d.Meta), since: now}
+	e := &Endpoint{id: d.ID, address: d.Address, conn: conn, meta: maps.Clone(d.Meta), since: now, zone: d.Zone}
 	e.weight.Store(d.Weight)
 	e.rttBits.Store(math.Float64bits(float64(c.opts.PeakEWMA.InitialRTT.Nanoseconds())))
 	e.rttStamp.Store(now.UnixNano())
@@ -560,9 +570,22 @@ func (c *Cluster) transition(e *Endpoint, now time.Time) {
 
 // rebuild swaps in a picker over the endpoints pickSet chooses: the
 // serving ones, more in panic mode, every live one with AllDownAny when
-// nothing else is pickable.
-func (c *Cluster) rebuild() {
+// nothing else is pickable; of those, only the local zone's while it is
+// healthy enough (locality.go); weighted with slow start's ramps
+// (slowstart.go).
+func (c *Cluster) rebuild(now time.Time) {
 	eps, panicking := pickSet(c.order, c.opts.HealthyPanicThreshold, c.opts.AllDown == AllDownAny)
+	eps, zone := localityFilter(c.order, eps, c.opts.Locality, panicking)
+	if zone != c.pickZone && c.opts.Locality.LocalZone != "" {
+		if zone == "" {
+			c.log.Warn("local zone below its healthy share; spreading calls over every zone",
+				"local_zone", c.opts.Locality.LocalZone, "min_healthy_percent", c.opts.Locality.MinHealthyPercent)
+		} else {
+			c.log.Info("picks stay in the local zone", "local_zone", zone)
+		}
+	}
+	c.pickZone = zone
+	c.rampNext = c.applySlowStart(eps, now)
 	if panicking != c.panicking {
 		serving := 0
 		for _, e := range c.order {
@@ -601,6 +624,7 @@ func (c *Cluster) nextDeadline(now time.Time) time.Duration {
 	for _, e := range c.draining {
 		consider(e.drainUntil)
 	}
+	consider(c.rampNext)
 	if first.IsZero() {
 		return 0
 	}

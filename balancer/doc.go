@@ -50,6 +50,14 @@
 //   - ring_hash: a ketama-style ring keyed by a request header; when an
 //     endpoint leaves, only its share of keys moves.
 //
+// # Slow start and zones
+//
+// With Options.SlowStart an endpoint that starts serving (first SERVING,
+// or back from an ejection) ramps from 10% of its weight to all of it
+// over the window (slowstart.go); with Options.Locality.LocalZone picks
+// stay in the local zone while enough of it serves (locality.go). Both
+// are decided when the picker is built, never per pick.
+//
 // # Panic mode and all_down
 //
 // With a HealthyPanicThreshold, a cluster whose share of serving endpoints

@@ -64,6 +64,17 @@ type Endpoint struct {
 	// healthUnreachable marks a NotServing verdict that came from failing
 	// to reach the endpoint rather than from its answer (panic.go).
 	healthUnreachable bool
+
+	// zone is the endpoint's locality from discovery ("" when unzoned);
+	// see locality.go.
+	zone string
+	// Slow start (slowstart.go): wasServing is whether the endpoint was
+	// serving at the last rebuild, servingSince when it last became so,
+	// and buildWeight the weight the next picker build uses (0: the
+	// discovery weight).
+	wasServing   bool
+	servingSince time.Time
+	buildWeight  uint64
 }
 
 // healthState is what active health checking last said about an endpoint.
@@ -127,6 +138,15 @@ func (e *Endpoint) view() (state, source, reason string) {
 	default:
 		return StateServing, e.healthSource, e.healthReason
 	}
+}
+
+// buildWeightOf is the weight a weighted picker builds with: the slow-start
+// scaled weight the rebuild set, else the discovery weight.
+func buildWeightOf(e *Endpoint) uint64 {
+	if e.buildWeight > 0 {
+		return e.buildWeight
+	}
+	return uint64(weightOf(e))
 }
 
 // weightOf reads an endpoint's weight for a picker, treating 0 as 1.

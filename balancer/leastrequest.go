@@ -14,7 +14,7 @@ var _ policy = leastRequest{}
 func (p leastRequest) build(eps []*Endpoint) picker {
 	lr := &lrPicker{eps: eps, rand: p.rand, weights: make([]uint64, len(eps))}
 	for i, e := range eps {
-		lr.weights[i] = uint64(weightOf(e))
+		lr.weights[i] = buildWeightOf(e)
 	}
 	return lr
 }

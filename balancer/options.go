@@ -98,6 +98,14 @@ type Options struct {
 	// cannot reach are counted in neither the share nor the panic set;
 	// see panic.go. 0, the default, turns panic mode off.
 	HealthyPanicThreshold int
+	// SlowStart is the window over which an endpoint that starts serving
+	// (first SERVING, or back from a health or outlier ejection) ramps
+	// from SlowStartMinPercent of its weight to all of it, linearly
+	// (slowstart.go). Not applied by ring_hash. 0, the default, is off.
+	SlowStart time.Duration
+	// Locality configures zone-aware balancing (locality.go); off unless
+	// LocalZone is set.
+	Locality LocalityOptions
 	// DrainTimeout bounds how long an endpoint removed by discovery keeps
 	// its connection open for calls still in flight (long streams would
 	// otherwise hold it forever). Default 30s.
@@ -233,6 +241,10 @@ func (o *Options) Validate() error {
 		}
 	}
 	nonNegative("drain timeout", o.DrainTimeout)
+	nonNegative("slow start", o.SlowStart)
+	if p := o.Locality.MinHealthyPercent; p < 0 || p > 100 {
+		add("locality min healthy percent %d out of range [0, 100]", p)
+	}
 	nonNegative("health check interval", o.Health.CheckInterval)
 	nonNegative("health backoff base", o.Health.BackoffBase)
 	nonNegative("health backoff max", o.Health.BackoffMax)

@@ -19,7 +19,7 @@ var _ policy = peakEWMA{}
 func (p peakEWMA) build(eps []*Endpoint) picker {
 	pe := &ewmaPicker{eps: eps, rand: p.rand, tau: p.tau, weights: make([]float64, len(eps))}
 	for i, e := range eps {
-		pe.weights[i] = float64(weightOf(e))
+		pe.weights[i] = float64(buildWeightOf(e))
 	}
 	return pe
 }

@@ -23,7 +23,7 @@ func (p roundRobin) build(eps []*Endpoint) picker {
 	weights := make([]uint64, len(eps))
 	equal := true
 	for i, e := range eps {
-		weights[i] = uint64(weightOf(e))
+		weights[i] = buildWeightOf(e)
 		equal = equal && weights[i] == weights[0]
 	}
 	if !equal {

@@ -28,6 +28,13 @@ type ClusterStatus struct {
 	// PanicEntered counts how often the cluster entered panic mode, and
 	// PanicPicks the calls picked while in it (Envoy's lb_healthy_panic).
 	PanicEntered, PanicPicks uint64
+	// SlowStart is the configured slow-start window (0: off; ring_hash
+	// never ramps).
+	SlowStart time.Duration
+	// LocalZone is the zone-aware balancing's local zone ("" : off), and
+	// PickZone the zone picks stay in now: LocalZone while it is healthy
+	// enough, "" when calls spread over every zone.
+	LocalZone, PickZone string
 }
 
 // EndpointStatus is one endpoint in a ClusterStatus.
@@ -53,6 +60,14 @@ type EndpointStatus struct {
 	Ejections int
 	// Meta is the discovery metadata (a copy).
 	Meta map[string]string
+	// Zone is the endpoint's zone from discovery ("" : unzoned).
+	Zone string
+	// EffectiveWeight is the weight calls are balanced by now: Weight,
+	// or less while the endpoint ramps up in slow start.
+	EffectiveWeight float64
+	// SlowStartUntil is when the endpoint's slow start ends; zero when it
+	// is not ramping.
+	SlowStartUntil time.Time
 }
 
 // Status returns the cluster's current state. It waits for an update
@@ -69,6 +84,11 @@ func (c *Cluster) Status() ClusterStatus {
 	}
 	st.HealthyPanicThreshold, st.Panic = c.opts.HealthyPanicThreshold, c.panicking
 	st.PanicEntered, st.PanicPicks = c.panics, c.panicPicks.Load()
+	if c.slowStartOn {
+		st.SlowStart = c.opts.SlowStart
+	}
+	st.LocalZone, st.PickZone = c.opts.Locality.LocalZone, c.pickZone
+	now := c.now()
 	add := func(e *Endpoint) {
 		state, source, reason := e.view()
 		if state == StateServing {
@@ -85,7 +105,13 @@ func (c *Cluster) Status() ClusterStatus {
 			Outstanding: e.outstanding.Load(),
 			Ejections:   e.ejections,
 			Meta:        maps.Clone(e.meta),
+			Zone:        e.zone,
 		})
+		es := &st.Endpoints[len(st.Endpoints)-1]
+		es.EffectiveWeight = c.effectiveWeight(e, now)
+		if state == StateServing {
+			es.SlowStartUntil = c.slowStartUntil(e, now)
+		}
 	}
 	for _, e := range c.order {
 		add(e)

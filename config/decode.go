@@ -315,7 +315,7 @@ func (c *Code) UnmarshalYAML(n *yaml.Node) error {
 // MarshalYAML writes the code's name.
 func (c Code) MarshalYAML() (any, error) { return codeName(codes.Code(c)), nil }
 
-// UnmarshalYAML accepts "host:port" or {address, weight}.
+// UnmarshalYAML accepts "host:port" or {address, weight, zone}.
 func (e *EndpointSpec) UnmarshalYAML(n *yaml.Node) error {
 	switch n.Kind {
 	case yaml.ScalarNode:
@@ -330,6 +330,8 @@ func (e *EndpointSpec) UnmarshalYAML(n *yaml.Node) error {
 			switch k.Value {
 			case "address":
 				e.Address = v.Value
+			case "zone":
+				e.Zone = v.Value
 			case "weight":
 				w, err := strconv.ParseUint(v.Value, 10, 32)
 				if err != nil {
@@ -346,7 +348,7 @@ func (e *EndpointSpec) UnmarshalYAML(n *yaml.Node) error {
 		}
 		return nil
 	}
-	return lineErr(n, "endpoint must be \"host:port\" or {address: host:port, weight: N}")
+	return lineErr(n, "endpoint must be \"host:port\" or {address: host:port, weight: N, zone: Z}")
 }
 
 func lineErr(n *yaml.Node, msg string) error {

@@ -202,7 +202,7 @@ type Cluster struct {
 	// Name identifies the cluster. Required, unique.
 	Name string `yaml:"name"`
 	// Endpoints is a static list: "host:port" strings, or
-	// {address: host:port, weight: N} items.
+	// {address: host:port, weight: N, zone: Z} items.
 	Endpoints []EndpointSpec `yaml:"endpoints"`
 	// Consul discovers the endpoints from a Consul service instead.
 	Consul *ConsulService `yaml:"consul"`
@@ -231,6 +231,16 @@ type Cluster struct {
 	// endpoints say it at once is that they are starting (meshd started
 	// before them, or a fleet restart), when calls sent to them fail.
 	HealthyPanicThreshold int `yaml:"healthy_panic_threshold"`
+	// SlowStart is the window over which an endpoint that starts serving
+	// (first SERVING after it joined, or back from a health or outlier
+	// ejection) ramps linearly from 10% of its weight to all of it, as
+	// Envoy's slow_start_config with aggression 1.0. It applies to
+	// round_robin, least_request and peak_ewma; ring_hash ignores it (a
+	// ramp would move keys back and forth). 0, the default, is off.
+	SlowStart Duration `yaml:"slow_start"`
+	// Locality, when set, keeps picks in this meshd's zone while enough of
+	// it is serving (zone-aware balancing; see Locality).
+	Locality *Locality `yaml:"locality"`
 	// TLS to the upstream endpoints; plaintext (h2c) when absent.
 	TLS *UpstreamTLS `yaml:"tls"`
 	// MeshTLS dials the endpoints (other meshd sidecars' mesh listeners)
@@ -256,6 +266,32 @@ type Cluster struct {
 type EndpointSpec struct {
 	Address string `yaml:"address"`
 	Weight  uint32 `yaml:"weight"`
+	// Zone is the endpoint's zone for zone-aware balancing ("" : none).
+	Zone string `yaml:"zone"`
+}
+
+// DefaultMinHealthyPercent is locality.min_healthy_percent when unset.
+const DefaultMinHealthyPercent = 70
+
+// Locality is a cluster's zone-aware balancing. While the local zone's
+// serving endpoints are at least MinHealthyPercent of its endpoints with a
+// health verdict (endpoints awaiting their first one count for neither),
+// every call goes to the local zone. Below that, and in panic mode, calls
+// spread over the serving endpoints of every zone by weight, as without
+// locality. An endpoint without a zone is a zone of its own, never local:
+// it takes calls only when they spread.
+type Locality struct {
+	// ZoneKey is the Consul metadata key holding an endpoint's zone: the
+	// node's metadata first, else the service instance's. Default "zone".
+	// Static endpoints give their zone inline.
+	ZoneKey string `yaml:"zone_key"`
+	// LocalZone is this meshd's zone; the MESHD_ZONE environment variable
+	// when empty. With neither, picks ignore zones.
+	LocalZone string `yaml:"local_zone"`
+	// MinHealthyPercent (0..100) is the share of the local zone that must
+	// be serving for calls to stay in it. Default 70; 0 keeps them local
+	// while any local endpoint serves.
+	MinHealthyPercent *int `yaml:"min_healthy_percent"`
 }
 
 // ConsulService selects a Consul service for a cluster.
@@ -322,6 +358,38 @@ type Outlier struct {
 	MaxEjectionPercent *int `yaml:"max_ejection_percent"`
 	// FailureCodes count as failures. Default [UNAVAILABLE].
 	FailureCodes []Code `yaml:"failure_codes"`
+	// FailurePercentage, when set, also ejects an endpoint whose calls
+	// failed at least Threshold percent of the time in one Interval, as
+	// Envoy's failure-percentage rule (with enforcing 100%). Off when
+	// absent.
+	FailurePercentage *FailurePercentage `yaml:"failure_percentage"`
+}
+
+// Defaults of outlier.failure_percentage, Envoy's.
+const (
+	DefaultFailurePercentThreshold = 85
+	DefaultFailurePercentRequests  = 50
+	DefaultFailurePercentInterval  = 10 * time.Second
+	// MinFailurePercentInterval keeps the judging sweep from spinning.
+	MinFailurePercentInterval = 10 * time.Millisecond
+)
+
+// FailurePercentage is the failure-percentage outlier rule. Each Interval
+// meshd counts every endpoint's finished calls and failures (calls ending
+// with one of failure_codes, or failing to connect); an endpoint with at
+// least MinimumRequests calls of which at least Threshold percent failed
+// is ejected, within max_ejection_percent, for base_ejection_time × its
+// ejection count, like a consecutive-failures ejection. Interval also
+// becomes the period after which a returned endpoint's ejection count
+// drops by one (Envoy's interval does both; it is 1s otherwise).
+type FailurePercentage struct {
+	// Threshold is the failed share, in percent (1..100). Default 85.
+	Threshold int `yaml:"threshold"`
+	// MinimumRequests is how many calls an endpoint must finish in one
+	// Interval to be judged. Default 50.
+	MinimumRequests int `yaml:"minimum_requests"`
+	// Interval is the counting window. Default 10s; at least 10ms.
+	Interval Duration `yaml:"interval"`
 }
 
 // UpstreamTLS is TLS from meshd to a cluster's endpoints.

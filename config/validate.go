@@ -222,6 +222,7 @@ func (v *validator) clusters() map[string]bool {
 		if m := cl.Outlier.MaxEjectionPercent; m != nil && (*m < 0 || *m > 100) {
 			v.add(p+".outlier.max_ejection_percent", "must be between 0 and 100, got %d", *m)
 		}
+		v.trafficPolicies(p, &cl)
 		if t := cl.TLS; t != nil {
 			if (t.CertFile == "") != (t.KeyFile == "") {
 				v.add(p+".tls", "cert_file and key_file go together")
@@ -433,6 +434,7 @@ func (c *Config) applyDefaults() {
 		if cl.AllDown == "" {
 			cl.AllDown = "fail"
 		}
+		cl.applyTrafficPolicyDefaults()
 	}
 }
 

@@ -49,6 +49,10 @@ type ConsulQuery struct {
 	// its sidecars (kind connect-proxy), at their own address and port,
 	// with their health (Consul's /v1/health/connect).
 	Connect bool
+	// ZoneKey, if set, is the metadata key holding an instance's zone
+	// (Endpoint.Zone): the node's metadata first, where Consul keeps
+	// facts about the machine, else the service instance's.
+	ZoneKey string
 }
 
 // ConsulOption configures a Consul resolver.
@@ -277,7 +281,7 @@ func (w *watchLoop) answered(entries []*api.ServiceEntry, meta *api.QueryMeta) {
 	}
 	w.index = nextIndex(w.index, meta.LastIndex)
 
-	snap := consulEndpoints(entries)
+	snap := consulEndpoints(entries, w.c.q.ZoneKey)
 	if w.holdEmpty(snap) {
 		w.c.setSuccess(meta.LastIndex, true)
 		return
@@ -407,7 +411,9 @@ func nextIndex(prev, got uint64) uint64 {
 
 // consulEndpoints converts health entries into a sorted snapshot. Entries
 // without a port are skipped: meshd dials host:port and cannot reach them.
-func consulEndpoints(entries []*api.ServiceEntry) []Endpoint {
+// With a zoneKey, each endpoint's Zone is that key of its node's metadata,
+// else of its service metadata.
+func consulEndpoints(entries []*api.ServiceEntry, zoneKey string) []Endpoint {
 	eps := make([]Endpoint, 0, len(entries))
 	for _, e := range entries {
 		if e == nil || e.Service == nil || e.Node == nil || e.Service.Port <= 0 {
@@ -435,6 +441,13 @@ func consulEndpoints(entries []*api.ServiceEntry) []Endpoint {
 		}
 		if len(e.Service.Meta) > 0 {
 			ep.Meta = maps.Clone(e.Service.Meta)
+		}
+		if zoneKey != "" {
+			if z, ok := e.Node.Meta[zoneKey]; ok {
+				ep.Zone = z
+			} else {
+				ep.Zone = e.Service.Meta[zoneKey]
+			}
 		}
 		eps = append(eps, ep)
 	}

@@ -69,7 +69,7 @@ func TestBackoff(t *testing.T) {
 
 func TestConsulEndpoints(t *testing.T) {
 	t.Parallel()
-	node := &api.Node{Node: "n1", Address: "10.0.0.1"}
+	node := &api.Node{Node: "n1", Address: "10.0.0.1", Meta: map[string]string{"zone": "node-zone"}}
 	entry := func(svc *api.AgentService) *api.ServiceEntry { return &api.ServiceEntry{Node: node, Service: svc} }
 	got := consulEndpoints([]*api.ServiceEntry{
 		entry(&api.AgentService{ID: "b", Address: "10.0.0.9", Port: 80, Weights: api.AgentWeights{Passing: 0},
@@ -80,7 +80,7 @@ func TestConsulEndpoints(t *testing.T) {
 		entry(&api.AgentService{ID: "noport", Address: "10.0.0.8"}),
 		{Node: node}, // no service
 		nil,
-	})
+	}, "")
 	want := []Endpoint{
 		{ID: "n1/a", Address: "10.0.0.1:81", Weight: 4, Tags: []string{"t"}, Meta: map[string]string{"k": "v"}},
 		{ID: "n1/b", Address: "10.0.0.9:80", Weight: 1},
@@ -88,6 +88,26 @@ func TestConsulEndpoints(t *testing.T) {
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("consulEndpoints:\n got %+v\nwant %+v", got, want)
+	}
+}
+
+// TestConsulEndpointZones: the zone comes from the node's metadata first,
+// then the service's; none when neither has the key.
+func TestConsulEndpointZones(t *testing.T) {
+	t.Parallel()
+	zoned := &api.Node{Node: "n1", Address: "10.0.0.1", Meta: map[string]string{"az": "us-east-1a"}}
+	bare := &api.Node{Node: "n2", Address: "10.0.0.2"}
+	got := consulEndpoints([]*api.ServiceEntry{
+		{Node: zoned, Service: &api.AgentService{ID: "a", Port: 1, Meta: map[string]string{"az": "ignored"}}},
+		{Node: bare, Service: &api.AgentService{ID: "b", Port: 1, Meta: map[string]string{"az": "us-east-1b"}}},
+		{Node: bare, Service: &api.AgentService{ID: "c", Port: 2}},
+	}, "az")
+	var zones []string
+	for _, e := range got {
+		zones = append(zones, e.Zone)
+	}
+	if want := []string{"us-east-1a", "us-east-1b", ""}; !reflect.DeepEqual(zones, want) {
+		t.Fatalf("zones %q, want %q", zones, want)
 	}
 }
 

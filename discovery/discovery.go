@@ -27,6 +27,10 @@ type Endpoint struct {
 	Tags []string
 	// Meta is the instance's Consul service metadata; nil when there is none.
 	Meta map[string]string
+	// Zone is the instance's locality for zone-aware balancing: a static
+	// endpoint's zone, or for Consul the value of the query's ZoneKey in
+	// the node's metadata, else in the service's. "" when unknown.
+	Zone string
 }
 
 // Resolver produces whole snapshots of one service's endpoints (never deltas).
@@ -64,7 +68,7 @@ func cloneEndpoints(eps []Endpoint) []Endpoint {
 // empty tags or metadata count as equal: Consul's JSON may return either.
 func equalEndpoints(a, b []Endpoint) bool {
 	return slices.EqualFunc(a, b, func(x, y Endpoint) bool {
-		return x.ID == y.ID && x.Address == y.Address && x.Weight == y.Weight &&
+		return x.ID == y.ID && x.Address == y.Address && x.Weight == y.Weight && x.Zone == y.Zone &&
 			slices.Equal(x.Tags, y.Tags) && maps.Equal(x.Meta, y.Meta)
 	})
 }

@@ -124,6 +124,22 @@ func balancerOptions(c config.Cluster, log *slog.Logger) balancer.Options {
 	if maxEject == 0 {
 		maxEject = -1
 	}
+	var loc balancer.LocalityOptions
+	if l := c.Locality; l != nil {
+		loc = balancer.LocalityOptions{LocalZone: l.LocalZone, MinHealthyPercent: *l.MinHealthyPercent}
+	}
+	out := balancer.OutlierOptions{
+		ConsecutiveFailures: consecutive,
+		BaseEjectionTime:    c.Outlier.BaseEjectionTime.D(),
+		MaxEjectionTime:     c.Outlier.MaxEjectionTime.D(),
+		MaxEjectionPercent:  maxEject,
+		FailureCodes:        fc,
+	}
+	if fp := c.Outlier.FailurePercentage; fp != nil {
+		out.FailurePercentage = fp.Threshold
+		out.FailureMinRequests = fp.MinimumRequests
+		out.Interval = fp.Interval.D()
+	}
 	return balancer.Options{
 		Name:       c.Name,
 		Policy:     c.LB,
@@ -135,17 +151,22 @@ func balancerOptions(c config.Cluster, log *slog.Logger) balancer.Options {
 			CheckInterval:  c.Health.CheckInterval.D(),
 			BackoffMax:     c.Health.ReconnectMax.D(),
 		},
-		Outlier: balancer.OutlierOptions{
-			ConsecutiveFailures: consecutive,
-			BaseEjectionTime:    c.Outlier.BaseEjectionTime.D(),
-			MaxEjectionTime:     c.Outlier.MaxEjectionTime.D(),
-			MaxEjectionPercent:  maxEject,
-			FailureCodes:        fc,
-		},
+		Outlier:               out,
 		AllDown:               c.AllDown,
 		HealthyPanicThreshold: c.HealthyPanicThreshold,
+		SlowStart:             c.SlowStart.D(),
+		Locality:              loc,
 		Logger:                log.With("component", "balancer", "cluster", c.Name),
 	}
+}
+
+// zoneKey is the Consul metadata key of c's endpoints' zones, "" when the
+// cluster is not zone-aware (then no zone is looked up at all).
+func zoneKey(c config.Cluster) string {
+	if c.Locality == nil {
+		return ""
+	}
+	return c.Locality.ZoneKey
 }
 
 // upstreamCreds builds how meshd reaches a cluster's endpoints: h2c
@@ -227,11 +248,12 @@ func (s *Server) newClusterRun(c config.Cluster, maxMsg int, pc engine.PoolConfi
 			Datacenter:  c.Consul.Datacenter,
 			PassingOnly: *c.Consul.PassingOnly,
 			Connect:     c.Consul.Connect,
+			ZoneKey:     zoneKey(c),
 		}, discovery.WithLogger(s.log.With("component", "discovery", "cluster", c.Name, "service", c.Consul.Service)))
 	} else {
 		eps := make([]discovery.Endpoint, len(c.Endpoints))
 		for i, e := range c.Endpoints {
-			eps[i] = discovery.Endpoint{ID: e.Address, Address: e.Address, Weight: e.Weight}
+			eps[i] = discovery.Endpoint{ID: e.Address, Address: e.Address, Weight: e.Weight, Zone: e.Zone}
 		}
 		res = discovery.NewStatic(eps)
 		// Static endpoints are known now: apply them before the cluster

@@ -216,7 +216,10 @@ func liveEndpoints(w io.Writer, adminAddr string, r *router.Route) error {
 				Outstanding int64  `json:"Outstanding"`
 				Weight      uint32 `json:"Weight"`
 				Ejections   int    `json:"Ejections"`
+				Zone        string `json:"Zone"`
 			} `json:"Endpoints"`
+			LocalZone string `json:"LocalZone"`
+			PickZone  string `json:"PickZone"`
 		} `json:"status"`
 	}
 	if err := json.NewDecoder(resp.Body).Decode(&clusters); err != nil {
@@ -229,8 +232,19 @@ func liveEndpoints(w io.Writer, adminAddr string, r *router.Route) error {
 			continue
 		}
 		fmt.Fprintf(w, "  live %q: %d endpoint(s)\n", c.Name, len(cl.Status.Endpoints))
+		switch {
+		case cl.Status.LocalZone == "":
+		case cl.Status.PickZone != "":
+			fmt.Fprintf(w, "    picks in zone %s (local, healthy enough)\n", cl.Status.PickZone)
+		default:
+			fmt.Fprintf(w, "    picks in every zone (local zone %s below its healthy share)\n", cl.Status.LocalZone)
+		}
 		for _, e := range cl.Status.Endpoints {
-			fmt.Fprintf(w, "    %-22s %-9s weight %d, in flight %d, ejections %d, health from %s", e.Address, e.State, e.Weight, e.Outstanding, e.Ejections, e.Source)
+			zone := e.Zone
+			if zone == "" {
+				zone = "-"
+			}
+			fmt.Fprintf(w, "    %-22s zone %-12s %-9s weight %d, in flight %d, ejections %d, health from %s", e.Address, zone, e.State, e.Weight, e.Outstanding, e.Ejections, e.Source)
 			if e.Reason != "" {
 				fmt.Fprintf(w, ": %s", e.Reason)
 			}

@@ -49,8 +49,12 @@ type Backend struct {
 	calls     atomic.Int64
 	cancelled atomic.Int64
 	fail      atomic.Int32 // codes.Code+1 when every call must fail
-	lastMD    atomic.Pointer[metadata.MD]
-	stopOnce  sync.Once
+	// failEvery and failEveryCode make every n-th call fail (FailEvery).
+	failEvery     atomic.Int64
+	failEveryCode atomic.Int32
+	failCount     atomic.Int64
+	lastMD        atomic.Pointer[metadata.MD]
+	stopOnce      sync.Once
 	testpb.UnimplementedTestServiceServer
 }
 
@@ -167,6 +171,13 @@ func (b *Backend) FailAll(code codes.Code) {
 	b.fail.Store(int32(code) + 1)
 }
 
+// FailEvery makes every n-th call fail with code (n = 2: half of them),
+// a backend that is sick rather than down; n <= 0 restores normal service.
+func (b *Backend) FailEvery(n int, code codes.Code) {
+	b.failEveryCode.Store(int32(code))
+	b.failEvery.Store(int64(max(n, 0)))
+}
+
 // Calls is the number of calls this backend has started.
 func (b *Backend) Calls() int64 { return b.calls.Load() }
 
@@ -244,6 +255,9 @@ func (b *Backend) begin(ctx context.Context, setHeader func(metadata.MD) error, 
 	}
 	if c := b.fail.Load(); c > 0 {
 		return status.Errorf(codes.Code(c-1), "backend %s fails every call", b.Name)
+	}
+	if n := b.failEvery.Load(); n > 0 && b.failCount.Add(1)%n == 0 {
+		return status.Errorf(codes.Code(b.failEveryCode.Load()), "backend %s fails every %d calls", b.Name, n)
 	}
 	if f := first(md, "x-fail"); f != "" {
 		code, err := parseCode(f)
