@@ -37,6 +37,10 @@ type State struct {
 	// connections are too.
 	Upstreams map[string]*engine.Upstream
 
+	// Authorities holds the :authority sent upstream by cluster name
+	// (clusters' authority); absent: the client's.
+	Authorities map[string]string
+
 	// calls counts the calls running on this State, so that a reload can
 	// tell when no call can use a cluster it removed any more.
 	calls atomic.Int64
@@ -49,6 +53,15 @@ func (st *State) upstream(name string) *engine.Upstream {
 		return nil
 	}
 	return st.Upstreams[name]
+}
+
+// authority is the :authority calls to cluster name send upstream, ""
+// for the client's. A State without Authorities pays a length check.
+func (st *State) authority(name string) string {
+	if len(st.Authorities) == 0 {
+		return ""
+	}
+	return st.Authorities[name]
 }
 
 // Active is the number of calls running on st. Once st has been swapped
@@ -147,7 +160,7 @@ func (d *Director) Direct(ctx context.Context, req *engine.Request) (engine.Targ
 	if st == nil {
 		return engine.Target{}, d.failed(req, start, callrecord.Call{Peer: peer}, policy.ErrNotReady())
 	}
-	route := d.lookup(ctx, st, req.Method, req.Header)
+	route := d.lookup(ctx, st, req)
 	if route == nil {
 		st.calls.Add(-1)
 		return engine.Target{}, d.failed(req, start, callrecord.Call{Peer: peer}, policy.ErrNoRoute(req.Method))
@@ -175,7 +188,8 @@ func (d *Director) Direct(ctx context.Context, req *engine.Request) (engine.Targ
 		rec: callrecord.Call{Method: req.Method, Route: route.Name, Cluster: name, Endpoint: ep.Address(), Start: start, Attempts: 1, PeerAddr: req.RemoteAddr, Peer: peer}}
 	// Reroute: c is a pointer, so it goes into the interface without an
 	// allocation (a method value such as c.done costs one).
-	target := engine.Target{Addr: ep.Address(), Upstream: up, Done: c.done, Reroute: c}
+	target := engine.Target{Addr: ep.Address(), Upstream: up, Done: c.done, Reroute: c,
+		Edits: route.Edits, Authority: st.authority(name)}
 	// The engine sends the budget upstream only when it, not the client,
 	// sets the deadline; the status is the route's, built once.
 	target.Timeout, target.TimeoutErr = pol.Budget(req.Deadline, start)

@@ -223,7 +223,7 @@ func (s *Server) apply(cfg *config.Config) error {
 		consul = c
 	}
 	policies, buckets := s.policies()
-	table, err := router.New(cfg.Routes, router.WithPolicy(policies))
+	table, err := router.New(cfg.Routes, router.WithPolicy(policies), router.WithJWTProviders(cfg.JWTProviders))
 	if err != nil {
 		return fmt.Errorf("server: %w", err)
 	}
@@ -558,7 +558,10 @@ func (s *Server) Routes() any {
 	}
 	type routeView struct {
 		Name           string                   `json:"name"`
+		Listeners      []string                 `json:"listeners,omitempty"`
 		Match          config.Match             `json:"match"`
+		HeaderEdits    []string                 `json:"header_edits,omitempty"`
+		JWTProvider    string                   `json:"jwt_provider,omitempty"`
 		Clusters       []config.WeightedCluster `json:"clusters"`
 		Timeout        string                   `json:"timeout,omitempty"`
 		MaxGRPCTimeout string                   `json:"max_grpc_timeout,omitempty"`
@@ -568,7 +571,8 @@ func (s *Server) Routes() any {
 	}
 	var out []routeView
 	for _, r := range st.Table.Routes() {
-		v := routeView{Name: r.Name, Match: r.Match, Clusters: r.Clusters, Retry: r.Retry}
+		v := routeView{Name: r.Name, Listeners: r.Listeners, Match: r.Match, Clusters: r.Clusters, Retry: r.Retry,
+			HeaderEdits: r.DescribeEdits(), JWTProvider: r.JWT}
 		if r.Timeout > 0 {
 			v.Timeout = r.Timeout.String()
 		}
