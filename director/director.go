@@ -13,6 +13,7 @@ import (
 	"github.com/meshd/meshd/policy"
 	"github.com/meshd/meshd/router"
 	"github.com/meshd/meshd/tracing"
+	"golang.org/x/net/http2/hpack"
 )
 
 // State is one loaded configuration's data-path view: the route table
@@ -37,6 +38,10 @@ type State struct {
 	// connections are too.
 	Upstreams map[string]*engine.Upstream
 
+	// JWT verifies the tokens of routes that require one (route.JWT);
+	// nil: no provider is configured (validation then refuses such
+	// routes, and a route that still names one is refused at call time).
+	JWT TokenVerifier
 	// Authorities holds the :authority sent upstream by cluster name
 	// (clusters' authority); absent: the client's.
 	Authorities map[string]string
@@ -170,6 +175,18 @@ func (d *Director) Direct(ctx context.Context, req *engine.Request) (engine.Targ
 		st.calls.Add(-1)
 		return engine.Target{}, d.failed(req, start, callrecord.Call{Route: route.Name, Cluster: name, Peer: peer}, err)
 	}
+	// A route's token is checked once the route is known (it names the
+	// provider) and before anything is admitted or picked: a refused call
+	// costs no rate-limit token and no backend.
+	var claims []hpack.HeaderField
+	if route.JWT != "" {
+		var err error
+		if claims, err = d.verify(st, route.JWT, req); err != nil {
+			st.calls.Add(-1)
+			rec := callrecord.Call{Route: route.Name, Cluster: name, Peer: peer, JWTProvider: route.JWT, JWTDenied: denyReason(err)}
+			return engine.Target{}, d.failed(req, start, rec, policy.ErrUnauthenticated(err.Error()))
+		}
+	}
 	cl, up := d.cluster(ctx, st, name)
 	if cl == nil {
 		return fail(policy.ErrUnknownCluster(route.Name, name))
@@ -198,6 +215,9 @@ func (d *Director) Direct(ctx context.Context, req *engine.Request) (engine.Targ
 	}
 	if d.tracer != nil {
 		target.Header = c.startSpans(ctx, req)
+	}
+	if len(claims) > 0 {
+		target.Header = append(target.Header, claims...)
 	}
 	// The retry budget counts every call.
 	st.Budgets[name].Deposit()

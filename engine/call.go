@@ -74,6 +74,10 @@ func (h *Header) Get(name string) []string {
 	return vs
 }
 
+// NewHeader returns a Header over fields (lowercase names, no pseudo
+// headers), for calling a Director outside the engine (tests, tools).
+func NewHeader(fields []hpack.HeaderField) *Header { return &Header{fields: fields} }
+
 // Fields returns the header fields in wire order. The slice must not be
 // modified or retained past Director.Direct.
 func (h *Header) Fields() []hpack.HeaderField { return h.fields }

@@ -19,6 +19,7 @@ import (
 	"github.com/meshd/meshd/config"
 	"github.com/meshd/meshd/director"
 	"github.com/meshd/meshd/discovery"
+	"github.com/meshd/meshd/jwtauth"
 	"github.com/meshd/meshd/policy"
 	"github.com/meshd/meshd/router"
 	"github.com/meshd/meshd/tracing"
@@ -52,6 +53,11 @@ type Server struct {
 	consul   *api.Client
 	consulOf config.Consul
 	kv       *kvWatch // the consul.config_key watch, nil when none (kv.go)
+	// jwt verifies tokens for the config's jwt_providers (nil: none);
+	// jwtOf is the providers it was built from. A reload that changes the
+	// providers builds a new Set and stops this one once swapped out.
+	jwt   *jwtauth.Set
+	jwtOf []config.JWTProvider
 
 	listeners []*listener
 	admin     *admin.Server
@@ -253,13 +259,33 @@ func (s *Server) apply(cfg *config.Config) error {
 		// The first config is warmed by Run, before it serves.
 		s.warm(context.Background(), fresh)
 	}
+	s.mu.Lock()
+	jwtSet, jwtOf := s.jwt, s.jwtOf
+	s.mu.Unlock()
+	var freshJWT *jwtauth.Set
+	if !reflect.DeepEqual(jwtOf, cfg.JWTProviders) {
+		jwtSet = nil
+		if len(cfg.JWTProviders) > 0 {
+			j, err := jwtauth.New(cfg.JWTProviders, jwtauth.WithLogger(s.log))
+			if err != nil {
+				stopFresh()
+				return fmt.Errorf("server: %w", err)
+			}
+			j.Start() // jwks_url fetches start now, before the swap
+			freshJWT, jwtSet = j, j
+		}
+	}
 	st := s.newState(cfg, table, next)
+	if jwtSet != nil {
+		st.JWT = jwtSet
+	}
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	select {
 	case <-s.stopping:
 		stopFresh()
+		freshJWT.Stop()
 		return errors.New("server: stopping")
 	default:
 	}
@@ -273,6 +299,12 @@ func (s *Server) apply(cfg *config.Config) error {
 		}
 	}
 	s.runs = next
+	if s.jwt != jwtSet {
+		// Calls still verifying on the old Set keep its keys; only its
+		// refresh goroutines end.
+		s.jwt.Stop()
+	}
+	s.jwt, s.jwtOf = jwtSet, cfg.JWTProviders
 	s.consul, s.consulOf = consul, cfg.Consul
 	s.buckets = buckets
 	s.cfg.Store(cfg)
@@ -447,6 +479,10 @@ func (s *Server) closeAll() {
 	if s.mesh != nil {
 		s.mesh.stop()
 	}
+	s.mu.Lock()
+	jwt := s.jwt
+	s.mu.Unlock()
+	jwt.Stop()
 	s.dests.close()
 	s.wg.Wait()
 	s.mu.Lock()
@@ -512,6 +548,12 @@ func (s *Server) Ready() error {
 		if err := s.mesh.ready(); err != nil {
 			return err
 		}
+	}
+	s.mu.Lock()
+	jwt := s.jwt
+	s.mu.Unlock()
+	if err := jwt.Ready(); err != nil {
+		return err
 	}
 	return s.kvReady()
 }
