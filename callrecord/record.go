@@ -37,6 +37,10 @@ type Call struct {
 	// refused the call: Code is then PERMISSION_DENIED and no route was
 	// looked up.
 	Denied bool
+	// JWTProvider and JWTDenied are set when the route's JWT provider
+	// refused the call's token (Code UNAUTHENTICATED): the provider's name
+	// and the reason, one of a fixed set (jwtauth.Reason*). Both "" else.
+	JWTProvider, JWTDenied string
 }
 
 // PeerString is the client's address, "" when unknown.

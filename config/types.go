@@ -23,6 +23,9 @@ type Config struct {
 	// on mesh_tls listeners and clusters) and authorizes the calls its
 	// mesh listeners receive (mesh.go).
 	Mesh *Mesh `yaml:"mesh"`
+	// JWTProviders are the token issuers routes may require (a route's
+	// jwt.provider names one); edge.go.
+	JWTProviders []JWTProvider `yaml:"jwt_providers"`
 	// Tracing configures OpenTelemetry trace export.
 	Tracing Tracing `yaml:"tracing"`
 	// Metrics configures the Prometheus metrics on the admin port's /metrics.
@@ -109,8 +112,20 @@ type Route struct {
 	// Name identifies the route in logs, metrics and `route explain`.
 	// Required, unique.
 	Name string `yaml:"name"`
+	// Listeners, when set, limits the route to calls that arrived on these
+	// listeners (by name); a call on any other listener does not see the
+	// route. Empty: every listener.
+	Listeners []string `yaml:"listeners"`
 	// Match selects the calls this route takes.
 	Match Match `yaml:"match"`
+	// RequestHeaders edits the request metadata sent upstream; nil: none.
+	RequestHeaders *HeaderRules `yaml:"request_headers"`
+	// ResponseHeaders edits the response headers (the first HEADERS, not
+	// the trailers) forwarded to the client; nil: none.
+	ResponseHeaders *HeaderRules `yaml:"response_headers"`
+	// JWT, when set, requires a valid token from the named provider
+	// (jwt_providers) on every call the route takes.
+	JWT *RouteJWT `yaml:"jwt"`
 	// Cluster is the single cluster calls go to. Exactly one of Cluster and
 	// Clusters is required.
 	Cluster string `yaml:"cluster"`
@@ -149,6 +164,12 @@ type Match struct {
 	Service string `yaml:"service"`
 	// Prefix matches paths that start with it; "/" matches everything.
 	Prefix string `yaml:"prefix"`
+	// Authority, when set, also requires the call's :authority (its host)
+	// to match: an exact host ("api.example.com") or a leading wildcard
+	// ("*.example.com": one or more labels before example.com, not
+	// example.com itself). Case-insensitive; the port of the call is
+	// ignored unless the rule gives one ("api.example.com:8443").
+	Authority string `yaml:"authority"`
 	// Headers are metadata conditions; all must hold.
 	Headers []HeaderMatch `yaml:"headers"`
 }
@@ -206,6 +227,9 @@ type Cluster struct {
 	Endpoints []EndpointSpec `yaml:"endpoints"`
 	// Consul discovers the endpoints from a Consul service instead.
 	Consul *ConsulService `yaml:"consul"`
+	// Authority, when set, is the :authority sent upstream on every call
+	// to this cluster (virtual-hosted backends); empty: the client's.
+	Authority string `yaml:"authority"`
 	// LB is the balancing policy: round_robin (default), least_request,
 	// peak_ewma or ring_hash.
 	LB string `yaml:"lb"`

@@ -43,6 +43,7 @@ func (c *Config) Validate() error {
 	clusters := v.clusters()
 	v.reserveOriginalDst(clusters)
 	v.routes(clusters)
+	v.edge()
 	v.resilience()
 	v.mesh()
 	switch c.Engine {
@@ -145,6 +146,9 @@ func (c *Config) CheckFiles() error {
 		v.file("mesh.cert_file", m.CertFile)
 		v.file("mesh.key_file", m.KeyFile)
 		v.file("mesh.ca_file", m.CAFile)
+	}
+	for i, jp := range c.JWTProviders {
+		v.file(fmt.Sprintf("jwt_providers[%d].jwks_file", i), jp.JWKSFile)
 	}
 	for i, cl := range c.Clusters {
 		if t := cl.TLS; t != nil {
@@ -366,6 +370,7 @@ func contains(list []string, s string) bool {
 func (c *Config) applyDefaults() {
 	c.applyResilienceDefaults()
 	c.applyMeshDefaults()
+	c.applyEdgeDefaults()
 	if c.DrainTimeout == 0 {
 		c.DrainTimeout = Duration(10 * time.Second)
 	}

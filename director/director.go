@@ -13,6 +13,7 @@ import (
 	"github.com/meshd/meshd/policy"
 	"github.com/meshd/meshd/router"
 	"github.com/meshd/meshd/tracing"
+	"golang.org/x/net/http2/hpack"
 )
 
 // State is one loaded configuration's data-path view: the route table
@@ -37,6 +38,14 @@ type State struct {
 	// connections are too.
 	Upstreams map[string]*engine.Upstream
 
+	// JWT verifies the tokens of routes that require one (route.JWT);
+	// nil: no provider is configured (validation then refuses such
+	// routes, and a route that still names one is refused at call time).
+	JWT TokenVerifier
+	// Authorities holds the :authority sent upstream by cluster name
+	// (clusters' authority); absent: the client's.
+	Authorities map[string]string
+
 	// calls counts the calls running on this State, so that a reload can
 	// tell when no call can use a cluster it removed any more.
 	calls atomic.Int64
@@ -49,6 +58,15 @@ func (st *State) upstream(name string) *engine.Upstream {
 		return nil
 	}
 	return st.Upstreams[name]
+}
+
+// authority is the :authority calls to cluster name send upstream, ""
+// for the client's. A State without Authorities pays a length check.
+func (st *State) authority(name string) string {
+	if len(st.Authorities) == 0 {
+		return ""
+	}
+	return st.Authorities[name]
 }
 
 // Active is the number of calls running on st. Once st has been swapped
@@ -147,7 +165,7 @@ func (d *Director) Direct(ctx context.Context, req *engine.Request) (engine.Targ
 	if st == nil {
 		return engine.Target{}, d.failed(req, start, callrecord.Call{Peer: peer}, policy.ErrNotReady())
 	}
-	route := d.lookup(ctx, st, req.Method, req.Header)
+	route := d.lookup(ctx, st, req)
 	if route == nil {
 		st.calls.Add(-1)
 		return engine.Target{}, d.failed(req, start, callrecord.Call{Peer: peer}, policy.ErrNoRoute(req.Method))
@@ -156,6 +174,18 @@ func (d *Director) Direct(ctx context.Context, req *engine.Request) (engine.Targ
 	fail := func(err error) (engine.Target, error) {
 		st.calls.Add(-1)
 		return engine.Target{}, d.failed(req, start, callrecord.Call{Route: route.Name, Cluster: name, Peer: peer}, err)
+	}
+	// A route's token is checked once the route is known (it names the
+	// provider) and before anything is admitted or picked: a refused call
+	// costs no rate-limit token and no backend.
+	var claims []hpack.HeaderField
+	if route.JWT != "" {
+		var err error
+		if claims, err = d.verify(st, route.JWT, req); err != nil {
+			st.calls.Add(-1)
+			rec := callrecord.Call{Route: route.Name, Cluster: name, Peer: peer, JWTProvider: route.JWT, JWTDenied: denyReason(err)}
+			return engine.Target{}, d.failed(req, start, rec, policy.ErrUnauthenticated(err.Error()))
+		}
 	}
 	cl, up := d.cluster(ctx, st, name)
 	if cl == nil {
@@ -175,7 +205,8 @@ func (d *Director) Direct(ctx context.Context, req *engine.Request) (engine.Targ
 		rec: callrecord.Call{Method: req.Method, Route: route.Name, Cluster: name, Endpoint: ep.Address(), Start: start, Attempts: 1, PeerAddr: req.RemoteAddr, Peer: peer}}
 	// Reroute: c is a pointer, so it goes into the interface without an
 	// allocation (a method value such as c.done costs one).
-	target := engine.Target{Addr: ep.Address(), Upstream: up, Done: c.done, Reroute: c}
+	target := engine.Target{Addr: ep.Address(), Upstream: up, Done: c.done, Reroute: c,
+		Edits: route.Edits, Authority: st.authority(name)}
 	// The engine sends the budget upstream only when it, not the client,
 	// sets the deadline; the status is the route's, built once.
 	target.Timeout, target.TimeoutErr = pol.Budget(req.Deadline, start)
@@ -184,6 +215,9 @@ func (d *Director) Direct(ctx context.Context, req *engine.Request) (engine.Targ
 	}
 	if d.tracer != nil {
 		target.Header = c.startSpans(ctx, req)
+	}
+	if len(claims) > 0 {
+		target.Header = append(target.Header, claims...)
 	}
 	// The retry budget counts every call.
 	st.Budgets[name].Deposit()

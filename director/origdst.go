@@ -66,19 +66,24 @@ const (
 // goes to its original destination; an outbound call takes the first route
 // that matches it (":original-dst" visible to header matches), else the
 // cluster that owns its original destination, else the destination itself.
-func (d *Director) lookup(ctx context.Context, st *State, method string, md router.Headers) *router.Route {
+func (d *Director) lookup(ctx context.Context, st *State, req *engine.Request) *router.Route {
+	method, md := req.Method, router.Headers(req.Header)
+	table := st.Table
+	if table.ListenerScoped() {
+		table = table.ForListener(ListenerFrom(ctx))
+	}
 	if d.dst == nil {
-		return st.Table.Lookup(method, md)
+		return table.Match(method, req.Authority, md)
 	}
 	info, ok := origdst.FromContext(ctx)
 	if !ok {
-		return st.Table.Lookup(method, md)
+		return table.Match(method, req.Authority, md)
 	}
 	if info.Inbound {
 		return d.dst.inbound
 	}
 	addr := info.Dst.String()
-	if r := st.Table.Lookup(method, dstHeaders{md: md, dst: addr}); r != nil {
+	if r := table.Match(method, req.Authority, dstHeaders{md: md, dst: addr}); r != nil {
 		return r
 	}
 	if name, ok := d.dst.dests.Owner(addr); ok && st.Clusters[name] != nil {

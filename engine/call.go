@@ -74,6 +74,10 @@ func (h *Header) Get(name string) []string {
 	return vs
 }
 
+// NewHeader returns a Header over fields (lowercase names, no pseudo
+// headers), for calling a Director outside the engine (tests, tools).
+func NewHeader(fields []hpack.HeaderField) *Header { return &Header{fields: fields} }
+
 // Fields returns the header fields in wire order. The slice must not be
 // modified or retained past Director.Direct.
 func (h *Header) Fields() []hpack.HeaderField { return h.fields }
@@ -103,6 +107,14 @@ type Target struct {
 	// traceparent, grpc-previous-rpc-attempts). A field here replaces every
 	// inbound field of the same name. Names must be lowercase. May be nil.
 	Header []hpack.HeaderField
+	// Edits, if non-nil, are the route's header rules (edits.go), applied
+	// to the request HEADERS sent upstream (before Header, which still
+	// replaces) and to the response HEADERS forwarded to the client. nil:
+	// none, and no cost.
+	Edits *HeaderEdits
+	// Authority, if non-empty, is the :authority sent upstream instead of
+	// the client's (a cluster's virtual host).
+	Authority string
 	// Done, if non-nil, is called exactly once when the stream ends, with
 	// the outcome. It may be called on any of meshd's goroutines (often a
 	// connection reader) and must not block.

@@ -419,7 +419,11 @@ func (cl *call) start(target Target, req *reqHeaders, fl *flusher) {
 		}
 	}
 	cl.deadline = deadline
-	cl.reqFields = upstreamHeaders(req.path, req.authority, req.regular, target.Header)
+	authority := req.authority
+	if target.Authority != "" {
+		authority = target.Authority
+	}
+	cl.reqFields = upstreamHeaders(req.path, authority, req.regular, target.Header, target.Edits)
 	cl.reqEnd = req.end
 	cl.addr, cl.upstream = target.Addr, target.Upstream
 	if !deadline.IsZero() && deadline.Sub(req.now) <= 0 {

@@ -671,10 +671,16 @@ func isGRPCContentType(ct string) bool {
 
 // upstreamHeaders builds the request header block sent to the backend:
 // fresh pseudo headers, the client's fields minus hop-by-hop ones,
-// grpc-timeout (re-added per attempt with the remaining budget) and the
-// fields the Director replaces, then te: trailers and the Director's fields.
-func upstreamHeaders(path, authority string, regular, extra []hpack.HeaderField) []hpack.HeaderField {
-	out := make([]hpack.HeaderField, 0, len(regular)+len(extra)+6)
+// grpc-timeout (re-added per attempt with the remaining budget), the
+// fields the Director replaces and those the route's edits (e, may be nil)
+// remove or set, then te: trailers, the edits' sets and adds, and the
+// Director's fields.
+func upstreamHeaders(path, authority string, regular, extra []hpack.HeaderField, e *HeaderEdits) []hpack.HeaderField {
+	n := len(regular) + len(extra) + 6
+	if e != nil {
+		n += len(e.RequestSet) + len(e.RequestAdd)
+	}
+	out := make([]hpack.HeaderField, 0, n)
 	out = append(out,
 		hpack.HeaderField{Name: ":method", Value: "POST"},
 		hpack.HeaderField{Name: ":scheme", Value: "http"},
@@ -686,9 +692,16 @@ func upstreamHeaders(path, authority string, regular, extra []hpack.HeaderField)
 		if isHopByHop(f.Name) || f.Name == "te" || f.Name == "grpc-timeout" || replaced(f.Name, extra) {
 			continue
 		}
+		if e != nil && dropped(f.Name, e.RequestRemove, e.RequestSet) {
+			continue
+		}
 		out = append(out, f)
 	}
 	out = append(out, hpack.HeaderField{Name: "te", Value: "trailers"})
+	if e != nil {
+		out = append(out, e.RequestSet...)
+		out = append(out, e.RequestAdd...)
+	}
 	return append(out, extra...)
 }
 

@@ -588,7 +588,7 @@ func (uc *upConn) onHeaders(f *http2.MetaHeadersFrame) error {
 		if clen >= 0 {
 			st.hasLen, st.lenLeft = true, clen
 		}
-		fields := filterResponse(f.Fields)
+		fields := editResponse(f.Fields, cl.target.Edits)
 		if end {
 			code, ok := grpcStatusOf(fields)
 			if !ok {

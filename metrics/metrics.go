@@ -59,13 +59,14 @@ func WithDroppedLogLines(f func() uint64) Option { return func(o *options) { o.d
 type Metrics struct {
 	reg *prometheus.Registry
 
-	handled  *prometheus.CounterVec
-	handling *prometheus.HistogramVec
-	attempts *prometheus.CounterVec
-	retries  *prometheus.CounterVec
-	bytes    *prometheus.CounterVec
-	active   prometheus.Gauge
-	denied   *denials // mesh.go
+	handled   *prometheus.CounterVec
+	handling  *prometheus.HistogramVec
+	attempts  *prometheus.CounterVec
+	retries   *prometheus.CounterVec
+	bytes     *prometheus.CounterVec
+	active    prometheus.Gauge
+	denied    *denials               // mesh.go
+	jwtDenied *prometheus.CounterVec // meshd_jwt_denied_total{provider, reason}
 
 	state *stateCollector
 
@@ -127,9 +128,13 @@ func New(opts ...Option) *Metrics {
 		}),
 		state:  &stateCollector{},
 		denied: newDenials(),
+		jwtDenied: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshd_jwt_denied_total",
+			Help: "Calls refused with UNAUTHENTICATED because the route's JWT provider refused their token, by provider and reason (missing, malformed, expired, wrong_audience, unknown_kid, jwks_not_loaded, ...).",
+		}, []string{"provider", "reason"}),
 	}
 	m.series.Store(&map[seriesKey]*series{})
-	m.reg.MustRegister(m.handled, m.handling, m.attempts, m.retries, m.bytes, m.active, m.state, m.denied.vec,
+	m.reg.MustRegister(m.handled, m.handling, m.attempts, m.retries, m.bytes, m.active, m.state, m.denied.vec, m.jwtDenied,
 		listenerCollector{state: m.state}, // abuse.go
 		frameCollector{state: m.state},    // frame.go
 		counterFunc("meshd_tracing_dropped_spans_total", "Sampled spans not exported: export queue full, collector failing, or lost at shutdown.", o.droppedSpan),
@@ -180,6 +185,11 @@ func (m *Metrics) ObserveCall(c *callrecord.Call) {
 	s.handling.Observe(c.Duration.Seconds())
 	if c.Denied {
 		m.denied.observe(c)
+	}
+	if c.JWTDenied != "" {
+		// Both labels are bounded: providers by the config, reasons by
+		// jwtauth's fixed set.
+		m.jwtDenied.WithLabelValues(c.JWTProvider, c.JWTDenied).Inc()
 	}
 	if s.attempts == nil {
 		return // matched no route: nothing went upstream

@@ -76,3 +76,10 @@ func ErrDenied(source, destination string) error {
 	}
 	return status.Errorf(codes.PermissionDenied, "meshd: %s is not allowed to call %s", source, destination)
 }
+
+// ErrUnauthenticated: the route requires a token and the call's is missing
+// or invalid. reason is the verifier's www-authenticate-style message
+// ("meshd: jwt: token expired"); it never holds the token.
+func ErrUnauthenticated(reason string) error {
+	return status.Error(codes.Unauthenticated, reason)
+}

@@ -4,10 +4,12 @@ import (
 	"fmt"
 	"math"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/meshd/meshd/config"
+	"github.com/meshd/meshd/engine"
 	"github.com/meshd/meshd/policy"
 )
 
@@ -36,10 +38,18 @@ type Route struct {
 	// reached from the route so that no call looks it up by name. nil: no
 	// policy (tests, synthetic routes).
 	Policy *policy.Route
+	// Listeners limits the route to these listeners; nil: every listener.
+	Listeners []string
+	// Edits are the route's header rules in the engine's form (edge.go);
+	// nil when the route has none, so such calls pay one nil check.
+	Edits *engine.HeaderEdits
+	// JWT names the provider whose token the route requires; "": none.
+	JWT string
 
-	headers []headerMatcher
-	cum     []uint32 // cumulative weights for PickCluster
-	total   uint32
+	authority authorityMatcher
+	headers   []headerMatcher
+	cum       []uint32 // cumulative weights for PickCluster
+	total     uint32
 }
 
 // PickCluster returns the cluster for one call; rnd is a uniformly random
@@ -63,6 +73,12 @@ type Table struct {
 	byMethod  map[string][]int // exact method → route indexes, ascending
 	byService map[string][]int // service → route indexes, ascending
 	prefixes  []int            // prefix routes, ascending
+
+	// views holds, when some route names listeners, the table each
+	// listener sees (edge.go); open is the one a listener no route names
+	// sees. Both nil otherwise: every listener sees the whole table.
+	views map[string]*Table
+	open  *Table
 }
 
 // Option configures New.
@@ -70,6 +86,7 @@ type Option func(*options)
 
 type options struct {
 	policy func(config.Route) *policy.Route
+	jwt    []config.JWTProvider
 }
 
 // WithPolicy gives each route the policy value pol returns for it.
@@ -83,7 +100,7 @@ func New(routes []config.Route, opts ...Option) (*Table, error) {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	t := &Table{byMethod: map[string][]int{}, byService: map[string][]int{}}
+	var all []*Route
 	for i, rc := range routes {
 		r := &Route{
 			Name:           rc.Name,
@@ -93,6 +110,10 @@ func New(routes []config.Route, opts ...Option) (*Table, error) {
 			MaxGRPCTimeout: rc.MaxGRPCTimeout.D(),
 			Retry:          rc.Retry,
 			Clusters:       rc.Clusters,
+			Listeners:      rc.Listeners,
+		}
+		if err := r.compileEdge(rc, &o); err != nil {
+			return nil, fmt.Errorf("router: route %q: %w", rc.Name, err)
 		}
 		if o.policy != nil {
 			r.Policy = o.policy(rc)
@@ -125,19 +146,30 @@ func New(routes []config.Route, opts ...Option) (*Table, error) {
 			}
 			r.headers = append(r.headers, m)
 		}
-		switch {
-		case rc.Match.Method != "":
-			t.byMethod[rc.Match.Method] = append(t.byMethod[rc.Match.Method], i)
-		case rc.Match.Service != "":
-			t.byService[rc.Match.Service] = append(t.byService[rc.Match.Service], i)
-		case rc.Match.Prefix != "":
-			t.prefixes = append(t.prefixes, i)
-		default:
+		if rc.Match.Method == "" && rc.Match.Service == "" && rc.Match.Prefix == "" {
 			return nil, fmt.Errorf("router: route %q has no method, service or prefix", rc.Name)
 		}
-		t.routes = append(t.routes, r)
+		all = append(all, r)
 	}
+	t := index(all)
+	t.compileViews()
 	return t, nil
+}
+
+// index builds the lookup maps of routes, in the given order.
+func index(routes []*Route) *Table {
+	t := &Table{routes: routes, byMethod: map[string][]int{}, byService: map[string][]int{}}
+	for i, r := range routes {
+		switch {
+		case r.Match.Method != "":
+			t.byMethod[r.Match.Method] = append(t.byMethod[r.Match.Method], i)
+		case r.Match.Service != "":
+			t.byService[r.Match.Service] = append(t.byService[r.Match.Service], i)
+		default:
+			t.prefixes = append(t.prefixes, i)
+		}
+	}
+	return t
 }
 
 // Routes returns the routes in file order. The slice must not be modified.
@@ -156,20 +188,28 @@ func serviceOf(method string) string {
 }
 
 // Lookup returns the first route, in file order, that matches method and md,
-// or nil. md may be nil. It does not allocate or lock.
+// or nil, for a call without an authority (routes with a match.authority
+// never match). md may be nil. It does not allocate or lock.
 func (t *Table) Lookup(method string, md Headers) *Route {
+	return t.Match(method, "", md)
+}
+
+// Match returns the first route, in file order, that matches a call to
+// method with :authority authority and metadata md, or nil. md may be nil.
+// It does not allocate or lock.
+func (t *Table) Match(method, authority string, md Headers) *Route {
 	best := -1
 	if idx, ok := t.byMethod[method]; ok {
-		best = t.first(idx, best, md)
+		best = t.first(idx, best, authority, md)
 	}
 	if idx, ok := t.byService[serviceOf(method)]; ok {
-		best = t.first(idx, best, md)
+		best = t.first(idx, best, authority, md)
 	}
 	for _, i := range t.prefixes {
 		if best >= 0 && i > best {
 			break
 		}
-		if strings.HasPrefix(method, t.routes[i].Match.Prefix) && t.routes[i].headersMatch(md) {
+		if strings.HasPrefix(method, t.routes[i].Match.Prefix) && t.routes[i].conditionsMatch(authority, md) {
 			best = i
 			break
 		}
@@ -180,18 +220,24 @@ func (t *Table) Lookup(method string, md Headers) *Route {
 	return t.routes[best]
 }
 
-// first returns the lowest index in idx (ascending) whose headers match and
-// which beats best, else best.
-func (t *Table) first(idx []int, best int, md Headers) int {
+// first returns the lowest index in idx (ascending) whose conditions match
+// and which beats best, else best.
+func (t *Table) first(idx []int, best int, authority string, md Headers) int {
 	for _, i := range idx {
 		if best >= 0 && i > best {
 			return best
 		}
-		if t.routes[i].headersMatch(md) {
+		if t.routes[i].conditionsMatch(authority, md) {
 			return i
 		}
 	}
 	return best
+}
+
+// conditionsMatch reports whether the route's authority and header
+// conditions hold for the call.
+func (r *Route) conditionsMatch(authority string, md Headers) bool {
+	return r.authority.match(authority) && r.headersMatch(md)
 }
 
 func (r *Route) headersMatch(md Headers) bool {
@@ -229,12 +275,38 @@ type Verdict struct {
 // each did or did not match; the first Matched verdict is the route Lookup
 // returns. It allocates freely: it is for operators, not the data path.
 func (t *Table) Explain(method string, md Headers) []Verdict {
+	return t.ExplainCall(Call{Method: method, Header: md})
+}
+
+// Call is a call as `route explain` describes it.
+type Call struct {
+	// Method is the full method name.
+	Method string
+	// Authority is the call's :authority ("": none).
+	Authority string
+	// Listener is the listener the call arrives on; "": any (routes
+	// limited to listeners are evaluated as if the call came on one of
+	// theirs).
+	Listener string
+	// Header is the call's metadata; may be nil.
+	Header Headers
+}
+
+// ExplainCall is Explain for a call with an authority, arriving on a
+// listener: the first Matched verdict is the route
+// ForListener(c.Listener).Match returns.
+func (t *Table) ExplainCall(c Call) []Verdict {
+	method, md := c.Method, c.Header
 	out := make([]Verdict, 0, len(t.routes))
 	for _, r := range t.routes {
 		v := Verdict{Route: r}
 		switch {
+		case c.Listener != "" && len(r.Listeners) > 0 && !slices.Contains(r.Listeners, c.Listener):
+			v.Reason = fmt.Sprintf("listener %q is not one of the route's %q", c.Listener, r.Listeners)
 		case !r.pathMatches(method):
 			v.Reason = pathReason(r, method)
+		case !r.authority.match(c.Authority):
+			v.Reason = r.authority.describe(c.Authority)
 		default:
 			v.Matched, v.Reason = true, "matched"
 			for i := range r.headers {

@@ -8,6 +8,7 @@ import (
 	"net"
 
 	"github.com/meshd/meshd/config"
+	"github.com/meshd/meshd/director"
 	"github.com/meshd/meshd/engine"
 )
 
@@ -91,11 +92,19 @@ func (s *Server) frameListener(cfg *config.Config, lc config.Listener, lis net.L
 		Abuse:                        lc.FloodProtection.Engine(),
 		Logger:                       s.log.With("component", "engine", "listener", lc.Name),
 	}
+	// Every connection names its listener to the Director, for routes
+	// limited to listeners.
+	name := lc.Name
+	ecfg.ConnContext = func(ctx context.Context, _ net.Conn) context.Context {
+		return director.WithListener(ctx, name)
+	}
 	if lc.MeshTLS != "" {
 		// Mesh TLS with the workload's identity; each connection's
 		// caller reaches the Director through the connection context.
 		lis = s.mesh.listen(lis, lc)
-		ecfg.ConnContext = connContext
+		ecfg.ConnContext = func(ctx context.Context, nc net.Conn) context.Context {
+			return connContext(director.WithListener(ctx, name), nc)
+		}
 	}
 	if lc.TLS != nil {
 		tc, err := loadServerTLS(lc.TLS, s.log.With("listener", lc.Name))

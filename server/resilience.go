@@ -37,6 +37,12 @@ func (s *Server) newState(cfg *config.Config, table *router.Table, runs map[stri
 		st.Limits[c.Name] = r.limiter.WithLimits(c.Name, c.MaxRequests, c.MaxPending)
 		st.Budgets[c.Name] = r.budget.WithParams(*c.RetryBudget.BudgetPercent, *c.RetryBudget.MinRetriesPerSecond)
 		st.Upstreams[c.Name] = r.upstream
+		if c.Authority != "" {
+			if st.Authorities == nil {
+				st.Authorities = map[string]string{}
+			}
+			st.Authorities[c.Name] = c.Authority
+		}
 	}
 	return st
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/meshd/meshd/config"
 	"github.com/meshd/meshd/director"
 	"github.com/meshd/meshd/discovery"
+	"github.com/meshd/meshd/jwtauth"
 	"github.com/meshd/meshd/policy"
 	"github.com/meshd/meshd/router"
 	"github.com/meshd/meshd/tracing"
@@ -52,6 +53,11 @@ type Server struct {
 	consul   *api.Client
 	consulOf config.Consul
 	kv       *kvWatch // the consul.config_key watch, nil when none (kv.go)
+	// jwt verifies tokens for the config's jwt_providers (nil: none);
+	// jwtOf is the providers it was built from. A reload that changes the
+	// providers builds a new Set and stops this one once swapped out.
+	jwt   *jwtauth.Set
+	jwtOf []config.JWTProvider
 
 	listeners []*listener
 	admin     *admin.Server
@@ -223,7 +229,7 @@ func (s *Server) apply(cfg *config.Config) error {
 		consul = c
 	}
 	policies, buckets := s.policies()
-	table, err := router.New(cfg.Routes, router.WithPolicy(policies))
+	table, err := router.New(cfg.Routes, router.WithPolicy(policies), router.WithJWTProviders(cfg.JWTProviders))
 	if err != nil {
 		return fmt.Errorf("server: %w", err)
 	}
@@ -253,13 +259,33 @@ func (s *Server) apply(cfg *config.Config) error {
 		// The first config is warmed by Run, before it serves.
 		s.warm(context.Background(), fresh)
 	}
+	s.mu.Lock()
+	jwtSet, jwtOf := s.jwt, s.jwtOf
+	s.mu.Unlock()
+	var freshJWT *jwtauth.Set
+	if !reflect.DeepEqual(jwtOf, cfg.JWTProviders) {
+		jwtSet = nil
+		if len(cfg.JWTProviders) > 0 {
+			j, err := jwtauth.New(cfg.JWTProviders, jwtauth.WithLogger(s.log))
+			if err != nil {
+				stopFresh()
+				return fmt.Errorf("server: %w", err)
+			}
+			j.Start() // jwks_url fetches start now, before the swap
+			freshJWT, jwtSet = j, j
+		}
+	}
 	st := s.newState(cfg, table, next)
+	if jwtSet != nil {
+		st.JWT = jwtSet
+	}
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	select {
 	case <-s.stopping:
 		stopFresh()
+		freshJWT.Stop()
 		return errors.New("server: stopping")
 	default:
 	}
@@ -273,6 +299,12 @@ func (s *Server) apply(cfg *config.Config) error {
 		}
 	}
 	s.runs = next
+	if s.jwt != jwtSet {
+		// Calls still verifying on the old Set keep its keys; only its
+		// refresh goroutines end.
+		s.jwt.Stop()
+	}
+	s.jwt, s.jwtOf = jwtSet, cfg.JWTProviders
 	s.consul, s.consulOf = consul, cfg.Consul
 	s.buckets = buckets
 	s.cfg.Store(cfg)
@@ -448,6 +480,10 @@ func (s *Server) closeAll() {
 	if s.mesh != nil {
 		s.mesh.stop()
 	}
+	s.mu.Lock()
+	jwt := s.jwt
+	s.mu.Unlock()
+	jwt.Stop()
 	s.dests.close()
 	s.wg.Wait()
 	s.mu.Lock()
@@ -514,6 +550,12 @@ func (s *Server) Ready() error {
 			return err
 		}
 	}
+	s.mu.Lock()
+	jwt := s.jwt
+	s.mu.Unlock()
+	if err := jwt.Ready(); err != nil {
+		return err
+	}
 	return s.kvReady()
 }
 
@@ -559,7 +601,10 @@ func (s *Server) Routes() any {
 	}
 	type routeView struct {
 		Name           string                   `json:"name"`
+		Listeners      []string                 `json:"listeners,omitempty"`
 		Match          config.Match             `json:"match"`
+		HeaderEdits    []string                 `json:"header_edits,omitempty"`
+		JWTProvider    string                   `json:"jwt_provider,omitempty"`
 		Clusters       []config.WeightedCluster `json:"clusters"`
 		Timeout        string                   `json:"timeout,omitempty"`
 		MaxGRPCTimeout string                   `json:"max_grpc_timeout,omitempty"`
@@ -569,7 +614,8 @@ func (s *Server) Routes() any {
 	}
 	var out []routeView
 	for _, r := range st.Table.Routes() {
-		v := routeView{Name: r.Name, Match: r.Match, Clusters: r.Clusters, Retry: r.Retry}
+		v := routeView{Name: r.Name, Listeners: r.Listeners, Match: r.Match, Clusters: r.Clusters, Retry: r.Retry,
+			HeaderEdits: r.DescribeEdits(), JWTProvider: r.JWT}
 		if r.Timeout > 0 {
 			v.Timeout = r.Timeout.String()
 		}

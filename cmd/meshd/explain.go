@@ -4,7 +4,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -27,6 +29,8 @@ func cmdExplain(args []string, stdout io.Writer) error {
 	fs := newFlags("route explain", stdout)
 	file := fs.String("config", "", "config file")
 	adminAddr := fs.String("admin", "", "admin address of a running meshd, for live endpoint health")
+	authority := fs.String("authority", "", "the call's :authority (host[:port]), for routes with match.authority")
+	listener := fs.String("listener", "", "the listener the call arrives on, for routes limited to listeners (default: any)")
 	source := fs.String("source", "", "calling mesh service (as its certificate names it; \"-\" for an unauthenticated caller): say whether the intentions allow the call")
 	var hdrs headerFlags
 	fs.Var(&hdrs, "H", "request metadata key=value (repeatable)")
@@ -46,7 +50,7 @@ func cmdExplain(args []string, stdout io.Writer) error {
 		method, rest = fs.Arg(0), fs.Args()[1:]
 	}
 	if *file == "" || method == "" {
-		return fmt.Errorf("meshd route explain -config FILE /pkg.Service/Method [-H key=value] [-source SERVICE] [-admin ADDR]: %w", errUsage)
+		return fmt.Errorf("meshd route explain -config FILE /pkg.Service/Method [-H key=value] [-authority HOST] [-listener NAME] [-source SERVICE] [-admin ADDR]: %w", errUsage)
 	}
 	cfg, err := config.Load(*file)
 	if err != nil {
@@ -60,7 +64,10 @@ func cmdExplain(args []string, stdout io.Writer) error {
 		}
 		md.Append(strings.ToLower(k), v)
 	}
-	table, err := router.New(cfg.Routes)
+	if *listener != "" && !slices.ContainsFunc(cfg.Listeners, func(l config.Listener) bool { return l.Name == *listener }) {
+		return fmt.Errorf("meshd route explain: -listener %q: no such listener in %s", *listener, *file)
+	}
+	table, err := router.New(cfg.Routes, router.WithJWTProviders(cfg.JWTProviders))
 	if err != nil {
 		return err
 	}
@@ -73,7 +80,7 @@ func cmdExplain(args []string, stdout io.Writer) error {
 			return nil
 		}
 	}
-	return explain(stdout, cfg, table, method, md, *adminAddr)
+	return explain(stdout, cfg, table, router.Call{Method: method, Authority: *authority, Listener: *listener, Header: md}, *adminAddr)
 }
 
 // explainAuthz says whether the mesh's intentions let source make the
@@ -129,9 +136,16 @@ func explainAuthz(w io.Writer, cfg *config.Config, source, method string, md met
 	return d.Allow, nil
 }
 
-func explain(w io.Writer, cfg *config.Config, table *router.Table, method string, md metadata.MD, adminAddr string) error {
+func explain(w io.Writer, cfg *config.Config, table *router.Table, call router.Call, adminAddr string) error {
+	method := call.Method
 	fmt.Fprintf(w, "call %s", method)
-	if len(md) > 0 {
+	if call.Authority != "" {
+		fmt.Fprintf(w, " to %s", call.Authority)
+	}
+	if call.Listener != "" {
+		fmt.Fprintf(w, " on listener %s", call.Listener)
+	}
+	if md, _ := call.Header.(metadata.MD); len(md) > 0 {
 		fmt.Fprintf(w, " with metadata %v", map[string][]string(md))
 	}
 	fmt.Fprintln(w)
@@ -139,7 +153,7 @@ func explain(w io.Writer, cfg *config.Config, table *router.Table, method string
 		fmt.Fprintf(w, "  note: %q is not a full method name (/package.Service/Method)\n", method)
 	}
 	var chosen *router.Route
-	for _, v := range table.Explain(method, md) {
+	for _, v := range table.ExplainCall(call) {
 		mark := "  -"
 		if v.Matched && chosen == nil {
 			chosen = v.Route
@@ -155,6 +169,25 @@ func explain(w io.Writer, cfg *config.Config, table *router.Table, method string
 		return nil
 	}
 	fmt.Fprintf(w, "result: route %q\n", chosen.Name)
+	if len(chosen.Listeners) > 0 {
+		fmt.Fprintf(w, "  listeners: only %s\n", strings.Join(chosen.Listeners, ", "))
+	} else {
+		fmt.Fprintln(w, "  listeners: all")
+	}
+	if p := cfg.JWTProvider(chosen.JWT); p != nil {
+		src := p.JWKSFile
+		if src == "" {
+			src = p.JWKSURL
+		}
+		fmt.Fprintf(w, "  jwt: provider %q (issuer %s, audiences %s, keys from %s): a call without a valid bearer token gets UNAUTHENTICATED\n",
+			p.Name, p.Issuer, strings.Join(p.Audiences, ","), src)
+		for _, c := range slices.Sorted(maps.Keys(p.ClaimsToHeaders)) {
+			fmt.Fprintf(w, "  jwt: claim %s forwarded as %s\n", c, p.ClaimsToHeaders[c])
+		}
+	}
+	for _, e := range chosen.DescribeEdits() {
+		fmt.Fprintf(w, "  header: %s\n", e)
+	}
 	var total uint32
 	for _, c := range chosen.Clusters {
 		total += c.Weight
@@ -170,6 +203,9 @@ func explain(w io.Writer, cfg *config.Config, table *router.Table, method string
 			src = "consul service " + cl.Consul.Service
 		}
 		fmt.Fprintf(w, "  cluster %q (%d%%): lb %s, endpoints from %s\n", c.Name, c.Weight*100/total, cl.LB, src)
+		if cl.Authority != "" {
+			fmt.Fprintf(w, "  cluster %q: :authority sent upstream is %s\n", c.Name, cl.Authority)
+		}
 	}
 	if chosen.Timeout > 0 {
 		fmt.Fprintf(w, "  timeout: %s (the tighter of this and the client's deadline)\n", chosen.Timeout)
