@@ -37,6 +37,10 @@ type Call struct {
 	// refused the call: Code is then PERMISSION_DENIED and no route was
 	// looked up.
 	Denied bool
+	// Protocol is how the call arrived when not as native gRPC:
+	// "grpc-web" for a gRPC-Web request meshd translated (package
+	// grpcweb); "" for native gRPC.
+	Protocol string
 }
 
 // PeerString is the client's address, "" when unknown.

@@ -124,6 +124,7 @@ func (v *validator) listeners() {
 			}
 		}
 		v.listenerLimits(p, &v.c.Listeners[i])
+		v.listenerEdge(p, &v.c.Listeners[i])
 	}
 }
 

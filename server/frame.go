@@ -22,6 +22,7 @@ func serveStopped(err error) bool {
 type frameServer struct {
 	*engine.Server
 	odst *odstAccept
+	web  *webAccept // grpc_web listeners (web.go); nil otherwise
 }
 
 // Serve runs origdst's accept loop on an original_dst listener, the
@@ -29,6 +30,9 @@ type frameServer struct {
 func (f frameServer) Serve(ln net.Listener) error {
 	if f.odst != nil {
 		return f.odst.serve(ln)
+	}
+	if f.web != nil {
+		return f.web.serve(ln)
 	}
 	return f.Server.Serve(ln)
 }
@@ -38,6 +42,17 @@ func (f frameServer) Serve(ln net.Listener) error {
 func (f frameServer) GracefulStop() {
 	if f.odst != nil {
 		f.odst.stop()
+	}
+	if f.web != nil {
+		// HTTP/1.1 calls in flight finish while the engine drains their
+		// in-process connections; Stop (drain's timer) ends both waits.
+		f.web.stop()
+		done := make(chan struct{})
+		go func() { defer close(done); f.web.shutdown(context.Background()) }()
+		_ = f.Shutdown(context.Background())
+		<-done
+		f.web.wait()
+		return
 	}
 	// Shutdown waits for in-flight streams; drain's own timer bounds it by
 	// calling Stop, which ends the wait.
@@ -52,9 +67,16 @@ func (f frameServer) Stop() {
 	if f.odst != nil {
 		f.odst.stop()
 	}
+	if f.web != nil {
+		f.web.stop()
+		f.web.close()
+	}
 	_ = f.Close()
 	if f.odst != nil {
 		f.odst.wait()
+	}
+	if f.web != nil {
+		f.web.wait()
 	}
 }
 
@@ -98,7 +120,7 @@ func (s *Server) frameListener(cfg *config.Config, lc config.Listener, lis net.L
 		ecfg.ConnContext = connContext
 	}
 	if lc.TLS != nil {
-		tc, err := loadServerTLS(lc.TLS, s.log.With("listener", lc.Name))
+		tc, err := loadServerTLS(lc.TLS, lc.GRPCWeb != nil, s.log.With("listener", lc.Name))
 		if err != nil {
 			return frameServer{}, nil, fmt.Errorf("tls: %w", err)
 		}
@@ -108,6 +130,9 @@ func (s *Server) frameListener(cfg *config.Config, lc config.Listener, lis net.L
 	srv := frameServer{Server: fs}
 	if lc.OriginalDst != nil {
 		srv.odst = s.originalDstAccept(lc, fs)
+	}
+	if lc.GRPCWeb != nil {
+		srv.web = s.webAcceptFor(cfg, lc, fs, ecfg)
 	}
 	return srv, lis, nil
 }

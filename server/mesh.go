@@ -43,7 +43,7 @@ type meshRun struct {
 	local atomic.Pointer[authz.Table]
 	log   *slog.Logger
 
-	mu    sync.Mutex
+	mu     sync.Mutex
 	fails  map[string]*atomic.Uint64 // handshake failures by listener
 	opaque map[string]*atomic.Uint64 // opaque connections denied, by listener
 
