@@ -23,6 +23,9 @@ type frameServer struct {
 	*engine.Server
 	odst *odstAccept
 	web  *webAccept // grpc_web listeners (web.go); nil otherwise
+	// refl serves merged reflection on reflection listeners
+	// (reflection.go); nil otherwise.
+	refl *localReflection
 }
 
 // Serve runs origdst's accept loop on an original_dst listener, the
@@ -40,6 +43,12 @@ func (f frameServer) Serve(ln net.Listener) error {
 // GracefulStop stops accepting, sends GOAWAY and waits for in-flight
 // calls.
 func (f frameServer) GracefulStop() {
+	if f.refl != nil {
+		// In-flight reflection streams finish; its connections then
+		// close, which lets the engine's own pool go idle.
+		defer f.refl.stop()
+		go f.refl.gracefulStop()
+	}
 	if f.odst != nil {
 		f.odst.stop()
 	}
@@ -64,6 +73,9 @@ func (f frameServer) GracefulStop() {
 
 // Stop closes every connection at once.
 func (f frameServer) Stop() {
+	if f.refl != nil {
+		f.refl.stop()
+	}
 	if f.odst != nil {
 		f.odst.stop()
 	}
@@ -126,8 +138,14 @@ func (s *Server) frameListener(cfg *config.Config, lc config.Listener, lis net.L
 		}
 		lis = tls.NewListener(lis, tc)
 	}
-	fs := engine.NewServer(s.dir, ecfg)
-	srv := frameServer{Server: fs}
+	var dir engine.Director = s.dir
+	var refl *localReflection
+	if lc.Reflection {
+		refl = s.newLocalReflection(lc)
+		dir = reflectionDirector{next: s.dir, local: refl}
+	}
+	fs := engine.NewServer(dir, ecfg)
+	srv := frameServer{Server: fs, refl: refl}
 	if lc.OriginalDst != nil {
 		srv.odst = s.originalDstAccept(lc, fs)
 	}
