@@ -94,7 +94,7 @@ type Listener struct {
 	// identity and match only "*" intentions. Exclusive with tls.
 	MeshTLS string `yaml:"mesh_tls"`
 	// GRPCWeb, when set, also accepts gRPC-Web (browsers) on this
-	// listener, over HTTP/1.1 and HTTP/2, with CORS (grpcweb.go).
+	// listener, over HTTP/1.1, with CORS (grpcweb.go).
 	GRPCWeb *GRPCWeb `yaml:"grpc_web"`
 	// Reflection makes meshd answer grpc.reflection.v1 and v1alpha on
 	// this listener itself, merging what the backends of its routes
