@@ -10,7 +10,7 @@ LDFLAGS   := -s -w -X main.version=$(VERSION)
 DEMO_ARGS ?=
 BENCH_LOAD_ARGS ?=
 
-.PHONY: all build demo test test-go netns-tools lint fuzz-smoke bench bench-smoke bench-load bench-smoke-load consul clean
+.PHONY: all build demo test test-go netns-tools chromium lint fuzz-smoke bench bench-smoke bench-load bench-smoke-load consul clean
 
 all: build
 
@@ -29,8 +29,12 @@ netns-tools:
 demo: build consul
 	$(GO) run ./cmd/meshdemo -meshd $(MESHD) -consul "$$(scripts/install-consul.sh)" $(DEMO_ARGS)
 
+# Debian's chromium for the gRPC-Web browser test (test/browser_test.go).
+chromium:
+	@scripts/install-chromium.sh >/dev/null
+
 # The whole test suite, as CI runs it.
-test: consul netns-tools lint test-go fuzz-smoke bench-smoke-load
+test: consul netns-tools chromium lint test-go fuzz-smoke bench-smoke-load
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

@@ -126,6 +126,9 @@ func (l *Logger) ObserveCall(c *callrecord.Call) {
 	if c.Message != "" {
 		r.AddAttrs(slog.String("error", c.Message))
 	}
+	if c.Protocol != "" {
+		r.AddAttrs(slog.String("protocol", c.Protocol))
+	}
 	// The JSON handler's only error comes from the writer, which never
 	// fails: a line it cannot queue is counted in Dropped instead.
 	_ = l.h.Handle(context.Background(), r)

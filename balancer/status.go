@@ -121,3 +121,18 @@ func (c *Cluster) Status() ClusterStatus {
 	}
 	return st
 }
+
+// Serving returns the live endpoints that may take calls, in ID order,
+// for meshd's own calls to the backends (merged reflection asks one of
+// them what it serves through its Conn). Calls go through Pick instead.
+func (c *Cluster) Serving() []*Endpoint {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []*Endpoint
+	for _, e := range c.order {
+		if e.pickable() && e.conn != nil {
+			out = append(out, e)
+		}
+	}
+	return out
+}

@@ -41,6 +41,10 @@ type Call struct {
 	// refused the call's token (Code UNAUTHENTICATED): the provider's name
 	// and the reason, one of a fixed set (jwtauth.Reason*). Both "" else.
 	JWTProvider, JWTDenied string
+	// Protocol is how the call arrived when not as native gRPC:
+	// "grpc-web" for a gRPC-Web request meshd translated (package
+	// grpcweb); "" for native gRPC.
+	Protocol string
 }
 
 // PeerString is the client's address, "" when unknown.

@@ -96,6 +96,13 @@ type Listener struct {
 	// "permissive" also takes plaintext (migration), whose calls have no
 	// identity and match only "*" intentions. Exclusive with tls.
 	MeshTLS string `yaml:"mesh_tls"`
+	// GRPCWeb, when set, also accepts gRPC-Web (browsers) on this
+	// listener, over HTTP/1.1, with CORS (grpcweb.go).
+	GRPCWeb *GRPCWeb `yaml:"grpc_web"`
+	// Reflection makes meshd answer grpc.reflection.v1 and v1alpha on
+	// this listener itself, merging what the backends of its routes
+	// report (grpcweb.go).
+	Reflection bool `yaml:"reflection"`
 }
 
 // ListenerTLS is TLS termination on a listener.

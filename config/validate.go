@@ -125,6 +125,7 @@ func (v *validator) listeners() {
 			}
 		}
 		v.listenerLimits(p, &v.c.Listeners[i])
+		v.listenerEdge(p, &v.c.Listeners[i])
 	}
 }
 

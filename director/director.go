@@ -155,25 +155,26 @@ func (d *Director) acquire() *State {
 // and allocate nothing.
 func (d *Director) Direct(ctx context.Context, req *engine.Request) (engine.Target, error) {
 	start := time.Now()
+	proto := protocolOf(ctx)
 	// Authorization comes before routing: a denied caller learns nothing
 	// about the routes, and is told PERMISSION_DENIED whatever it calls.
 	peer, err := d.authorize(ctx, req)
 	if err != nil {
-		return engine.Target{}, d.failed(req, start, callrecord.Call{Peer: peer, Denied: true}, err)
+		return engine.Target{}, d.failed(req, start, callrecord.Call{Protocol: proto, Peer: peer, Denied: true}, err)
 	}
 	st := d.acquire()
 	if st == nil {
-		return engine.Target{}, d.failed(req, start, callrecord.Call{Peer: peer}, policy.ErrNotReady())
+		return engine.Target{}, d.failed(req, start, callrecord.Call{Protocol: proto, Peer: peer}, policy.ErrNotReady())
 	}
 	route := d.lookup(ctx, st, req)
 	if route == nil {
 		st.calls.Add(-1)
-		return engine.Target{}, d.failed(req, start, callrecord.Call{Peer: peer}, policy.ErrNoRoute(req.Method))
+		return engine.Target{}, d.failed(req, start, callrecord.Call{Protocol: proto, Peer: peer}, policy.ErrNoRoute(req.Method))
 	}
 	name := route.PickCluster(rand.Uint32())
 	fail := func(err error) (engine.Target, error) {
 		st.calls.Add(-1)
-		return engine.Target{}, d.failed(req, start, callrecord.Call{Route: route.Name, Cluster: name, Peer: peer}, err)
+		return engine.Target{}, d.failed(req, start, callrecord.Call{Route: route.Name, Cluster: name, Peer: peer, Protocol: proto}, err)
 	}
 	// A route's token is checked once the route is known (it names the
 	// provider) and before anything is admitted or picked: a refused call
@@ -202,7 +203,7 @@ func (d *Director) Direct(ctx context.Context, req *engine.Request) (engine.Targ
 	}
 	d.callStarted()
 	c := &call{d: d, st: st, cl: cl, up: up, ep: ep, lim: lim, start: start,
-		rec: callrecord.Call{Method: req.Method, Route: route.Name, Cluster: name, Endpoint: ep.Address(), Start: start, Attempts: 1, PeerAddr: req.RemoteAddr, Peer: peer}}
+		rec: callrecord.Call{Method: req.Method, Route: route.Name, Cluster: name, Endpoint: ep.Address(), Start: start, Attempts: 1, PeerAddr: req.RemoteAddr, Peer: peer, Protocol: proto}}
 	// Reroute: c is a pointer, so it goes into the interface without an
 	// allocation (a method value such as c.done costs one).
 	target := engine.Target{Addr: ep.Address(), Upstream: up, Done: c.done, Reroute: c,

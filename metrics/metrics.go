@@ -60,6 +60,7 @@ type Metrics struct {
 	reg *prometheus.Registry
 
 	handled   *prometheus.CounterVec
+	web       *prometheus.CounterVec // meshd_grpc_web_requests_total
 	handling  *prometheus.HistogramVec
 	attempts  *prometheus.CounterVec
 	retries   *prometheus.CounterVec
@@ -126,6 +127,10 @@ func New(opts ...Option) *Metrics {
 			Name: "meshd_active_streams",
 			Help: "Calls (streams) in flight through meshd's listeners.",
 		}),
+		web: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshd_grpc_web_requests_total",
+			Help: "Calls that arrived as gRPC-Web and were translated into native calls (they are counted in grpc_server_handled_total too), by route and gRPC status code.",
+		}, []string{"route", "grpc_code"}),
 		state:  &stateCollector{},
 		denied: newDenials(),
 		jwtDenied: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -134,7 +139,7 @@ func New(opts ...Option) *Metrics {
 		}, []string{"provider", "reason"}),
 	}
 	m.series.Store(&map[seriesKey]*series{})
-	m.reg.MustRegister(m.handled, m.handling, m.attempts, m.retries, m.bytes, m.active, m.state, m.denied.vec, m.jwtDenied,
+	m.reg.MustRegister(m.handled, m.web, m.handling, m.attempts, m.retries, m.bytes, m.active, m.state, m.denied.vec, m.jwtDenied,
 		listenerCollector{state: m.state}, // abuse.go
 		frameCollector{state: m.state},    // frame.go
 		counterFunc("meshd_tracing_dropped_spans_total", "Sampled spans not exported: export queue full, collector failing, or lost at shutdown.", o.droppedSpan),
@@ -190,6 +195,9 @@ func (m *Metrics) ObserveCall(c *callrecord.Call) {
 		// Both labels are bounded: providers by the config, reasons by
 		// jwtauth's fixed set.
 		m.jwtDenied.WithLabelValues(c.JWTProvider, c.JWTDenied).Inc()
+	}
+	if c.Protocol != "" {
+		m.web.WithLabelValues(c.Route, c.Code.String()).Inc()
 	}
 	if s.attempts == nil {
 		return // matched no route: nothing went upstream

@@ -23,6 +23,10 @@ func serveStopped(err error) bool {
 type frameServer struct {
 	*engine.Server
 	odst *odstAccept
+	web  *webAccept // grpc_web listeners (web.go); nil otherwise
+	// refl serves merged reflection on reflection listeners
+	// (reflection.go); nil otherwise.
+	refl *localReflection
 }
 
 // Serve runs origdst's accept loop on an original_dst listener, the
@@ -31,14 +35,34 @@ func (f frameServer) Serve(ln net.Listener) error {
 	if f.odst != nil {
 		return f.odst.serve(ln)
 	}
+	if f.web != nil {
+		return f.web.serve(ln)
+	}
 	return f.Server.Serve(ln)
 }
 
 // GracefulStop stops accepting, sends GOAWAY and waits for in-flight
 // calls.
 func (f frameServer) GracefulStop() {
+	if f.refl != nil {
+		// In-flight reflection streams finish; its connections then
+		// close, which lets the engine's own pool go idle.
+		defer f.refl.stop()
+		go f.refl.gracefulStop()
+	}
 	if f.odst != nil {
 		f.odst.stop()
+	}
+	if f.web != nil {
+		// HTTP/1.1 calls in flight finish while the engine drains their
+		// in-process connections; Stop (drain's timer) ends both waits.
+		f.web.stop()
+		done := make(chan struct{})
+		go func() { defer close(done); f.web.shutdown(context.Background()) }()
+		_ = f.Shutdown(context.Background())
+		<-done
+		f.web.wait()
+		return
 	}
 	// Shutdown waits for in-flight streams; drain's own timer bounds it by
 	// calling Stop, which ends the wait.
@@ -50,12 +74,22 @@ func (f frameServer) GracefulStop() {
 
 // Stop closes every connection at once.
 func (f frameServer) Stop() {
+	if f.refl != nil {
+		f.refl.stop()
+	}
 	if f.odst != nil {
 		f.odst.stop()
+	}
+	if f.web != nil {
+		f.web.stop()
+		f.web.close()
 	}
 	_ = f.Close()
 	if f.odst != nil {
 		f.odst.wait()
+	}
+	if f.web != nil {
+		f.web.wait()
 	}
 }
 
@@ -107,16 +141,25 @@ func (s *Server) frameListener(cfg *config.Config, lc config.Listener, lis net.L
 		}
 	}
 	if lc.TLS != nil {
-		tc, err := loadServerTLS(lc.TLS, s.log.With("listener", lc.Name))
+		tc, err := loadServerTLS(lc.TLS, lc.GRPCWeb != nil, s.log.With("listener", lc.Name))
 		if err != nil {
 			return frameServer{}, nil, fmt.Errorf("tls: %w", err)
 		}
 		lis = tls.NewListener(lis, tc)
 	}
-	fs := engine.NewServer(s.dir, ecfg)
-	srv := frameServer{Server: fs}
+	var dir engine.Director = s.dir
+	var refl *localReflection
+	if lc.Reflection {
+		refl = s.newLocalReflection(lc)
+		dir = reflectionDirector{next: s.dir, local: refl}
+	}
+	fs := engine.NewServer(dir, ecfg)
+	srv := frameServer{Server: fs, refl: refl}
 	if lc.OriginalDst != nil {
 		srv.odst = s.originalDstAccept(lc, fs)
+	}
+	if lc.GRPCWeb != nil {
+		srv.web = s.webAcceptFor(cfg, lc, fs, ecfg)
 	}
 	return srv, lis, nil
 }

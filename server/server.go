@@ -644,6 +644,9 @@ func (s *Server) Clusters() any {
 		Discovery   *discovery.WatchStatus   `json:"discovery,omitempty"`
 		Limits      *policy.LimiterStats     `json:"limits,omitempty"`
 		RetryBudget *policy.RetryBudgetStats `json:"retry_budget,omitempty"`
+		// Reflection says, by reflection listener, whether the
+		// cluster's backends answered server reflection.
+		Reflection map[string]string `json:"reflection,omitempty"`
 	}
 	st := s.dir.State()
 	out := map[string]clusterView{}
@@ -660,6 +663,17 @@ func (s *Server) Clusters() any {
 		if sr, ok := r.resolver.(statusReporter); ok {
 			ws := sr.Status()
 			v.Discovery = &ws
+		}
+		for _, l := range s.listeners {
+			if l.srv.refl == nil {
+				continue
+			}
+			if rs, ok := l.srv.refl.merger.Status()[name]; ok {
+				if v.Reflection == nil {
+					v.Reflection = map[string]string{}
+				}
+				v.Reflection[l.cfg.Name] = rs
+			}
 		}
 		out[name] = v
 	}

@@ -109,11 +109,16 @@ func (r *reloading[T]) get() *T {
 	return v
 }
 
-// loadServerTLS builds a listener's TLS config: TLS 1.2+, ALPN h2, and client
+// loadServerTLS builds a listener's TLS config: TLS 1.2+, ALPN h2 (and
+// http/1.1 on a grpc_web listener, for browsers' HTTP/1.1), and client
 // certificate verification when client_ca_file is set. The certificate, key
 // and client CA are re-read when their files change, so rotation needs no
 // restart.
-func loadServerTLS(t *config.ListenerTLS, log *slog.Logger) (*tls.Config, error) {
+func loadServerTLS(t *config.ListenerTLS, http1 bool, log *slog.Logger) (*tls.Config, error) {
+	protos := []string{"h2"}
+	if http1 {
+		protos = append(protos, "http/1.1")
+	}
 	files := []string{t.CertFile, t.KeyFile}
 	if t.ClientCAFile != "" {
 		files = append(files, t.ClientCAFile)
@@ -123,7 +128,7 @@ func loadServerTLS(t *config.ListenerTLS, log *slog.Logger) (*tls.Config, error)
 		if err != nil {
 			return nil, fmt.Errorf("load certificate: %w", err)
 		}
-		tc := &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}, NextProtos: []string{"h2"}}
+		tc := &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}, NextProtos: protos}
 		if t.ClientCAFile != "" {
 			pool, err := loadPool("client_ca_file", t.ClientCAFile)
 			if err != nil {
@@ -140,7 +145,7 @@ func loadServerTLS(t *config.ListenerTLS, log *slog.Logger) (*tls.Config, error)
 	}
 	return &tls.Config{
 		MinVersion: tls.VersionTLS12,
-		NextProtos: []string{"h2"},
+		NextProtos: protos,
 		// Every handshake gets the config built from the files' current
 		// content: certificate, key and client CAs rotate together.
 		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) { return r.get(), nil },

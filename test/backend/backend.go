@@ -63,6 +63,8 @@ type options struct {
 	health     string
 	creds      credentials.TransportCredentials
 	serverOpts []grpc.ServerOption
+	register   []func(*grpc.Server)
+	noTest     bool
 }
 
 // Option configures Start.
@@ -85,6 +87,16 @@ func WithServerOptions(opts ...grpc.ServerOption) Option {
 	return func(o *options) { o.serverOpts = append(o.serverOpts, opts...) }
 }
 
+// WithRegister registers more services (reflection, another test
+// service) on the backend's server before it serves.
+func WithRegister(f func(*grpc.Server)) Option {
+	return func(o *options) { o.register = append(o.register, f) }
+}
+
+// WithoutTestService leaves grpc.testing.TestService out, for a backend
+// that serves other services only (WithRegister).
+func WithoutTestService() Option { return func(o *options) { o.noTest = true } }
+
 // Start runs a backend until Stop.
 func Start(name string, opts ...Option) (*Backend, error) {
 	o := options{addr: "127.0.0.1:0", health: HealthWatch}
@@ -100,7 +112,12 @@ func Start(name string, opts ...Option) (*Backend, error) {
 		sopts = append(sopts, grpc.Creds(o.creds))
 	}
 	b := &Backend{Name: name, Addr: lis.Addr().String(), srv: grpc.NewServer(sopts...), lis: lis, done: make(chan struct{})}
-	testpb.RegisterTestServiceServer(b.srv, b)
+	if !o.noTest {
+		testpb.RegisterTestServiceServer(b.srv, b)
+	}
+	for _, f := range o.register {
+		f(b.srv)
+	}
 	switch o.health {
 	case HealthWatch:
 		b.Health = health.NewServer()
