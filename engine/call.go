@@ -138,8 +138,10 @@ type Target struct {
 	// (status.Code and status.Message of it); nil: DEADLINE_EXCEEDED.
 	IdleErr error
 	// Retry, with RetryBufferBytes > 0, makes the call retryable: meshd
-	// keeps a copy of the request DATA for replay and, when an attempt
-	// fails before anything of its response was forwarded to the client,
+	// keeps a copy of the request DATA for replay, holds each attempt's
+	// response HEADERS until its first message (or its status, or
+	// HeaderHoldLimit) and, when an attempt fails before anything of its
+	// response was forwarded to the client,
 	// calls Retry (on one of meshd's goroutines; it must not block) with
 	// how the attempt ended. ok true: after backoff, a new upstream stream
 	// is opened to next.Addr (through next.Upstream) with next.Header and
@@ -156,7 +158,11 @@ type Target struct {
 	RetryBuffer BufferLimiter
 	// PerTryTimeout bounds each attempt of a retryable call until its
 	// response starts; the attempt then ends with PerTryErr's status
-	// (nil: DEADLINE_EXCEEDED) and may be retried. 0: none.
+	// (nil: DEADLINE_EXCEEDED) and may be retried. Once the attempt's
+	// response HEADERS arrived (and are held, waiting for its first
+	// message or its status), its remainder bounds the hold instead: the
+	// HEADERS then go out and the call commits. 0: none (the hold is
+	// bounded by HeaderHoldLimit).
 	PerTryTimeout time.Duration
 	// PerTryErr is the status of an attempt cut by PerTryTimeout.
 	PerTryErr error
@@ -460,7 +466,7 @@ func (cl *call) forwardDownData(up *hstream, p []byte, fl *flusher) {
 // forwardDown sends a response frame, received on up, to the client
 // stream.
 func (cl *call) forwardDown(up *hstream, o op, fl *flusher) {
-	if !cl.admit(up) {
+	if !cl.admit(up, fl) {
 		return // a retried call's abandoned attempt
 	}
 	if it := cl.idle; it != nil {
@@ -556,7 +562,7 @@ func (cl *call) onReqData(data []byte, end bool, fl *flusher) {
 
 // onRespData forwards backend DATA (backend reader goroutine).
 func (cl *call) onRespData(up *hstream, data []byte, end bool, fl *flusher) {
-	if !cl.admit(up) {
+	if !cl.admit(up, fl) {
 		up.c.credit(up, int64(len(data)))
 		return // a retried call's abandoned attempt
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/meshd/meshd/authz"
 	"github.com/meshd/meshd/config"
 	"github.com/meshd/meshd/discovery"
+	"github.com/meshd/meshd/engine"
 	"github.com/meshd/meshd/router"
 )
 
@@ -185,6 +186,11 @@ func explain(w io.Writer, cfg *config.Config, table *router.Table, method string
 			names[i] = config.CodeName(c.C())
 		}
 		fmt.Fprintf(w, "  retry: %d attempts on %s, per try %s\n", r.Attempts, strings.Join(names, ","), r.PerTryTimeout.D())
+		hold, why := engine.HeaderHoldLimit, "built-in limit"
+		if d := r.PerTryTimeout.D(); d > 0 {
+			hold, why = d, "per_try_timeout"
+		}
+		fmt.Fprintf(w, "  retry: response headers held until the first message or the status, at most %s (%s)\n", hold, why)
 	} else {
 		fmt.Fprintln(w, "  retry: none (calls that never reached a backend are still retried transparently)")
 	}

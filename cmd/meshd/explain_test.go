@@ -60,6 +60,7 @@ func TestRouteExplain(t *testing.T) {
 				`timeout: 2s`,
 				`max_grpc_timeout: 10s`,
 				`retry: 3 attempts on UNAVAILABLE,RESOURCE_EXHAUSTED, per try 500ms`,
+				`retry: response headers held until the first message or the status, at most 500ms (per_try_timeout)`,
 			},
 		},
 		{
