@@ -37,6 +37,9 @@ type Call struct {
 	// refused the call: Code is then PERMISSION_DENIED and no route was
 	// looked up.
 	Denied bool
+	// Fault names the fault the route injected into the call ("delay",
+	// "abort"), "" for none (route fault injection, for drills).
+	Fault string
 }
 
 // PeerString is the client's address, "" when unknown.

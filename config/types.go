@@ -138,6 +138,9 @@ type Route struct {
 	RateLimit *RateLimit `yaml:"rate_limit"`
 	// Retry, when set, retries failed attempts that were not yet committed.
 	Retry *Retry `yaml:"retry"`
+	// Fault, when set, delays or aborts a share of the route's calls, for
+	// drills (traffic.go).
+	Fault *Fault `yaml:"fault"`
 }
 
 // Match is a route's selector. Exactly one of Method, Service and Prefix is

@@ -127,6 +127,14 @@ type Target struct {
 	// error value per setting, not build one per call.
 	TimeoutErr error
 
+	// FaultDelay, when positive, holds the call back this long before its
+	// first attempt opens: an injected delay (fault injection), carried
+	// out by a timer, never by blocking the Director. It counts against
+	// the call's deadline (which ends a call still delayed with
+	// DEADLINE_EXCEEDED); request frames received meanwhile are held. 0:
+	// none, and no cost.
+	FaultDelay time.Duration
+
 	// The call's resilience settings (retry.go). Their zero values turn
 	// them off and cost nothing: no buffer, no timer, no lock.
 

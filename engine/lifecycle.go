@@ -25,10 +25,14 @@ import (
 //	             backoff ◀────┴───────┘ retry               ▼
 //	                                    done ◀── every state but done
 //
-//	(and opening ──▶ opening: a reroute of a stream that could not be opened)
+//	(and opening ──▶ opening: a reroute of a stream that could not be opened;
+//	 starting ──▶ delayed ──▶ opening | done: an injected delay)
 //
 //   - starting: the client reader checks the request HEADERS and asks the
 //     Director; nothing else knows the call yet.
+//   - delayed: Target.FaultDelay holds the call back before its first
+//     attempt (fault injection); the delay timer posts evDelay, which
+//     opens it. The deadline runs meanwhile; request frames are held.
 //   - opening: the current attempt (cl.epoch) waits for an upstream stream:
 //     Pool.open picks a connection, or the call waits in a backend's
 //     waiters for a dial or for stream capacity. A reroute (Target.Reroute)
@@ -100,8 +104,9 @@ import (
 //     deadline), GOAWAY, a protocol or flow-control error, an oversized
 //     response message, and the connection's loss (Pool.runReader);
 //   - a goroutine that opens an attempt (the client reader for the first,
-//     a backoff timer's or the reader whose event rerouted the call for
-//     later ones), when Pool.open cannot give it a stream at once;
+//     or the fault delay timer's when it was delayed, a backoff timer's or
+//     the reader whose event rerouted the call for later ones), when
+//     Pool.open cannot give it a stream at once;
 //   - a Pool dial goroutine, when the dial the call waits for fails;
 //   - the goroutine that closes the call's Pool (Server.Close for the
 //     Server's own, Pool.Close or Pool.Shutdown for one from NewPool), for
@@ -125,10 +130,11 @@ const (
 	callCommitted
 	callDone
 	callHeld
+	callDelayed
 	numCallStates
 )
 
-var callStateNames = [numCallStates]string{"starting", "opening", "linked", "backoff", "committed", "done", "held"}
+var callStateNames = [numCallStates]string{"starting", "opening", "linked", "backoff", "committed", "done", "held", "delayed"}
 
 func (s callState) String() string {
 	if s < numCallStates {
@@ -140,7 +146,8 @@ func (s callState) String() string {
 // callTransitions lists, for each state, the states it may become: the
 // arrows of the diagram above.
 var callTransitions = [numCallStates][]callState{
-	callStarting:  {callOpening, callDone},
+	callStarting:  {callOpening, callDelayed, callDone},
+	callDelayed:   {callOpening, callDone},
 	callOpening:   {callLinked, callOpening, callBackoff, callDone},
 	callLinked:    {callCommitted, callHeld, callOpening, callBackoff, callDone},
 	callHeld:      {callCommitted, callBackoff, callDone},
@@ -219,6 +226,7 @@ type call struct {
 	// backend's waiters); releasePendingLocked frees it.
 	pendHeld  bool
 	deadlineT *time.Timer
+	delayT    *time.Timer // state delayed: posts evDelay
 
 	bytesIn, bytesOut atomic.Int64
 }
@@ -270,6 +278,9 @@ const (
 	// evHold: the hold of attempt ev.epoch's response HEADERS ran out
 	// (state held): they are forwarded and the call commits.
 	evHold
+	// evDelay: Target.FaultDelay passed (state delayed): the first
+	// attempt opens.
+	evDelay
 )
 
 // event is what a goroutine posts to a call (post).
@@ -295,6 +306,8 @@ func (cl *call) currentLocked(k eventKind, epoch uint32, up *hstream) bool {
 		return (s == callLinked || s == callHeld) && up == cl.up.Load()
 	case evHold:
 		return s == callHeld && epoch == cl.epoch
+	case evDelay:
+		return s == callDelayed
 	case evOpenFailed, evOpenRefused, evLink:
 		return s == callOpening && epoch == cl.epoch
 	case evPerTry:
@@ -359,6 +372,12 @@ func (cl *call) stepLocked(ev *event, a *after) {
 		cl.idleLocked(a)
 	case evBackoff:
 		cl.backoffPassedLocked(a)
+	case evDelay:
+		cl.delayT = nil
+		if rs := cl.rs; rs != nil {
+			rs.start = time.Now() // the attempt's time, for Retry, starts now
+		}
+		a.open, a.next = true, cl.openLocked()
 	case evHold:
 		// Neither a message nor the attempt's end came in time: the
 		// HEADERS go out, and the call is an ordinary one from here.
@@ -457,7 +476,16 @@ func (cl *call) start(target Target, req *reqHeaders, fl *flusher) {
 	cl.newResilience()
 	cl.mu.Lock()
 	cl.epoch = 1
-	first := cl.openLocked()
+	var first attempt
+	delayed := target.FaultDelay > 0
+	if delayed {
+		// Nothing is opened (no pick is used, no stream taken) until
+		// the delay passes; the deadline below covers it.
+		cl.setStateLocked(callDelayed)
+		cl.delayT = time.AfterFunc(target.FaultDelay, func() { cl.post(event{kind: evDelay}) })
+	} else {
+		first = cl.openLocked()
+	}
 	// The timers run from the call's start, as the grpc engine's did: the
 	// first attempt's per-try timeout covers opening its stream, as every
 	// later attempt's does, and the idle timeout a dial that never ends.
@@ -468,7 +496,9 @@ func (cl *call) start(target Target, req *reqHeaders, fl *flusher) {
 		it.t = time.AfterFunc(it.d, it.fire)
 	}
 	cl.mu.Unlock()
-	cl.sc.srv.poolFor(first.up).open(cl, first, fl)
+	if !delayed {
+		cl.sc.srv.poolFor(first.up).open(cl, first, fl)
+	}
 }
 
 // openLocked makes the current attempt (cl.epoch) wait for its upstream
@@ -555,6 +585,9 @@ func (cl *call) endLocked(e ending, decided bool, a *after) {
 	cl.pending = nil
 	if cl.deadlineT != nil {
 		cl.deadlineT.Stop()
+	}
+	if cl.delayT != nil {
+		cl.delayT.Stop()
 	}
 	if rs := cl.rs; rs != nil {
 		a.held, rs.heldHdr = rs.heldHdr, nil

@@ -86,6 +86,9 @@ func TestCallStateTransitions(t *testing.T) {
 	t.Parallel()
 	arrows := map[[2]callState]bool{
 		{callStarting, callOpening}: true, // the first attempt
+		{callStarting, callDelayed}: true, // an injected delay first
+		{callDelayed, callOpening}:  true, // the delay passed
+		{callDelayed, callDone}:     true, // the deadline, the client
 		{callStarting, callDone}:    true, // malformed request, Director error, deadline spent
 		{callOpening, callLinked}:   true, // link
 		{callOpening, callOpening}:  true, // reroute of a stream that could not be opened
@@ -144,8 +147,8 @@ func TestCallEventsCurrent(t *testing.T) {
 		ev   ev
 		in   []callState
 	}{
-		{"end", ev{evEnd, 0, nil}, []callState{callStarting, callOpening, callLinked, callHeld, callBackoff, callCommitted}},
-		{"idle", ev{evIdle, 0, nil}, []callState{callStarting, callOpening, callLinked, callHeld, callBackoff, callCommitted}},
+		{"end", ev{evEnd, 0, nil}, []callState{callStarting, callDelayed, callOpening, callLinked, callHeld, callBackoff, callCommitted}},
+		{"idle", ev{evIdle, 0, nil}, []callState{callStarting, callDelayed, callOpening, callLinked, callHeld, callBackoff, callCommitted}},
 		{"stream", ev{evStream, 0, cur}, []callState{callLinked, callHeld, callCommitted}},
 		{"stream left", ev{evStream, 0, old}, nil},
 		{"commit", ev{evCommit, 0, cur}, []callState{callLinked, callHeld}},
@@ -162,6 +165,7 @@ func TestCallEventsCurrent(t *testing.T) {
 		{"backoff left", ev{evBackoff, before, nil}, nil},
 		{"hold", ev{evHold, now, nil}, []callState{callHeld}},
 		{"hold left", ev{evHold, before, nil}, nil},
+		{"delay", ev{evDelay, 0, nil}, []callState{callDelayed}},
 	}
 	for _, tc := range cases {
 		for s := callStarting; s < numCallStates; s++ {

@@ -66,6 +66,7 @@ type Metrics struct {
 	bytes    *prometheus.CounterVec
 	active   prometheus.Gauge
 	denied   *denials // mesh.go
+	faults   *prometheus.CounterVec
 
 	state *stateCollector
 
@@ -127,9 +128,13 @@ func New(opts ...Option) *Metrics {
 		}),
 		state:  &stateCollector{},
 		denied: newDenials(),
+		faults: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshd_fault_injected_total",
+			Help: "Calls into which a route's fault injection put a fault, by route and kind (delay, abort).",
+		}, []string{"route", "kind"}),
 	}
 	m.series.Store(&map[seriesKey]*series{})
-	m.reg.MustRegister(m.handled, m.handling, m.attempts, m.retries, m.bytes, m.active, m.state, m.denied.vec,
+	m.reg.MustRegister(m.handled, m.handling, m.attempts, m.retries, m.bytes, m.active, m.state, m.denied.vec, m.faults,
 		listenerCollector{state: m.state}, // abuse.go
 		frameCollector{state: m.state},    // frame.go
 		counterFunc("meshd_tracing_dropped_spans_total", "Sampled spans not exported: export queue full, collector failing, or lost at shutdown.", o.droppedSpan),
@@ -180,6 +185,9 @@ func (m *Metrics) ObserveCall(c *callrecord.Call) {
 	s.handling.Observe(c.Duration.Seconds())
 	if c.Denied {
 		m.denied.observe(c)
+	}
+	if c.Fault != "" {
+		m.faults.WithLabelValues(c.Route, c.Fault).Inc()
 	}
 	if s.attempts == nil {
 		return // matched no route: nothing went upstream

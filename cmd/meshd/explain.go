@@ -194,10 +194,34 @@ func explain(w io.Writer, cfg *config.Config, table *router.Table, method string
 	} else {
 		fmt.Fprintln(w, "  retry: none (calls that never reached a backend are still retried transparently)")
 	}
+	for i := range cfg.Routes {
+		if cfg.Routes[i].Name == chosen.Name {
+			explainTraffic(w, &cfg.Routes[i])
+		}
+	}
 	if adminAddr != "" {
 		return liveEndpoints(w, adminAddr, chosen)
 	}
 	return nil
+}
+
+// explainTraffic prints the route's traffic policies: fault injection.
+func explainTraffic(w io.Writer, r *config.Route) {
+	f := r.Fault
+	if f == nil {
+		return
+	}
+	who := "every call"
+	if f.Header != "" {
+		who = fmt.Sprintf("calls carrying metadata %q", f.Header)
+	}
+	if d := f.Delay; d != nil {
+		fmt.Fprintf(w, "  fault: delay %s for %v%% of %s (before the first attempt; counts against the deadline)\n", d.Fixed.D(), d.Percent, who)
+	}
+	if a := f.Abort; a != nil {
+		fmt.Fprintf(w, "  fault: abort with %s for %v%% of %s (\"meshd: fault injected by route %s\"; never reaches a backend)\n",
+			config.CodeName(a.Code.C()), a.Percent, who, r.Name)
+	}
 }
 
 // liveEndpoints prints the endpoints of the chosen clusters as the running

@@ -29,6 +29,7 @@ routes:
       prefix: /
       headers: [{name: x-debug, present: true}]
     cluster: users
+    fault: {delay: {fixed: 100ms, percent: 5}, abort: {code: UNAVAILABLE, percent: 1}, header: x-fault-drill}
 clusters:
   - name: users
     endpoints: [127.0.0.1:9001]
@@ -75,7 +76,7 @@ func TestRouteExplain(t *testing.T) {
 				`timeout: none at meshd`,
 				`retry: none`,
 			},
-			absent: []string{"max_grpc_timeout"},
+			absent: []string{"max_grpc_timeout", "fault:"},
 		},
 		{
 			name: "prefix route with present header",
@@ -85,6 +86,8 @@ func TestRouteExplain(t *testing.T) {
 				`- route 1 "users": service "orders.v1.Orders" is not "users.v1.Users"`,
 				`✔ route 2 "debug": matched`,
 				`result: route "debug"`,
+				`fault: delay 100ms for 5% of calls carrying metadata "x-fault-drill" (before the first attempt; counts against the deadline)`,
+				`fault: abort with UNAVAILABLE for 1% of calls carrying metadata "x-fault-drill" ("meshd: fault injected by route debug"; never reaches a backend)`,
 			},
 		},
 		{
