@@ -64,6 +64,14 @@ type Observer interface {
 	ObserveCall(c *Call)
 }
 
+// MirrorObserver is an Observer that is also told what became of each
+// mirrored copy of a call (route mirror): result is "answered",
+// "dropped", "failed" or "no_endpoint". It must not block.
+type MirrorObserver interface {
+	Observer
+	ObserveMirror(route, result string)
+}
+
 // StartObserver is an Observer that is also told when a call starts, before
 // routing, so it can keep gauges such as the number of calls in flight.
 // Every CallStarted is followed by exactly one ObserveCall for the same

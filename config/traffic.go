@@ -2,7 +2,6 @@ package config
 
 import (
 	"fmt"
-	"math"
 	"strings"
 
 	"google.golang.org/grpc/codes"
@@ -43,15 +42,43 @@ type FaultAbort struct {
 	Percent float64 `yaml:"percent"`
 }
 
-// routeTraffic checks a route's traffic policies (fault).
-func (v *validator) routeTraffic(p string, r *Route) {
+// Mirror sends a sampled copy of a route's calls to another cluster
+// (shadow traffic): each sampled call's request, all shapes, a stream's
+// messages as they come, goes to Cluster with "-shadow" appended to the
+// :authority's host. The copy's response is discarded; it never delays,
+// retries or fails the call, uses no retry budget, and is dropped
+// (meshd_mirror_requests_total{result="dropped"}) when the mirror cannot
+// keep up: more than 256 KiB of the request waiting for it, or no answer
+// 1s after the call ended.
+type Mirror struct {
+	// Cluster receives the copies (required; a cluster of this config).
+	Cluster string `yaml:"cluster"`
+	// Percent is the share of the route's calls copied, 0..100 (fractions
+	// allowed). Default 0: none.
+	Percent float64 `yaml:"percent"`
+}
+
+// routeTraffic checks a route's traffic policies (fault, mirror);
+// clusters holds the config's cluster names.
+func (v *validator) routeTraffic(p string, r *Route, clusters map[string]bool) {
+	if m := r.Mirror; m != nil {
+		switch {
+		case m.Cluster == "":
+			v.add(p+".mirror.cluster", "is required")
+		case !clusters[m.Cluster]:
+			v.add(p+".mirror.cluster", "unknown cluster %q", m.Cluster)
+		}
+		if !(m.Percent >= 0 && m.Percent <= 100) {
+			v.add(p+".mirror.percent", "must be between 0 and 100, got %v", m.Percent)
+		}
+	}
 	f := r.Fault
 	if f == nil {
 		return
 	}
 	p += ".fault"
 	percent := func(path string, x float64) {
-		if !(x >= 0 && x <= 100) || math.IsNaN(x) {
+		if !(x >= 0 && x <= 100) {
 			v.add(path, "must be between 0 and 100, got %v", x)
 		}
 	}
@@ -80,7 +107,11 @@ func (v *validator) routeTraffic(p string, r *Route) {
 
 // routesTraffic runs routeTraffic over every route.
 func (v *validator) routesTraffic() {
+	clusters := make(map[string]bool, len(v.c.Clusters))
+	for _, c := range v.c.Clusters {
+		clusters[c.Name] = true
+	}
 	for i := range v.c.Routes {
-		v.routeTraffic(fmt.Sprintf("routes[%d]", i), &v.c.Routes[i])
+		v.routeTraffic(fmt.Sprintf("routes[%d]", i), &v.c.Routes[i], clusters)
 	}
 }

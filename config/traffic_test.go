@@ -29,6 +29,36 @@ func TestFaultKeys(t *testing.T) {
 	}
 }
 
+func TestMirrorKeys(t *testing.T) {
+	t.Parallel()
+	cfg, err := config.Parse(resDoc(`    mirror: {cluster: c, percent: 10}`, "", ""), "test.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := cfg.Routes[0].Mirror; m.Cluster != "c" || m.Percent != 10 {
+		t.Errorf("mirror %+v", *m)
+	}
+	for _, tc := range []struct{ name, route, field string }{
+		{"no cluster", "    mirror: {percent: 10}", "routes[0].mirror.cluster"},
+		{"unknown cluster", "    mirror: {cluster: ghost, percent: 10}", "routes[0].mirror.cluster"},
+		{"percent over 100", "    mirror: {cluster: c, percent: 100.5}", "routes[0].mirror.percent"},
+		{"unknown key", "    mirror: {cluster: c, percent: 1, sample: 2}", ""},
+	} {
+		_, err := config.Parse(resDoc(tc.route, "", ""), "test.yaml")
+		var es config.Errors
+		if !errors.As(err, &es) {
+			t.Fatalf("%s: err = %v, want config.Errors", tc.name, err)
+		}
+		found := false
+		for _, e := range es {
+			found = found || ((tc.field == "" || e.Field == tc.field) && e.Line > 0)
+		}
+		if !found {
+			t.Errorf("%s: no error on %q with a line among:\n%v", tc.name, tc.field, err)
+		}
+	}
+}
+
 func TestFaultInvalid(t *testing.T) {
 	t.Parallel()
 	tests := []struct{ name, route, field string }{

@@ -141,6 +141,9 @@ type Route struct {
 	// Fault, when set, delays or aborts a share of the route's calls, for
 	// drills (traffic.go).
 	Fault *Fault `yaml:"fault"`
+	// Mirror, when set, copies a share of the route's calls to another
+	// cluster, responses discarded (traffic.go).
+	Mirror *Mirror `yaml:"mirror"`
 }
 
 // Match is a route's selector. Exactly one of Method, Service and Prefix is

@@ -205,6 +205,9 @@ func (d *Director) Direct(ctx context.Context, req *engine.Request) (engine.Targ
 	if pol != nil && (pol.IdleTimeout > 0 || pol.Retry != nil) {
 		c.resilience(&target, pol, req) // retry.go
 	}
+	if pol != nil && pol.Mirror.Sample(rand.Float64()*100) {
+		d.mirror(&target, st, route.Name, pol.Mirror, req) // mirror.go
+	}
 	return target, nil
 }
 

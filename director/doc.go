@@ -26,4 +26,9 @@
 //     delayed); metrics count callrecord.Call.Fault
 //     (meshd_fault_injected_total), tracing marks the SERVER span
 //     (meshd.fault), cmd/meshd's route explain prints it.
+//   - mirroring: config.Mirror (config/traffic.go) becomes policy.Mirror
+//     (Sample); Direct samples it last and picks from the mirror cluster
+//     (mirror.go here), the engine runs the copy as a shadow call
+//     (engine/mirror.go: engine.Target.Mirror), and its outcome reaches
+//     callrecord.MirrorObserver (meshd_mirror_requests_total).
 package director

@@ -72,3 +72,61 @@ func TestDirectFault(t *testing.T) {
 		t.Fatalf("records %s, want %s", got, want)
 	}
 }
+
+// mirrorRecorder records ObserveMirror.
+type mirrorRecorder struct {
+	recorder
+	results []string
+}
+
+func (m *mirrorRecorder) ObserveMirror(route, result string) {
+	m.results = append(m.results, route+":"+result)
+}
+
+// TestDirectMirror: a sampled call carries a Mirror to the mirror
+// cluster's endpoint, whose outcome is observed and whose run is counted
+// on the State until it ends; a mirror cluster without endpoints costs
+// only the copy.
+func TestDirectMirror(t *testing.T) {
+	t.Parallel()
+	routes := []config.Route{
+		{Name: "copied", Match: config.Match{Method: "/s.S/Copied"}, Cluster: "c"},
+		{Name: "nowhere", Match: config.Match{Method: "/s.S/Nowhere"}, Cluster: "c"},
+	}
+	pols := map[string]*policy.Route{
+		"copied":  {Name: "copied", Mirror: &policy.Mirror{Cluster: "shadow", Percent: 100}},
+		"nowhere": {Name: "nowhere", Mirror: &policy.Mirror{Cluster: "empty", Percent: 100}},
+	}
+	table, err := router.New(routes, router.WithPolicy(func(r config.Route) *policy.Route { return pols[r.Name].Init() }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &mirrorRecorder{}
+	d := New(WithObserver(rec))
+	st := &State{Table: table, Clusters: map[string]*balancer.Cluster{"c": cluster(t, "c", "127.0.0.1:1"),
+		"shadow": cluster(t, "shadow", "127.0.0.1:2"), "empty": cluster(t, "empty")},
+		Limits: map[string]*policy.Limiter{}, Budgets: map[string]*policy.RetryBudget{}}
+	d.Swap(st)
+	req := func(method string) *engine.Request { return &engine.Request{Method: method, Header: &engine.Header{}} }
+
+	tg, err := d.Direct(context.Background(), req("/s.S/Copied"))
+	if err != nil || tg.Mirror == nil || tg.Mirror.Addr != "127.0.0.1:2" || tg.Addr != "127.0.0.1:1" {
+		t.Fatalf("copied: %+v %v", tg, err)
+	}
+	tg.Done(engine.Result{})
+	if st.Active() != 1 {
+		t.Fatalf("State counts %d calls while the copy runs, want 1", st.Active())
+	}
+	tg.Mirror.Done(engine.MirrorAnswered)
+	tg, err = d.Direct(context.Background(), req("/s.S/Nowhere"))
+	if err != nil || tg.Mirror != nil {
+		t.Fatalf("nowhere: %+v %v, want the call without a copy", tg, err)
+	}
+	tg.Done(engine.Result{})
+	if st.Active() != 0 {
+		t.Fatalf("State counts %d calls after every end", st.Active())
+	}
+	if got := strings.Join(rec.results, " "); got != "copied:answered nowhere:no_endpoint" {
+		t.Fatalf("mirror results %q", got)
+	}
+}

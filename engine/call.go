@@ -127,6 +127,12 @@ type Target struct {
 	// error value per setting, not build one per call.
 	TimeoutErr error
 
+	// Mirror, if non-nil, sends a copy of the call's request to another
+	// backend as it arrives (shadow traffic, mirror.go); the copy's
+	// response is discarded and nothing that happens to it reaches the
+	// call. nil: no copy, and no cost.
+	Mirror *Mirror
+
 	// FaultDelay, when positive, holds the call back this long before its
 	// first attempt opens: an injected delay (fault injection), carried
 	// out by a timer, never by blocking the Director. It counts against
@@ -332,6 +338,9 @@ func (sh *shared) dropOp(o *op, cs *[]credit) {
 // forwardUp sends a request frame to the backend stream, or holds it until
 // the stream is linked.
 func (cl *call) forwardUp(o op, fl *flusher) {
+	if s := cl.shadow; s != nil && o.kind == opHeaders {
+		s.mirrorTrailers(o.fields)
+	}
 	up := cl.up.Load()
 	if up == nil || cl.logging() {
 		cl.holdUp(nil, o, fl)
@@ -474,6 +483,9 @@ func (cl *call) forwardDownData(up *hstream, p []byte, fl *flusher) {
 // forwardDown sends a response frame, received on up, to the client
 // stream.
 func (cl *call) forwardDown(up *hstream, o op, fl *flusher) {
+	if cl.mirror != nil {
+		return // a shadow's response is discarded (HEADERS carry no credit)
+	}
 	if !cl.admit(up, fl) {
 		return // a retried call's abandoned attempt
 	}
@@ -565,11 +577,18 @@ func (cl *call) onReqData(data []byte, end bool, fl *flusher) {
 			it.touch()
 		}
 	}
+	if s := cl.shadow; s != nil {
+		s.mirrorData(data, end) // before the primary's forwarding may release data
+	}
 	cl.forwardUpData(data, end, fl)
 }
 
 // onRespData forwards backend DATA (backend reader goroutine).
 func (cl *call) onRespData(up *hstream, data []byte, end bool, fl *flusher) {
+	if cl.mirror != nil {
+		cl.shadowRespData(up, data, end)
+		return
+	}
 	if !cl.admit(up, fl) {
 		up.c.credit(up, int64(len(data)))
 		return // a retried call's abandoned attempt

@@ -191,6 +191,11 @@ type call struct {
 	// shared.
 	rs   *retryState
 	idle *idleTimer
+	// shadow is the call's mirror copy (Target.Mirror), a call of its own
+	// (mirror.go); mirror is set on that shadow. Both nil otherwise; set
+	// before the call is shared.
+	shadow *call
+	mirror *mirrorState
 
 	// reqTrack is used only by the client connection's reader; respTrack
 	// only by the backend connection's reader.
@@ -421,6 +426,9 @@ func (cl *call) apply(ev *event, a *after) {
 // or the client stream of a call that ended before the client went away.
 func (cl *call) dropStale(ev *event) {
 	var cs []credit
+	if cl.mirror != nil && ev.end.mode != endForward {
+		return // a shadow has no client stream
+	}
 	switch ev.end.mode {
 	case endForward:
 		cl.sc.sh.dropOp(&ev.end.final, &cs)
@@ -474,6 +482,9 @@ func (cl *call) start(target Target, req *reqHeaders, fl *flusher) {
 		return
 	}
 	cl.newResilience()
+	if target.Mirror != nil {
+		cl.startShadow(req, fl) // mirror.go
+	}
 	cl.mu.Lock()
 	cl.epoch = 1
 	var first attempt
@@ -596,6 +607,9 @@ func (cl *call) endLocked(e ending, decided bool, a *after) {
 	if it := cl.idle; it != nil {
 		it.t.Stop()
 	}
+	if ms := cl.mirror; ms != nil && ms.grace != nil {
+		ms.grace.Stop()
+	}
 }
 
 // finish carries out the end of a call that endLocked made done: what the
@@ -603,6 +617,10 @@ func (cl *call) endLocked(e ending, decided bool, a *after) {
 // counters and Target.Done. Runs without cl.mu, on the goroutine whose
 // event ended the call.
 func (cl *call) finish(a *after) {
+	if cl.mirror != nil {
+		cl.finishShadow(a) // mirror.go: no client
+		return
+	}
 	e := &a.end
 	committed := cl.answerClient(e, a.held, &a.cs)
 	notReached := e.notReached
@@ -614,6 +632,10 @@ func (cl *call) finish(a *after) {
 		notReached = true
 	}
 	applyCredits(a.cs)
+	if s := cl.shadow; s != nil {
+		// The copy may finish unless the request it copies never did.
+		s.primaryEnded(e.mode != endClientGone && e.mode != endRST)
+	}
 
 	stats := &cl.sc.sh.stats
 	switch e.code {

@@ -67,6 +67,7 @@ type Metrics struct {
 	active   prometheus.Gauge
 	denied   *denials // mesh.go
 	faults   *prometheus.CounterVec
+	mirrors  *prometheus.CounterVec
 
 	state *stateCollector
 
@@ -83,9 +84,15 @@ type Metrics struct {
 }
 
 var (
-	_ callrecord.Observer      = (*Metrics)(nil)
-	_ callrecord.StartObserver = (*Metrics)(nil)
+	_ callrecord.Observer       = (*Metrics)(nil)
+	_ callrecord.StartObserver  = (*Metrics)(nil)
+	_ callrecord.MirrorObserver = (*Metrics)(nil)
 )
+
+// ObserveMirror counts a mirrored copy's result.
+func (m *Metrics) ObserveMirror(route, result string) {
+	m.mirrors.WithLabelValues(route, result).Inc()
+}
 
 // New builds the registry with every meshd metric and the Go runtime and
 // process collectors. State metrics appear once SetSource is called.
@@ -132,9 +139,13 @@ func New(opts ...Option) *Metrics {
 			Name: "meshd_fault_injected_total",
 			Help: "Calls into which a route's fault injection put a fault, by route and kind (delay, abort).",
 		}, []string{"route", "kind"}),
+		mirrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshd_mirror_requests_total",
+			Help: "Mirrored copies of calls (route mirror), by route and result: answered (the mirror answered; its response discarded), dropped (the mirror was too slow or its buffer full), failed (the mirror could not be reached or reset the stream), no_endpoint (the mirror cluster had none).",
+		}, []string{"route", "result"}),
 	}
 	m.series.Store(&map[seriesKey]*series{})
-	m.reg.MustRegister(m.handled, m.handling, m.attempts, m.retries, m.bytes, m.active, m.state, m.denied.vec, m.faults,
+	m.reg.MustRegister(m.handled, m.handling, m.attempts, m.retries, m.bytes, m.active, m.state, m.denied.vec, m.faults, m.mirrors,
 		listenerCollector{state: m.state}, // abuse.go
 		frameCollector{state: m.state},    // frame.go
 		counterFunc("meshd_tracing_dropped_spans_total", "Sampled spans not exported: export queue full, collector failing, or lost at shutdown.", o.droppedSpan),

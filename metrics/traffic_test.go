@@ -23,3 +23,17 @@ func TestFaultInjectedCounted(t *testing.T) {
 		}
 	}
 }
+
+func TestMirrorCounted(t *testing.T) {
+	t.Parallel()
+	m := metrics.New()
+	for _, r := range []string{"answered", "answered", "dropped"} {
+		m.ObserveMirror("users", r)
+	}
+	mfs := scrape(t, m)
+	for result, want := range map[string]float64{"answered": 2, "dropped": 1} {
+		if got := mfs.Value(t, "meshd_mirror_requests_total", map[string]string{"route": "users", "result": result}); got != want {
+			t.Errorf("meshd_mirror_requests_total{result=%s} = %v, want %v", result, got, want)
+		}
+	}
+}

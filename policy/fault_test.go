@@ -47,3 +47,18 @@ func TestFaultDecide(t *testing.T) {
 		t.Fatalf("abort message %q, want it to name the route and say injected", status.Convert(err).Message())
 	}
 }
+
+func TestMirrorSample(t *testing.T) {
+	t.Parallel()
+	var none *Mirror
+	m := &Mirror{Cluster: "shadow", Percent: 10}
+	for _, tc := range []struct {
+		m    *Mirror
+		roll float64
+		want bool
+	}{{none, 0, false}, {m, 0, true}, {m, 9.999, true}, {m, 10, false}, {&Mirror{Percent: 100}, 99.999, true}, {&Mirror{}, 0, false}} {
+		if got := tc.m.Sample(tc.roll); got != tc.want {
+			t.Errorf("%+v.Sample(%v) = %v, want %v", tc.m, tc.roll, got, tc.want)
+		}
+	}
+}

@@ -24,6 +24,8 @@ type Route struct {
 	Retry *Retry
 	// Fault is the route's fault injection (nil: none).
 	Fault *Fault
+	// Mirror is the route's mirroring (nil: none).
+	Mirror *Mirror
 
 	timeoutErr, maxGRPCErr, idleErr, perTryErr, rateErr error
 }

@@ -50,6 +50,9 @@ func (s *Server) policies() (func(config.Route) *policy.Route, map[string]*polic
 	return func(r config.Route) *policy.Route {
 		pol := &policy.Route{Name: r.Name, Timeout: r.Timeout.D(), MaxGRPCTimeout: r.MaxGRPCTimeout.D(),
 			IdleTimeout: r.IdleTimeout.D(), Retry: retryPolicy(r.Retry), Fault: faultPolicy(r.Fault)}
+		if m := r.Mirror; m != nil && m.Percent > 0 {
+			pol.Mirror = &policy.Mirror{Cluster: m.Cluster, Percent: m.Percent}
+		}
 		if rl := r.RateLimit; rl != nil {
 			b := s.buckets[r.Name]
 			if !b.Same(rl.RequestsPerSecond, rl.Burst) {

@@ -205,8 +205,12 @@ func explain(w io.Writer, cfg *config.Config, table *router.Table, method string
 	return nil
 }
 
-// explainTraffic prints the route's traffic policies: fault injection.
+// explainTraffic prints the route's traffic policies: mirror, fault
+// injection.
 func explainTraffic(w io.Writer, r *config.Route) {
+	if m := r.Mirror; m != nil {
+		fmt.Fprintf(w, "  mirror: %v%% of calls copied to cluster %q (:authority with -shadow; responses discarded, never retried or waited for)\n", m.Percent, m.Cluster)
+	}
 	f := r.Fault
 	if f == nil {
 		return
