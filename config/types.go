@@ -193,7 +193,10 @@ type Retry struct {
 	// call's deadline). An attempt cut by it is retried like a RetryOn code
 	// while attempts, the budget and the deadline allow; otherwise the call
 	// ends DEADLINE_EXCEEDED. Once the response has started it no longer
-	// applies, so it never cuts a flowing stream.
+	// applies, so it never cuts a flowing stream. Response headers that
+	// arrive without a message are held (so that a status right after them
+	// can still be retried) for at most what is left of it, or 1s without
+	// one; then they go out and the call commits.
 	PerTryTimeout Duration `yaml:"per_try_timeout"`
 	// Backoff is the wait before each retry: exponential with full jitter.
 	Backoff RetryBackoff `yaml:"backoff"`
