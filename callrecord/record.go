@@ -45,6 +45,9 @@ type Call struct {
 	// "grpc-web" for a gRPC-Web request meshd translated (package
 	// grpcweb); "" for native gRPC.
 	Protocol string
+	// Fault names the fault the route injected into the call ("delay",
+	// "abort"), "" for none (route fault injection, for drills).
+	Fault string
 }
 
 // PeerString is the client's address, "" when unknown.
@@ -67,6 +70,14 @@ func (c *Call) TraceIDString() string {
 // data path's goroutines, so it must be quick and must not block.
 type Observer interface {
 	ObserveCall(c *Call)
+}
+
+// MirrorObserver is an Observer that is also told what became of each
+// mirrored copy of a call (route mirror): result is "answered",
+// "dropped", "failed" or "no_endpoint". It must not block.
+type MirrorObserver interface {
+	Observer
+	ObserveMirror(route, result string)
 }
 
 // StartObserver is an Observer that is also told when a call starts, before

@@ -73,6 +73,7 @@ func (v *validator) resilience() {
 	for i := range v.c.Routes {
 		v.routeResilience(fmt.Sprintf("routes[%d]", i), &v.c.Routes[i])
 	}
+	v.routesTraffic() // traffic.go
 	for i := range v.c.Clusters {
 		v.clusterResilience(fmt.Sprintf("clusters[%d]", i), &v.c.Clusters[i])
 	}

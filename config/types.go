@@ -160,6 +160,12 @@ type Route struct {
 	RateLimit *RateLimit `yaml:"rate_limit"`
 	// Retry, when set, retries failed attempts that were not yet committed.
 	Retry *Retry `yaml:"retry"`
+	// Fault, when set, delays or aborts a share of the route's calls, for
+	// drills (traffic.go).
+	Fault *Fault `yaml:"fault"`
+	// Mirror, when set, copies a share of the route's calls to another
+	// cluster, responses discarded (traffic.go).
+	Mirror *Mirror `yaml:"mirror"`
 }
 
 // Match is a route's selector. Exactly one of Method, Service and Prefix is
@@ -215,7 +221,10 @@ type Retry struct {
 	// call's deadline). An attempt cut by it is retried like a RetryOn code
 	// while attempts, the budget and the deadline allow; otherwise the call
 	// ends DEADLINE_EXCEEDED. Once the response has started it no longer
-	// applies, so it never cuts a flowing stream.
+	// applies, so it never cuts a flowing stream. Response headers that
+	// arrive without a message are held (so that a status right after them
+	// can still be retried) for at most what is left of it, or 1s without
+	// one; then they go out and the call commits.
 	PerTryTimeout Duration `yaml:"per_try_timeout"`
 	// Backoff is the wait before each retry: exponential with full jitter.
 	Backoff RetryBackoff `yaml:"backoff"`

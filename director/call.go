@@ -49,6 +49,7 @@ func (c *call) startSpans(ctx context.Context, req *engine.Request) fieldCarrier
 	sctx, sspan := tp.StartServer(ctx, req.Method, headerCarrier{req.Header}, remote(req))
 	tracing.SetRoute(sctx, c.rec.Route, c.rec.Cluster)
 	tracing.SetPeer(sctx, c.rec.Peer)
+	tracing.SetFault(sctx, c.rec.Fault)
 	var out fieldCarrier
 	_, cspan := tp.StartClient(sctx, req.Method, c.ep.Address(), 1, &out)
 	c.sctx, c.client = sctx, cspan
@@ -98,6 +99,7 @@ func (d *Director) failed(req *engine.Request, start time.Time, rec callrecord.C
 			tracing.SetRoute(sctx, rec.Route, rec.Cluster)
 		}
 		tracing.SetPeer(sctx, rec.Peer)
+		tracing.SetFault(sctx, rec.Fault)
 		tracing.EndSpan(span, st.Code(), st.Message())
 	}
 	if len(d.observers) == 0 {

@@ -193,6 +193,20 @@ func (d *Director) Direct(ctx context.Context, req *engine.Request) (engine.Targ
 		return fail(policy.ErrUnknownCluster(route.Name, name))
 	}
 	pol, lim := route.Policy, st.Limits[name]
+	var fault policy.FaultKind
+	var faultDelay time.Duration
+	if pol != nil && pol.Fault != nil {
+		// Before admission and the pick: an aborted call takes no slot
+		// and reaches no backend; a delayed one is delayed by the engine
+		// (Target.FaultDelay, a timer), never here.
+		f := pol.Fault
+		var err error
+		fault, faultDelay, err = f.Decide(f.Header != "" && len(req.Header.Get(f.Header)) > 0, rand.Float64()*100, rand.Float64()*100)
+		if err != nil {
+			st.calls.Add(-1)
+			return engine.Target{}, d.failed(req, start, callrecord.Call{Route: route.Name, Cluster: name, Peer: peer, Fault: string(fault)}, err)
+		}
+	}
 	if err := policy.Admit(pol, lim); err != nil {
 		return fail(err)
 	}
@@ -203,7 +217,7 @@ func (d *Director) Direct(ctx context.Context, req *engine.Request) (engine.Targ
 	}
 	d.callStarted()
 	c := &call{d: d, st: st, cl: cl, up: up, ep: ep, lim: lim, start: start,
-		rec: callrecord.Call{Method: req.Method, Route: route.Name, Cluster: name, Endpoint: ep.Address(), Start: start, Attempts: 1, PeerAddr: req.RemoteAddr, Peer: peer, Protocol: proto}}
+		rec: callrecord.Call{Method: req.Method, Route: route.Name, Cluster: name, Endpoint: ep.Address(), Start: start, Attempts: 1, PeerAddr: req.RemoteAddr, Peer: peer, Protocol: proto, Fault: string(fault)}}
 	// Reroute: c is a pointer, so it goes into the interface without an
 	// allocation (a method value such as c.done costs one).
 	target := engine.Target{Addr: ep.Address(), Upstream: up, Done: c.done, Reroute: c,
@@ -211,6 +225,7 @@ func (d *Director) Direct(ctx context.Context, req *engine.Request) (engine.Targ
 	// The engine sends the budget upstream only when it, not the client,
 	// sets the deadline; the status is the route's, built once.
 	target.Timeout, target.TimeoutErr = pol.Budget(req.Deadline, start)
+	target.FaultDelay = faultDelay
 	if lim.HasPendingLimit() {
 		target.Pending, target.PendingErr = lim, lim.PendingErr()
 	}
@@ -224,6 +239,9 @@ func (d *Director) Direct(ctx context.Context, req *engine.Request) (engine.Targ
 	st.Budgets[name].Deposit()
 	if pol != nil && (pol.IdleTimeout > 0 || pol.Retry != nil) {
 		c.resilience(&target, pol, req) // retry.go
+	}
+	if pol != nil && pol.Mirror.Sample(rand.Float64()*100) {
+		d.mirror(&target, st, route.Name, pol.Mirror, req) // mirror.go
 	}
 	return target, nil
 }

@@ -14,4 +14,21 @@
 //
 // Transparent (original_dst) calls are routed by their original
 // destination (origdst.go).
+//
+// Traffic policies of issue 18 and where their parts live:
+//   - retry after response headers: the engine holds a retryable
+//     attempt's HEADERS (engine/lifecycle.go, state held; engine/retry.go);
+//     the decision stays policy.Decide's (retry.go here).
+//   - fault injection: config.Fault (config/traffic.go) becomes
+//     policy.Fault (policy/fault.go, server.policies); Direct draws it
+//     before admission and the pick, answers an abort itself and hands a
+//     delay to the engine (engine.Target.FaultDelay, a timer: state
+//     delayed); metrics count callrecord.Call.Fault
+//     (meshd_fault_injected_total), tracing marks the SERVER span
+//     (meshd.fault), cmd/meshd's route explain prints it.
+//   - mirroring: config.Mirror (config/traffic.go) becomes policy.Mirror
+//     (Sample); Direct samples it last and picks from the mirror cluster
+//     (mirror.go here), the engine runs the copy as a shadow call
+//     (engine/mirror.go: engine.Target.Mirror), and its outcome reaches
+//     callrecord.MirrorObserver (meshd_mirror_requests_total).
 package director

@@ -12,9 +12,11 @@ import (
 // lifecycle machinery on top of forwarding: 1 KiB unary calls through the
 // engine with every timer a call can have (the client's deadline, the
 // route's idle and per-try timeouts) and a retryable Target that keeps a
-// replay log, next to plain calls through the same proxy.
+// replay log, next to plain calls through the same proxy; and calls
+// mirrored to a second backend (Target.Mirror), for the copy's cost.
 func BenchmarkUnaryLifecycle(b *testing.B) {
 	be := startBackend(b, &testBackend{})
+	shadow := startBackend(b, &testBackend{})
 	p := startProxy(b, be.addr, Config{})
 	_, c := dial(b, p.addr)
 	req := &testpb.SimpleRequest{Payload: payload(1024)}
@@ -29,6 +31,7 @@ func BenchmarkUnaryLifecycle(b *testing.B) {
 			return Target{Addr: be.addr, Timeout: time.Minute, IdleTimeout: time.Minute,
 				Retry: noRetry, RetryBufferBytes: 1 << 20, PerTryTimeout: time.Minute}
 		}},
+		{"mirrored", func() Target { return Target{Addr: be.addr, Mirror: &Mirror{Addr: shadow.addr}} }},
 	} {
 		p.route(func(*Request) (Target, error) { return bc.target(), nil })
 		if _, err := c.UnaryCall(context.Background(), req); err != nil {

@@ -139,6 +139,20 @@ type Target struct {
 	// error value per setting, not build one per call.
 	TimeoutErr error
 
+	// Mirror, if non-nil, sends a copy of the call's request to another
+	// backend as it arrives (shadow traffic, mirror.go); the copy's
+	// response is discarded and nothing that happens to it reaches the
+	// call. nil: no copy, and no cost.
+	Mirror *Mirror
+
+	// FaultDelay, when positive, holds the call back this long before its
+	// first attempt opens: an injected delay (fault injection), carried
+	// out by a timer, never by blocking the Director. It counts against
+	// the call's deadline (which ends a call still delayed with
+	// DEADLINE_EXCEEDED); request frames received meanwhile are held. 0:
+	// none, and no cost.
+	FaultDelay time.Duration
+
 	// The call's resilience settings (retry.go). Their zero values turn
 	// them off and cost nothing: no buffer, no timer, no lock.
 
@@ -150,8 +164,10 @@ type Target struct {
 	// (status.Code and status.Message of it); nil: DEADLINE_EXCEEDED.
 	IdleErr error
 	// Retry, with RetryBufferBytes > 0, makes the call retryable: meshd
-	// keeps a copy of the request DATA for replay and, when an attempt
-	// fails before anything of its response was forwarded to the client,
+	// keeps a copy of the request DATA for replay, holds each attempt's
+	// response HEADERS until its first message (or its status, or
+	// HeaderHoldLimit) and, when an attempt fails before anything of its
+	// response was forwarded to the client,
 	// calls Retry (on one of meshd's goroutines; it must not block) with
 	// how the attempt ended. ok true: after backoff, a new upstream stream
 	// is opened to next.Addr (through next.Upstream) with next.Header and
@@ -168,7 +184,11 @@ type Target struct {
 	RetryBuffer BufferLimiter
 	// PerTryTimeout bounds each attempt of a retryable call until its
 	// response starts; the attempt then ends with PerTryErr's status
-	// (nil: DEADLINE_EXCEEDED) and may be retried. 0: none.
+	// (nil: DEADLINE_EXCEEDED) and may be retried. Once the attempt's
+	// response HEADERS arrived (and are held, waiting for its first
+	// message or its status), its remainder bounds the hold instead: the
+	// HEADERS then go out and the call commits. 0: none (the hold is
+	// bounded by HeaderHoldLimit).
 	PerTryTimeout time.Duration
 	// PerTryErr is the status of an attempt cut by PerTryTimeout.
 	PerTryErr error
@@ -330,6 +350,9 @@ func (sh *shared) dropOp(o *op, cs *[]credit) {
 // forwardUp sends a request frame to the backend stream, or holds it until
 // the stream is linked.
 func (cl *call) forwardUp(o op, fl *flusher) {
+	if s := cl.shadow; s != nil && o.kind == opHeaders {
+		s.mirrorTrailers(o.fields)
+	}
 	up := cl.up.Load()
 	if up == nil || cl.logging() {
 		cl.holdUp(nil, o, fl)
@@ -472,7 +495,10 @@ func (cl *call) forwardDownData(up *hstream, p []byte, fl *flusher) {
 // forwardDown sends a response frame, received on up, to the client
 // stream.
 func (cl *call) forwardDown(up *hstream, o op, fl *flusher) {
-	if !cl.admit(up) {
+	if cl.mirror != nil {
+		return // a shadow's response is discarded (HEADERS carry no credit)
+	}
+	if !cl.admit(up, fl) {
 		return // a retried call's abandoned attempt
 	}
 	if it := cl.idle; it != nil {
@@ -563,12 +589,19 @@ func (cl *call) onReqData(data []byte, end bool, fl *flusher) {
 			it.touch()
 		}
 	}
+	if s := cl.shadow; s != nil {
+		s.mirrorData(data, end) // before the primary's forwarding may release data
+	}
 	cl.forwardUpData(data, end, fl)
 }
 
 // onRespData forwards backend DATA (backend reader goroutine).
 func (cl *call) onRespData(up *hstream, data []byte, end bool, fl *flusher) {
-	if !cl.admit(up) {
+	if cl.mirror != nil {
+		cl.shadowRespData(up, data, end)
+		return
+	}
+	if !cl.admit(up, fl) {
 		up.c.credit(up, int64(len(data)))
 		return // a retried call's abandoned attempt
 	}

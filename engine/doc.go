@@ -68,9 +68,19 @@
 // per-try timeout passed, or it answered trailers-only) is reset and
 // handed to Retry, which decides with the route's policy; the backoff runs
 // on a timer, never on a connection reader, and the next attempt replays
-// the copy before forwarding live again. Response HEADERS commit the call:
-// from then on it is never retried and the copy is released. Calls
-// without Retry keep nothing and pay nothing.
+// the copy before forwarding live again. A retryable call holds an
+// attempt's response HEADERS until its next frame (at most the per-try
+// timeout's remainder, else HeaderHoldLimit), so that a status right
+// after them, with no message, is retried too; the first response
+// message (or the hold's end) commits the call: from then on it is never
+// retried and the copy is released. Calls without Retry keep nothing,
+// hold nothing and pay nothing.
+//
+// Traffic policies: Target.FaultDelay holds a call back before its first
+// attempt on a timer (fault injection; the deadline runs meanwhile), and
+// Target.Mirror sends a copy of the request to another backend as a
+// shadow call whose response is discarded and which never affects the
+// call (mirror.go).
 //
 // Strict at the edge of the protocol (closed.go, grpcwire.go): client
 // streams follow RFC 9113's states, and a frame that breaks them gets the
@@ -87,8 +97,8 @@
 // it asks the client to stop (closed.go), so the client's stream is held
 // to the same rules until then.
 //
-// A call's life (lifecycle.go) is an explicit state, starting, opening,
-// linked, backoff, committed, done, changed only under the call's mutex
+// A call's life (lifecycle.go) is an explicit state, starting, delayed,
+// opening, linked, held, backoff, committed, done, changed only under the call's mutex
 // by one transition function; connection readers, the Pool and the
 // call's timers post it events. That file also gives the lock order and
 // the goroutines that may end a call.

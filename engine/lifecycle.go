@@ -18,17 +18,21 @@ import (
 //
 // A call's life
 //
-//	starting ──▶ opening ──▶ linked ──▶ committed
-//	              │ ▲ ▲       │           │
-//	        retry │ │ └───────┤ reroute   │
-//	              ▼ │         │           │
-//	             backoff ◀────┘ retry     ▼
+//	starting ──▶ opening ──▶ linked ─────────────▶ committed
+//	              │ ▲ ▲       │ │                     ▲     │
+//	        retry │ │ └───────┤ └──▶ held ────────────┘     │
+//	              ▼ │ reroute │       │                     │
+//	             backoff ◀────┴───────┘ retry               ▼
 //	                                    done ◀── every state but done
 //
-//	(and opening ──▶ opening: a reroute of a stream that could not be opened)
+//	(and opening ──▶ opening: a reroute of a stream that could not be opened;
+//	 starting ──▶ delayed ──▶ opening | done: an injected delay)
 //
 //   - starting: the client reader checks the request HEADERS and asks the
 //     Director; nothing else knows the call yet.
+//   - delayed: Target.FaultDelay holds the call back before its first
+//     attempt (fault injection); the delay timer posts evDelay, which
+//     opens it. The deadline runs meanwhile; request frames are held.
 //   - opening: the current attempt (cl.epoch) waits for an upstream stream:
 //     Pool.open picks a connection, or the call waits in a backend's
 //     waiters for a dial or for stream capacity. A reroute (Target.Reroute)
@@ -37,10 +41,22 @@ import (
 //   - linked: the attempt's upstream stream (cl.up) is open; nothing of its
 //     response was forwarded, so a retryable call may still be retried
 //     (backoff) and a refused stream rerouted (opening).
+//   - held: a retryable call's attempt answered with response HEADERS
+//     (not trailers-only); meshd holds them (retryState.heldHdr) instead of
+//     forwarding them, so that a status the backend sends right after, with
+//     no message, can still be retried (many servers send header metadata
+//     first). The attempt's next frame decides: a message commits the call
+//     (the held HEADERS go out first), trailers or a reset end the attempt
+//     as in linked (Retry decides; the held HEADERS of an attempt left are
+//     dropped, so the client sees only the winning attempt's). The hold
+//     timer bounds the wait (the per-try timeout's remainder, else
+//     HeaderHoldLimit): it posts evHold, which forwards the HEADERS and
+//     commits the call. Calls that are not retryable never hold.
 //   - backoff: the attempt failed and Target.Retry asked for another, which
 //     the backoff timer opens.
 //   - committed: the response started (the current attempt's first
-//     response frame was forwarded): the call is never retried or rerouted
+//     response frame was forwarded; for a retryable call, its first message
+//     or the end of the hold): the call is never retried or rerouted
 //     again.
 //   - done: the call ended: the client's answer is decided, and Target.Done
 //     is called once, by the goroutine that made the call done. Every event
@@ -49,7 +65,7 @@ import (
 // One owner
 //
 // A call's state (state, epoch, cl.up's attempt, pending, the timers and
-// the retry state) is changed only under call.mu, by the transition
+// the retry state, held HEADERS included) is changed only under call.mu, by the transition
 // functions below, and its state only by setStateLocked, which panics on a
 // transition the diagram does not have. The goroutines that act on a call
 // do not change it themselves: they post an event (post) naming what
@@ -59,7 +75,7 @@ import (
 // transition (stepLocked), and then, without call.mu, carries out what the
 // transition left to do (after): answer the client, reset an upstream
 // stream, open the next attempt, call Target.Done. Timers only post: the
-// per-try and backoff timers post the epoch they were armed for, the
+// per-try, hold and backoff timers post the epoch they were armed for, the
 // deadline and idle timers an event for the call as a whole; none takes
 // a lock or checks anything itself.
 //
@@ -88,8 +104,9 @@ import (
 //     deadline), GOAWAY, a protocol or flow-control error, an oversized
 //     response message, and the connection's loss (Pool.runReader);
 //   - a goroutine that opens an attempt (the client reader for the first,
-//     a backoff timer's or the reader whose event rerouted the call for
-//     later ones), when Pool.open cannot give it a stream at once;
+//     or the fault delay timer's when it was delayed, a backoff timer's or
+//     the reader whose event rerouted the call for later ones), when
+//     Pool.open cannot give it a stream at once;
 //   - a Pool dial goroutine, when the dial the call waits for fails;
 //   - the goroutine that closes the call's Pool (Server.Close for the
 //     Server's own, Pool.Close or Pool.Shutdown for one from NewPool), for
@@ -112,10 +129,12 @@ const (
 	callBackoff
 	callCommitted
 	callDone
+	callHeld
+	callDelayed
 	numCallStates
 )
 
-var callStateNames = [numCallStates]string{"starting", "opening", "linked", "backoff", "committed", "done"}
+var callStateNames = [numCallStates]string{"starting", "opening", "linked", "backoff", "committed", "done", "held", "delayed"}
 
 func (s callState) String() string {
 	if s < numCallStates {
@@ -127,9 +146,11 @@ func (s callState) String() string {
 // callTransitions lists, for each state, the states it may become: the
 // arrows of the diagram above.
 var callTransitions = [numCallStates][]callState{
-	callStarting:  {callOpening, callDone},
+	callStarting:  {callOpening, callDelayed, callDone},
+	callDelayed:   {callOpening, callDone},
 	callOpening:   {callLinked, callOpening, callBackoff, callDone},
-	callLinked:    {callCommitted, callOpening, callBackoff, callDone},
+	callLinked:    {callCommitted, callHeld, callOpening, callBackoff, callDone},
+	callHeld:      {callCommitted, callBackoff, callDone},
 	callBackoff:   {callOpening, callDone},
 	callCommitted: {callDone},
 	callDone:      nil,
@@ -170,6 +191,11 @@ type call struct {
 	// shared.
 	rs   *retryState
 	idle *idleTimer
+	// shadow is the call's mirror copy (Target.Mirror), a call of its own
+	// (mirror.go); mirror is set on that shadow. Both nil otherwise; set
+	// before the call is shared.
+	shadow *call
+	mirror *mirrorState
 
 	// reqTrack is used only by the client connection's reader; respTrack
 	// only by the backend connection's reader.
@@ -205,6 +231,7 @@ type call struct {
 	// backend's waiters); releasePendingLocked frees it.
 	pendHeld  bool
 	deadlineT *time.Timer
+	delayT    *time.Timer // state delayed: posts evDelay
 
 	bytesIn, bytesOut atomic.Int64
 }
@@ -253,12 +280,18 @@ const (
 	evLink
 	// evCommit: a response frame arrived on ev.up (admit).
 	evCommit
+	// evHold: the hold of attempt ev.epoch's response HEADERS ran out
+	// (state held): they are forwarded and the call commits.
+	evHold
+	// evDelay: Target.FaultDelay passed (state delayed): the first
+	// attempt opens.
+	evDelay
 )
 
 // event is what a goroutine posts to a call (post).
 type event struct {
 	kind  eventKind
-	epoch uint32   // evOpenFailed, evOpenRefused, evPerTry, evBackoff, evLink
+	epoch uint32   // evOpenFailed, evOpenRefused, evPerTry, evBackoff, evLink, evHold
 	up    *hstream // evStream, evCommit
 	end   ending   // how the call ends if the event ends it
 }
@@ -273,9 +306,13 @@ func (cl *call) currentLocked(k eventKind, epoch uint32, up *hstream) bool {
 	case evEnd, evIdle:
 		return s != callDone
 	case evStream:
-		return (s == callLinked || s == callCommitted) && up == cl.up.Load()
+		return (s == callLinked || s == callHeld || s == callCommitted) && up == cl.up.Load()
 	case evCommit:
-		return s == callLinked && up == cl.up.Load()
+		return (s == callLinked || s == callHeld) && up == cl.up.Load()
+	case evHold:
+		return s == callHeld && epoch == cl.epoch
+	case evDelay:
+		return s == callDelayed
 	case evOpenFailed, evOpenRefused, evLink:
 		return s == callOpening && epoch == cl.epoch
 	case evPerTry:
@@ -299,11 +336,12 @@ type attempt struct {
 type after struct {
 	stale bool // the event did not concern the call: release what it carries
 
-	finish  bool         // the call is done: answer the client and report (finish)
-	end     ending       // finish: how
-	decided bool         // finish: end.notReached is a retry decision's, final
-	up      *hstream     // finish: the upstream stream to reset
-	done    func(Result) // finish: Target.Done
+	finish  bool                // the call is done: answer the client and report (finish)
+	end     ending              // finish: how
+	decided bool                // finish: end.notReached is a retry decision's, final
+	held    []hpack.HeaderField // finish: response HEADERS held (state held), sent before the end
+	up      *hstream            // finish: the upstream stream to reset
+	done    func(Result)        // finish: Target.Done
 
 	reset   *hstream // a rerouted attempt's stream, to cancel
 	pending []op     // request frames no attempt will take
@@ -339,6 +377,16 @@ func (cl *call) stepLocked(ev *event, a *after) {
 		cl.idleLocked(a)
 	case evBackoff:
 		cl.backoffPassedLocked(a)
+	case evDelay:
+		cl.delayT = nil
+		if rs := cl.rs; rs != nil {
+			rs.start = time.Now() // the attempt's time, for Retry, starts now
+		}
+		a.open, a.next = true, cl.openLocked()
+	case evHold:
+		// Neither a message nor the attempt's end came in time: the
+		// HEADERS go out, and the call is an ordinary one from here.
+		cl.commitLocked(nil)
 	case evStream, evOpenFailed, evPerTry:
 		cl.attemptEndedLocked(ev, a)
 	default:
@@ -378,6 +426,9 @@ func (cl *call) apply(ev *event, a *after) {
 // or the client stream of a call that ended before the client went away.
 func (cl *call) dropStale(ev *event) {
 	var cs []credit
+	if cl.mirror != nil && ev.end.mode != endForward {
+		return // a shadow has no client stream
+	}
 	switch ev.end.mode {
 	case endForward:
 		cl.sc.sh.dropOp(&ev.end.final, &cs)
@@ -435,9 +486,21 @@ func (cl *call) start(target Target, req *reqHeaders, fl *flusher) {
 		return
 	}
 	cl.newResilience()
+	if target.Mirror != nil {
+		cl.startShadow(req, fl) // mirror.go
+	}
 	cl.mu.Lock()
 	cl.epoch = 1
-	first := cl.openLocked()
+	var first attempt
+	delayed := target.FaultDelay > 0
+	if delayed {
+		// Nothing is opened (no pick is used, no stream taken) until
+		// the delay passes; the deadline below covers it.
+		cl.setStateLocked(callDelayed)
+		cl.delayT = time.AfterFunc(target.FaultDelay, func() { cl.post(event{kind: evDelay}) })
+	} else {
+		first = cl.openLocked()
+	}
 	// The timers run from the call's start, as the grpc engine's did: the
 	// first attempt's per-try timeout covers opening its stream, as every
 	// later attempt's does, and the idle timeout a dial that never ends.
@@ -448,7 +511,9 @@ func (cl *call) start(target Target, req *reqHeaders, fl *flusher) {
 		it.t = time.AfterFunc(it.d, it.fire)
 	}
 	cl.mu.Unlock()
-	cl.sc.srv.poolFor(first.up).open(cl, first, fl)
+	if !delayed {
+		cl.sc.srv.poolFor(first.up).open(cl, first, fl)
+	}
 }
 
 // openLocked makes the current attempt (cl.epoch) wait for its upstream
@@ -470,9 +535,17 @@ func (cl *call) leaveAttemptLocked() *hstream {
 	cur := cl.up.Load()
 	cl.up.Store(nil)
 	cl.epoch++
-	if rs := cl.rs; rs != nil && rs.perTry != nil {
-		rs.perTry.Stop()
-		rs.perTry = nil
+	if rs := cl.rs; rs != nil {
+		if rs.perTry != nil {
+			rs.perTry.Stop()
+			rs.perTry = nil
+		}
+		if rs.hold != nil {
+			// The attempt's held HEADERS are never forwarded: the client
+			// sees only the winning attempt's.
+			rs.hold.Stop()
+			rs.hold, rs.heldHdr = nil, nil
+		}
 	}
 	cl.releasePendingLocked()
 	return cur
@@ -528,11 +601,18 @@ func (cl *call) endLocked(e ending, decided bool, a *after) {
 	if cl.deadlineT != nil {
 		cl.deadlineT.Stop()
 	}
+	if cl.delayT != nil {
+		cl.delayT.Stop()
+	}
 	if rs := cl.rs; rs != nil {
+		a.held, rs.heldHdr = rs.heldHdr, nil
 		rs.stopLocked()
 	}
 	if it := cl.idle; it != nil {
 		it.t.Stop()
+	}
+	if ms := cl.mirror; ms != nil && ms.grace != nil {
+		ms.grace.Stop()
 	}
 }
 
@@ -541,8 +621,12 @@ func (cl *call) endLocked(e ending, decided bool, a *after) {
 // counters and Target.Done. Runs without cl.mu, on the goroutine whose
 // event ended the call.
 func (cl *call) finish(a *after) {
+	if cl.mirror != nil {
+		cl.finishShadow(a) // mirror.go: no client
+		return
+	}
 	e := &a.end
-	committed := cl.answerClient(e, &a.cs)
+	committed := cl.answerClient(e, a.held, &a.cs)
 	notReached := e.notReached
 	if a.up == nil {
 		// Never linked; or, after a retry decision, between attempts (the
@@ -552,6 +636,10 @@ func (cl *call) finish(a *after) {
 		notReached = true
 	}
 	applyCredits(a.cs)
+	if s := cl.shadow; s != nil {
+		// The copy may finish unless the request it copies never did.
+		s.primaryEnded(e.mode != endClientGone && e.mode != endRST)
+	}
 
 	stats := &cl.sc.sh.stats
 	switch e.code {
@@ -576,13 +664,21 @@ func (cl *call) finish(a *after) {
 	}
 }
 
-// answerClient ends the client stream as e says, and reports whether any
-// of the response was forwarded to the client (Result.Committed).
-func (cl *call) answerClient(e *ending, cs *[]credit) (committed bool) {
+// answerClient ends the client stream as e says, after held, the response
+// HEADERS of a call that ended while it held them (its backend's trailers
+// that Retry declined to retry, the deadline), and reports whether any of
+// the response was forwarded to the client (Result.Committed).
+func (cl *call) answerClient(e *ending, held []hpack.HeaderField, cs *[]credit) (committed bool) {
 	sc := &cl.sc.conn
 	st := cl.down
 	sc.mu.Lock()
 	defer sc.mu.Unlock()
+	if held != nil && (e.mode == endForward || e.mode == endStatus) && !st.respStarted {
+		// The backend sent them: exact forwarding, also on error.
+		if sc.pushLocked(st, op{kind: opHeaders, fields: held}, e.fl) {
+			st.respStarted = true
+		}
+	}
 	switch e.mode {
 	case endClientGone:
 		sc.discardLocked(st, cs)
@@ -690,9 +786,9 @@ func (cl *call) link(uc *upConn, epoch uint32, fl *flusher) linkResult {
 
 // admit reports whether a response frame from up may be forwarded: only
 // from the current attempt's stream, whose first response frame commits
-// the call (linked → committed): a retryable call is never retried from
-// then on, and its replay log is freed.
-func (cl *call) admit(up *hstream) bool {
+// the call (linked or held → committed): a retryable call is never retried
+// from then on, and its replay log is freed. fl is the calling reader's.
+func (cl *call) admit(up *hstream, fl *flusher) bool {
 	// Without cl.mu: once committed, a call only becomes done, and cl.up
 	// no longer changes.
 	if callState(cl.state.Load()) == callCommitted {
@@ -705,14 +801,37 @@ func (cl *call) admit(up *hstream) bool {
 		// attempt the call left (or the call ended).
 		return cl.stateLocked() == callCommitted && cl.up.Load() == up
 	}
-	cl.setStateLocked(callCommitted)
+	cl.commitLocked(fl)
+	return true
+}
+
+// commitLocked commits the call (linked or held → committed): its current
+// attempt's response goes to the client from here. HEADERS held are
+// queued first, and the state changes after: admit's fast path, which
+// forwards a frame without cl.mu once the call is committed, then cannot
+// overtake them. Called with cl.mu held (the client connection's mu is
+// taken under it, as the lock order allows).
+func (cl *call) commitLocked(fl *flusher) {
 	if rs := cl.rs; rs != nil {
 		if rs.perTry != nil {
 			rs.perTry.Stop() // it never cuts a response in progress
 		}
+		if rs.hold != nil {
+			rs.hold.Stop()
+			rs.hold = nil
+		}
+		if h := rs.heldHdr; h != nil {
+			rs.heldHdr = nil
+			c := &cl.sc.conn
+			c.mu.Lock()
+			if c.pushLocked(cl.down, op{kind: opHeaders, fields: h}, fl) {
+				cl.down.respStarted = true
+			}
+			c.mu.Unlock()
+		}
 		rs.dropLogLocked()
 	}
-	return true
+	cl.setStateLocked(callCommitted)
 }
 
 // holdPending takes a slot of Target.Pending for attempt epoch, about to

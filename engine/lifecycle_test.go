@@ -86,12 +86,19 @@ func TestCallStateTransitions(t *testing.T) {
 	t.Parallel()
 	arrows := map[[2]callState]bool{
 		{callStarting, callOpening}: true, // the first attempt
+		{callStarting, callDelayed}: true, // an injected delay first
+		{callDelayed, callOpening}:  true, // the delay passed
+		{callDelayed, callDone}:     true, // the deadline, the client
 		{callStarting, callDone}:    true, // malformed request, Director error, deadline spent
 		{callOpening, callLinked}:   true, // link
 		{callOpening, callOpening}:  true, // reroute of a stream that could not be opened
 		{callOpening, callBackoff}:  true, // Retry: the open failed or the per-try timeout passed
 		{callOpening, callDone}:     true,
 		{callLinked, callCommitted}: true, // the first response frame
+		{callLinked, callHeld}:      true, // a retryable call's response HEADERS, held
+		{callHeld, callCommitted}:   true, // the first message, or the hold ran out
+		{callHeld, callBackoff}:     true, // Retry: a status (or reset) after the held HEADERS
+		{callHeld, callDone}:        true,
 		{callLinked, callOpening}:   true, // reroute of a refused stream
 		{callLinked, callBackoff}:   true, // Retry: the attempt failed
 		{callLinked, callDone}:      true,
@@ -140,11 +147,11 @@ func TestCallEventsCurrent(t *testing.T) {
 		ev   ev
 		in   []callState
 	}{
-		{"end", ev{evEnd, 0, nil}, []callState{callStarting, callOpening, callLinked, callBackoff, callCommitted}},
-		{"idle", ev{evIdle, 0, nil}, []callState{callStarting, callOpening, callLinked, callBackoff, callCommitted}},
-		{"stream", ev{evStream, 0, cur}, []callState{callLinked, callCommitted}},
+		{"end", ev{evEnd, 0, nil}, []callState{callStarting, callDelayed, callOpening, callLinked, callHeld, callBackoff, callCommitted}},
+		{"idle", ev{evIdle, 0, nil}, []callState{callStarting, callDelayed, callOpening, callLinked, callHeld, callBackoff, callCommitted}},
+		{"stream", ev{evStream, 0, cur}, []callState{callLinked, callHeld, callCommitted}},
 		{"stream left", ev{evStream, 0, old}, nil},
-		{"commit", ev{evCommit, 0, cur}, []callState{callLinked}},
+		{"commit", ev{evCommit, 0, cur}, []callState{callLinked, callHeld}},
 		{"commit left", ev{evCommit, 0, old}, nil},
 		{"link", ev{evLink, now, nil}, []callState{callOpening}},
 		{"link left", ev{evLink, before, nil}, nil},
@@ -156,12 +163,15 @@ func TestCallEventsCurrent(t *testing.T) {
 		{"per-try left", ev{evPerTry, before, nil}, nil},
 		{"backoff", ev{evBackoff, now, nil}, []callState{callBackoff}},
 		{"backoff left", ev{evBackoff, before, nil}, nil},
+		{"hold", ev{evHold, now, nil}, []callState{callHeld}},
+		{"hold left", ev{evHold, before, nil}, nil},
+		{"delay", ev{evDelay, 0, nil}, []callState{callDelayed}},
 	}
 	for _, tc := range cases {
 		for s := callStarting; s < numCallStates; s++ {
 			cl := &call{epoch: now}
 			cl.state.Store(uint32(s))
-			if s == callLinked || s == callCommitted || s == callDone {
+			if s == callLinked || s == callHeld || s == callCommitted || s == callDone {
 				cl.up.Store(cur)
 			}
 			want := false

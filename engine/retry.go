@@ -16,9 +16,16 @@ import (
 //
 // A retryable call keeps a copy of the request DATA forwarded so far (the
 // log). An attempt is the life of one upstream stream; it commits the call
-// when its response HEADERS or DATA are forwarded to the client, and from
-// then on the call is an ordinary one. An attempt that ends before that
-// (trailers-only answer, reset, refused, lost connection, per-try timeout)
+// when its first response message is forwarded to the client, and from
+// then on the call is an ordinary one. Its response HEADERS are held until
+// then (state held, lifecycle.go; retryState.heldHdr): many servers send header metadata and
+// then fail with no message (grpc-go's SetHeader, most Java and Python
+// servers), which is as retryable as a trailers-only answer. The hold ends
+// with the attempt's next frame, or when the hold timer fires (the per-try
+// timeout's remainder, else HeaderHoldLimit): then the HEADERS go out and
+// the call commits, so a slow stream is delayed by the hold at most. An
+// attempt that ends before committing (trailers-only answer, trailers
+// after held HEADERS, reset, refused, lost connection, per-try timeout)
 // is handed to Target.Retry; if it says retry, the call leaves the stream
 // (resets it; late frames from it are ignored), waits the backoff on a
 // timer and links a new upstream stream, whose pending frames are the
@@ -52,6 +59,15 @@ type RetryInfo struct {
 	Deadline time.Time
 }
 
+// HeaderHoldLimit bounds how long a retryable call holds an attempt's
+// response HEADERS waiting for its next frame when the Target has no
+// PerTryTimeout (with one, the per-try timeout's remainder bounds it).
+// When it passes the HEADERS are forwarded and the call commits: a server
+// that sends HEADERS early and its first message much later (a
+// server-streaming watch) is delayed this much once, and is then no
+// longer retried.
+const HeaderHoldLimit = time.Second
+
 // replayChunk is the DATA payload size of replayed request frames.
 const replayChunk = 16 << 10
 
@@ -73,6 +89,8 @@ type retryState struct {
 	held     int64               // bytes of log taken from shared
 	start    time.Time           // the current attempt's start
 	perTry   *time.Timer         // the current attempt's per-try timer
+	heldHdr  []hpack.HeaderField // state held: the current attempt's response HEADERS, not yet forwarded
+	hold     *time.Timer         // state held: posts evHold when the hold runs out
 	backoff  *time.Timer         // the pending retry
 	last     ending              // backoff: the failure to report if no retry happens
 	next     Target              // backoff: where the next attempt goes
@@ -156,6 +174,42 @@ func (cl *call) armPerTryLocked() {
 	})
 }
 
+// holdHeaders holds fields, the response HEADERS (not trailers-only) of
+// up, instead of forwarding them, when the call is retryable and up is its
+// current attempt's stream (linked → held), and arms the hold timer. It
+// reports false when the call does not hold them: the caller forwards them
+// (forwardDown), which commits the call. Backend reader goroutine; only
+// for calls with a retry state (cl.rs), so other calls pay a nil check.
+func (cl *call) holdHeaders(up *hstream, fields []hpack.HeaderField) bool {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	rs := cl.rs
+	if cl.stateLocked() != callLinked || up != cl.up.Load() || !rs.logging.Load() {
+		// Not the current attempt (admit drops the frame), or the request
+		// outgrew the log: no retry could follow, nothing to wait for.
+		return false
+	}
+	d := HeaderHoldLimit
+	if rs.perTryD > 0 {
+		if d = rs.perTryD - time.Since(rs.start); d <= 0 {
+			return false // the per-try timeout is due: its event is stale once committed
+		}
+	}
+	if rs.perTry != nil {
+		rs.perTry.Stop() // the hold timer takes over its remainder
+		rs.perTry = nil
+	}
+	rs.heldHdr = fields
+	cl.sc.sh.stats.HeadersHeld.Add(1)
+	cl.setStateLocked(callHeld)
+	if it := cl.idle; it != nil {
+		it.touch()
+	}
+	epoch := cl.epoch
+	rs.hold = time.AfterFunc(d, func() { cl.post(event{kind: evHold, epoch: epoch}) })
+	return true
+}
+
 // logging reports whether request frames must go through the log.
 func (cl *call) logging() bool {
 	rs := cl.rs
@@ -208,6 +262,10 @@ func (rs *retryState) stopLocked() {
 	if rs.perTry != nil {
 		rs.perTry.Stop()
 	}
+	if rs.hold != nil {
+		rs.hold.Stop()
+		rs.hold = nil
+	}
 	if rs.backoff != nil {
 		rs.backoff.Stop()
 	}
@@ -239,6 +297,7 @@ var (
 func (cl *call) retryLocked(ev *event, a *after) {
 	rs := cl.rs
 	e := ev.end
+	held := rs.heldHdr // state held: the attempt's HEADERS, cleared by leaving it
 	cur := cl.leaveAttemptLocked()
 	// The backoff is not a wait for a stream, and the next attempt
 	// replays the log: the frames held are not needed.
@@ -265,6 +324,9 @@ func (cl *call) retryLocked(ev *event, a *after) {
 	// called once the call is done) nor with itself.
 	next, wait, ok := cl.target.Retry(info)
 	if !ok {
+		// The attempt's outcome is the call's: its HEADERS, if it sent
+		// any, go out before its status (answerClient).
+		rs.heldHdr = held
 		cl.endLocked(e, true, a)
 		return
 	}

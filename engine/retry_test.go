@@ -167,13 +167,28 @@ func TestRetryRules(t *testing.T) {
 			wantCode: codes.OK, asked: 1,
 		},
 		{
-			name: "committed by response headers",
+			// The HEADERS are held until the attempt's next frame: a
+			// status with no message is as retryable as a trailers-only
+			// answer.
+			name: "status after response headers",
 			first: func(ctx context.Context, _ *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
 				if err := grpc.SendHeader(ctx, metadata.Pairs("x-sent", "1")); err != nil {
 					return nil, err
 				}
 				return nil, status.Error(codes.Unavailable, "after headers")
 			},
+			wantCode: codes.OK, asked: 1,
+		},
+		{
+			name: "status after response headers, request over the buffer",
+			first: func(ctx context.Context, _ *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
+				if err := grpc.SendHeader(ctx, metadata.Pairs("x-sent", "1")); err != nil {
+					return nil, err
+				}
+				return nil, status.Error(codes.Unavailable, "after headers")
+			},
+			edit:     func(tg *Target) { tg.RetryBufferBytes = 4 << 10 },
+			reqBytes: 16 << 10,
 			wantCode: codes.Unavailable, asked: 0,
 		},
 		{

@@ -101,7 +101,7 @@ type counters struct {
 	UpstreamConns, UpstreamStreams                  atomic.Int64
 	ProtocolErrors, StreamErrors, RefusedStreams    atomic.Int64
 	DeadlinesExceeded, MessagesTooLarge, DialErrors atomic.Int64
-	MidMessageResets                                atomic.Int64
+	MidMessageResets, HeadersHeld                   atomic.Int64
 }
 
 // Stats is a snapshot of a Server's counters, for /metrics. The backend
@@ -131,6 +131,10 @@ type Stats struct {
 	// been forwarded to the client: they are reset with RST_STREAM(CANCEL)
 	// instead of getting meshd's status, which would cut the message short.
 	MidMessageResets int64
+	// HeadersHeld counts attempts of retryable calls whose response
+	// HEADERS meshd held until the attempt's next frame (retry.go), so that
+	// a status after header metadata could be retried.
+	HeadersHeld int64
 	// BufferedBytes is the DATA payload queued in meshd right now, waiting
 	// to be written (typically for a peer's flow-control window); bounded
 	// by the windows meshd advertises. Summed over connections when Stats
@@ -207,6 +211,7 @@ func (s *Server) Stats() Stats {
 		MessagesTooLarge:  c.MessagesTooLarge.Load(),
 		DialErrors:        ps.DialErrors,
 		MidMessageResets:  c.MidMessageResets.Load(),
+		HeadersHeld:       c.HeadersHeld.Load(),
 		BufferedBytes:     s.bufferedBytes() + ps.BufferedBytes,
 	}
 }

@@ -599,6 +599,9 @@ func (uc *upConn) onHeaders(f *http2.MetaHeadersFrame) error {
 			cl.streamEnded(st, ending{mode: endForward, final: op{kind: opHeaders, end: true, fields: fields}, code: code, fl: &uc.fl})
 			return nil
 		}
+		if cl.rs != nil && cl.holdHeaders(st, fields) {
+			return nil // retryable: held until the attempt's next frame
+		}
 		cl.forwardDown(st, op{kind: opHeaders, fields: fields}, &uc.fl)
 		return nil
 	}

@@ -39,6 +39,9 @@ var (
 	descFrameMidMessage = prometheus.NewDesc("meshd_frame_mid_message_resets_total",
 		"Calls meshd had to end after part of a response message was already forwarded: the client stream is reset (RST_STREAM CANCEL) instead of getting meshd's status, which would cut the message short.",
 		[]string{"listener"}, nil)
+	descFrameHeadersHeld = prometheus.NewDesc("meshd_frame_headers_held_total",
+		"Attempts of calls on routes with retry whose response HEADERS meshd held until the attempt's next frame, so that a status following them with no message could still be retried.",
+		[]string{"listener"}, nil)
 )
 
 var (
@@ -57,7 +60,7 @@ var (
 )
 
 var frameDescs = []*prometheus.Desc{descFrameStreams, descFrameBuffered,
-	descFrameProtocolErrors, descFrameStreamErrors, descFrameDeadlines, descFrameTooLarge, descFrameMidMessage,
+	descFrameProtocolErrors, descFrameStreamErrors, descFrameDeadlines, descFrameTooLarge, descFrameMidMessage, descFrameHeadersHeld,
 	descPoolConns, descPoolStreams, descPoolBuffered, descPoolDialErrors, descPoolProtocolErrors, descPoolStreamErrors}
 
 // frameCollector reads the engine counters of the state collector's
@@ -93,6 +96,7 @@ func (c frameCollector) Collect(ch chan<- prometheus.Metric) {
 			counter(descFrameDeadlines, st.DeadlinesExceeded, name)
 			counter(descFrameTooLarge, st.MessagesTooLarge, name)
 			counter(descFrameMidMessage, st.MidMessageResets, name)
+			counter(descFrameHeadersHeld, st.HeadersHeld, name)
 		}
 	}
 	if src, ok := ref.Source.(PoolSource); ok {

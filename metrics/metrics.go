@@ -68,6 +68,8 @@ type Metrics struct {
 	active    prometheus.Gauge
 	denied    *denials               // mesh.go
 	jwtDenied *prometheus.CounterVec // meshd_jwt_denied_total{provider, reason}
+	faults    *prometheus.CounterVec
+	mirrors   *prometheus.CounterVec
 
 	state *stateCollector
 
@@ -84,9 +86,15 @@ type Metrics struct {
 }
 
 var (
-	_ callrecord.Observer      = (*Metrics)(nil)
-	_ callrecord.StartObserver = (*Metrics)(nil)
+	_ callrecord.Observer       = (*Metrics)(nil)
+	_ callrecord.StartObserver  = (*Metrics)(nil)
+	_ callrecord.MirrorObserver = (*Metrics)(nil)
 )
+
+// ObserveMirror counts a mirrored copy's result.
+func (m *Metrics) ObserveMirror(route, result string) {
+	m.mirrors.WithLabelValues(route, result).Inc()
+}
 
 // New builds the registry with every meshd metric and the Go runtime and
 // process collectors. State metrics appear once SetSource is called.
@@ -137,9 +145,17 @@ func New(opts ...Option) *Metrics {
 			Name: "meshd_jwt_denied_total",
 			Help: "Calls refused with UNAUTHENTICATED because the route's JWT provider refused their token, by provider and reason (missing, malformed, expired, wrong_audience, unknown_kid, jwks_not_loaded, ...).",
 		}, []string{"provider", "reason"}),
+		faults: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshd_fault_injected_total",
+			Help: "Calls into which a route's fault injection put a fault, by route and kind (delay, abort).",
+		}, []string{"route", "kind"}),
+		mirrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshd_mirror_requests_total",
+			Help: "Mirrored copies of calls (route mirror), by route and result: answered (the mirror answered; its response discarded), dropped (the mirror was too slow or its buffer full), failed (the mirror could not be reached or reset the stream), no_endpoint (the mirror cluster had none).",
+		}, []string{"route", "result"}),
 	}
 	m.series.Store(&map[seriesKey]*series{})
-	m.reg.MustRegister(m.handled, m.web, m.handling, m.attempts, m.retries, m.bytes, m.active, m.state, m.denied.vec, m.jwtDenied,
+	m.reg.MustRegister(m.handled, m.web, m.handling, m.attempts, m.retries, m.bytes, m.active, m.state, m.denied.vec, m.jwtDenied, m.faults, m.mirrors,
 		listenerCollector{state: m.state}, // abuse.go
 		frameCollector{state: m.state},    // frame.go
 		counterFunc("meshd_tracing_dropped_spans_total", "Sampled spans not exported: export queue full, collector failing, or lost at shutdown.", o.droppedSpan),
@@ -198,6 +214,9 @@ func (m *Metrics) ObserveCall(c *callrecord.Call) {
 	}
 	if c.Protocol != "" {
 		m.web.WithLabelValues(c.Route, c.Code.String()).Inc()
+	}
+	if c.Fault != "" {
+		m.faults.WithLabelValues(c.Route, c.Fault).Inc()
 	}
 	if s.attempts == nil {
 		return // matched no route: nothing went upstream

@@ -2,8 +2,8 @@
 // routed and which endpoint serves it: admission (a route's rate limit, a
 // cluster's max_requests and max_pending), time budgets (route timeout,
 // max_grpc_timeout, idle and per-try timeouts), the retry decision and the
-// retry budget, and the statuses meshd answers with when it refuses or
-// ends a call itself.
+// retry budget, fault injection (Fault.Decide), and the statuses meshd
+// answers with when it refuses or ends a call itself.
 //
 // A route's policy is an immutable value (Route) built when a config is
 // applied and reached from the matched route. The decisions are pure

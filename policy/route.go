@@ -22,6 +22,10 @@ type Route struct {
 	RateLimit *TokenBucket
 	// Retry is the retry policy (nil: transparent reroutes only).
 	Retry *Retry
+	// Fault is the route's fault injection (nil: none).
+	Fault *Fault
+	// Mirror is the route's mirroring (nil: none).
+	Mirror *Mirror
 
 	timeoutErr, maxGRPCErr, idleErr, perTryErr, rateErr error
 }
@@ -43,6 +47,9 @@ func (r *Route) Init() *Route {
 	}
 	if r.RateLimit != nil {
 		r.rateErr = errRateLimited(r.Name, r.RateLimit.Rate())
+	}
+	if r.Fault != nil {
+		r.Fault.init(r.Name)
 	}
 	return r
 }

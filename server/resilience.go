@@ -55,7 +55,10 @@ func (s *Server) policies() (func(config.Route) *policy.Route, map[string]*polic
 	buckets := make(map[string]*policy.TokenBucket)
 	return func(r config.Route) *policy.Route {
 		pol := &policy.Route{Name: r.Name, Timeout: r.Timeout.D(), MaxGRPCTimeout: r.MaxGRPCTimeout.D(),
-			IdleTimeout: r.IdleTimeout.D(), Retry: retryPolicy(r.Retry)}
+			IdleTimeout: r.IdleTimeout.D(), Retry: retryPolicy(r.Retry), Fault: faultPolicy(r.Fault)}
+		if m := r.Mirror; m != nil && m.Percent > 0 {
+			pol.Mirror = &policy.Mirror{Cluster: m.Cluster, Percent: m.Percent}
+		}
 		if rl := r.RateLimit; rl != nil {
 			b := s.buckets[r.Name]
 			if !b.Same(rl.RequestsPerSecond, rl.Burst) {
@@ -66,6 +69,21 @@ func (s *Server) policies() (func(config.Route) *policy.Route, map[string]*polic
 		}
 		return pol.Init()
 	}, buckets
+}
+
+// faultPolicy translates a route's fault section.
+func faultPolicy(f *config.Fault) *policy.Fault {
+	if f == nil {
+		return nil
+	}
+	pf := &policy.Fault{Header: f.Header}
+	if d := f.Delay; d != nil {
+		pf.Delay, pf.DelayPercent = d.Fixed.D(), d.Percent
+	}
+	if a := f.Abort; a != nil {
+		pf.AbortCode, pf.AbortPercent = a.Code.C(), a.Percent
+	}
+	return pf
 }
 
 // retryPolicy translates a route's retry section (defaults applied).

@@ -430,8 +430,9 @@ func TestRetryNotStartedPastDeadline(t *testing.T) {
 	}
 }
 
-// TestCommittedCallNotRetried: once response headers reached the client,
-// a failure is final.
+// TestCommittedCallNotRetried: once a response message reached the
+// client, a failure is final (response HEADERS alone do not commit a call
+// on a route with retry: TestRetryAfterHeaders).
 func TestCommittedCallNotRetried(t *testing.T) {
 	t.Parallel()
 	bs := startBackends(t, "cm", 2)
@@ -443,14 +444,20 @@ func TestCommittedCallNotRetried(t *testing.T) {
 	cc := dial(t, m.Addr)
 	waitServing(t, cc)
 	base := bs[0].Calls() + bs[1].Calls()
-	ctx := ctxMD(t, "x-header-first", "1", "x-fail", "UNAVAILABLE")
-	st, err := testpb.NewTestServiceClient(cc).StreamingOutputCall(ctx, &testpb.StreamingOutputCallRequest{})
+	ctx := ctxMD(t, "x-header-first", "1")
+	st, err := testpb.NewTestServiceClient(cc).StreamingOutputCall(ctx, &testpb.StreamingOutputCallRequest{
+		ResponseParameters: []*testpb.ResponseParameters{{Size: 1}},
+		ResponseStatus:     &testpb.EchoStatus{Code: int32(codes.Unavailable), Message: "after a message"},
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	hdr, err := st.Header()
 	if err != nil || len(hdr.Get("x-backend")) != 1 {
 		t.Fatalf("headers %v err %v", hdr, err)
+	}
+	if _, err := st.Recv(); err != nil {
+		t.Fatalf("Recv: %v, want the message", err)
 	}
 	if _, err := st.Recv(); status.Code(err) != codes.Unavailable {
 		t.Fatalf("err = %v, want UNAVAILABLE", err)

@@ -55,6 +55,24 @@ func SetPeer(ctx context.Context, id string) {
 	span.SetAttributes(PeerKey.String(id))
 }
 
+// FaultKey is the SERVER span attribute naming the fault a route injected
+// into the call ("delay" or "abort"): a drill's failures are told apart
+// from real ones in traces too.
+const FaultKey = attribute.Key("meshd.fault")
+
+// SetFault records the injected fault on the SERVER span in ctx; ""
+// records nothing.
+func SetFault(ctx context.Context, kind string) {
+	if kind == "" {
+		return
+	}
+	span := trace.SpanFromContext(ctx)
+	if !span.IsRecording() {
+		return
+	}
+	span.SetAttributes(FaultKey.String(kind))
+}
+
 // StartServer starts the SERVER span of an inbound call, when the call is
 // accepted: method is the :path ("/pkg.Svc/Method"), hdr the request's
 // header fields, from which the caller's W3C trace context and baggage are

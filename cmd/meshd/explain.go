@@ -16,6 +16,7 @@ import (
 	"github.com/meshd/meshd/authz"
 	"github.com/meshd/meshd/config"
 	"github.com/meshd/meshd/discovery"
+	"github.com/meshd/meshd/engine"
 	"github.com/meshd/meshd/router"
 )
 
@@ -221,13 +222,46 @@ func explain(w io.Writer, cfg *config.Config, table *router.Table, call router.C
 			names[i] = config.CodeName(c.C())
 		}
 		fmt.Fprintf(w, "  retry: %d attempts on %s, per try %s\n", r.Attempts, strings.Join(names, ","), r.PerTryTimeout.D())
+		hold, why := engine.HeaderHoldLimit, "built-in limit"
+		if d := r.PerTryTimeout.D(); d > 0 {
+			hold, why = d, "per_try_timeout"
+		}
+		fmt.Fprintf(w, "  retry: response headers held until the first message or the status, at most %s (%s)\n", hold, why)
 	} else {
 		fmt.Fprintln(w, "  retry: none (calls that never reached a backend are still retried transparently)")
+	}
+	for i := range cfg.Routes {
+		if cfg.Routes[i].Name == chosen.Name {
+			explainTraffic(w, &cfg.Routes[i])
+		}
 	}
 	if adminAddr != "" {
 		return liveEndpoints(w, adminAddr, chosen)
 	}
 	return nil
+}
+
+// explainTraffic prints the route's traffic policies: mirror, fault
+// injection.
+func explainTraffic(w io.Writer, r *config.Route) {
+	if m := r.Mirror; m != nil {
+		fmt.Fprintf(w, "  mirror: %v%% of calls copied to cluster %q (:authority with -shadow; responses discarded, never retried or waited for)\n", m.Percent, m.Cluster)
+	}
+	f := r.Fault
+	if f == nil {
+		return
+	}
+	who := "every call"
+	if f.Header != "" {
+		who = fmt.Sprintf("calls carrying metadata %q", f.Header)
+	}
+	if d := f.Delay; d != nil {
+		fmt.Fprintf(w, "  fault: delay %s for %v%% of %s (before the first attempt; counts against the deadline)\n", d.Fixed.D(), d.Percent, who)
+	}
+	if a := f.Abort; a != nil {
+		fmt.Fprintf(w, "  fault: abort with %s for %v%% of %s (\"meshd: fault injected by route %s\"; never reaches a backend)\n",
+			config.CodeName(a.Code.C()), a.Percent, who, r.Name)
+	}
 }
 
 // liveEndpoints prints the endpoints of the chosen clusters as the running

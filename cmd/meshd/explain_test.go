@@ -29,6 +29,8 @@ routes:
       prefix: /
       headers: [{name: x-debug, present: true}]
     cluster: users
+    fault: {delay: {fixed: 100ms, percent: 5}, abort: {code: UNAVAILABLE, percent: 1}, header: x-fault-drill}
+    mirror: {cluster: users-canary, percent: 10}
 clusters:
   - name: users
     endpoints: [127.0.0.1:9001]
@@ -60,6 +62,7 @@ func TestRouteExplain(t *testing.T) {
 				`timeout: 2s`,
 				`max_grpc_timeout: 10s`,
 				`retry: 3 attempts on UNAVAILABLE,RESOURCE_EXHAUSTED, per try 500ms`,
+				`retry: response headers held until the first message or the status, at most 500ms (per_try_timeout)`,
 			},
 		},
 		{
@@ -74,7 +77,7 @@ func TestRouteExplain(t *testing.T) {
 				`timeout: none at meshd`,
 				`retry: none`,
 			},
-			absent: []string{"max_grpc_timeout"},
+			absent: []string{"max_grpc_timeout", "fault:", "mirror:"},
 		},
 		{
 			name: "prefix route with present header",
@@ -84,6 +87,9 @@ func TestRouteExplain(t *testing.T) {
 				`- route 1 "users": service "orders.v1.Orders" is not "users.v1.Users"`,
 				`✔ route 2 "debug": matched`,
 				`result: route "debug"`,
+				`mirror: 10% of calls copied to cluster "users-canary" (:authority with -shadow; responses discarded, never retried or waited for)`,
+				`fault: delay 100ms for 5% of calls carrying metadata "x-fault-drill" (before the first attempt; counts against the deadline)`,
+				`fault: abort with UNAVAILABLE for 1% of calls carrying metadata "x-fault-drill" ("meshd: fault injected by route debug"; never reaches a backend)`,
 			},
 		},
 		{
