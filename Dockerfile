@@ -1,8 +1,10 @@
 # syntax=docker/dockerfile:1
 #
 # Two images from one build (see deploy/k8s/README.md):
-#   docker build -t meshd:dev .                          the proxy (default target)
-#   docker build -t meshd-init:dev --target meshd-init . the sidecar's iptables step
+#   docker build -t meshd:dev --build-arg VERSION=v1.2.3 .  the proxy (default target)
+#   docker build -t meshd-init:dev --target meshd-init .    the sidecar's iptables step
+# Without a registry to pull from, `make image` builds the proxy's image
+# with podman from the local static binary (image/Containerfile).
 
 FROM golang:1.26 AS build
 WORKDIR /src
@@ -24,10 +26,22 @@ COPY --from=build /out/meshd /usr/local/bin/meshd
 ENTRYPOINT ["/usr/local/bin/meshd"]
 CMD ["iptables", "-dry-run"]
 
-# meshd: distroless static, no shell, non-root. UID 1337 is the UID the
-# sidecar's iptables rules exempt (-proxy-uid) and the manifests run as.
-FROM gcr.io/distroless/static-debian12:nonroot AS meshd
+# meshd: FROM scratch, the layout `make image` builds without pulling
+# (image/Containerfile; image/layout_test.go keeps the two in step): the
+# static binary, the CA bundle (jwks_url, OTLP and Consul over TLS), no
+# shell, no passwd file.
+FROM scratch AS meshd
+ARG VERSION=dev
+ARG REVISION=unknown
+COPY --from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 COPY --from=build /out/meshd /meshd
+LABEL org.opencontainers.image.title="meshd" \
+      org.opencontainers.image.description="gRPC service-mesh proxy" \
+      org.opencontainers.image.source="https://github.com/meshd/meshd" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}"
+# UID 1337 is the UID the sidecar's iptables rules exempt (-proxy-uid) and
+# the manifests run as; no shell, no passwd file: a numeric user.
 USER 1337:1337
 EXPOSE 15000 15001 15006 8443
 ENTRYPOINT ["/meshd"]

@@ -7,10 +7,11 @@ BIN       := bin
 MESHD     := $(BIN)/meshd
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -s -w -X main.version=$(VERSION)
+IMAGE     ?= meshd:$(VERSION)
 DEMO_ARGS ?=
 BENCH_LOAD_ARGS ?=
 
-.PHONY: all build demo test test-go netns-tools chromium lint fuzz-smoke bench bench-smoke bench-load bench-smoke-load consul clean
+.PHONY: all build image demo test test-go netns-tools chromium podman lint fuzz-smoke bench bench-smoke bench-load bench-smoke-load consul clean
 
 all: build
 
@@ -19,6 +20,17 @@ build:
 
 consul:
 	@scripts/install-consul.sh >/dev/null
+
+# podman and runc (Debian's), and the containers.conf they need here, kept
+# in $HOME/.cache/meshd (see the script).
+podman:
+	@scripts/install-podman.sh >/dev/null
+
+# The OCI image FROM scratch: the static binary (built as `build` does, CGO
+# off), its CA bundle and labels with the version; image/Containerfile.
+# `make image IMAGE=meshd:dev` for the tag the deploy/k8s manifests use.
+image: podman
+	CONTAINERS_CONF="$$(scripts/install-podman.sh)" scripts/build-image.sh $(IMAGE) $(VERSION)
 
 # ip, iptables and setpriv for the network-namespace tests (root only).
 netns-tools:
@@ -34,7 +46,7 @@ chromium:
 	@scripts/install-chromium.sh >/dev/null
 
 # The whole test suite, as CI runs it.
-test: consul netns-tools chromium lint test-go fuzz-smoke bench-smoke-load
+test: consul netns-tools chromium podman lint test-go fuzz-smoke bench-smoke-load
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -44,7 +56,7 @@ lint:
 # test binaries, so none can rot and no second build of every package is
 # needed; no timing is asserted. `make bench` runs them properly.
 test-go:
-	MESHD_CONSUL_BIN="$$(scripts/install-consul.sh)" $(GO) test -race -count=1 -timeout 30m -bench . -benchtime 1x ./...
+	MESHD_CONSUL_BIN="$$(scripts/install-consul.sh)" CONTAINERS_CONF="$$(scripts/install-podman.sh)" $(GO) test -race -count=1 -timeout 30m -bench . -benchtime 1x ./...
 
 # A few seconds per fuzz target so the targets cannot rot; real fuzzing runs
 # longer by hand (see README).

@@ -38,7 +38,8 @@ type Watcher struct {
 
 // NewWatcher returns a watcher of the intentions whose destination is
 // destination, deciding def for callers no intention names. log may be nil
-// (discard); of opts, WithWaitTime and WithBackoff apply (a WithLogger in
+// (discard); the watcher adds component=authz and destination, its query
+// loop component=consul and watch, so log carries neither; of opts, WithWaitTime and WithBackoff apply (a WithLogger in
 // opts replaces log for the query loop only). It does no I/O; Run does.
 func NewWatcher(client *api.Client, destination string, def Action, log *slog.Logger, opts ...discovery.ConsulOption) *Watcher {
 	if log == nil {

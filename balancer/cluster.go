@@ -436,7 +436,7 @@ func (c *Cluster) applySnapshot(snap []discovery.Endpoint, now time.Time) (remov
 	seen := make(map[string]bool, len(snap))
 	for _, d := range snap {
 		if d.ID == "" || seen[d.ID] {
-			c.log.Warn("skipping endpoint with empty or repeated ID", "endpoint", d.ID, "address", d.Address)
+			c.log.Warn("skipping endpoint with empty or repeated ID", endpointAttrs(d.ID, d.Address)...)
 			continue
 		}
 		seen[d.ID] = true
@@ -453,7 +453,7 @@ func (c *Cluster) applySnapshot(snap []discovery.Endpoint, now time.Time) (remov
 			removed = append(removed, e)
 		}
 		if err := c.add(d, now); err != nil {
-			c.log.Error("cannot dial endpoint", "endpoint", d.ID, "address", d.Address, "err", err)
+			c.log.Error("cannot dial endpoint", append(endpointAttrs(d.ID, d.Address), "err", err)...)
 		}
 	}
 	for id, e := range c.eps {
@@ -491,7 +491,7 @@ func (c *Cluster) add(d discovery.Endpoint, now time.Time) error {
 	}
 	c.eps[d.ID] = e
 	e.state, _, _ = e.view()
-	c.log.Info("endpoint added", "endpoint", e.id, "address", e.address, "state", e.state)
+	c.log.Info("endpoint added", append(endpointAttrs(e.id, e.address), "state", e.state)...)
 	return nil
 }
 
@@ -533,10 +533,20 @@ func (c *Cluster) closeConn(e *Endpoint, why string) {
 	}
 	// Close only fails for a conn already closed, which e.closed rules out.
 	_ = e.conn.Close()
-	c.log.Info("endpoint connection closed", "endpoint", e.id, "address", e.address, "reason", why)
+	c.log.Info("endpoint connection closed", append(endpointAttrs(e.id, e.address), "reason", why)...)
 	if c.opts.OnClosed != nil {
 		c.opts.OnClosed(e.address)
 	}
+}
+
+// endpointAttrs names an endpoint in a log line: endpoint is its ID, and
+// address follows only when it says something more (a Consul instance
+// "node/service-id"); a static endpoint's ID is its address, written once.
+func endpointAttrs(id, address string) []any {
+	if id == address {
+		return []any{"endpoint", id}
+	}
+	return []any{"endpoint", id, "address", address}
 }
 
 // applyHealth records a health report for e and says whether e's class
@@ -563,8 +573,8 @@ func (c *Cluster) transition(e *Endpoint, now time.Time) {
 	if state == e.state {
 		return
 	}
-	c.log.Info("endpoint state changed", "endpoint", e.id, "address", e.address,
-		"from", e.state, "to", state, "source", source, "reason", reason)
+	c.log.Info("endpoint state changed", append(endpointAttrs(e.id, e.address),
+		"from", e.state, "to", state, "source", source, "reason", reason)...)
 	e.state, e.since = state, now
 }
 

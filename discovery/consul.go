@@ -67,7 +67,9 @@ type consulOptions struct {
 }
 
 // WithLogger sets the logger of the watch loop (default: discard). The loop
-// adds component=discovery and service=<name>.
+// adds component=discovery and service=<name> (a Follower: component=consul
+// and watch=<what>), so l must carry neither: slog repeats a key rather
+// than replace it.
 func WithLogger(l *slog.Logger) ConsulOption {
 	return func(o *consulOptions) {
 		if l != nil {

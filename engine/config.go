@@ -156,7 +156,8 @@ type Config struct {
 	Abuse AbuseLimits
 
 	// Logger receives connection-level events (protocol errors, dial
-	// failures). Default: discard.
+	// failures). The engine adds "component"="engine"; the caller adds
+	// only what the engine cannot know (the listener). Default: discard.
 	Logger *slog.Logger
 
 	// abuse holds the Server's client connection counters (AbuseStats).

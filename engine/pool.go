@@ -42,8 +42,9 @@ type PoolConfig struct {
 	// IdleTimeout closes backend connections (with a GOAWAY) that had no
 	// stream for this long. Default 0: kept until Forget or Close.
 	IdleTimeout time.Duration
-	// Logger receives dial failures and backend protocol errors. Default:
-	// discard.
+	// Logger receives dial failures and backend protocol errors. The
+	// engine adds "component"="engine"; the caller adds only what the
+	// engine cannot know (the cluster). Default: discard.
 	Logger *slog.Logger
 }
 

@@ -20,7 +20,9 @@ import (
 // /v1/agent/connect/ca/leaf/:service), each followed by a
 // discovery.Follower with opts (WithWaitTime, WithBackoff; log is the
 // default logger). The agent signs and renews the leaf itself; the Source
-// only follows it. Run starts the loops.
+// only follows it. Run starts the loops. The Source adds component=identity,
+// kind and service to log (the loops component=consul and watch), so log
+// carries none of them.
 func NewConsul(client *api.Client, service string, log *slog.Logger, opts ...discovery.ConsulOption) *Source {
 	s := newSource(KindConsul, service, log)
 	s.log = s.log.With("service", service)

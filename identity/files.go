@@ -26,6 +26,7 @@ const filesInterval = time.Second
 // when their contents change; a bad rewrite (half written, key and cert
 // from different generations) keeps the last good Material and shows in
 // Status until the files are whole again. The trust domain is the leaf's.
+// The Source adds component=identity, kind and cert_file to log.
 func NewFiles(certFile, keyFile, caFile string, log *slog.Logger) (*Source, error) {
 	s := newSource(KindFiles, "", log)
 	f := &fileLoop{src: s, certFile: certFile, keyFile: keyFile, caFile: caFile}

@@ -156,7 +156,7 @@ func balancerOptions(c config.Cluster, log *slog.Logger) balancer.Options {
 		HealthyPanicThreshold: c.HealthyPanicThreshold,
 		SlowStart:             c.SlowStart.D(),
 		Locality:              loc,
-		Logger:                log.With("component", "balancer", "cluster", c.Name),
+		Logger:                log, // the Cluster adds component and cluster
 	}
 }
 
@@ -212,7 +212,7 @@ func (s *Server) newClusterRun(c config.Cluster, maxMsg int, pc engine.PoolConfi
 		// require the peer to be the cluster's service.
 		creds, upstream = s.mesh.upstream(c.Name, c.MeshTLS.Service)
 	}
-	pc.Logger = s.log.With("component", "engine", "cluster", c.Name)
+	pc.Logger = s.log.With("cluster", c.Name) // the engine adds its component
 	pool := engine.NewPool(pc)
 	upstream.Pool = pool
 	// grpc-go connections to endpoints carry their health checks only;
@@ -249,7 +249,7 @@ func (s *Server) newClusterRun(c config.Cluster, maxMsg int, pc engine.PoolConfi
 			PassingOnly: *c.Consul.PassingOnly,
 			Connect:     c.Consul.Connect,
 			ZoneKey:     zoneKey(c),
-		}, discovery.WithLogger(s.log.With("component", "discovery", "cluster", c.Name, "service", c.Consul.Service)))
+		}, discovery.WithLogger(s.log.With("cluster", c.Name))) // discovery adds component and service
 	} else {
 		eps := make([]discovery.Endpoint, len(c.Endpoints))
 		for i, e := range c.Endpoints {

@@ -124,7 +124,7 @@ func (s *Server) frameListener(cfg *config.Config, lc config.Listener, lis net.L
 		KeepaliveMinTime:             lc.Keepalive.MinTime.D(),
 		KeepalivePermitWithoutStream: lc.Keepalive.PermitWithoutStream != nil && *lc.Keepalive.PermitWithoutStream,
 		Abuse:                        lc.FloodProtection.Engine(),
-		Logger:                       s.log.With("component", "engine", "listener", lc.Name),
+		Logger:                       s.log.With("listener", lc.Name), // the engine adds its component
 	}
 	// Every connection names its listener to the Director, for routes
 	// limited to listeners.

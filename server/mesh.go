@@ -55,12 +55,17 @@ type meshRun struct {
 // mesh section. consul is the client for identity consul_connect.
 func newMesh(cfg *config.Config, consul *api.Client, log *slog.Logger) (*meshRun, error) {
 	mc := *cfg.Mesh
+	// The identity source and the intentions watcher get the server's
+	// logger as it is: each adds its own component and service (slog
+	// cannot replace a key a parent logger already carries). The mesh's
+	// own lines say mesh.
+	base := log
 	log = log.With("component", "mesh", "service", mc.Service)
 	m := &meshRun{cfg: mc, log: log, fails: map[string]*atomic.Uint64{}, opaque: map[string]*atomic.Uint64{}, done: make(chan struct{})}
 	var run []func(context.Context) error
 	switch mc.Identity {
 	case config.IdentityFiles:
-		src, err := identity.NewFiles(mc.CertFile, mc.KeyFile, mc.CAFile, log)
+		src, err := identity.NewFiles(mc.CertFile, mc.KeyFile, mc.CAFile, base)
 		if err != nil {
 			return nil, fmt.Errorf("mesh identity: %w", err)
 		}
@@ -73,8 +78,8 @@ func newMesh(cfg *config.Config, consul *api.Client, log *slog.Logger) (*meshRun
 		if consul == nil {
 			return nil, errors.New("mesh identity consul_connect: no consul client")
 		}
-		m.id = identity.NewConsul(consul, mc.Service, log)
-		m.watch = authz.NewWatcher(consul, mc.Service, authz.ActionOf(mc.DefaultAction), log)
+		m.id = identity.NewConsul(consul, mc.Service, base)
+		m.watch = authz.NewWatcher(consul, mc.Service, authz.ActionOf(mc.DefaultAction), base)
 		run = append(run, m.id.Run, m.watch.Run)
 	}
 	ctx, cancel := context.WithCancel(context.Background())

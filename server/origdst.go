@@ -29,6 +29,8 @@ const passthroughIdle = 2 * time.Minute
 // and one small cluster per original destination that no cluster owns. It
 // implements director.Destinations.
 type destinations struct {
+	// log is the server's logger, not narrowed: the passthrough clusters
+	// and pools it is handed to add their own component.
 	log *slog.Logger
 
 	// owners maps "ip:port" to the owning cluster's name; rebuilt (copy on
@@ -164,7 +166,7 @@ func (d *destinations) Passthrough(addr string) (*balancer.Cluster, *engine.Upst
 		Health:  balancer.HealthOptions{Disabled: true},
 		Outlier: balancer.OutlierOptions{Disabled: true},
 		AllDown: balancer.AllDownAny,
-		Logger:  d.log.With("component", "balancer", "cluster", config.OriginalDstCluster, "dst", addr),
+		Logger:  d.log.With("dst", addr), // the Cluster adds component and cluster
 	}, func(ep discovery.Endpoint) (*grpc.ClientConn, error) {
 		// Health watching is off: this connection is never used, but
 		// the balancer's endpoints own one.
@@ -174,7 +176,7 @@ func (d *destinations) Passthrough(addr string) (*balancer.Cluster, *engine.Upst
 		return nil, nil, fmt.Errorf("server: original destination %s: %w", addr, err)
 	}
 	cl.Update([]discovery.Endpoint{{ID: addr, Address: addr, Weight: 1}})
-	pool := engine.NewPool(engine.PoolConfig{Logger: d.log.With("component", "engine", "cluster", config.OriginalDstCluster, "dst", addr)})
+	pool := engine.NewPool(engine.PoolConfig{Logger: d.log.With("cluster", config.OriginalDstCluster, "dst", addr)})
 	p = &passthrough{cl: cl, up: &engine.Upstream{Name: config.OriginalDstCluster, Pool: pool}}
 	p.lastUsed.Store(now)
 	d.passthroughs[addr] = p

@@ -124,7 +124,7 @@ func New(cfg *config.Config, opts ...Option) (*Server, error) {
 	for _, o := range s.observers {
 		dopts = append(dopts, director.WithObserver(o))
 	}
-	s.dests = newDestinations(s.log.With("component", "origdst"))
+	s.dests = newDestinations(s.log)
 	dopts = append(dopts, director.WithDestinations(s.dests))
 	if cfg.Mesh != nil {
 		m, err := s.startMesh(cfg)

@@ -67,7 +67,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 func usage(w io.Writer) {
 	fmt.Fprint(w, `usage:
-  meshd run -config FILE [-log-level info] [-watch-interval 1s] [-reuse-port=false]
+  meshd run -config FILE [-log-level info] [-log-format json|text] [-watch-interval 1s] [-reuse-port=false]
   meshd validate -config FILE
   meshd version
   meshd route explain -config FILE /pkg.Service/Method [-H key=value ...] [-admin ADDR]

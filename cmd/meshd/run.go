@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"time"
 
 	"github.com/meshd/meshd/config"
@@ -15,6 +14,7 @@ func cmdRun(args []string, stderr io.Writer) error {
 	fs := newFlags("run", stderr)
 	file := fs.String("config", "", "config file")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
+	format := fs.String("log-format", logFormatJSON, "json (one object per line) or text (key=value)")
 	watch := fs.Duration("watch-interval", time.Second, "how often to poll the config file for changes, besides watching its directory (0: no polling)")
 	reusePort := fs.Bool("reuse-port", true, "bind listeners and the admin port with SO_REUSEPORT (Linux), so a new meshd can start before this one is stopped; false binds exclusively")
 	if err := fs.Parse(args); err != nil {
@@ -27,7 +27,12 @@ func cmdRun(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: lvl}))
+	log, err := newLogger(stderr, *format, lvl)
+	if err != nil {
+		// Usage errors exit 2 without a message of their own; say which.
+		fmt.Fprintln(stderr, err)
+		return err
+	}
 
 	cfg, err := config.Load(*file)
 	if err != nil {
