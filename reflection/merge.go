@@ -235,86 +235,119 @@ func fetch(ctx context.Context, cc grpc.ClientConnInterface) reported {
 	return r
 }
 
-func fetchV1(ctx context.Context, cc grpc.ClientConnInterface) (r reported) {
-	st, err := v1.NewServerReflectionClient(cc).ServerReflectionInfo(ctx)
+// asker is one reflection stream, v1 or v1alpha, reduced to the two
+// questions fetch asks: the services, and the files declaring a symbol
+// (found false when the backend answers with an error response).
+type asker interface {
+	services() ([]string, error)
+	fileFor(symbol string) (files [][]byte, found bool, err error)
+}
+
+// walk asks a backend for its services and the files of each, with their
+// dependencies.
+func walk(a asker) (r reported) {
+	svcs, err := a.services()
 	if err != nil {
 		return reported{err: err}
 	}
-	defer st.CloseSend()
-	ask := func(req *v1.ServerReflectionRequest) (*v1.ServerReflectionResponse, error) {
-		if err := st.Send(req); err != nil {
-			if err == io.EOF {
-				_, err = st.Recv()
-			}
-			return nil, err
-		}
-		return st.Recv()
-	}
-	resp, err := ask(&v1.ServerReflectionRequest{MessageRequest: &v1.ServerReflectionRequest_ListServices{}})
-	if err != nil {
-		return reported{err: err}
-	}
-	for _, s := range resp.GetListServicesResponse().GetService() {
-		r.services = append(r.services, s.GetName())
-	}
+	r.services = svcs
 	sort.Strings(r.services)
 	for _, svc := range r.services {
 		if isReflection(svc) {
 			continue
 		}
-		resp, err := ask(&v1.ServerReflectionRequest{MessageRequest: &v1.ServerReflectionRequest_FileContainingSymbol{FileContainingSymbol: svc}})
+		files, found, err := a.fileFor(svc)
 		if err != nil {
 			return reported{err: err}
 		}
-		if e := resp.GetErrorResponse(); e != nil {
+		if !found {
 			continue
 		}
-		if err := addFiles(&r, resp.GetFileDescriptorResponse().GetFileDescriptorProto()); err != nil {
+		if err := addFiles(&r, files); err != nil {
 			return reported{err: err}
 		}
 	}
 	return r
 }
 
-func fetchV1alpha(ctx context.Context, cc grpc.ClientConnInterface) (r reported) {
+// roundTrip sends req on a bidirectional stream and reads the answer. A
+// Send that fails with io.EOF means the server ended the stream: its
+// status comes with the next Recv.
+func roundTrip[Req, Resp any](send func(Req) error, recv func() (Resp, error), req Req) (Resp, error) {
+	if err := send(req); err != nil {
+		var zero Resp
+		if err == io.EOF {
+			_, err = recv()
+		}
+		return zero, err
+	}
+	return recv()
+}
+
+type v1Asker struct {
+	st v1.ServerReflection_ServerReflectionInfoClient
+}
+
+func (a v1Asker) services() ([]string, error) {
+	resp, err := roundTrip(a.st.Send, a.st.Recv, &v1.ServerReflectionRequest{MessageRequest: &v1.ServerReflectionRequest_ListServices{}})
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, s := range resp.GetListServicesResponse().GetService() {
+		out = append(out, s.GetName())
+	}
+	return out, nil
+}
+
+func (a v1Asker) fileFor(symbol string) ([][]byte, bool, error) {
+	resp, err := roundTrip(a.st.Send, a.st.Recv, &v1.ServerReflectionRequest{MessageRequest: &v1.ServerReflectionRequest_FileContainingSymbol{FileContainingSymbol: symbol}})
+	if err != nil || resp.GetErrorResponse() != nil {
+		return nil, false, err
+	}
+	return resp.GetFileDescriptorResponse().GetFileDescriptorProto(), true, nil
+}
+
+type v1alphaAsker struct {
+	st v1alpha.ServerReflection_ServerReflectionInfoClient
+}
+
+func (a v1alphaAsker) services() ([]string, error) {
+	resp, err := roundTrip(a.st.Send, a.st.Recv, &v1alpha.ServerReflectionRequest{MessageRequest: &v1alpha.ServerReflectionRequest_ListServices{}})
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, s := range resp.GetListServicesResponse().GetService() {
+		out = append(out, s.GetName())
+	}
+	return out, nil
+}
+
+func (a v1alphaAsker) fileFor(symbol string) ([][]byte, bool, error) {
+	resp, err := roundTrip(a.st.Send, a.st.Recv, &v1alpha.ServerReflectionRequest{MessageRequest: &v1alpha.ServerReflectionRequest_FileContainingSymbol{FileContainingSymbol: symbol}})
+	if err != nil || resp.GetErrorResponse() != nil {
+		return nil, false, err
+	}
+	return resp.GetFileDescriptorResponse().GetFileDescriptorProto(), true, nil
+}
+
+func fetchV1(ctx context.Context, cc grpc.ClientConnInterface) reported {
+	st, err := v1.NewServerReflectionClient(cc).ServerReflectionInfo(ctx)
+	if err != nil {
+		return reported{err: err}
+	}
+	defer st.CloseSend()
+	return walk(v1Asker{st})
+}
+
+func fetchV1alpha(ctx context.Context, cc grpc.ClientConnInterface) reported {
 	st, err := v1alpha.NewServerReflectionClient(cc).ServerReflectionInfo(ctx)
 	if err != nil {
 		return reported{err: err}
 	}
 	defer st.CloseSend()
-	ask := func(req *v1alpha.ServerReflectionRequest) (*v1alpha.ServerReflectionResponse, error) {
-		if err := st.Send(req); err != nil {
-			if err == io.EOF {
-				_, err = st.Recv()
-			}
-			return nil, err
-		}
-		return st.Recv()
-	}
-	resp, err := ask(&v1alpha.ServerReflectionRequest{MessageRequest: &v1alpha.ServerReflectionRequest_ListServices{}})
-	if err != nil {
-		return reported{err: err}
-	}
-	for _, s := range resp.GetListServicesResponse().GetService() {
-		r.services = append(r.services, s.GetName())
-	}
-	sort.Strings(r.services)
-	for _, svc := range r.services {
-		if isReflection(svc) {
-			continue
-		}
-		resp, err := ask(&v1alpha.ServerReflectionRequest{MessageRequest: &v1alpha.ServerReflectionRequest_FileContainingSymbol{FileContainingSymbol: svc}})
-		if err != nil {
-			return reported{err: err}
-		}
-		if resp.GetErrorResponse() != nil {
-			continue
-		}
-		if err := addFiles(&r, resp.GetFileDescriptorResponse().GetFileDescriptorProto()); err != nil {
-			return reported{err: err}
-		}
-	}
-	return r
+	return walk(v1alphaAsker{st})
 }
 
 func addFiles(r *reported, raw [][]byte) error {

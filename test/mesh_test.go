@@ -504,7 +504,13 @@ func TestMeshConsulDown(t *testing.T) {
 		return json.Unmarshal([]byte(body), &st) == nil && st.Identity.LastError != ""
 	})
 	agent.Restart(t)
-	setIntentions(t, agent, "api", l4("web", api.IntentionActionAllow))
+	// A fresh agent refuses intention writes for a moment ("Intentions
+	// are read only while being upgraded to config entries").
+	testkit.WaitFor(t, 30*time.Second, "consul to take intentions again", func() bool {
+		_, _, err := agent.Client.ConfigEntries().Set(&api.ServiceIntentionsConfigEntry{Kind: api.ServiceIntentions, Name: "api",
+			Sources: []*api.SourceIntention{l4("web", api.IntentionActionAllow)}}, nil)
+		return err == nil
+	})
 	testkit.WaitFor(t, 60*time.Second, "api's identity watch healthy again", func() bool {
 		_, body := adminGet(t, p.api.Admin, "/certs")
 		return json.Unmarshal([]byte(body), &st) == nil && st.Identity.LastError == ""
