@@ -75,7 +75,12 @@ func TestNotReachedRetriedTransparently(t *testing.T) {
 				t.Fatalf("call not retried transparently: %v", err)
 			}
 			checkBody(t, resp.GetPayload(), 100)
+			// Each attempt reports on its own goroutine: the order in
+			// which the two Results arrive is not the attempts' order.
 			first, second := p.nextResult(t), p.nextResult(t)
+			if second.NotReached {
+				first, second = second, first
+			}
 			if !first.NotReached || first.Code != codes.Unavailable || !errors.Is(first.Err, tt.wantErr) || first.Committed {
 				t.Fatalf("first attempt result %+v", first)
 			}
