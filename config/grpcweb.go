@@ -7,12 +7,11 @@ import (
 
 // GRPCWeb accepts gRPC-Web requests on a listener (package grpcweb): the
 // content types application/grpc-web, application/grpc-web+proto and
-// application/grpc-web-text (base64), over HTTP/1.1 (cleartext or TLS
-// with ALPN http/1.1), unary and server streaming. (gRPC-Web over
-// HTTP/2 is not translated yet: HTTP/2 connections go to the engine,
-// which serves native gRPC and answers gRPC-Web content types 415.) Each
-// request is translated once into a native gRPC call that is routed,
-// balanced, traced, counted and logged like any other.
+// application/grpc-web-text (base64), over HTTP/1.1 and HTTP/2 (h2c with
+// prior knowledge, or TLS with ALPN h2, what browsers pick), unary and
+// server streaming. Each request is translated once into a native gRPC
+// call that is routed, balanced, traced, counted and logged like any
+// other.
 type GRPCWeb struct {
 	// AllowOrigins lists the browser origins (scheme://host[:port]) that
 	// may call this listener from another origin: CORS preflights

@@ -54,6 +54,14 @@ type Request struct {
 	Deadline time.Time
 	// RemoteAddr is the client connection's remote address.
 	RemoteAddr net.Addr
+	// GRPCWeb reports an opaque stream, only with Config.GRPCWeb: a
+	// gRPC-Web request (POST, application/grpc-web, +proto or -text) or a
+	// CORS preflight (OPTIONS; Method is then its :path). It is not a
+	// gRPC call: its :method is kept, its DATA is not read as gRPC
+	// messages either way, and its response is forwarded as it comes.
+	// The Director must send it to something that speaks gRPC-Web (meshd:
+	// its in-process translator), never to a gRPC backend.
+	GRPCWeb bool
 }
 
 // Header gives read access to decoded request header fields. Its Get method
@@ -575,7 +583,7 @@ func (cl *call) ownTimeoutTrailers(code codes.Code, fields []hpack.HeaderField) 
 // frame's flow-controlled length; padding was already credited.
 func (cl *call) onReqData(data []byte, end bool, fl *flusher) {
 	sh := cl.sc.sh
-	if len(data) > 0 {
+	if len(data) > 0 && !cl.opaque {
 		prefix := cl.reqTrack.prefixBytes
 		if n, bad := cl.reqTrack.feed(data, uint64(sh.cfg.MaxRecvMsgSize)); bad {
 			cl.sc.credit(cl.down, int64(len(data)))
@@ -607,7 +615,7 @@ func (cl *call) onRespData(up *hstream, data []byte, end bool, fl *flusher) {
 	}
 	sh := cl.sc.sh
 	prefix := cl.respTrack.prefixBytes
-	if len(data) > 0 {
+	if len(data) > 0 && !cl.opaque {
 		limit := uint64(math.MaxUint64) // MaxSendMsgSize 0: no limit, but still count prefixes
 		if sh.cfg.MaxSendMsgSize > 0 {
 			limit = uint64(sh.cfg.MaxSendMsgSize)

@@ -150,6 +150,14 @@ type Config struct {
 	// any stream is read, and must not block.
 	ConnContext func(ctx context.Context, nc net.Conn) context.Context
 
+	// GRPCWeb lets gRPC-Web requests (POST with content type
+	// application/grpc-web, +proto or -text) and CORS preflights
+	// (OPTIONS) through as opaque streams (Request.GRPCWeb) instead of
+	// answering them 415 / 405: meshd's grpc_web listeners, whose
+	// Director hands them to the gRPC-Web translator. Only requests that
+	// are not gRPC look at it: native calls pay nothing. Default false.
+	GRPCWeb bool
+
 	// Abuse holds the thresholds of the flood and reset rules applied to
 	// client connections (abuse.go). Zero fields take the defaults of
 	// DefaultAbuseLimits.

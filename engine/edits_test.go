@@ -50,7 +50,7 @@ func TestUpstreamHeadersEdits(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			got := upstreamHeaders("/p.S/M", tt.authority, client, tt.extra, tt.edits)
+			got := upstreamHeaders("POST", "/p.S/M", tt.authority, client, tt.extra, tt.edits)
 			if !slices.Equal(got, tt.want) {
 				t.Fatalf("got  %v\nwant %v", got, tt.want)
 			}

@@ -198,8 +198,12 @@ type call struct {
 	mirror *mirrorState
 
 	// reqTrack is used only by the client connection's reader; respTrack
-	// only by the backend connection's reader.
+	// only by the backend connection's reader. Neither follows an opaque
+	// call (a gRPC-Web request or preflight, Request.GRPCWeb): its body is
+	// not gRPC messages (base64 in text mode), and the translator that
+	// takes it checks it. Set before the call is shared.
 	reqTrack, respTrack msgTracker
+	opaque              bool
 
 	// up is the current attempt's upstream stream: nil unless the call is
 	// linked or committed (it is left as it was when the call is done).
@@ -474,7 +478,8 @@ func (cl *call) start(target Target, req *reqHeaders, fl *flusher) {
 	if target.Authority != "" {
 		authority = target.Authority
 	}
-	cl.reqFields = upstreamHeaders(req.path, authority, req.regular, target.Header, target.Edits)
+	cl.opaque = req.opaque
+	cl.reqFields = upstreamHeaders(req.method, req.path, authority, req.regular, target.Header, target.Edits)
 	cl.reqEnd = req.end
 	cl.addr, cl.upstream = target.Addr, target.Upstream
 	if !deadline.IsZero() && deadline.Sub(req.now) <= 0 {

@@ -564,6 +564,7 @@ func (sc *serverConn) startCall(cl *call, f *http2.MetaHeadersFrame) {
 	sc.req.Method = req.path
 	sc.req.Authority = req.authority
 	sc.req.Deadline = req.deadline
+	sc.req.GRPCWeb = req.opaque
 	target, err := sc.srv.director.Direct(sc.ctx, &sc.req)
 	sc.hdr.fields = nil
 	if err != nil {
@@ -576,7 +577,9 @@ func (sc *serverConn) startCall(cl *call, f *http2.MetaHeadersFrame) {
 
 // reqHeaders is what startCall takes from a request's HEADERS.
 type reqHeaders struct {
+	method          string // "POST", or OPTIONS for an opaque CORS preflight
 	path, authority string
+	opaque          bool                // a gRPC-Web request or preflight (Config.GRPCWeb)
 	regular         []hpack.HeaderField // valid until the next header block is read
 	deadline        time.Time           // the client's, from grpc-timeout; zero if none
 	now             time.Time           // when the HEADERS were taken
@@ -625,15 +628,23 @@ func (sc *serverConn) requestHeaders(cl *call, f *http2.MetaHeadersFrame) (req r
 	if clen >= 0 {
 		cl.down.hasLen, cl.down.lenLeft = true, clen
 	}
-	if !isGRPCContentType(contentType) {
-		cl.endCall(ending{mode: endStatus, code: codes.InvalidArgument, httpStatus: "415",
-			st: status.Newf(codes.InvalidArgument, "meshd: invalid gRPC request content-type %q", contentType)})
-		return req, false
-	}
-	if method != "POST" {
-		cl.endCall(ending{mode: endStatus, code: codes.Internal, httpStatus: "405",
-			st: status.Newf(codes.Internal, "meshd: :method %q, want POST", method)})
-		return req, false
+	req.method = method
+	if !isGRPCContentType(contentType) || method != "POST" {
+		// Not a gRPC call. On a grpc_web listener a gRPC-Web request or
+		// a CORS preflight goes on as an opaque stream (Config.GRPCWeb);
+		// native gRPC never gets here, so it pays nothing for it.
+		req.opaque = sc.sh.cfg.GRPCWeb && isGRPCWebRequest(method, contentType)
+		switch {
+		case req.opaque:
+		case !isGRPCContentType(contentType):
+			cl.endCall(ending{mode: endStatus, code: codes.InvalidArgument, httpStatus: "415",
+				st: status.Newf(codes.InvalidArgument, "meshd: invalid gRPC request content-type %q", contentType)})
+			return req, false
+		default:
+			cl.endCall(ending{mode: endStatus, code: codes.Internal, httpStatus: "405",
+				st: status.Newf(codes.Internal, "meshd: :method %q, want POST", method)})
+			return req, false
+		}
 	}
 	if req.authority == "" {
 		req.authority = host
@@ -669,20 +680,43 @@ func isGRPCContentType(ct string) bool {
 	return false
 }
 
+// isGRPCWebRequest reports whether a request with method and content
+// type ct is gRPC-Web (a POST of application/grpc-web, +proto, -text, or
+// a subtype: grpc-web's JS clients send application/grpc-web-text and
+// application/grpc-web+proto) or a CORS preflight (OPTIONS), which
+// browsers send before a cross-origin gRPC-Web call.
+func isGRPCWebRequest(method, ct string) bool {
+	if method == "OPTIONS" {
+		return true
+	}
+	const base = "application/grpc-web"
+	if method != "POST" || len(ct) < len(base) || !strings.EqualFold(ct[:len(base)], base) {
+		return false
+	}
+	if len(ct) == len(base) {
+		return true
+	}
+	switch ct[len(base)] {
+	case '+', ';', '-':
+		return true
+	}
+	return false
+}
+
 // upstreamHeaders builds the request header block sent to the backend:
-// fresh pseudo headers, the client's fields minus hop-by-hop ones,
+// fresh pseudo headers (:method is POST but for an opaque stream's own), the client's fields minus hop-by-hop ones,
 // grpc-timeout (re-added per attempt with the remaining budget), the
 // fields the Director replaces and those the route's edits (e, may be nil)
 // remove or set, then te: trailers, the edits' sets and adds, and the
 // Director's fields.
-func upstreamHeaders(path, authority string, regular, extra []hpack.HeaderField, e *HeaderEdits) []hpack.HeaderField {
+func upstreamHeaders(method, path, authority string, regular, extra []hpack.HeaderField, e *HeaderEdits) []hpack.HeaderField {
 	n := len(regular) + len(extra) + 6
 	if e != nil {
 		n += len(e.RequestSet) + len(e.RequestAdd)
 	}
 	out := make([]hpack.HeaderField, 0, n)
 	out = append(out,
-		hpack.HeaderField{Name: ":method", Value: "POST"},
+		hpack.HeaderField{Name: ":method", Value: method},
 		hpack.HeaderField{Name: ":scheme", Value: "http"},
 		hpack.HeaderField{Name: ":path", Value: path})
 	if authority != "" {

@@ -19,6 +19,13 @@
 //     goes to the engine as on any listener, anything else to a net/http
 //     server (HTTP/1.1, standard library parsing, header and body limits)
 //     whose handler is Handler.
+//   - server/web_h2.go: gRPC-Web over HTTP/2. The engine lets gRPC-Web
+//     content types and CORS preflights through as opaque streams on
+//     grpc_web listeners only (engine.Config.GRPCWeb, checked where a
+//     request is already known not to be gRPC); a Director wrapper sends
+//     them to an in-process h2c net/http server whose handler is Handler,
+//     with the browser connection's Native named in a header only meshd
+//     sets and strips.
 //   - director/protocol.go: the in-process connection's context marks
 //     its calls "grpc-web" in the call record, for
 //     meshd_grpc_web_requests_total and the access log.

@@ -61,6 +61,7 @@ func (f frameServer) GracefulStop() {
 		go func() { defer close(done); f.web.shutdown(context.Background()) }()
 		_ = f.Shutdown(context.Background())
 		<-done
+		f.web.closeTranslator()
 		f.web.wait()
 		return
 	}
@@ -132,6 +133,14 @@ func (s *Server) frameListener(cfg *config.Config, lc config.Listener, lis net.L
 	ecfg.ConnContext = func(ctx context.Context, _ net.Conn) context.Context {
 		return director.WithListener(ctx, name)
 	}
+	if lc.GRPCWeb != nil {
+		// gRPC-Web over HTTP/2 and CORS preflights go through the engine
+		// as opaque streams, to the translator (web_h2.go).
+		ecfg.GRPCWeb = true
+		ecfg.ConnContext = func(ctx context.Context, _ net.Conn) context.Context {
+			return withBrowserConn(director.WithListener(ctx, name))
+		}
+	}
 	if lc.MeshTLS != "" {
 		// Mesh TLS with the workload's identity; each connection's
 		// caller reaches the Director through the connection context.
@@ -153,6 +162,11 @@ func (s *Server) frameListener(cfg *config.Config, lc config.Listener, lis net.L
 		refl = s.newLocalReflection(lc)
 		dir = reflectionDirector{next: s.dir, local: refl}
 	}
+	var web *webDirector
+	if lc.GRPCWeb != nil {
+		web = &webDirector{next: dir}
+		dir = web
+	}
 	fs := engine.NewServer(dir, ecfg)
 	srv := frameServer{Server: fs, refl: refl}
 	if lc.OriginalDst != nil {
@@ -160,6 +174,7 @@ func (s *Server) frameListener(cfg *config.Config, lc config.Listener, lis net.L
 	}
 	if lc.GRPCWeb != nil {
 		srv.web = s.webAcceptFor(cfg, lc, fs, ecfg)
+		web.web = srv.web
 	}
 	return srv, lis, nil
 }

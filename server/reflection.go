@@ -70,16 +70,15 @@ func (d reflectionDirector) Direct(ctx context.Context, req *engine.Request) (en
 }
 
 // reflectionSource is what listener routes to now: every cluster of
-// every route, in route order, each asked through one serving endpoint.
-// Routes carry no listener restriction yet; when they do (issue 17's
-// routes per listener), the routes not reachable from listener are
-// skipped here.
+// every route open to listener (routes limited to other listeners are
+// not there: their services are not reachable from it), in route order,
+// each asked through one serving endpoint.
 func (s *Server) reflectionSource(listener string) reflection.Source {
 	st := s.dir.State()
 	if st == nil {
 		return reflection.Source{}
 	}
-	routes := st.Table.Routes()
+	routes := st.Table.ForListener(listener).Routes()
 	var src reflection.Source
 	src.Key = st
 	seen := map[string]bool{}

@@ -31,7 +31,7 @@ import (
 // Native gRPC on such a listener is served by the engine exactly as on
 // any other (the sniffed bytes are replayed, and the socket's fast write
 // path is kept); gRPC-Web over HTTP/2 reaches the translator through the
-// engine (webDirector). The HTTP/1.1 server is net/http's (request
+// engine and its translator (web_h2.go). The HTTP/1.1 server is net/http's (request
 // parsing, header limit, timeouts, chunked responses, keep-alive); its
 // handler, grpcweb.Handler, makes each call natively through a
 // grpcweb.Native per client connection: an HTTP/2 client over a
@@ -39,18 +39,26 @@ import (
 // as its remote address, and "grpc-web" as its calls' protocol.
 type webAccept struct {
 	fs        *engine.Server
+	h         *grpcweb.Handler
 	hs        *http.Server
 	h1        *connQueue
 	handshake time.Duration
 	log       *slog.Logger
+	// The gRPC-Web over HTTP/2 translator (web_h2.go): its h2c server,
+	// whose listener is h2q, and the Target that reaches it.
+	h2       *http.Server
+	h2q      *connQueue
+	h2target engine.Target
 
-	mu      sync.Mutex
-	stopped bool
-	lns     map[net.Listener]struct{}
-	natives map[net.Conn]*grpcweb.Native
-	wg      sync.WaitGroup // connection goroutines, in-process engine connections
-	httpWG  sync.WaitGroup // the HTTP/1.1 server's Serve
-	once    sync.Once      // starts the HTTP/1.1 server
+	mu          sync.Mutex
+	stopped     bool
+	lns         map[net.Listener]struct{}
+	natives     map[net.Conn]*grpcweb.Native
+	browsers    map[string]*grpcweb.Native // HTTP/2 connections with gRPC-Web streams, by id (web_h2.go)
+	nextBrowser uint64
+	wg          sync.WaitGroup // connection goroutines, in-process engine connections
+	httpWG      sync.WaitGroup // the HTTP/1.1 server's and the translator's Serve
+	once        sync.Once      // starts both
 }
 
 // webAcceptFor builds lc's accept loop for the engine fs.
@@ -63,6 +71,7 @@ func (s *Server) webAcceptFor(cfg *config.Config, lc config.Listener, fs *engine
 		log:       log,
 		lns:       map[net.Listener]struct{}{},
 		natives:   map[net.Conn]*grpcweb.Native{},
+		browsers:  map[string]*grpcweb.Native{},
 	}
 	if a.handshake <= 0 {
 		a.handshake = engine.DefaultHandshakeTimeout
@@ -76,6 +85,7 @@ func (s *Server) webAcceptFor(cfg *config.Config, lc config.Listener, fs *engine
 		idle = 5 * time.Minute
 	}
 	h := grpcweb.New(grpcweb.Options{AllowOrigins: lc.GRPCWeb.AllowOrigins, MaxMessageSize: cfg.MaxMessageSize, Logger: log})
+	a.h = h
 	var protos http.Protocols
 	protos.SetHTTP1(true) // HTTP/2 is the engine's, sniffed before
 	a.hs = &http.Server{
@@ -86,7 +96,7 @@ func (s *Server) webAcceptFor(cfg *config.Config, lc config.Listener, fs *engine
 		IdleTimeout:       idle,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
-			n := grpcweb.NewNative(func() (net.Conn, error) { return a.connect(c) })
+			n := grpcweb.NewNative(func() (net.Conn, error) { return a.connect(c.RemoteAddr()) })
 			a.mu.Lock()
 			a.natives[c] = n
 			a.mu.Unlock()
@@ -107,17 +117,18 @@ func (s *Server) webAcceptFor(cfg *config.Config, lc config.Listener, fs *engine
 	}
 	// TLS connections arrive handshaken, with ALPN other than h2.
 	a.hs.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){}
+	a.newTranslator(maxHeader)
 	return a
 }
 
 // webProtocol marks the calls of the in-process connections.
 var webProtocol = director.WithProtocol(context.Background(), director.ProtocolGRPCWeb)
 
-// connect opens an in-process connection to the engine for the client
-// connection client: the engine serves one end of a socketpair (a real
-// socket, so its fast write path applies) as a connection from client's
-// address; the other end is returned.
-func (a *webAccept) connect(client net.Conn) (net.Conn, error) {
+// connect opens an in-process connection to the engine for a client
+// connection from remote: the engine serves one end of a socketpair (a
+// real socket, so its fast write path applies) as a connection from
+// remote; the other end is returned.
+func (a *webAccept) connect(remote net.Addr) (net.Conn, error) {
 	mine, theirs, err := socketpair()
 	if err != nil {
 		return nil, err
@@ -133,7 +144,7 @@ func (a *webAccept) connect(client net.Conn) (net.Conn, error) {
 	a.mu.Unlock()
 	go func() {
 		defer a.wg.Done()
-		a.fs.ServeConn(webProtocol, &addrConn{UnixConn: theirs, remote: client.RemoteAddr()})
+		a.fs.ServeConn(webProtocol, &addrConn{UnixConn: theirs, remote: remote})
 	}()
 	return mine, nil
 }
@@ -182,10 +193,14 @@ func (a *webAccept) serve(ln net.Listener) error {
 	}
 	a.lns[ln] = struct{}{}
 	a.once.Do(func() {
-		a.httpWG.Add(1)
+		a.httpWG.Add(2)
 		go func() {
 			defer a.httpWG.Done()
 			_ = a.hs.Serve(a.h1)
+		}()
+		go func() {
+			defer a.httpWG.Done()
+			_ = a.h2.Serve(a.h2q)
 		}()
 	})
 	a.mu.Unlock()
@@ -293,8 +308,20 @@ func (a *webAccept) stop() {
 // flight finish (the engine drains their in-process connections).
 func (a *webAccept) shutdown(ctx context.Context) { _ = a.hs.Shutdown(ctx) }
 
-// close closes every HTTP/1.1 connection (and so their in-process ones).
-func (a *webAccept) close() { _ = a.hs.Close() }
+// close closes every HTTP/1.1 connection (and so their in-process ones)
+// and the translator.
+func (a *webAccept) close() {
+	_ = a.hs.Close()
+	a.closeTranslator()
+}
+
+// closeTranslator closes the gRPC-Web over HTTP/2 translator. After the
+// engine's graceful Shutdown it has nothing left to do: Shutdown drained
+// the engine's own Pool, whose connections are the translator's.
+func (a *webAccept) closeTranslator() {
+	_ = a.h2.Close()
+	a.h2q.close()
+}
 
 // wait waits for the accept loop's goroutines and the HTTP/1.1 server.
 func (a *webAccept) wait() {

@@ -13,9 +13,10 @@ import (
 
 // BenchmarkGRPCWebVsNative: the same unary call (100-byte payload echoed)
 // through one meshd, as native gRPC (grpc-go client, h2c) and as
-// gRPC-Web over HTTP/1.1 keep-alive (net/http client), interleaved in
-// one run so both see the same machine. Reports each one's time per call
-// and their ratio (web/native).
+// gRPC-Web over HTTP/1.1 keep-alive (net/http client) and over HTTP/2
+// (h2c, x/net/http2 client: the engine, its translator, then the native
+// call), interleaved in one run so all see the same machine. Reports each
+// one's time per call and their ratios to native.
 func BenchmarkGRPCWebVsNative(b *testing.B) {
 	bs := startBackends(b, "bench-web", 1)
 	m := startMesh(b, webConfig(bs, ""))
@@ -26,7 +27,8 @@ func BenchmarkGRPCWebVsNative(b *testing.B) {
 	body := webFrame(0, mustMarshal(b, req))
 	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4}}
 	url := "http://" + m.Addr + "/grpc.testing.TestService/UnaryCall"
-	web := func() {
+	h2 := h2Client(nil, make(chan string, 16))
+	webOn := func(hc *http.Client) {
 		r, _ := http.NewRequest(http.MethodPost, url, bytes.NewReader(body))
 		r.Header.Set("Content-Type", "application/grpc-web+proto")
 		resp, err := hc.Do(r)
@@ -39,6 +41,7 @@ func BenchmarkGRPCWebVsNative(b *testing.B) {
 			b.Fatalf("web call: HTTP %d, %d bytes, status %q", resp.StatusCode, len(raw), resp.Header.Get("Grpc-Status"))
 		}
 	}
+	web, webH2 := func() { webOn(hc) }, func() { webOn(h2) }
 	native := func() {
 		if _, err := client.UnaryCall(context.Background(), req); err != nil {
 			b.Fatal(err)
@@ -46,21 +49,27 @@ func BenchmarkGRPCWebVsNative(b *testing.B) {
 	}
 	for range 50 { // warm both paths
 		web()
+		webH2()
 		native()
 	}
-	var tWeb, tNative time.Duration
+	var tWeb, tH2, tNative time.Duration
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		t0 := time.Now()
 		native()
 		t1 := time.Now()
 		web()
-		tWeb += time.Since(t1)
+		t2 := time.Now()
+		webH2()
+		tH2 += time.Since(t2)
+		tWeb += t2.Sub(t1)
 		tNative += t1.Sub(t0)
 	}
 	b.StopTimer()
 	n := float64(b.N)
 	b.ReportMetric(float64(tNative.Nanoseconds())/n, "native-ns/call")
 	b.ReportMetric(float64(tWeb.Nanoseconds())/n, "web-ns/call")
+	b.ReportMetric(float64(tH2.Nanoseconds())/n, "web-h2-ns/call")
 	b.ReportMetric(float64(tWeb)/float64(tNative), "web/native")
+	b.ReportMetric(float64(tH2)/float64(tNative), "web-h2/native")
 }

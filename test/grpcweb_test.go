@@ -7,16 +7,20 @@ import (
 	"crypto/tls"
 	"encoding/base64"
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptrace"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"golang.org/x/net/http2"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -433,4 +437,161 @@ func TestGRPCWebTLS(t *testing.T) {
 	waitServing(t, cc)
 	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.Pool(), ServerName: "localhost", NextProtos: []string{"http/1.1"}}}}
 	checkUnaryAndStream(t, c, "https://"+m.Addr, "application/grpc-web+proto")
+}
+
+// h2Client is an HTTP/2 client: h2c with prior knowledge when tlsConf is
+// nil, else TLS with ALPN h2. Every connection it opens has its local
+// address sent on addrs (buffered), to find it in the access log.
+func h2Client(tlsConf *tls.Config, addrs chan<- string) *http.Client {
+	tr := &http2.Transport{TLSClientConfig: tlsConf}
+	tr.DialTLSContext = func(ctx context.Context, network, addr string, cfg *tls.Config) (net.Conn, error) {
+		nc, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		select {
+		case addrs <- nc.LocalAddr().String():
+		default:
+		}
+		if tlsConf == nil {
+			return nc, nil
+		}
+		tc := tls.Client(nc, cfg)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			nc.Close()
+			return nil, err
+		}
+		return tc, nil
+	}
+	tr.AllowHTTP = tlsConf == nil
+	return &http.Client{Transport: tr, Timeout: 10 * time.Second}
+}
+
+// webPreflight sends a CORS preflight for a gRPC-Web call to url.
+func webPreflight(t testing.TB, c *http.Client, url, origin string) *http.Response {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodOptions, url, nil)
+	req.Header.Set("Origin", origin)
+	req.Header.Set("Access-Control-Request-Method", "POST")
+	req.Header.Set("Access-Control-Request-Headers", "content-type,x-grpc-web,x-user-agent,grpc-timeout,x-tenant")
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("preflight: %v", err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp
+}
+
+// TestGRPCWebHTTP2: gRPC-Web over HTTP/2, as browsers speak it to a TLS
+// listener offering h2 (and h2c with prior knowledge): binary and text,
+// unary and server streaming, CORS preflights, native gRPC on the same
+// port, and the translated calls are grpc-web calls from the client's
+// own address (access log).
+func TestGRPCWebHTTP2(t *testing.T) {
+	t.Parallel()
+	ca := testkit.NewCA(t, "webh2")
+	certPEM, keyPEM, _ := ca.Issue(t, "meshd", "localhost", "127.0.0.1")
+	tests := []struct {
+		name string
+		tls  bool
+	}{
+		{"h2c prior knowledge", false},
+		{"TLS ALPN h2", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			bs := startBackends(t, "webh2", 1)
+			extra, scheme := "", "http"
+			var clientTLS *tls.Config
+			dialOpts := []grpc.DialOption(nil)
+			if tt.tls {
+				certFile, keyFile := writeFile(t, dir, "tls.crt", certPEM), writeFile(t, dir, "tls.key", keyPEM)
+				extra, scheme = fmt.Sprintf("    tls: {cert_file: %s, key_file: %s}", certFile, keyFile), "https"
+				clientTLS = &tls.Config{RootCAs: ca.Pool(), ServerName: "localhost"}
+				dialOpts = append(dialOpts, grpc.WithTransportCredentials(credentials.NewTLS(clientTLS)))
+			}
+			accessPath := filepath.Join(dir, "access.log")
+			m := startObserved(t, webConfig(bs, extra)+fmt.Sprintf("access_log: {enabled: true, path: %s}\n", accessPath))
+			cc := dial(t, m.Addr, dialOpts...)
+			waitServing(t, cc)
+			local := make(chan string, 16)
+			c := h2Client(clientTLS, local)
+			base := scheme + "://" + m.Addr
+
+			for _, ct := range []string{"application/grpc-web", "application/grpc-web+proto", "application/grpc-web-text", "application/grpc-web-text+proto"} {
+				checkUnaryAndStream(t, c, base, ct)
+			}
+			req := mustMarshal(t, &testpb.SimpleRequest{})
+			r := webCall(t, c, base, "/grpc.testing.TestService/UnaryCall", "application/grpc-web+proto", webFrame(0, req), map[string]string{"Origin": "http://app.example"})
+			if r.resp.ProtoMajor != 2 || r.code() != codes.OK || r.resp.Header.Get("Access-Control-Allow-Origin") != "http://app.example" {
+				t.Fatalf("call from an allowed origin: HTTP/%d, %v, %v", r.resp.ProtoMajor, r.code(), r.resp.Header)
+			}
+			r = webCall(t, c, base, "/grpc.testing.TestService/UnaryCall", "application/grpc-web+proto", webFrame(0, req), map[string]string{"Origin": "http://evil.example"})
+			if r.resp.StatusCode != http.StatusForbidden || r.code() != codes.PermissionDenied {
+				t.Fatalf("call from a refused origin: HTTP %d, %v", r.resp.StatusCode, r.code())
+			}
+			// A malformed text body: the translator's answer, through the engine.
+			bad, _ := http.NewRequest(http.MethodPost, base+"/grpc.testing.TestService/UnaryCall", strings.NewReader("!!!!"))
+			bad.Header.Set("Content-Type", "application/grpc-web-text")
+			if resp, err := c.Do(bad); err != nil {
+				t.Fatalf("malformed body: %v", err)
+			} else {
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusBadRequest || resp.Header.Get("Grpc-Status") != strconv.Itoa(int(codes.InvalidArgument)) {
+					t.Errorf("malformed text body: HTTP %d grpc-status %q", resp.StatusCode, resp.Header.Get("Grpc-Status"))
+				}
+			}
+
+			// CORS preflights over HTTP/2.
+			resp := webPreflight(t, c, base+"/grpc.testing.TestService/UnaryCall", "http://app.example")
+			if resp.ProtoMajor != 2 || resp.StatusCode != http.StatusNoContent || resp.Header.Get("Access-Control-Allow-Origin") != "http://app.example" {
+				t.Fatalf("allowed preflight: HTTP/%d %d %v", resp.ProtoMajor, resp.StatusCode, resp.Header)
+			}
+			if a := resp.Header.Get("Access-Control-Allow-Headers"); !strings.Contains(a, "x-grpc-web") || !strings.Contains(a, "x-tenant") {
+				t.Errorf("Access-Control-Allow-Headers %q", a)
+			}
+			if resp := webPreflight(t, c, base+"/grpc.testing.TestService/UnaryCall", "http://evil.example"); resp.StatusCode != http.StatusForbidden || resp.Header.Get("Access-Control-Allow-Origin") != "" {
+				t.Fatalf("refused preflight: %d %v", resp.StatusCode, resp.Header)
+			}
+
+			// Native gRPC on the same port.
+			if _, err := testpb.NewTestServiceClient(cc).UnaryCall(context.Background(), &testpb.SimpleRequest{Payload: &testpb.Payload{Body: []byte("native")}}); err != nil {
+				t.Fatalf("native call on the grpc_web listener: %v", err)
+			}
+
+			mt := scrapeMetrics(t, m.Admin)
+			if v := mt.Value(t, "meshd_grpc_web_requests_total", map[string]string{"route": "all", "grpc_code": "OK"}); v < 9 {
+				t.Errorf("meshd_grpc_web_requests_total{OK} = %v, want >= 9", v)
+			}
+			// The access log has the translated calls as grpc-web, from
+			// the client's address, not the in-process connection's.
+			peers := map[string]bool{}
+			for len(local) > 0 {
+				peers[<-local] = true
+			}
+			var lines []string
+			testkit.WaitFor(t, 5*time.Second, "grpc-web calls in the access log", func() bool {
+				data, _ := os.ReadFile(accessPath)
+				lines = lines[:0]
+				for _, l := range strings.Split(string(data), "\n") {
+					if strings.Contains(l, `"protocol":"grpc-web"`) {
+						lines = append(lines, l)
+					}
+				}
+				return len(lines) >= 9
+			})
+			for _, l := range lines {
+				var rec struct {
+					Peer string `json:"peer"`
+				}
+				if err := json.Unmarshal([]byte(l), &rec); err != nil || !peers[rec.Peer] {
+					t.Errorf("grpc-web access log line with peer %q, want one of the client's %v: %s", rec.Peer, peers, l)
+					break
+				}
+			}
+		})
+	}
 }

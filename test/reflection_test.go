@@ -197,3 +197,64 @@ clusters:
 		t.Fatal(err)
 	}
 }
+
+// TestMergedReflectionPerListener: each reflection listener lists only
+// the services its own routes reach; a route limited to the other
+// listener does not show, and stays UNIMPLEMENTED there.
+func TestMergedReflectionPerListener(t *testing.T) {
+	t.Parallel()
+	a := startBackends(t, "refl-la", 1, backend.WithRegister(func(s *grpc.Server) { reflection.Register(s) }))
+	b := startBackends(t, "refl-lb", 1, backend.WithoutTestService(), backend.WithRegister(func(s *grpc.Server) {
+		testgrpc.RegisterReconnectServiceServer(s, reconnect{})
+		reflection.Register(s)
+	}))
+	m := startMesh(t, fmt.Sprintf(`
+admin: {address: 127.0.0.1:0}
+listeners:
+  - {name: public, address: 127.0.0.1:0, reflection: true}
+  - {name: internal, address: %s, reflection: true}
+drain_timeout: 5s
+routes:
+  - {name: test, listeners: [public], match: {service: grpc.testing.TestService}, cluster: a}
+  - {name: reconnect, listeners: [internal], match: {service: grpc.testing.ReconnectService}, cluster: b}
+clusters:
+  - {name: a, endpoints: %s}
+  - {name: b, endpoints: %s}
+`, testkit.FreeAddr(t), addrs(a), addrs(b)))
+	lis := m.srv.ListenerAddrs()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	testkit.WaitFor(t, 10*time.Second, "clusters a and b serving", func() bool {
+		_, body := adminGet(t, m.Admin, "/clusters")
+		return strings.Count(body, `"State": "serving"`) == 2
+	})
+	own := []string{"grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"}
+	tests := []struct {
+		listener string
+		service  string // the one its routes reach
+	}{
+		{"public", "grpc.testing.TestService"},
+		{"internal", "grpc.testing.ReconnectService"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.listener, func(t *testing.T) {
+			cc := dial(t, lis[tt.listener])
+			st, err := v1.NewServerReflectionClient(cc).ServerReflectionInfo(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rc := &reflectClient{t: t, st: st}
+			want := append(slices.Clone(own), tt.service)
+			slices.Sort(want)
+			if got := rc.list(); !slices.Equal(got, want) {
+				t.Fatalf("list on %s = %v, want %v", tt.listener, got, want)
+			}
+			// (describe of the other service is not checked: both live in
+			// grpc/testing/test.proto, which each backend serves whole.)
+			if n := len(rc.describe(tt.service)); n == 0 {
+				t.Fatalf("describe %s on %s returned nothing", tt.service, tt.listener)
+			}
+			_ = st.CloseSend()
+		})
+	}
+}

@@ -425,6 +425,47 @@ func TestMeshConfigIsTheExample(t *testing.T) {
 	}
 }
 
+// TestEdgeConfigUsesEdgeFeatures: the edge ConfigMap's meshd.yaml (which
+// TestManifests validates with config.Parse) shows the edge features the
+// way configs/edge.yaml does: gRPC-Web on the TLS listener, merged
+// reflection, JWT, routes per listener, host and header rules, a
+// cluster authority.
+func TestEdgeConfigUsesEdgeFeatures(t *testing.T) {
+	t.Parallel()
+	m := load(t, "edge")
+	cm := m.configMaps["meshd-edge"]
+	if cm == nil {
+		t.Fatal("no ConfigMap meshd-edge under edge/")
+	}
+	cfg, err := config.Parse([]byte(cm.Data["meshd.yaml"]), "ConfigMap/meshd-edge/meshd.yaml")
+	if err != nil {
+		t.Fatalf("edge config does not validate:\n%v", err)
+	}
+	var webTLS, reflection, scoped, authority, headers, clusterAuthority bool
+	for _, l := range cfg.Listeners {
+		webTLS = webTLS || (l.GRPCWeb != nil && l.TLS != nil)
+		reflection = reflection || l.Reflection
+	}
+	for _, r := range cfg.Routes {
+		scoped = scoped || len(r.Listeners) > 0
+		authority = authority || r.Match.Authority != ""
+		headers = headers || r.RequestHeaders != nil || r.ResponseHeaders != nil
+	}
+	for _, c := range cfg.Clusters {
+		clusterAuthority = clusterAuthority || c.Authority != ""
+	}
+	for what, ok := range map[string]bool{
+		"grpc_web on a TLS listener": webTLS, "a reflection listener": reflection,
+		"jwt_providers": len(cfg.JWTProviders) > 0, "a route limited to listeners": scoped,
+		"a match.authority rule": authority, "request or response header rules": headers,
+		"a cluster authority": clusterAuthority,
+	} {
+		if !ok {
+			t.Errorf("edge config lacks %s (configs/edge.yaml has it)", what)
+		}
+	}
+}
+
 // checkProbes: readiness by grpc.health.v1 on the admin port, liveness by
 // /live.
 func checkProbes(t *testing.T, c *corev1.Container) {
