@@ -135,7 +135,7 @@ func (cl *call) startShadow(req *reqHeaders, fl *flusher) {
 	s.deadline = cl.deadline
 	// The copy is the request as the primary sends it: the route's header
 	// edits apply, its tracing fields (Target.Header) do not.
-	s.reqFields = upstreamHeaders(req.path, auth, req.regular, nil, cl.target.Edits)
+	s.reqFields = upstreamHeaders(req.method, req.path, auth, req.regular, nil, cl.target.Edits)
 	s.reqEnd = req.end
 	s.addr, s.upstream = m.Addr, m.Upstream
 	s.mu.Lock()
