@@ -381,9 +381,17 @@ func TestSmokeChains(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, tn := range []string{meshd2Hop, meshdMTLS} {
-		for _, k := range []string{"unary_calls_per_s", "cpu_s_per_10k", "hop_conns_per_s", "hop_cpu_ms_per_conn"} {
+		for _, k := range []string{"unary_calls_per_s", "hop_conns_per_s"} {
 			if m := rep.Metrics[tn][k].Median; m == nil || *m <= 0 {
 				t.Errorf("%s %s = %v, want > 0", tn, k, m)
+			}
+		}
+		// CPU comes in clock ticks (10 ms): a smoke phase's few hundred
+		// calls or 20 connections may cost less than one, so only its
+		// presence is asserted.
+		for _, k := range []string{"cpu_s_per_10k", "hop_cpu_ms_per_conn"} {
+			if m := rep.Metrics[tn][k].Median; m == nil || *m < 0 {
+				t.Errorf("%s %s = %v, want ≥ 0", tn, k, m)
 			}
 		}
 	}
