@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -33,8 +34,14 @@ func run(args []string) error {
 	fs := flag.NewFlagSet("grpcproxy", flag.ContinueOnError)
 	listen := fs.String("listen", "127.0.0.1:0", "address to serve on (h2c)")
 	backend := fs.String("backend", "", "the backend's host:port (h2c)")
+	version := fs.Bool("version", false, "print the versions of grpc-proxy and grpc-go it was built with, and exit")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *version {
+		fmt.Printf("mwitkow/grpc-proxy %s (proxy.TransparentHandler, grpc-go %s)\n",
+			depVersion("github.com/mwitkow/grpc-proxy"), depVersion("google.golang.org/grpc"))
+		return nil
 	}
 	if *backend == "" {
 		return fmt.Errorf("grpcproxy: -backend is required")
@@ -72,4 +79,16 @@ func run(args []string) error {
 		<-graceful
 	}
 	return nil
+}
+
+// depVersion is the version of module path this binary was built with.
+func depVersion(path string) string {
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, d := range bi.Deps {
+			if d.Path == path {
+				return d.Version
+			}
+		}
+	}
+	return "(version unknown)"
 }
