@@ -40,8 +40,9 @@
 // nginx-mtls is judged against meshd-mtls (issue 19: throughput ≥ 1.3×,
 // CPU per call ≤ nginx's). The idle-streams phase skips grpc-proxy (it
 // forwards response headers only with the first message, so an idle
-// stream never shows as open) and nginx-mtls (its idle streams stall at
-// 64 here; cause not yet found).
+// stream never shows as open) and nginx-mtls (response headers sent before
+// the first message did not come back through it here either; not yet
+// understood).
 //
 // Then it runs several rounds. Each round measures every target in a
 // rotating order (A B C, B C A, …), so slow drift on the machine spreads
