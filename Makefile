@@ -82,11 +82,13 @@ bench:
 bench-load: build
 	$(GO) run ./cmd/meshbench -meshd $(MESHD) -mode quick $(BENCH_LOAD_ARGS)
 
-# CI: a few hundred calls per target (~10 s) so the harness cannot rot. It
-# fails only if a target does not answer; no timing is asserted. The mesh
-# chains (two meshds, h2c and mTLS hops) run here too, though not by default.
+# CI: a few hundred calls per target (~30 s with every target) so the
+# harness cannot rot. It fails only if a target does not answer; no timing
+# is asserted. The targets that are not in the default -targets (grpc-proxy,
+# the chains: two meshds over h2c and mTLS, two nginx over TLS) and the
+# -rates phase run here too.
 bench-smoke-load: build
-	$(GO) run ./cmd/meshbench -meshd $(MESHD) -mode smoke -targets direct,meshd,nginx,meshd-2hop,meshd-mtls
+	$(GO) run ./cmd/meshbench -meshd $(MESHD) -mode smoke -targets direct,meshd,nginx,grpc-proxy,meshd-2hop,meshd-mtls,nginx-mtls -rates 500,2000,max
 
 clean:
 	rm -rf $(BIN)

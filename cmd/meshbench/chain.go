@@ -51,9 +51,30 @@ func chainShape(name string) string {
 // hop is the connection between a chain's two sidecars, as the churn phase
 // dials it: api's listener, with web's identity for meshd-mtls.
 type hop struct {
-	addr   string
-	creds  credentials.TransportCredentials
-	server *child // api's meshd: the server side, charged per connection
+	addr        string
+	creds       credentials.TransportCredentials
+	server      *child // api's meshd (or nginx master): the server side, charged per connection
+	withWorkers bool   // charge the server's children too (nginx's workers)
+}
+
+// pids are the hop's server-side processes.
+func (h *hop) pids() []int {
+	p := []int{h.server.pid()}
+	if h.withWorkers {
+		p = append(p, proc.Children(h.server.pid())...)
+	}
+	return p
+}
+
+// hopCreds are what the churn phase dials api's TLS listener with, as
+// web's sidecar does: meshd's own client config, with web's identity,
+// expecting api's SPIFFE ID. nginx's api side is served the same leaf.
+func hopCreds(web meshFiles) (credentials.TransportCredentials, error) {
+	src, err := identity.NewFiles(web.cert, web.key, web.ca, slog.New(slog.DiscardHandler))
+	if err != nil {
+		return nil, fmt.Errorf("meshbench: %w", err)
+	}
+	return credentials.NewTLS(src.ClientConfig("api")), nil
 }
 
 // meshFiles are one service's identity files, as mesh.identity: files
@@ -203,14 +224,9 @@ func startChain(ctx context.Context, t *target, bin, dir, backendAddr string) er
 		if files, err = writeMeshIdentity(filepath.Join(dir, "certs"), "web", "api"); err != nil {
 			return err
 		}
-		// The churn phase dials api as web's sidecar does: meshd's own
-		// client config, with web's identity, expecting api.
-		w := files["web"]
-		src, err := identity.NewFiles(w.cert, w.key, w.ca, slog.New(slog.DiscardHandler))
-		if err != nil {
-			return fmt.Errorf("meshbench: %w", err)
+		if creds, err = hopCreds(files["web"]); err != nil {
+			return err
 		}
-		creds = credentials.NewTLS(src.ClientConfig("api"))
 	}
 	var addrs [4]string
 	for i := range addrs {
@@ -263,13 +279,13 @@ func churnOp(addr string, creds credentials.TransportCredentials, req *testpb.Si
 // is charged: the client side of the handshake runs in the harness.
 func (h *harness) measureChurn(ctx context.Context, t *target, r int) (string, error) {
 	p := h.p
-	pid := t.hop.server.pid()
-	c0, err := proc.CPU(pid)
+	pids := t.hop.pids()
+	c0, err := proc.CPU(pids...)
 	if err != nil {
 		return "", fmt.Errorf("meshbench: %s: %w%s", t.name, err, procLog(t))
 	}
 	res := closedLoop(ctx, []testpb.TestServiceClient{nil}, p.ChurnConc, p.ChurnDur, p.ChurnMaxConns, churnOp(t.hop.addr, t.hop.creds, h.unary))
-	c1, err := proc.CPU(pid)
+	c1, err := proc.CPU(pids...)
 	if err != nil {
 		return "", fmt.Errorf("meshbench: %s: %w%s", t.name, err, procLog(t))
 	}
@@ -282,4 +298,65 @@ func (h *harness) measureChurn(ctx context.Context, t *target, r int) (string, e
 	h.res.set(t.name, "hop_conns_per_s", r, perSec)
 	h.res.set(t.name, "hop_cpu_ms_per_conn", r, msPer)
 	return fmt.Sprintf("hop churn %.0f conns/s, api %.3f CPU-ms/conn", perSec, msPer), nil
+}
+
+// nginxChainIdleSkip is why the idle-streams phase skips nginx-mtls: on
+// nginx 1.22.1 here, response headers the backend sends before its first
+// message do not reach the client through the TLS chain within the phase's
+// open timeout (with 10 streams, none arrived in 10 s; every stream had
+// its upstream connections up to the backend, and nothing was in either
+// error log), while they do through the plaintext nginx target. An idle
+// stream counts as open only once its headers came back, so the phase
+// would only time out. Where they are held (api's TLS listener buffering
+// them, at a guess) is not found yet.
+const nginxChainIdleSkip = "response headers sent before the first message do not come back through the nginx TLS chain (not yet understood), so idle streams never show as open"
+
+// nginxChainShape describes the nginx-mtls target for the report.
+const nginxChainShape = "web → grpc_pass grpcs:// with web's client certificate → api (ssl_verify_client on)"
+
+// startNginxChain starts nginx-mtls: the same two-sidecar chain as
+// meshd-mtls, with nginx as both sidecars (its processes with workers
+// each), api first, recorded in t.procs as they start. It issues the same
+// kind of CA and leaves as meshd-mtls (writeMeshIdentity): api's listener
+// serves api's leaf and requires a client certificate the CA signed; web
+// dials it with grpcs://, its own leaf as client certificate, verifying
+// api's against the CA and the name "api" (the leaf's CN).
+func startNginxChain(ctx context.Context, t *target, bin, root, backendAddr string, workers int) (string, error) {
+	dir := filepath.Join(root, t.name)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", fmt.Errorf("meshbench: %w", err)
+	}
+	files, err := writeMeshIdentity(filepath.Join(dir, "certs"), "web", "api")
+	if err != nil {
+		return "", err
+	}
+	creds, err := hopCreds(files["web"])
+	if err != nil {
+		return "", err
+	}
+	apiListen, err := freeAddr()
+	if err != nil {
+		return "", err
+	}
+	webListen, err := freeAddr()
+	if err != nil {
+		return "", err
+	}
+	apiFiles, webFiles := files["api"], files["web"]
+	t.withWorkers = true
+	api, version, err := runNginx(ctx, bin, t.name+" api", root, filepath.Join(dir, "api"),
+		nginxSite{listen: apiListen, upstream: backendAddr, serverTLS: &apiFiles}, workers)
+	if err != nil {
+		return "", err
+	}
+	t.procs = append(t.procs, api)
+	web, _, err := runNginx(ctx, bin, t.name+" web", root, filepath.Join(dir, "web"),
+		nginxSite{listen: webListen, upstream: apiListen, upstreamTLS: &webFiles, upstreamName: "api"}, workers)
+	if err != nil {
+		return "", err
+	}
+	t.procs = append(t.procs, web)
+	t.addr = webListen
+	t.hop = &hop{addr: apiListen, creds: creds, server: api, withWorkers: true}
+	return version, nil
 }

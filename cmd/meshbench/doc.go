@@ -14,6 +14,12 @@
 //	meshd-2hop    two bin/meshd sidecars, client → web → h2c → api → backend
 //	meshd-mtls    the same with issue 16's mesh mTLS between web and api
 //	nginx         /usr/sbin/nginx with grpc_pass, 2 workers, its own prefix and config
+//	grpc-proxy    mwitkow/grpc-proxy's proxy.TransparentHandler with a director, as its
+//	              README wires it (internal/grpcproxy): what meshd replaces; the
+//	              harness builds cmd/meshbench/grpcproxy into its temp dir
+//	nginx-mtls    two nginx, client → web → grpc_pass grpcs:// with web's client
+//	              certificate → api (ssl_verify_client on) → backend: meshd-mtls's
+//	              chain with nginx, on the same kind of CA and leaves
 //
 // The two chains (chain.go, not in the default -targets; ask for them)
 // measure what mesh mTLS costs: they differ only in the hop between the
@@ -31,6 +37,13 @@
 // per connection; over mTLS that is dominated by the handshake
 // (identity's BenchmarkHandshake gives one handshake's CPU, both sides).
 //
+// nginx-mtls is judged against meshd-mtls (issue 19: throughput ≥ 1.3×,
+// CPU per call ≤ nginx's). The idle-streams phase skips grpc-proxy (it
+// forwards response headers only with the first message, so an idle
+// stream never shows as open) and nginx-mtls (response headers sent before
+// the first message did not come back through it here either; not yet
+// understood).
+//
 // Then it runs several rounds. Each round measures every target in a
 // rotating order (A B C, B C A, …), so slow drift on the machine spreads
 // over all targets instead of biasing one:
@@ -40,6 +53,12 @@
 //     /proc/PID/stat, summed over nginx's master and workers) and its peak
 //     RSS (VmHWM after clear_refs for meshd, sampled VmRSS for nginx);
 //   - p50/p99/p999 at a fixed rate (open loop);
+//   - with -rates 500,2000,max: at each fixed rate an open loop of a fixed
+//     window (smoke 0.5 s, quick 3 s, full 6 s; -rate-window) with the
+//     proxy's CPU ticks over it, so CPU per call where sidecars spend their
+//     lives, and the p99 (added p99 against direct's at that rate); "max"
+//     puts the throughput phase's CPU per call beside them. None by
+//     default: each rate adds rounds × targets × window to the run;
 //   - server-streaming messages/s (100 × 1 KiB per call, closed loop);
 //
 // and, after those rounds (so its memory does not inflate the peak RSS

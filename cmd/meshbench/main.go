@@ -15,6 +15,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -62,6 +63,14 @@ type plan struct {
 	ChurnDur      time.Duration `json:"churn_ns"`
 	ChurnMaxConns int64         `json:"churn_max_conns"`
 	ChurnConc     int           `json:"churn_concurrency"`
+	// Rates are the -rates phase's fixed rates, calls/s: at each, an open
+	// loop of RateDur with the proxy's CPU over that window (CPU per call
+	// where sidecars spend their lives) and its p99. RatesMax ("max" in
+	// -rates) adds the throughput phase's CPU per call to that summary.
+	// None by default, which keeps quick mode's budget.
+	Rates    []int         `json:"rates,omitempty"`
+	RatesMax bool          `json:"rates_max,omitempty"`
+	RateDur  time.Duration `json:"rate_window_ns"`
 }
 
 // planFor is a mode's plan. The load shape (concurrency 50, 1 KiB echo,
@@ -81,16 +90,19 @@ func planFor(mode string) (plan, error) {
 		p.StreamDur, p.StreamMaxCalls = 2*time.Second, 10
 		p.IdleStreams, p.IdleRounds, p.IdleOpenTimeout, p.IdleHold = 100, 1, 10*time.Second, 200*time.Millisecond
 		p.ChurnDur, p.ChurnMaxConns = time.Second, 20
+		p.RateDur = 500 * time.Millisecond
 	case "quick": // under 2 minutes
 		p.Rounds, p.Warmup, p.ThroughputDur = 3, 300*time.Millisecond, 2*time.Second
 		p.LatencyDur, p.StreamDur = 2*time.Second, 1500*time.Millisecond
 		p.IdleRounds, p.IdleOpenTimeout, p.IdleHold = 1, 30*time.Second, time.Second
 		p.ChurnDur = 1500 * time.Millisecond
+		p.RateDur = 3 * time.Second
 	case "full": // under 10 minutes
 		p.Rounds, p.Warmup, p.ThroughputDur = 5, time.Second, 5*time.Second
 		p.LatencyDur, p.StreamDur = 5*time.Second, 3*time.Second
 		p.IdleRounds, p.IdleOpenTimeout, p.IdleHold = 1, 60*time.Second, 2*time.Second
 		p.ChurnDur = 3 * time.Second
+		p.RateDur = 6 * time.Second // the issue's window
 	default:
 		return p, fmt.Errorf("meshbench: unknown -mode %q (want smoke, quick or full)", mode)
 	}
@@ -109,7 +121,9 @@ type target struct {
 	withWorkers bool // count the processes' children too (nginx)
 	hop         *hop // chains only: the hop between the two sidecars
 	unavailable string
-	cl          *client
+	// idleSkip, if set, is why the idle-streams phase skips this target.
+	idleSkip string
+	cl       *client
 }
 
 // pids are the processes whose CPU and memory are the target's overhead:
@@ -146,6 +160,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	mode := fs.String("mode", "quick", "smoke (~10 s, CI), quick (< 2 min) or full (< 10 min)")
 	meshdBin := fs.String("meshd", "bin/meshd", "the meshd binary (make build)")
 	nginxBin := fs.String("nginx", "/usr/sbin/nginx", "the nginx binary; the nginx target is skipped if it does not exist")
+	grpcProxyBin := fs.String("grpc-proxy", "", "the grpc-proxy target's binary (go build "+grpcProxyPkg+"); empty: the harness builds it into its temp dir")
 	install := fs.Bool("install-nginx", false, "run `apt-get install -y nginx-light` if the nginx binary is missing")
 	targetList := fs.String("targets", "direct,meshd,nginx", "comma-separated: "+strings.Join(targetNames, ", "))
 	jsonOut := fs.String("json", "", "also write every value as JSON to this file")
@@ -153,6 +168,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	rounds := fs.Int("rounds", 0, "override the mode's number of rounds")
 	dur := fs.Duration("duration", 0, "override the mode's throughput and latency phase length")
 	rate := fs.Int("rate", 0, "override the fixed rate of the latency phase, calls/s")
+	rates := fs.String("rates", "", "comma-separated fixed rates (calls/s) and/or max, e.g. 500,2000,max: the proxy's CPU per call and p99 at each rate (an open-loop phase of -rate-window per rate per round; max is the throughput phase's)")
+	rateWin := fs.Duration("rate-window", 0, "override the mode's -rates window (smoke 0.5 s, quick 3 s, full 6 s)")
 	conc := fs.Int("c", 0, "override the concurrency (calls or streams in flight)")
 	conns := fs.Int("conns", 0, "override the number of client HTTP/2 connections per target")
 	idle := fs.Int("idle", -1, "override the number of idle streams (0 skips the phase)")
@@ -181,6 +198,12 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if *dur > 0 {
 		p.ThroughputDur, p.LatencyDur = *dur, *dur
 	}
+	if p.Rates, p.RatesMax, err = parseRates(*rates); err != nil {
+		return err
+	}
+	if *rateWin > 0 {
+		p.RateDur = *rateWin
+	}
 	if *idle >= 0 {
 		p.IdleStreams = *idle
 	}
@@ -208,7 +231,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	for range p.StreamMsgs {
 		h.stream.ResponseParameters = append(h.stream.ResponseParameters, &testpb.ResponseParameters{Size: int32(p.Payload)})
 	}
-	err = h.run(ctx, names, *meshdBin, *nginxBin, *install, *pprofPrefix, *jsonOut, stdout)
+	err = h.run(ctx, names, *meshdBin, *nginxBin, *grpcProxyBin, *install, *pprofPrefix, *jsonOut, stdout)
 	if ctx.Err() != nil {
 		return fmt.Errorf("meshbench: interrupted; every process it started has been stopped")
 	}
@@ -239,7 +262,7 @@ func (h *harness) progress(format string, a ...any) { fmt.Fprintf(h.log, format+
 // (and writes it as JSON if asked) and checks that the run is valid. Every
 // process it starts is stopped by a defer here before it returns, also on
 // error or interruption.
-func (h *harness) run(ctx context.Context, names []string, meshdBin, nginxBin string, install bool, pprofPrefix, jsonOut string, stdout io.Writer) error {
+func (h *harness) run(ctx context.Context, names []string, meshdBin, nginxBin, grpcProxyBin string, install bool, pprofPrefix, jsonOut string, stdout io.Writer) error {
 	started := time.Now()
 	loadStart := proc.LoadAvg()
 	dir, err := os.MkdirTemp("", "meshbench")
@@ -247,7 +270,7 @@ func (h *harness) run(ctx context.Context, names []string, meshdBin, nginxBin st
 		return fmt.Errorf("meshbench: %w", err)
 	}
 	defer os.RemoveAll(dir)
-	if slices.Contains(names, nginx) && install {
+	if (slices.Contains(names, nginx) || slices.Contains(names, nginxMTLS)) && install {
 		if err := h.ensureNginx(ctx, nginxBin); err != nil {
 			return err
 		}
@@ -268,7 +291,7 @@ func (h *harness) run(ctx context.Context, names []string, meshdBin, nginxBin st
 	for _, n := range names {
 		t := &target{name: n}
 		all = append(all, t)
-		if err := h.startTarget(ctx, t, dir, backendAddr, meshdBin, nginxBin); err != nil {
+		if err := h.startTarget(ctx, t, dir, backendAddr, meshdBin, nginxBin, grpcProxyBin); err != nil {
 			return err
 		}
 	}
@@ -301,7 +324,7 @@ func (h *harness) ensureNginx(ctx context.Context, nginxBin string) error {
 // phase measures a target still starting. A proxy that cannot run here
 // (errUnavailable) marks t unavailable and is not an error: the report says
 // why and the other targets are still measured.
-func (h *harness) startTarget(ctx context.Context, t *target, dir, backendAddr, meshdBin, nginxBin string) error {
+func (h *harness) startTarget(ctx context.Context, t *target, dir, backendAddr, meshdBin, nginxBin, grpcProxyBin string) error {
 	var err error
 	switch {
 	case t.name == direct:
@@ -316,6 +339,18 @@ func (h *harness) startTarget(ctx context.Context, t *target, dir, backendAddr, 
 	case isChain(t.name):
 		err = startChain(ctx, t, meshdBin, dir, backendAddr)
 		t.version = meshdVersion(meshdBin) + " ×2 (" + chainShape(t.name) + ")"
+	case t.name == grpcProxy:
+		var c *child
+		c, t.addr, t.version, err = startGRPCProxy(ctx, grpcProxyBin, dir, backendAddr)
+		if c != nil {
+			t.procs = []*child{c}
+		}
+		t.idleSkip = grpcProxyIdleSkip
+	case t.name == nginxMTLS:
+		var v string
+		v, err = startNginxChain(ctx, t, nginxBin, dir, backendAddr, h.p.NginxWorkers)
+		t.version = fmt.Sprintf("%s ×2, %d workers each (%s)", v, h.p.NginxWorkers, nginxChainShape)
+		t.idleSkip = nginxChainIdleSkip
 	case t.name == nginx:
 		var c *child
 		c, t.addr, t.version, err = startNginx(ctx, nginxBin, dir, backendAddr, h.p.NginxWorkers)
@@ -392,8 +427,11 @@ func (h *harness) measure(ctx context.Context, avail []*target, pprofPrefix stri
 	}
 	var proxies []*target
 	for _, t := range avail {
-		if t.isProxy() {
+		if t.isProxy() && t.idleSkip == "" {
 			proxies = append(proxies, t)
+		}
+		if t.idleSkip != "" && h.p.IdleStreams > 0 {
+			h.progress("idle %-12s skipped: %s", t.name, t.idleSkip)
 		}
 	}
 	if h.p.IdleStreams > 0 {
@@ -432,7 +470,7 @@ func (h *harness) conclude(all, avail []*target, started time.Time, loadStart st
 	for _, t := range avail {
 		rep.availNames = append(rep.availNames, t.name)
 	}
-	h.res.deriveAddedP99(rep.availNames)
+	h.res.deriveAddedP99(rep.availNames, h.p.Rates)
 	rep.checks = checks(h.res, h.p, rep.availNames, slices.Contains(rep.availNames, nginx))
 	rep.loadEnd = proc.LoadAvg()
 	return rep
@@ -450,6 +488,9 @@ func (h *harness) printReport(stdout io.Writer, rep runReport) {
 			state = "UNAVAILABLE: " + t.unavailable
 		} else if n := h.errs[t.name]; n > 0 {
 			state += fmt.Sprintf("; %d FAILED calls, first: %v", n, h.firstErr[t.name])
+		}
+		if t.unavailable == "" && t.idleSkip != "" && h.p.IdleStreams > 0 {
+			state += "; no idle-streams figure: " + t.idleSkip
 		}
 		fmt.Fprintf(stdout, "  %-12s %s\n", t.name, state)
 	}
@@ -493,11 +534,14 @@ func (h *harness) verify(avail []*target) error {
 			bad = append(bad, fmt.Sprintf("%s: %d failed calls or streams (first: %v)", t.name, n, h.firstErr[t.name]))
 		}
 		keys := []string{"unary_calls_per_s", "p50_ms", "stream_msgs_per_s"}
-		if t.isProxy() && h.p.IdleStreams > 0 {
+		if t.isProxy() && h.p.IdleStreams > 0 && t.idleSkip == "" {
 			keys = append(keys, "idle_rss_mib")
 		}
 		if t.hop != nil && h.p.ChurnMaxConns > 0 {
 			keys = append(keys, "hop_conns_per_s")
+		}
+		for _, rate := range h.p.Rates {
+			keys = append(keys, rateKey("p99_ms", rate))
 		}
 		for _, k := range keys {
 			if s := summarize(h.res.get(t.name, k)); s.n == 0 || s.max <= 0 {
@@ -581,6 +625,17 @@ func (h *harness) measureRound(ctx context.Context, t *target, r int) error {
 		return ctx.Err()
 	}
 
+	for _, rate := range p.Rates {
+		s, err := h.measureRate(ctx, t, r, rate)
+		if err != nil {
+			return err
+		}
+		line += ", " + s
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
+
 	sr := closedLoop(ctx, stubs, p.Concurrency, p.StreamDur, p.StreamMaxCalls, streamOp(h.stream, p.StreamMsgs))
 	h.failed(t.name, sr.errs, sr.firstErr)
 	h.res.set(t.name, "stream_msgs_per_s", r, sr.rate())
@@ -594,6 +649,62 @@ func (h *harness) measureRound(ctx context.Context, t *target, r int) error {
 	}
 	h.progress("%s", line)
 	return ctx.Err()
+}
+
+// parseRates parses -rates: fixed rates in calls/s and "max".
+func parseRates(s string) (rates []int, withMax bool, err error) {
+	for f := range strings.SplitSeq(s, ",") {
+		switch f = strings.TrimSpace(f); f {
+		case "":
+		case "max":
+			withMax = true
+		default:
+			n, err := strconv.Atoi(f)
+			if err != nil || n <= 0 || n > 1_000_000 {
+				return nil, false, fmt.Errorf("meshbench: -rates: %q is neither a rate in calls/s (1 to 1000000) nor max", f)
+			}
+			if !slices.Contains(rates, n) {
+				rates = append(rates, n)
+			}
+		}
+	}
+	return rates, withMax, nil
+}
+
+// measureRate is one -rates phase against t: an open loop at rate calls/s
+// for p.RateDur (bounded by rate × RateDur calls), with the CPU the
+// proxy's processes used over it (utime+stime, clock ticks) divided by the
+// calls that succeeded, and the p99.
+func (h *harness) measureRate(ctx context.Context, t *target, r, rate int) (string, error) {
+	p, pids := h.p, t.pids()
+	var cpu0 time.Duration
+	if len(pids) > 0 {
+		var err error
+		if cpu0, err = proc.CPU(pids...); err != nil {
+			return "", fmt.Errorf("meshbench: %s: %w%s", t.name, err, procLog(t))
+		}
+	}
+	lr := openLoop(ctx, t.cl.stubs, rate, p.RateDur, p.MaxInflight, h.unary)
+	h.failed(t.name, lr.errs, lr.firstErr)
+	ms := func(d time.Duration) float64 { return float64(d) / 1e6 }
+	h.res.set(t.name, rateKey("p99_ms", rate), r, ms(lr.p99))
+	h.res.set(t.name, rateKey("achieved_rate", rate), r, lr.achieved)
+	line := fmt.Sprintf("@%d/s p99 %.2f ms", rate, ms(lr.p99))
+	if len(pids) > 0 {
+		cpu1, err := proc.CPU(pids...)
+		if err != nil {
+			return "", fmt.Errorf("meshbench: %s: %w%s", t.name, err, procLog(t))
+		}
+		if ok := lr.sent - lr.errs; ok > 0 {
+			v := (cpu1 - cpu0).Seconds() / float64(ok) * 1e4
+			h.res.set(t.name, rateKey("cpu_s_per_10k", rate), r, v)
+			line += fmt.Sprintf(" %.3f CPU-s/10k", v)
+		}
+	}
+	if lr.dropped > 0 || lr.achieved < 0.95*float64(rate) {
+		line += fmt.Sprintf(" (RATE NOT HELD: %.0f/s, %d dropped)", lr.achieved, lr.dropped)
+	}
+	return line, nil
 }
 
 // sumKiB is the sum of a /proc/PID/status field over pids, in MiB.
@@ -628,7 +739,7 @@ func (h *harness) measureIdle(ctx context.Context, t *target, r int, pprofPrefix
 	}
 	if err != nil {
 		h.failed(t.name, 1, err)
-		h.progress("idle %d/%d %-12s FAILED: %v", r+1, h.p.IdleRounds, t.name, err)
+		h.progress("idle %d/%d %-12s FAILED: %v%s", r+1, h.p.IdleRounds, t.name, err, procLog(t))
 		return nil
 	}
 	h.res.set(t.name, "idle_rss_mib", r, res.peakMiB)

@@ -18,10 +18,12 @@ const (
 	meshd2Hop = "meshd-2hop" // client → web → h2c → api → backend
 	meshdMTLS = "meshd-mtls" // client → web → mesh mTLS → api → backend
 	nginx     = "nginx"
+	grpcProxy = "grpc-proxy" // mwitkow/grpc-proxy's TransparentHandler (internal/grpcproxy)
+	nginxMTLS = "nginx-mtls" // client → nginx → grpcs:// with client certificates → nginx → backend
 )
 
 // targetNames are the targets -targets accepts.
-var targetNames = []string{direct, meshd, meshd2Hop, meshdMTLS, nginx}
+var targetNames = []string{direct, meshd, meshd2Hop, meshdMTLS, nginx, grpcProxy, nginxMTLS}
 
 // results holds every measured value: target → metric → one value per
 // round (NaN where a round measured nothing).
@@ -47,17 +49,29 @@ func (r *results) set(target, metric string, round int, v float64) {
 
 func (r *results) get(target, metric string) []float64 { return r.vals[target][metric] }
 
-// deriveAddedP99 adds, per round, each target's p99 minus direct's.
-func (r *results) deriveAddedP99(targets []string) {
-	d := r.get(direct, "p99_ms")
-	for _, t := range targets {
-		for i, v := range r.get(t, "p99_ms") {
-			if i < len(d) {
-				r.set(t, "added_p99_ms", i, v-d[i])
+// deriveAddedP99 adds, per round, each target's p99 minus direct's: at the
+// latency phase's rate (added_p99_ms) and at each of rates
+// (rateKey("added_p99_ms", rate)).
+func (r *results) deriveAddedP99(targets []string, rates []int) {
+	keys := [][2]string{{"p99_ms", "added_p99_ms"}}
+	for _, rate := range rates {
+		keys = append(keys, [2]string{rateKey("p99_ms", rate), rateKey("added_p99_ms", rate)})
+	}
+	for _, k := range keys {
+		d := r.get(direct, k[0])
+		for _, t := range targets {
+			for i, v := range r.get(t, k[0]) {
+				if i < len(d) {
+					r.set(t, k[1], i, v-d[i])
+				}
 			}
 		}
 	}
 }
+
+// rateKey is the name of metric measured in the -rates phase at rate
+// calls/s, e.g. cpu_s_per_10k_at_500.
+func rateKey(metric string, rate int) string { return fmt.Sprintf("%s_at_%d", metric, rate) }
 
 // summary is the median and spread of the finite values of a series.
 type summary struct {
@@ -111,7 +125,7 @@ type metricDef struct {
 }
 
 func metricDefs(p plan) []metricDef {
-	return []metricDef{
+	defs := []metricDef{
 		{"unary_calls_per_s", fmt.Sprintf("unary throughput, calls/s (closed loop, %d in flight over %d conns, %d B echo)", p.Concurrency, p.Conns, p.Payload), 0, true, true},
 		{"p50_ms", fmt.Sprintf("p50 latency at %d calls/s, ms (open loop)", p.Rate), 3, true, true},
 		{"p99_ms", fmt.Sprintf("p99 latency at %d calls/s, ms", p.Rate), 3, true, true},
@@ -125,6 +139,14 @@ func metricDefs(p plan) []metricDef {
 		{"hop_conns_per_s", fmt.Sprintf("chains: new connections/s to the hop's server side, api (each: connect, handshake, one call, close; %d in flight)", p.ChurnConc), 0, false, false},
 		{"hop_cpu_ms_per_conn", "chains: api sidecar CPU-ms per new hop connection (its side of the handshake and one call)", 3, false, false},
 	}
+	for _, rate := range p.Rates {
+		defs = append(defs,
+			metricDef{rateKey("cpu_s_per_10k", rate), fmt.Sprintf("-rates: proxy CPU-seconds per 10k calls at a fixed %d calls/s (open loop, %s window; clock ticks of all its processes)", rate, p.RateDur), 3, false, true},
+			metricDef{rateKey("p99_ms", rate), fmt.Sprintf("-rates: p99 latency at %d calls/s, ms", rate), 3, true, true},
+			metricDef{rateKey("added_p99_ms", rate), fmt.Sprintf("-rates: added p99 over direct at %d calls/s (same round), ms", rate), 3, false, false},
+		)
+	}
+	return defs
 }
 
 // pairs are the comparisons the report prints besides ×direct and ×nginx:
@@ -134,6 +156,8 @@ func metricDefs(p plan) []metricDef {
 var pairs = []struct{ a, b, what string }{
 	{meshdMTLS, meshd2Hop, "mTLS hop against plaintext hop"},
 	{meshd2Hop, meshd, "two sidecars (h2c hop) against one meshd"},
+	{meshdMTLS, nginxMTLS, "meshd's mTLS chain against nginx's TLS chain (grpc_pass grpcs:// with client certificates)"},
+	{meshd, grpcProxy, "meshd against mwitkow/grpc-proxy's handler, which it replaces"},
 }
 
 // check is one of the issue's targets, judged on one meshd target.
@@ -146,57 +170,90 @@ type check struct {
 	Detail string  `json:"detail"`
 }
 
-// checks judges every single-proxy meshd target against the issue's
-// targets. Ratios and differences are taken per round, then the median;
-// memory limits use the largest value of any round. The chains are not
-// judged: those targets are for one proxy, and a chain is two (the report
-// compares them with meshd and with each other instead, see pairs).
+// rateCPULimits are issue 19's limits on CPU per call at a fixed rate, as a
+// ratio to nginx's at the same rate.
+var rateCPULimits = map[int]float64{2000: 1.0, 500: 1.2}
+
+// checks judges every single-proxy meshd target against issue 19's
+// targets, and meshd-mtls against nginx-mtls. Ratios and differences are
+// taken per round, then the median; memory limits use the largest value of
+// any round. The other chain figures are not judged: those targets are for
+// one proxy, and a chain is two (the report compares them with meshd and
+// with each other instead, see pairs).
 func checks(r *results, p plan, targets []string, haveNginx bool) []check {
 	var out []check
+	add := func(t, name string, ok func(float64) bool, limit, v float64, missing, detail string) {
+		c := check{Name: name, Target: t, Value: jsonNum(v), Limit: limit, Detail: detail}
+		switch {
+		case missing != "":
+			c.Result, c.Detail = "n/a", missing
+		case math.IsNaN(v):
+			c.Result = "n/a"
+		case p.Mode == "smoke":
+			c.Result = "-"
+			c.Detail += " (smoke mode: not judged)"
+		case ok(v):
+			c.Result = "PASS"
+		default:
+			c.Result = "MISS"
+		}
+		out = append(out, c)
+	}
+	le := func(lim float64) func(float64) bool { return func(v float64) bool { return v <= lim } }
+	ge := func(lim float64) func(float64) bool { return func(v float64) bool { return v >= lim } }
+	noNginx := ""
+	if !haveNginx {
+		noNginx = "no nginx in this run"
+	}
+	addedP99 := func(t, name, key string) {
+		pm, pn := summarize(r.get(t, key)), summarize(r.get(nginx, key))
+		pd := summarize(perRound(r.get(t, key), r.get(nginx, key), diff))
+		add(t, name, le(0), 0, pd.median, noNginx,
+			fmt.Sprintf("%+.3f ms vs nginx %+.3f ms (medians); per-round difference %s ms", pm.median, pn.median, spread("", pd, 3)))
+	}
 	for _, t := range targets {
 		if !strings.HasPrefix(t, meshd) || isChain(t) {
 			continue
 		}
-		add := func(name string, ok func(float64) bool, limit, v float64, needNginx bool, detail string) {
-			c := check{Name: name, Target: t, Value: jsonNum(v), Limit: limit, Detail: detail}
-			switch {
-			case needNginx && !haveNginx:
-				c.Result, c.Detail = "n/a", "no nginx in this run"
-			case math.IsNaN(v):
-				c.Result = "n/a"
-			case p.Mode == "smoke":
-				c.Result = "-"
-				c.Detail += " (smoke mode: not judged)"
-			case ok(v):
-				c.Result = "PASS"
-			default:
-				c.Result = "MISS"
-			}
-			out = append(out, c)
-		}
-		le := func(lim float64) func(float64) bool { return func(v float64) bool { return v <= lim } }
-		ge := func(lim float64) func(float64) bool { return func(v float64) bool { return v >= lim } }
-
 		tn := summarize(perRound(r.get(t, "unary_calls_per_s"), r.get(nginx, "unary_calls_per_s"), ratio))
-		add("unary throughput ≥ 1.1× nginx", ge(1.1), 1.1, tn.median, true, spread("×", tn, 2))
+		add(t, "unary throughput ≥ 1.5× nginx", ge(1.5), 1.5, tn.median, noNginx, spread("×", tn, 2))
 		td := summarize(perRound(r.get(t, "unary_calls_per_s"), r.get(direct, "unary_calls_per_s"), ratio))
-		add("unary throughput ≥ 0.7× direct", ge(0.7), 0.7, td.median, false, spread("×", td, 2))
+		add(t, "unary throughput ≥ 0.8× direct", ge(0.8), 0.8, td.median, "", spread("×", td, 2))
 		cn := summarize(perRound(r.get(t, "cpu_s_per_10k"), r.get(nginx, "cpu_s_per_10k"), ratio))
-		add("CPU-s per 10k calls ≤ nginx's", le(1), 1, cn.median, true, spread("×", cn, 2))
-		pm, pn := summarize(r.get(t, "added_p99_ms")), summarize(r.get(nginx, "added_p99_ms"))
-		pd := summarize(perRound(r.get(t, "added_p99_ms"), r.get(nginx, "added_p99_ms"), diff))
-		add(fmt.Sprintf("added p99 at %d/s ≤ nginx's", p.Rate), le(0), 0, pd.median, true,
-			fmt.Sprintf("%+.3f ms vs nginx %+.3f ms (medians); per-round difference %s ms", pm.median, pn.median, spread("", pd, 3)))
+		add(t, "CPU per call at full load ≤ 0.6× nginx's", le(0.6), 0.6, cn.median, noNginx, spread("×", cn, 2))
+		for _, rate := range p.Rates {
+			lim, ok := rateCPULimits[rate]
+			if !ok {
+				continue
+			}
+			k := rateKey("cpu_s_per_10k", rate)
+			cr := summarize(perRound(r.get(t, k), r.get(nginx, k), ratio))
+			add(t, fmt.Sprintf("CPU per call at %d/s ≤ %.1f× nginx's", rate, lim), le(lim), lim, cr.median, noNginx, spread("×", cr, 2))
+		}
+		addedP99(t, fmt.Sprintf("added p99 at %d/s ≤ nginx's", p.Rate), "added_p99_ms")
+		if slices.Contains(p.Rates, 2000) {
+			addedP99(t, "added p99 at 2000/s ≤ nginx's (-rates)", rateKey("added_p99_ms", 2000))
+		}
 		sd := summarize(perRound(r.get(t, "stream_msgs_per_s"), r.get(direct, "stream_msgs_per_s"), ratio))
-		add("streaming msgs/s ≥ 0.9× direct", ge(0.9), 0.9, sd.median, false, spread("×", sd, 2))
+		add(t, "streaming msgs/s ≥ 0.95× direct", ge(0.95), 0.95, sd.median, "", spread("×", sd, 2))
 		rs := summarize(r.get(t, "peak_rss_mib"))
-		add("peak RSS under throughput load ≤ 40 MiB", le(40), 40, rs.max, false, fmt.Sprintf("%.1f MiB (largest of any round)", rs.max))
+		add(t, "peak RSS under throughput load ≤ 40 MiB", le(40), 40, rs.max, "", fmt.Sprintf("%.1f MiB (largest of any round)", rs.max))
 		is := summarize(r.get(t, "idle_rss_mib"))
-		name := fmt.Sprintf("RSS with %d idle streams ≤ 100 MiB", p.IdleStreams)
+		name := fmt.Sprintf("RSS with %d idle streams ≤ 60 MiB", p.IdleStreams)
 		if p.IdleStreams != 10000 {
 			name += " (issue: 10,000)"
 		}
-		add(name, le(100), 100, is.max, false, fmt.Sprintf("%.1f MiB (largest of any idle round)", is.max))
+		add(t, name, le(60), 60, is.max, "", fmt.Sprintf("%.1f MiB (largest of any idle round)", is.max))
+	}
+	if slices.Contains(targets, meshdMTLS) {
+		noChain := ""
+		if !slices.Contains(targets, nginxMTLS) {
+			noChain = "no nginx-mtls in this run"
+		}
+		tn := summarize(perRound(r.get(meshdMTLS, "unary_calls_per_s"), r.get(nginxMTLS, "unary_calls_per_s"), ratio))
+		add(meshdMTLS, "mTLS chain throughput ≥ 1.3× nginx-mtls", ge(1.3), 1.3, tn.median, noChain, spread("×", tn, 2))
+		cn := summarize(perRound(r.get(meshdMTLS, "cpu_s_per_10k"), r.get(nginxMTLS, "cpu_s_per_10k"), ratio))
+		add(meshdMTLS, "mTLS chain CPU per call ≤ nginx-mtls's", le(1), 1, cn.median, noChain, spread("×", cn, 2))
 	}
 	return out
 }
@@ -240,6 +297,7 @@ func printTable(w io.Writer, r *results, p plan, targets []string, cks []check) 
 			fmt.Fprintln(w)
 		}
 	}
+	printRates(w, r, p, targets)
 	printPairs(w, r, p, targets)
 	if len(cks) == 0 {
 		return
@@ -247,6 +305,53 @@ func printTable(w io.Writer, r *results, p plan, targets []string, cks []check) 
 	fmt.Fprintf(w, "\nissue targets (ratios per round, then the median)\n")
 	for _, c := range cks {
 		fmt.Fprintf(w, "  %-12s %-52s %-6s %s\n", c.Target, c.Name, c.Result, c.Detail)
+	}
+}
+
+// printRates writes the -rates summary: per target, CPU per call at each
+// fixed rate and at full load ("max", the throughput phase), each with its
+// ratio to nginx, and the added p99 at each fixed rate.
+func printRates(w io.Writer, r *results, p plan, targets []string) {
+	if len(p.Rates) == 0 && !p.RatesMax {
+		return
+	}
+	type col struct{ head, key string }
+	var cols []col
+	for _, rate := range p.Rates {
+		cols = append(cols, col{fmt.Sprintf("@%d/s", rate), rateKey("cpu_s_per_10k", rate)})
+	}
+	if p.RatesMax {
+		cols = append(cols, col{"@max", "cpu_s_per_10k"})
+	}
+	fmt.Fprintf(w, "\n-rates: proxy CPU-seconds per 10k calls (×nginx, per-round ratio, median), and added p99 over direct, ms\n  %-12s", "target")
+	for _, c := range cols {
+		fmt.Fprintf(w, " %20s", "CPU "+c.head)
+	}
+	for _, rate := range p.Rates {
+		fmt.Fprintf(w, " %14s", fmt.Sprintf("+p99 @%d/s", rate))
+	}
+	fmt.Fprintln(w)
+	for _, t := range targets {
+		fmt.Fprintf(w, "  %-12s", t)
+		for _, c := range cols {
+			s := summarize(r.get(t, c.key))
+			cell := "-"
+			if s.n > 0 {
+				cell = strconv.FormatFloat(s.median, 'f', 3, 64)
+				if n := summarize(perRound(r.get(t, c.key), r.get(nginx, c.key), ratio)); n.n > 0 && t != nginx {
+					cell += fmt.Sprintf(" (%.2f×)", n.median)
+				}
+			}
+			fmt.Fprintf(w, " %20s", cell)
+		}
+		for _, rate := range p.Rates {
+			cell := "-"
+			if s := summarize(r.get(t, rateKey("added_p99_ms", rate))); s.n > 0 {
+				cell = fmt.Sprintf("%+.3f", s.median)
+			}
+			fmt.Fprintf(w, " %14s", cell)
+		}
+		fmt.Fprintln(w)
 	}
 }
 
