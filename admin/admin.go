@@ -56,6 +56,7 @@ type Server struct {
 	grpc       *grpc.Server
 	health     *healthServer
 	tap        Tapper        // nil: no /tap
+	recent     func() any    // the dashboard's last-minute figures; nil: none
 	stop       chan struct{} // closed at Shutdown: streams (/tap) end
 	stopOnce   sync.Once
 }
@@ -124,6 +125,7 @@ func Listen(addr string, src Source, opts ...Option) (*Server, error) {
 	if s.tap != nil {
 		mux.HandleFunc("GET /tap", s.tapStream)
 	}
+	s.dashboardRoutes(mux)
 	if s.metrics != nil {
 		mux.Handle("GET /metrics", s.metrics)
 	}
