@@ -12,6 +12,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -54,6 +55,10 @@ type Server struct {
 	lis        net.Listener
 	grpc       *grpc.Server
 	health     *healthServer
+	tap        Tapper        // nil: no /tap
+	recent     func() any    // the dashboard's last-minute figures; nil: none
+	stop       chan struct{} // closed at Shutdown: streams (/tap) end
+	stopOnce   sync.Once
 }
 
 // Option configures a Server.
@@ -100,7 +105,8 @@ func WithListenConfig(lc net.ListenConfig) Option {
 
 // Listen binds addr and returns a Server ready to Serve.
 func Listen(addr string, src Source, opts ...Option) (*Server, error) {
-	s := &Server{src: src, extra: map[string]http.Handler{}, log: slog.New(slog.DiscardHandler), healthPoll: DefaultHealthPollInterval, pid: os.Getpid()}
+	s := &Server{src: src, extra: map[string]http.Handler{}, log: slog.New(slog.DiscardHandler), healthPoll: DefaultHealthPollInterval, pid: os.Getpid(),
+		stop: make(chan struct{})}
 	for _, o := range opts {
 		o(s)
 	}
@@ -116,6 +122,10 @@ func Listen(addr string, src Source, opts ...Option) (*Server, error) {
 	mux.HandleFunc("GET /routes", s.json(src.Routes))
 	mux.HandleFunc("GET /clusters", s.json(src.Clusters))
 	mux.HandleFunc("GET /certs", s.certs)
+	if s.tap != nil {
+		mux.HandleFunc("GET /tap", s.tapStream)
+	}
+	s.dashboardRoutes(mux)
 	if s.metrics != nil {
 		mux.Handle("GET /metrics", s.metrics)
 	}
@@ -159,11 +169,12 @@ func (s *Server) Serve() error {
 }
 
 // Shutdown stops the server, waiting for open requests until ctx is done.
-// gRPC health Watch streams, which never end on their own, are ended
-// first, with UNAVAILABLE; if ctx ends before the rest, the remaining
-// connections are closed.
+// gRPC health Watch streams (with UNAVAILABLE) and /tap streams, which
+// never end on their own, are ended first; if ctx ends before the rest,
+// the remaining connections are closed.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.health.shutdown()
+	s.stopOnce.Do(func() { close(s.stop) })
 	// The HTTP server's graceful shutdown also waits for the gRPC
 	// requests (they are its handlers) to write their status; stopping
 	// the gRPC server first would cut them off without trailers.

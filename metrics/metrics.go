@@ -5,6 +5,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -38,6 +39,7 @@ type options struct {
 	maxMethods  int
 	droppedSpan func() uint64
 	droppedLog  func() uint64
+	now         func() time.Time
 }
 
 // WithMaxMethods caps the distinct methods given their own label values
@@ -47,6 +49,9 @@ func WithMaxMethods(n int) Option { return func(o *options) { o.maxMethods = n }
 // WithDroppedSpans exports f's value as meshd_tracing_dropped_spans_total
 // (tracing.Provider.Dropped). Without it the counter reads 0.
 func WithDroppedSpans(f func() uint64) Option { return func(o *options) { o.droppedSpan = f } }
+
+// WithClock sets the clock Recent reads (default time.Now), for tests.
+func WithClock(now func() time.Time) Option { return func(o *options) { o.now = now } }
 
 // WithDroppedLogLines exports f's value as meshd_access_log_dropped_total
 // (accesslog.Logger.Dropped). Without it the counter reads 0.
@@ -72,6 +77,9 @@ type Metrics struct {
 	mirrors   *prometheus.CounterVec
 
 	state *stateCollector
+
+	now    func() time.Time
+	recent recent // recent.go: the dashboard's snapshots
 
 	maxMethods int
 	// series maps a call's (method, route, cluster) to its resolved
@@ -99,15 +107,19 @@ func (m *Metrics) ObserveMirror(route, result string) {
 // New builds the registry with every meshd metric and the Go runtime and
 // process collectors. State metrics appear once SetSource is called.
 func New(opts ...Option) *Metrics {
-	o := options{maxMethods: DefaultMaxMethods}
+	o := options{maxMethods: DefaultMaxMethods, now: time.Now}
 	for _, opt := range opts {
 		opt(&o)
+	}
+	if o.now == nil {
+		o.now = time.Now
 	}
 	if o.maxMethods <= 0 {
 		o.maxMethods = DefaultMaxMethods
 	}
 	m := &Metrics{
 		reg:        prometheus.NewRegistry(),
+		now:        o.now,
 		maxMethods: o.maxMethods,
 		methods:    map[string]bool{},
 		handled: prometheus.NewCounterVec(prometheus.CounterOpts{

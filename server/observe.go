@@ -48,3 +48,54 @@ func (s *Server) ReloadCounts() (ok, failed uint64) {
 	}
 	return ok, s.failed.Load()
 }
+
+// listenerView is one listener on the dashboard.
+type listenerView struct {
+	Name     string   `json:"name"`
+	Address  string   `json:"address"` // bound address
+	Features []string `json:"features,omitempty"`
+}
+
+// Overview implements admin.OverviewSource: the dashboard's listeners and
+// reload status.
+func (s *Server) Overview() any {
+	cfg := s.cfg.Load()
+	addrs := s.ListenerAddrs()
+	out := struct {
+		Summary       string         `json:"summary"`
+		Listeners     []listenerView `json:"listeners"`
+		ReloadsOK     uint64         `json:"reloads_ok"`
+		ReloadsFailed uint64         `json:"reloads_failed"`
+		LastError     string         `json:"last_reload_error,omitempty"`
+	}{Summary: cfg.Summary()}
+	out.ReloadsOK, out.ReloadsFailed = s.ReloadCounts()
+	if e := s.lastErr.Load(); e != nil {
+		out.LastError = *e
+	}
+	for _, l := range cfg.Listeners {
+		v := listenerView{Name: l.Name, Address: addrs[l.Name]}
+		if v.Address == "" {
+			v.Address = l.Address
+		}
+		if l.TLS != nil {
+			v.Features = append(v.Features, "tls")
+			if l.TLS.ClientCAFile != "" {
+				v.Features = append(v.Features, "client certificates")
+			}
+		}
+		if l.MeshTLS != "" {
+			v.Features = append(v.Features, "mesh_tls "+l.MeshTLS)
+		}
+		if l.GRPCWeb != nil {
+			v.Features = append(v.Features, "grpc-web")
+		}
+		if l.Reflection {
+			v.Features = append(v.Features, "reflection")
+		}
+		if l.OriginalDst != nil {
+			v.Features = append(v.Features, "original_dst")
+		}
+		out.Listeners = append(out.Listeners, v)
+	}
+	return out
+}

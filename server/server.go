@@ -22,6 +22,7 @@ import (
 	"github.com/meshd/meshd/jwtauth"
 	"github.com/meshd/meshd/policy"
 	"github.com/meshd/meshd/router"
+	"github.com/meshd/meshd/tap"
 	"github.com/meshd/meshd/tracing"
 )
 
@@ -34,7 +35,8 @@ type Server struct {
 	dests     *destinations // transparent interception (origdst.go)
 	mesh      *meshRun      // mesh identity and authorization (mesh.go); nil without a mesh section
 	observers []callrecord.Observer
-	reusePort bool // bind with SO_REUSEPORT (reuseport_linux.go)
+	taps      *tap.Hub // GET /tap on the admin port; installed always (one atomic load per call while nobody taps)
+	reusePort bool     // bind with SO_REUSEPORT (reuseport_linux.go)
 
 	// snapshots feeds the apply loop (apply.go), which owns the four
 	// fields after it: no other goroutine touches them. mu is not held
@@ -120,6 +122,9 @@ func New(cfg *config.Config, opts ...Option) (*Server, error) {
 	for _, o := range opts {
 		o(s)
 	}
+	s.taps = &tap.Hub{}
+	s.observers = append(s.observers, s.taps)
+	s.adminOpts = append(s.adminOpts, admin.WithTap(s.taps))
 	dopts := []director.Option{director.WithTracer(s.tracer), director.WithLogger(s.log.With("component", "director"))}
 	for _, o := range s.observers {
 		dopts = append(dopts, director.WithObserver(o))

@@ -90,7 +90,8 @@ func startObserved(t testing.TB, yaml string, topts ...tracing.Option) *observed
 	})
 	sopts := []server.Option{
 		server.WithObservers(obs...),
-		server.WithAdminOptions(admin.WithMetrics(o.metrics.Handler()), admin.WithHealthPollInterval(10*time.Millisecond)),
+		server.WithAdminOptions(admin.WithMetrics(o.metrics.Handler()), admin.WithHealthPollInterval(10*time.Millisecond),
+			admin.WithRecentStats(func() any { return o.metrics.Recent() })),
 	}
 	if o.tp.Enabled() {
 		// As `meshd run` does.

@@ -8,4 +8,6 @@
 //	meshd validate -config FILE   check a config: a one-line summary, or every error with file:line
 //	meshd version                 print the version
 //	meshd route explain -config FILE /pkg.Svc/Method [-H k=v ...] [-admin ADDR]
+//	meshd tap -admin ADDR [-route R] [-method M] [-code C] [-limit N]
+//	                              print the calls a running meshd finishes, live, as a table
 package main

@@ -46,6 +46,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdExplain(args[2:], stdout)
 	case "iptables":
 		err = cmdIptables(args[1:], stdout, stderr)
+	case "tap":
+		ctx, stop := signalContext()
+		err = cmdTap(ctx, args[1:], stdout, stderr)
+		stop()
 	case "help", "-h", "-help", "--help":
 		usage(stdout)
 		return 0
@@ -71,6 +75,7 @@ func usage(w io.Writer) {
   meshd validate -config FILE
   meshd version
   meshd route explain -config FILE /pkg.Service/Method [-H key=value ...] [-admin ADDR]
+  meshd tap -admin ADDR [-route R] [-method M] [-code C] [-limit N] [-rate N]
   meshd iptables [-inbound-port 15006] [-outbound-port 15001] [-proxy-uid 1337] [-exclude-inbound-ports P,...]
                  [-exclude-outbound-ports P,...] [-exclude-outbound-cidrs CIDR,...] [-dry-run] [-cleanup]
 `)

@@ -77,7 +77,7 @@ func (t *telemetry) serverOptions(base ...server.Option) []server.Option {
 	}
 	opts := append(base,
 		server.WithObservers(obs...),
-		server.WithAdminOptions(admin.WithMetrics(t.metrics.Handler())),
+		server.WithAdminOptions(admin.WithMetrics(t.metrics.Handler()), admin.WithRecentStats(func() any { return t.metrics.Recent() })),
 	)
 	if t.pprof {
 		opts = append(opts, server.WithAdminOptions(admin.WithPprof()))

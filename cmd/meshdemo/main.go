@@ -81,6 +81,8 @@ func run() error {
 		return fmt.Errorf("%w\nmeshd output:\n%s", err, m.log.String())
 	}
 	fmt.Printf("    meshd ready: gRPC on %s, admin on http://%s (/ready /clusters /routes /config_dump)\n", d.listen, d.admin)
+	fmt.Printf("    dashboard: http://%s/\n", d.admin)
+	tp := startTap(opts.meshdBin, d.admin, 6)
 
 	cc, err := grpc.NewClient(d.listen, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -88,10 +90,13 @@ func run() error {
 	}
 	defer cc.Close()
 	t, completed := d.sendTraffic(ctx, testpb.NewTestServiceClient(cc), opts.rate, opts.duration)
+	tapOut := tp.finish()
 	if !completed {
 		return nil // interrupted (Ctrl-C): no summary, just stop everything
 	}
 	d.printSummary(t)
+	step(fmt.Sprintf("meshd tap -admin %s -limit 6 (ran beside the traffic: the first calls it saw, live)", d.admin))
+	fmt.Print(indent(tapOut))
 
 	act2 := &meshAct{consul: agent}
 	defer act2.stop()
@@ -366,6 +371,8 @@ func (d *demo) printSummary(t tally) {
 // goes back on its done channel for its stop.
 func (d *demo) keepRunning(ctx context.Context, m *meshdProc, act2 *meshAct) {
 	step("running until Ctrl-C; try: curl http://" + d.admin + "/clusters, curl http://" + act2.apiAdmin + "/certs")
+	fmt.Printf("    dashboard: open http://%s/ (and http://%s/ for the api sidecar)\n", d.admin, act2.apiAdmin)
+	fmt.Printf("    live calls: bin/meshd tap -admin %s\n", act2.apiAdmin)
 	procs := []*meshdProc{m, act2.api, act2.web}
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
@@ -385,6 +392,42 @@ func (d *demo) keepRunning(ctx context.Context, m *meshdProc, act2 *meshAct) {
 			}
 		}
 	}
+}
+
+// tapProc is a `meshd tap` run beside the traffic.
+type tapProc struct {
+	cmd  *exec.Cmd
+	out  bytes.Buffer
+	done chan error
+}
+
+// startTap runs `meshd tap -admin admin -limit n`, which exits by itself
+// after n calls. The caller must call finish, which ends it and the
+// goroutine that waits for it.
+func startTap(bin, admin string, n int) *tapProc {
+	tp := &tapProc{cmd: exec.Command(bin, "tap", "-admin", admin, "-limit", strconv.Itoa(n)), done: make(chan error, 1)}
+	tp.cmd.Stdout, tp.cmd.Stderr = &tp.out, &tp.out
+	if err := tp.cmd.Start(); err != nil {
+		tp.done <- err
+		return tp
+	}
+	go func() { tp.done <- tp.cmd.Wait() }()
+	return tp
+}
+
+// finish waits for the tap to end (killing it after 3s: then it saw fewer
+// calls than asked) and returns what it printed.
+func (tp *tapProc) finish() string {
+	select {
+	case err := <-tp.done:
+		if err != nil && tp.cmd.Process == nil {
+			return fmt.Sprintf("meshd tap did not start: %v\n", err)
+		}
+	case <-time.After(3 * time.Second):
+		_ = tp.cmd.Process.Kill()
+		<-tp.done
+	}
+	return tp.out.String()
 }
 
 // startBackend starts a backend and registers it in Consul with a gRPC
