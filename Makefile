@@ -11,7 +11,7 @@ IMAGE     ?= meshd:$(VERSION)
 DEMO_ARGS ?=
 BENCH_LOAD_ARGS ?=
 
-.PHONY: all build image demo test test-go netns-tools chromium podman lint fuzz-smoke bench bench-smoke bench-load bench-smoke-load consul clean
+.PHONY: all build image demo test test-go netns-tools chromium grpcurl podman lint fuzz-smoke bench bench-smoke bench-load bench-smoke-load consul clean
 
 all: build
 
@@ -45,8 +45,13 @@ demo: build consul
 chromium:
 	@scripts/install-chromium.sh >/dev/null
 
+# grpcurl, built once from the module proxy into the cache, for the merged
+# reflection test (test/grpcurl_test.go).
+grpcurl:
+	@scripts/install-grpcurl.sh >/dev/null
+
 # The whole test suite, as CI runs it.
-test: consul netns-tools chromium podman lint test-go fuzz-smoke bench-smoke-load
+test: consul netns-tools chromium grpcurl podman lint test-go fuzz-smoke bench-smoke-load
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
