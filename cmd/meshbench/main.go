@@ -124,6 +124,8 @@ type target struct {
 	// idleSkip, if set, is why the idle-streams phase skips this target.
 	idleSkip string
 	cl       *client
+	// stopTap ends meshd-tap's tapper (tap.go); nil for other targets.
+	stopTap func()
 }
 
 // pids are the processes whose CPU and memory are the target's overhead:
@@ -329,13 +331,17 @@ func (h *harness) startTarget(ctx context.Context, t *target, dir, backendAddr, 
 	switch {
 	case t.name == direct:
 		t.addr, t.version = backendAddr, "grpc-go "+backendVersion()
-	case t.name == meshd:
+	case t.name == meshd || t.name == meshdTap:
 		var c *child
-		c, t.addr, t.admin, err = startMeshd(ctx, meshdBin, dir, backendAddr)
+		c, t.addr, t.admin, err = startMeshd(ctx, meshdBin, dir, t.name, backendAddr)
 		if c != nil {
 			t.procs = []*child{c}
 		}
 		t.version = meshdVersion(meshdBin)
+		if err == nil && t.name == meshdTap {
+			t.stopTap = startTapper(ctx, t.admin)
+			t.version += ", tapped"
+		}
 	case isChain(t.name):
 		err = startChain(ctx, t, meshdBin, dir, backendAddr)
 		t.version = meshdVersion(meshdBin) + " ×2 (" + chainShape(t.name) + ")"
@@ -388,6 +394,9 @@ func (h *harness) startTarget(ctx context.Context, t *target, dir, backendAddr, 
 // not die with their master.
 func stopTargets(targets []*target) {
 	for _, t := range slices.Backward(targets) {
+		if t.stopTap != nil {
+			t.stopTap()
+		}
 		if t.cl != nil {
 			t.cl.Close()
 		}

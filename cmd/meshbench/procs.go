@@ -223,7 +223,7 @@ var errUnavailable = errors.New("unavailable")
 
 // startMeshd validates and runs bin/meshd; a config the binary rejects
 // makes the target unavailable, anything else that fails is an error.
-func startMeshd(ctx context.Context, bin, dir, backendAddr string) (*child, string, string, error) {
+func startMeshd(ctx context.Context, bin, dir, name, backendAddr string) (*child, string, string, error) {
 	admin, err := freeAddr()
 	if err != nil {
 		return nil, "", "", err
@@ -232,7 +232,7 @@ func startMeshd(ctx context.Context, bin, dir, backendAddr string) (*child, stri
 	if err != nil {
 		return nil, "", "", err
 	}
-	c, err := runMeshd(ctx, bin, "meshd", dir+"/meshd.yaml", admin, meshdConfig(admin, listen, backendAddr))
+	c, err := runMeshd(ctx, bin, name, dir+"/"+name+".yaml", admin, meshdConfig(admin, listen, backendAddr))
 	if err != nil {
 		return nil, "", "", err
 	}

@@ -20,10 +20,11 @@ const (
 	nginx     = "nginx"
 	grpcProxy = "grpc-proxy" // mwitkow/grpc-proxy's TransparentHandler (internal/grpcproxy)
 	nginxMTLS = "nginx-mtls" // client → nginx → grpcs:// with client certificates → nginx → backend
+	meshdTap  = "meshd-tap"  // meshd with a live tap (admin GET /tap) attached for the whole run
 )
 
 // targetNames are the targets -targets accepts.
-var targetNames = []string{direct, meshd, meshd2Hop, meshdMTLS, nginx, grpcProxy, nginxMTLS}
+var targetNames = []string{direct, meshd, meshd2Hop, meshdMTLS, nginx, grpcProxy, nginxMTLS, meshdTap}
 
 // results holds every measured value: target → metric → one value per
 // round (NaN where a round measured nothing).
@@ -158,6 +159,7 @@ var pairs = []struct{ a, b, what string }{
 	{meshd2Hop, meshd, "two sidecars (h2c hop) against one meshd"},
 	{meshdMTLS, nginxMTLS, "meshd's mTLS chain against nginx's TLS chain (grpc_pass grpcs:// with client certificates)"},
 	{meshd, grpcProxy, "meshd against mwitkow/grpc-proxy's handler, which it replaces"},
+	{meshdTap, meshd, "a live tap attached (GET /tap at its highest rate) against none"},
 }
 
 // check is one of the targets, judged on one meshd target.
@@ -212,7 +214,7 @@ func checks(r *results, p plan, targets []string, haveNginx bool) []check {
 			fmt.Sprintf("%+.3f ms vs nginx %+.3f ms (medians); per-round difference %s ms", pm.median, pn.median, spread("", pd, 3)))
 	}
 	for _, t := range targets {
-		if !strings.HasPrefix(t, meshd) || isChain(t) {
+		if !strings.HasPrefix(t, meshd) || isChain(t) || t == meshdTap {
 			continue
 		}
 		tn := summarize(perRound(r.get(t, "unary_calls_per_s"), r.get(nginx, "unary_calls_per_s"), ratio))
