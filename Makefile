@@ -10,7 +10,7 @@ LDFLAGS   := -s -w -X main.version=$(VERSION)
 DEMO_ARGS ?=
 BENCH_LOAD_ARGS ?=
 
-.PHONY: all build demo test test-go netns-tools lint fuzz-smoke bench bench-smoke bench-load bench-smoke-load consul clean
+.PHONY: all build demo test test-go netns-tools lint fuzz-smoke bench bench-smoke bench-load bench-smoke-load consul kube clean
 
 all: build
 
@@ -19,6 +19,11 @@ build:
 
 consul:
 	@scripts/install-consul.sh >/dev/null
+
+# kube-apiserver and etcd for the Kubernetes tests (envtest), built once
+# from the Go module proxy into $HOME/.cache/meshd/kube-v1.37.2.
+kube:
+	@scripts/install-kube.sh >/dev/null
 
 # ip, iptables and setpriv for the network-namespace tests (root only).
 netns-tools:
@@ -30,7 +35,7 @@ demo: build consul
 	$(GO) run ./cmd/meshdemo -meshd $(MESHD) -consul "$$(scripts/install-consul.sh)" $(DEMO_ARGS)
 
 # The whole test suite, as CI runs it.
-test: consul netns-tools lint test-go fuzz-smoke bench-smoke-load
+test: consul kube netns-tools lint test-go fuzz-smoke bench-smoke-load
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -40,7 +45,7 @@ lint:
 # test binaries, so none can rot and no second build of every package is
 # needed; no timing is asserted. `make bench` runs them properly.
 test-go:
-	MESHD_CONSUL_BIN="$$(scripts/install-consul.sh)" $(GO) test -race -count=1 -timeout 30m -bench . -benchtime 1x ./...
+	MESHD_CONSUL_BIN="$$(scripts/install-consul.sh)" MESHD_KUBE_ASSETS="$$(scripts/install-kube.sh)" $(GO) test -race -count=1 -timeout 30m -bench . -benchtime 1x ./...
 
 # A few seconds per fuzz target so the targets cannot rot; real fuzzing runs
 # longer by hand (see README).

@@ -19,6 +19,10 @@ type Config struct {
 	Clusters []Cluster `yaml:"clusters"`
 	// Consul is the agent used by clusters with a consul section.
 	Consul Consul `yaml:"consul"`
+	// Kubernetes is the API server used by clusters with a kubernetes
+	// section and, with grpcroutes set, the source of Gateway API
+	// GRPCRoutes (kubernetes.go).
+	Kubernetes *Kubernetes `yaml:"kubernetes"`
 	// Mesh, when set, gives this workload a service-mesh identity (mTLS
 	// on mesh_tls listeners and clusters) and authorizes the calls its
 	// mesh listeners receive (mesh.go).
@@ -109,6 +113,9 @@ type Route struct {
 	// Name identifies the route in logs, metrics and `route explain`.
 	// Required, unique.
 	Name string `yaml:"name"`
+	// Source says where the route came from: "file", "consul:KEY" or
+	// "grpcroute:NAMESPACE/NAME". Set by meshd, not written in YAML.
+	Source string `yaml:"-"`
 	// Match selects the calls this route takes.
 	Match Match `yaml:"match"`
 	// Cluster is the single cluster calls go to. Exactly one of Cluster and
@@ -206,6 +213,9 @@ type Cluster struct {
 	Endpoints []EndpointSpec `yaml:"endpoints"`
 	// Consul discovers the endpoints from a Consul service instead.
 	Consul *ConsulService `yaml:"consul"`
+	// Kubernetes discovers the endpoints from a Service's EndpointSlices
+	// instead (kubernetes.go).
+	Kubernetes *KubernetesService `yaml:"kubernetes"`
 	// LB is the balancing policy: round_robin (default), least_request,
 	// peak_ewma or ring_hash.
 	LB string `yaml:"lb"`

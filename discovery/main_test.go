@@ -14,6 +14,7 @@ import (
 
 	"github.com/meshd/meshd/discovery"
 	"github.com/meshd/meshd/internal/consultest"
+	"github.com/meshd/meshd/internal/kubetest"
 	"github.com/meshd/meshd/internal/testkit"
 )
 
@@ -35,6 +36,24 @@ func sharedAgent(t *testing.T) *consultest.Agent {
 	return shared.agent
 }
 
+// sharedKube is one API server for the EndpointSlice tests, which use
+// distinct namespaces; it starts on first use and TestMain stops it.
+var sharedKube struct {
+	once sync.Once
+	env  *kubetest.Env
+	err  error
+}
+
+func kubeEnv(t *testing.T) *kubetest.Env {
+	t.Helper()
+	assets := kubetest.Assets(t)
+	sharedKube.once.Do(func() { sharedKube.env, sharedKube.err = kubetest.Launch(assets) })
+	if sharedKube.err != nil {
+		t.Fatal(sharedKube.err)
+	}
+	return sharedKube.env
+}
+
 func TestMain(m *testing.M) {
 	code := m.Run()
 	// The agent must be gone before goleak looks: its client's connections
@@ -42,8 +61,12 @@ func TestMain(m *testing.M) {
 	if shared.agent != nil {
 		shared.agent.Close()
 	}
+	if sharedKube.env != nil {
+		sharedKube.env.Stop()
+	}
 	if code == 0 {
-		if err := goleak.Find(); err != nil {
+		// klog (client-go's logger) starts its flush daemon at init.
+		if err := goleak.Find(goleak.IgnoreTopFunction("k8s.io/klog/v2.(*flushDaemon).run.func1")); err != nil {
 			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
 			code = 1
 		}
