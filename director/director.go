@@ -147,7 +147,7 @@ func (d *Director) Direct(ctx context.Context, req *engine.Request) (engine.Targ
 	if st == nil {
 		return engine.Target{}, d.failed(req, start, callrecord.Call{Peer: peer}, policy.ErrNotReady())
 	}
-	route := d.lookup(ctx, st, req.Method, req.Header)
+	route := d.lookup(ctx, st, req.Method, routingHeaders(st, req))
 	if route == nil {
 		st.calls.Add(-1)
 		return engine.Target{}, d.failed(req, start, callrecord.Call{Peer: peer}, policy.ErrNoRoute(req.Method))

@@ -22,6 +22,9 @@ type Route struct {
 	Name string
 	// Index is the route's position in the file (0-based).
 	Index int
+	// Source is where the route came from ("" for the file, "consul:KEY",
+	// "grpcroute:NS/NAME").
+	Source string
 	// Match is the route's selector as configured.
 	Match config.Match
 	// Timeout is the call's total budget at meshd (0: none).
@@ -63,7 +66,19 @@ type Table struct {
 	byMethod  map[string][]int // exact method → route indexes, ascending
 	byService map[string][]int // service → route indexes, ascending
 	prefixes  []int            // prefix routes, ascending
+	pseudo    bool             // some header match tests :authority or :path
 }
+
+// Pseudo headers a route's header match can test besides the call's
+// metadata. The caller of Lookup shows them (see Table.MatchesPseudo); they
+// are never forwarded as metadata.
+const (
+	// AuthorityHeader is the call's :authority (or Host).
+	AuthorityHeader = ":authority"
+	// PathHeader is the call's :path, "/pkg.Service/Method"; regex matches
+	// on it select methods by pattern (GRPCRoute RegularExpression).
+	PathHeader = ":path"
+)
 
 // Option configures New.
 type Option func(*options)
@@ -88,6 +103,7 @@ func New(routes []config.Route, opts ...Option) (*Table, error) {
 		r := &Route{
 			Name:           rc.Name,
 			Index:          i,
+			Source:         rc.Source,
 			Match:          rc.Match,
 			Timeout:        rc.Timeout.D(),
 			MaxGRPCTimeout: rc.MaxGRPCTimeout.D(),
@@ -119,6 +135,9 @@ func New(routes []config.Route, opts ...Option) (*Table, error) {
 		}
 		r.total = uint32(total)
 		for _, h := range rc.Match.Headers {
+			if h.Name == AuthorityHeader || h.Name == PathHeader {
+				t.pseudo = true
+			}
 			m, err := compileHeader(h)
 			if err != nil {
 				return nil, fmt.Errorf("router: route %q: %w", rc.Name, err)
@@ -139,6 +158,11 @@ func New(routes []config.Route, opts ...Option) (*Table, error) {
 	}
 	return t, nil
 }
+
+// MatchesPseudo reports whether some route tests :authority or :path, so
+// that the caller of Lookup must show them through md (it costs the caller
+// a wrapper per call, which tables without such routes do not pay).
+func (t *Table) MatchesPseudo() bool { return t.pseudo }
 
 // Routes returns the routes in file order. The slice must not be modified.
 func (t *Table) Routes() []*Route { return t.routes }
