@@ -154,7 +154,11 @@ func explain(w io.Writer, cfg *config.Config, table *router.Table, method string
 		fmt.Fprintln(w, "result: no route matches: meshd answers UNIMPLEMENTED")
 		return nil
 	}
-	fmt.Fprintf(w, "result: route %q\n", chosen.Name)
+	source := chosen.Source
+	if source == "" {
+		source = "file"
+	}
+	fmt.Fprintf(w, "result: route %q (source %s)\n", chosen.Name, source)
 	var total uint32
 	for _, c := range chosen.Clusters {
 		total += c.Weight
@@ -168,6 +172,9 @@ func explain(w io.Writer, cfg *config.Config, table *router.Table, method string
 		src := "static"
 		if cl.Consul != nil {
 			src = "consul service " + cl.Consul.Service
+		}
+		if k := cl.Kubernetes; k != nil {
+			src = fmt.Sprintf("kubernetes Service %s/%s port %s (EndpointSlices)", k.KubernetesNamespace(), k.Service, k.Port)
 		}
 		fmt.Fprintf(w, "  cluster %q (%d%%): lb %s, endpoints from %s\n", c.Name, c.Weight*100/total, cl.LB, src)
 	}

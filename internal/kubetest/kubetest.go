@@ -2,6 +2,7 @@ package kubetest
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -144,9 +145,29 @@ func (e *Env) Stop() {
 	}
 }
 
-// StopAPIServer stops the API server process (etcd, and so the data, stay).
+// StopAPIServer stops the API server process (etcd, and so the data,
+// stay): SIGTERM, then SIGKILL if it has not exited within a few seconds
+// (with clients watching, its graceful shutdown takes longer than a test
+// should wait; a killed API server is as gone as a stopped one). It
+// returns once the server's port refuses connections.
 func (e *Env) StopAPIServer() error {
-	return e.env.ControlPlane.GetAPIServer().Stop()
+	as := e.env.ControlPlane.GetAPIServer()
+	as.StopTimeout = 3 * time.Second
+	err := as.Stop()
+	if err != nil && !strings.Contains(err.Error(), "timeout waiting for process") {
+		return err
+	}
+	addr := net.JoinHostPort(as.SecureServing.Address, as.SecureServing.Port)
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err != nil {
+			return nil
+		}
+		c.Close()
+		// Poll: the killed process's port closes when the kernel reaps it.
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("kubetest: API server still listening on %s after stop", addr)
 }
 
 // StartAPIServer starts it again on the same address with the same

@@ -13,7 +13,8 @@ import (
 var seq atomic.Int32
 
 // BackendIPs returns n addresses, on a dummy interface created for tb and
-// deleted at its cleanup, that backends can listen on and EndpointSlices
+// deleted at its cleanup (or on lo, removed at cleanup, where the kernel
+// has no dummy interfaces), that backends can listen on and EndpointSlices
 // can name (the API server refuses loopback addresses in EndpointSlices).
 // They are in 198.18.0.0/15 (the benchmarking range, never routed), the
 // third octet drawn from the process id so that test binaries running at
@@ -30,19 +31,27 @@ func BackendIPs(tb testing.TB, n int) []string {
 	k := seq.Add(1)
 	link := fmt.Sprintf("mkt%d-%d", os.Getpid()%100000, k)
 	octet := (os.Getpid()*7+int(k))%250 + 2
-	if out, err := exec.Command("ip", "link", "add", link, "type", "dummy").CombinedOutput(); err != nil {
-		tb.Fatalf("ip link add %s: %v: %s", link, err, out)
+	// Kernels without the dummy module (some containers) get the
+	// addresses on lo instead: still local, still not loopback addresses.
+	dev := link
+	if err := exec.Command("ip", "link", "add", link, "type", "dummy").Run(); err != nil {
+		dev = "lo"
+	} else {
+		tb.Cleanup(func() { _ = exec.Command("ip", "link", "del", link).Run() })
 	}
-	tb.Cleanup(func() { _ = exec.Command("ip", "link", "del", link).Run() })
 	ips := make([]string, n)
 	for i := range ips {
 		ips[i] = fmt.Sprintf("198.18.%d.%d", octet, i+1)
-		if out, err := exec.Command("ip", "addr", "add", ips[i]+"/32", "dev", link).CombinedOutput(); err != nil {
-			tb.Fatalf("ip addr add %s: %v: %s", ips[i], err, strings.TrimSpace(string(out)))
+		if out, err := exec.Command("ip", "addr", "add", ips[i]+"/32", "dev", dev).CombinedOutput(); err != nil {
+			tb.Fatalf("ip addr add %s dev %s: %v: %s", ips[i], dev, err, strings.TrimSpace(string(out)))
+		}
+		if dev == "lo" {
+			ip := ips[i]
+			tb.Cleanup(func() { _ = exec.Command("ip", "addr", "del", ip+"/32", "dev", "lo").Run() })
 		}
 	}
-	if out, err := exec.Command("ip", "link", "set", link, "up").CombinedOutput(); err != nil {
-		tb.Fatalf("ip link set %s up: %v: %s", link, err, out)
+	if out, err := exec.Command("ip", "link", "set", dev, "up").CombinedOutput(); err != nil {
+		tb.Fatalf("ip link set %s up: %v: %s", dev, err, out)
 	}
 	return ips
 }
