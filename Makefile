@@ -11,7 +11,7 @@ IMAGE     ?= meshd:$(VERSION)
 DEMO_ARGS ?=
 BENCH_LOAD_ARGS ?=
 
-.PHONY: all build image demo test test-go netns-tools chromium grpcurl podman lint fuzz-smoke bench bench-smoke bench-load bench-smoke-load consul clean
+.PHONY: all build image demo test test-go netns-tools chromium grpcurl podman lint fuzz-smoke bench bench-smoke bench-load bench-smoke-load consul kube clean
 
 all: build
 
@@ -32,6 +32,11 @@ podman:
 image: podman
 	CONTAINERS_CONF="$$(scripts/install-podman.sh)" scripts/build-image.sh $(IMAGE) $(VERSION)
 
+# kube-apiserver and etcd for the Kubernetes tests (envtest), built once
+# from the Go module proxy into $HOME/.cache/meshd/kube-v1.37.2.
+kube:
+	@scripts/install-kube.sh >/dev/null
+
 # ip, iptables and setpriv for the network-namespace tests (root only).
 netns-tools:
 	@scripts/install-netns-tools.sh
@@ -51,7 +56,7 @@ grpcurl:
 	@scripts/install-grpcurl.sh >/dev/null
 
 # The whole test suite, as CI runs it.
-test: consul netns-tools chromium grpcurl podman lint test-go fuzz-smoke bench-smoke-load
+test: consul kube netns-tools chromium grpcurl podman lint test-go fuzz-smoke bench-smoke-load
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -61,7 +66,7 @@ lint:
 # test binaries, so none can rot and no second build of every package is
 # needed; no timing is asserted. `make bench` runs them properly.
 test-go:
-	MESHD_CONSUL_BIN="$$(scripts/install-consul.sh)" CONTAINERS_CONF="$$(scripts/install-podman.sh)" $(GO) test -race -count=1 -timeout 30m -bench . -benchtime 1x ./...
+	MESHD_CONSUL_BIN="$$(scripts/install-consul.sh)" CONTAINERS_CONF="$$(scripts/install-podman.sh)" MESHD_KUBE_ASSETS="$$(scripts/install-kube.sh)" $(GO) test -race -count=1 -timeout 30m -bench . -benchtime 1x ./...
 
 # A few seconds per fuzz target so the targets cannot rot; real fuzzing runs
 # longer by hand (see README).

@@ -592,14 +592,14 @@ clusters:
   - name: backends
     endpoints: [127.0.0.1:9001]
     consul: {service: backends}
-`, 4, "clusters[0]", `set either endpoints or consul, not both`},
+`, 4, "clusters[0]", `set one of endpoints, consul or kubernetes, not several`},
 		{"neither endpoints nor consul", `
 listeners: [{name: main, address: 127.0.0.1:15001}]
 routes: [{name: all, match: {prefix: /}, cluster: backends}]
 clusters:
   - name: backends
     lb: round_robin
-`, 4, "clusters[0]", `endpoints or consul is required`},
+`, 4, "clusters[0]", `endpoints, consul or kubernetes is required`},
 		{"consul without service", `
 listeners: [{name: main, address: 127.0.0.1:15001}]
 routes: [{name: all, match: {prefix: /}, cluster: backends}]
@@ -1088,6 +1088,35 @@ func TestUnknownKeyAndValidationErrorsTogether(t *testing.T) {
 	for _, w := range want {
 		if !strings.Contains(err.Error(), w) {
 			t.Errorf("errors do not mention %q:\n%v", w, err)
+		}
+	}
+}
+
+func TestKubernetesSection(t *testing.T) {
+	t.Parallel()
+	ok := `
+listeners: [{name: main, address: 127.0.0.1:0}]
+kubernetes:
+  kubeconfig: /k
+  grpcroutes: {gateway: {name: meshd-edge, namespace: edge}}
+clusters:
+  - {name: users, kubernetes: {service: users, namespace: app, port: 9000}}
+  - {name: named, kubernetes: {service: users, port: grpc}}
+`
+	if _, err := config.Parse([]byte(ok), "k.yaml"); err != nil {
+		t.Fatalf("valid kubernetes config refused: %v", err)
+	}
+	for _, tc := range []struct{ yaml, want string }{
+		{"kubernetes: {grpcroutes: {mesh: true, gateway: {name: a, namespace: b}}}", "not both"},
+		{"kubernetes: {grpcroutes: {}}", "gateway or mesh: true is required"},
+		{"kubernetes: {grpcroutes: {gateway: {name: a}}}", "kubernetes.grpcroutes.gateway.namespace: required"},
+		{"clusters: [{name: c, kubernetes: {service: users, port: 9000}}]", "needs the top-level kubernetes section"},
+		{"kubernetes: {}\nclusters: [{name: c, kubernetes: {service: users, port: 70000}}]", "out of range"},
+		{"kubernetes: {}\nclusters: [{name: c, kubernetes: {service: Users, port: grpc}}]", "invalid Service name"},
+	} {
+		_, err := config.Parse([]byte("listeners: [{name: main, address: 127.0.0.1:0}]\n"+tc.yaml), "k.yaml")
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: error %v, want one containing %q", tc.yaml, err, tc.want)
 		}
 	}
 }

@@ -81,6 +81,11 @@ func Merge(base *Config, f *Fragment) (*Config, error) {
 	m.locs, m.at = nil, nil
 	m.Listeners = append([]Listener(nil), base.Listeners...)
 	m.Routes = append(append(make([]Route, 0, len(f.Routes)+len(base.Routes)), f.Routes...), base.Routes...)
+	for i := range f.Routes {
+		if m.Routes[i].Source == "" {
+			m.Routes[i].Source = f.Source
+		}
+	}
 	m.Clusters = append(append(make([]Cluster, 0, len(base.Clusters)+len(f.Clusters)), base.Clusters...), f.Clusters...)
 	if err := m.Validate(); err != nil {
 		var es Errors

@@ -19,6 +19,10 @@ type Config struct {
 	Clusters []Cluster `yaml:"clusters"`
 	// Consul is the agent used by clusters with a consul section.
 	Consul Consul `yaml:"consul"`
+	// Kubernetes is the API server used by clusters with a kubernetes
+	// section and, with grpcroutes set, the source of Gateway API
+	// GRPCRoutes (kubernetes.go).
+	Kubernetes *Kubernetes `yaml:"kubernetes"`
 	// Mesh, when set, gives this workload a service-mesh identity (mTLS
 	// on mesh_tls listeners and clusters) and authorizes the calls its
 	// mesh listeners receive (mesh.go).
@@ -123,6 +127,9 @@ type Route struct {
 	// listeners (by name); a call on any other listener does not see the
 	// route. Empty: every listener.
 	Listeners []string `yaml:"listeners"`
+	// Source says where the route came from: "file", "consul:KEY" or
+	// "grpcroute:NAMESPACE/NAME". Set by meshd, not written in YAML.
+	Source string `yaml:"-"`
 	// Match selects the calls this route takes.
 	Match Match `yaml:"match"`
 	// RequestHeaders edits the request metadata sent upstream; nil: none.
@@ -246,6 +253,9 @@ type Cluster struct {
 	// Authority, when set, is the :authority sent upstream on every call
 	// to this cluster (virtual-hosted backends); empty: the client's.
 	Authority string `yaml:"authority"`
+	// Kubernetes discovers the endpoints from a Service's EndpointSlices
+	// instead (kubernetes.go).
+	Kubernetes *KubernetesService `yaml:"kubernetes"`
 	// LB is the balancing policy: round_robin (default), least_request,
 	// peak_ewma or ring_hash.
 	LB string `yaml:"lb"`

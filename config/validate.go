@@ -46,6 +46,7 @@ func (c *Config) Validate() error {
 	v.edge()
 	v.resilience()
 	v.mesh()
+	v.kubernetes()
 	switch c.Engine {
 	case "", "frame":
 	case "grpc":
@@ -181,12 +182,19 @@ func (v *validator) clusters() map[string]bool {
 	for i, cl := range v.c.Clusters {
 		p := fmt.Sprintf("clusters[%d]", i)
 		v.uniqueName(p, "cluster", cl.Name, names)
-		switch {
-		case len(cl.Endpoints) > 0 && cl.Consul != nil:
-			v.add(p, "set either endpoints or consul, not both")
-		case len(cl.Endpoints) == 0 && cl.Consul == nil:
-			v.add(p, "endpoints or consul is required")
+		sources := 0
+		for _, set := range []bool{len(cl.Endpoints) > 0, cl.Consul != nil, cl.Kubernetes != nil} {
+			if set {
+				sources++
+			}
 		}
+		switch {
+		case sources > 1:
+			v.add(p, "set one of endpoints, consul or kubernetes, not several")
+		case sources == 0:
+			v.add(p, "endpoints, consul or kubernetes is required")
+		}
+		v.kubernetesCluster(p+".kubernetes", cl.Kubernetes)
 		seen := map[string]bool{}
 		for j, e := range cl.Endpoints {
 			ep := fmt.Sprintf("%s.endpoints[%d]", p, j)
@@ -456,11 +464,18 @@ func (c *Config) Cluster(name string) *Cluster {
 
 // Summary is the one-line description `meshd validate` prints.
 func (c *Config) Summary() string {
-	consul := 0
+	consul, kube := 0, 0
 	for _, cl := range c.Clusters {
 		if cl.Consul != nil {
 			consul++
 		}
+		if cl.Kubernetes != nil {
+			kube++
+		}
+	}
+	if kube > 0 {
+		return fmt.Sprintf("%d listener(s), %d route(s), %d cluster(s) (%d from consul, %d from kubernetes)",
+			len(c.Listeners), len(c.Routes), len(c.Clusters), consul, kube)
 	}
 	return fmt.Sprintf("%d listener(s), %d route(s), %d cluster(s) (%d from consul)",
 		len(c.Listeners), len(c.Routes), len(c.Clusters), consul)

@@ -67,7 +67,7 @@ const (
 // that matches it (":original-dst" visible to header matches), else the
 // cluster that owns its original destination, else the destination itself.
 func (d *Director) lookup(ctx context.Context, st *State, req *engine.Request) *router.Route {
-	method, md := req.Method, router.Headers(req.Header)
+	method, md := req.Method, routingHeaders(st, req)
 	table := st.Table
 	if table.ListenerScoped() {
 		table = table.ForListener(ListenerFrom(ctx))
@@ -145,4 +145,42 @@ func (h dstHeaders) Get(key string) []string {
 		return nil
 	}
 	return h.md.Get(key)
+}
+
+// pseudoHeaders shows routing the call's metadata plus its :authority and
+// :path (router.AuthorityHeader, router.PathHeader), for the tables that
+// test them (GRPCRoute hostnames, method regexes).
+type pseudoHeaders struct {
+	md        router.Headers
+	authority string
+	path      string
+}
+
+func (h pseudoHeaders) Get(key string) []string {
+	switch key {
+	case router.AuthorityHeader:
+		if h.authority == "" {
+			return nil
+		}
+		return []string{h.authority}
+	case router.PathHeader:
+		return []string{h.path}
+	}
+	if h.md == nil {
+		return nil
+	}
+	return h.md.Get(key)
+}
+
+// routingHeaders is what the route table sees of req: its metadata, plus
+// the pseudo headers when some route tests them.
+func routingHeaders(st *State, req *engine.Request) router.Headers {
+	var md router.Headers
+	if req.Header != nil {
+		md = req.Header
+	}
+	if !st.Table.MatchesPseudo() {
+		return md
+	}
+	return pseudoHeaders{md: md, authority: req.Authority, path: req.Method}
 }

@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"reflect"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/meshd/meshd/discovery"
 	"github.com/meshd/meshd/internal/consultest"
+	"github.com/meshd/meshd/internal/kubetest"
 	"github.com/meshd/meshd/internal/testkit"
 )
 
@@ -18,7 +20,31 @@ var shared consultest.Shared
 
 func sharedAgent(t *testing.T) *consultest.Agent { return shared.Agent(t) }
 
-func TestMain(m *testing.M) { shared.Main(m) }
+// sharedKube is one API server for the EndpointSlice tests, which use
+// distinct namespaces; it starts on first use and TestMain stops it.
+var sharedKube struct {
+	once sync.Once
+	env  *kubetest.Env
+	err  error
+}
+
+func kubeEnv(t *testing.T) *kubetest.Env {
+	t.Helper()
+	assets := kubetest.Assets(t)
+	sharedKube.once.Do(func() { sharedKube.env, sharedKube.err = kubetest.Launch(assets) })
+	if sharedKube.err != nil {
+		t.Fatal(sharedKube.err)
+	}
+	return sharedKube.env
+}
+
+func TestMain(m *testing.M) {
+	shared.Main(m, func() {
+		if sharedKube.env != nil {
+			sharedKube.env.Stop()
+		}
+	})
+}
 
 // watcher runs a Resolver's Watch for the life of the test and collects its
 // snapshots.

@@ -24,6 +24,9 @@ type Route struct {
 	Name string
 	// Index is the route's position in the file (0-based).
 	Index int
+	// Source is where the route came from ("" for the file, "consul:KEY",
+	// "grpcroute:NS/NAME").
+	Source string
 	// Match is the route's selector as configured.
 	Match config.Match
 	// Timeout is the call's total budget at meshd (0: none).
@@ -77,9 +80,21 @@ type Table struct {
 	// views holds, when some route names listeners, the table each
 	// listener sees (edge.go); open is the one a listener no route names
 	// sees. Both nil otherwise: every listener sees the whole table.
-	views map[string]*Table
-	open  *Table
+	views  map[string]*Table
+	open   *Table
+	pseudo bool // some header match tests :authority or :path
 }
+
+// Pseudo headers a route's header match can test besides the call's
+// metadata. The caller of Lookup shows them (see Table.MatchesPseudo); they
+// are never forwarded as metadata.
+const (
+	// AuthorityHeader is the call's :authority (or Host).
+	AuthorityHeader = ":authority"
+	// PathHeader is the call's :path, "/pkg.Service/Method"; regex matches
+	// on it select methods by pattern (GRPCRoute RegularExpression).
+	PathHeader = ":path"
+)
 
 // Option configures New.
 type Option func(*options)
@@ -101,10 +116,12 @@ func New(routes []config.Route, opts ...Option) (*Table, error) {
 		opt(&o)
 	}
 	var all []*Route
+	var pseudo bool // some header match tests :authority or :path
 	for i, rc := range routes {
 		r := &Route{
 			Name:           rc.Name,
 			Index:          i,
+			Source:         rc.Source,
 			Match:          rc.Match,
 			Timeout:        rc.Timeout.D(),
 			MaxGRPCTimeout: rc.MaxGRPCTimeout.D(),
@@ -140,6 +157,9 @@ func New(routes []config.Route, opts ...Option) (*Table, error) {
 		}
 		r.total = uint32(total)
 		for _, h := range rc.Match.Headers {
+			if h.Name == AuthorityHeader || h.Name == PathHeader {
+				pseudo = true
+			}
 			m, err := compileHeader(h)
 			if err != nil {
 				return nil, fmt.Errorf("router: route %q: %w", rc.Name, err)
@@ -152,6 +172,7 @@ func New(routes []config.Route, opts ...Option) (*Table, error) {
 		all = append(all, r)
 	}
 	t := index(all)
+	t.pseudo = pseudo
 	t.compileViews()
 	return t, nil
 }
@@ -171,6 +192,11 @@ func index(routes []*Route) *Table {
 	}
 	return t
 }
+
+// MatchesPseudo reports whether some route tests :authority or :path, so
+// that the caller of Lookup must show them through md (it costs the caller
+// a wrapper per call, which tables without such routes do not pay).
+func (t *Table) MatchesPseudo() bool { return t.pseudo }
 
 // Routes returns the routes in file order. The slice must not be modified.
 func (t *Table) Routes() []*Route { return t.routes }

@@ -572,3 +572,39 @@ func TestLookupAllocs(t *testing.T) {
 		})
 	}
 }
+
+func TestPseudoHeaders(t *testing.T) {
+	t.Parallel()
+	re := `/users\.v[0-9]+\.Users/Get.*`
+	host := "api.example.com"
+	tbl, err := router.New([]config.Route{
+		{Name: "by-path", Match: config.Match{Prefix: "/", Headers: []config.HeaderMatch{{Name: router.PathHeader, Regex: &re}}}, Cluster: "a"},
+		{Name: "by-authority", Match: config.Match{Prefix: "/", Headers: []config.HeaderMatch{{Name: router.AuthorityHeader, Exact: &host}}}, Cluster: "b"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !tbl.MatchesPseudo() {
+		t.Fatal("MatchesPseudo false for a table testing :path")
+	}
+	for _, tc := range []struct {
+		method, authority, want string
+	}{
+		{"/users.v1.Users/GetUser", "x", "by-path"},
+		{"/users.v1.Users/ListUsers", host, "by-authority"},
+		{"/users.v1.Users/ListUsers", "other", ""},
+	} {
+		md := metadata.Pairs(router.PathHeader, tc.method, router.AuthorityHeader, tc.authority)
+		got := ""
+		if r := tbl.Lookup(tc.method, md); r != nil {
+			got = r.Name
+		}
+		if got != tc.want {
+			t.Errorf("%s @%s: route %q, want %q", tc.method, tc.authority, got, tc.want)
+		}
+	}
+	plain, _ := router.New([]config.Route{{Name: "x", Match: config.Match{Prefix: "/"}, Cluster: "a"}})
+	if plain.MatchesPseudo() {
+		t.Error("MatchesPseudo true for a table without pseudo header matches")
+	}
+}

@@ -31,7 +31,9 @@ type snapshot struct {
 	file    *config.Config
 	loadErr error
 	kv      *kvSnapshot
-	done    chan error // buffered: the loop never blocks on a sender
+	// kubeRules is a new GRPCRoute translation (kube.go).
+	kubeRules *kubeSnapshot
+	done      chan error // buffered: the loop never blocks on a sender
 }
 
 // kvSnapshot is a new answer of the consul.config_key watch w (pair nil:
@@ -86,6 +88,8 @@ func (s *Server) applySnapshot(sn snapshot) error {
 		return s.count(s.reloadFile(sn.file))
 	case sn.kv != nil:
 		return s.applyKV(sn.kv.w, sn.kv.pair)
+	case sn.kubeRules != nil:
+		return s.applyKube(sn.kubeRules)
 	}
 	return nil
 }

@@ -199,7 +199,7 @@ func poolConfig(cfg *config.Config) engine.PoolConfig {
 
 // newClusterRun builds a cluster with its connection pool (pc, Logger
 // narrowed to the cluster) and starts its discovery loop.
-func (s *Server) newClusterRun(c config.Cluster, maxMsg int, pc engine.PoolConfig, consul *api.Client) (*clusterRun, error) {
+func (s *Server) newClusterRun(c config.Cluster, maxMsg int, pc engine.PoolConfig, consul *api.Client, kube *kubeClients) (*clusterRun, error) {
 	creds, upstream, err := upstreamCreds(c.Name, c.TLS, s.log.With("cluster", c.Name))
 	if err != nil {
 		return nil, fmt.Errorf("cluster %q: tls: %w", c.Name, err)
@@ -250,6 +250,15 @@ func (s *Server) newClusterRun(c config.Cluster, maxMsg int, pc engine.PoolConfi
 			Connect:     c.Consul.Connect,
 			ZoneKey:     zoneKey(c),
 		}, discovery.WithLogger(s.log.With("cluster", c.Name))) // discovery adds component and service
+	} else if c.Kubernetes != nil {
+		if kube == nil {
+			cl.Close()
+			_ = pool.Close()
+			return nil, fmt.Errorf("cluster %q: no kubernetes client", c.Name)
+		}
+		k := c.Kubernetes
+		res = discovery.NewKubernetes(kube.kube, discovery.KubernetesQuery{Namespace: k.KubernetesNamespace(), Service: k.Service, Port: k.Port},
+			discovery.WithKubernetesLogger(s.log.With("cluster", c.Name)))
 	} else {
 		eps := make([]discovery.Endpoint, len(c.Endpoints))
 		for i, e := range c.Endpoints {

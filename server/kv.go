@@ -193,7 +193,11 @@ func (s *Server) applyKV(w *kvWatch, pair *api.KVPair) error {
 	if err == nil {
 		var merged *config.Config
 		if merged, err = config.Merge(s.fileCfg, f); err == nil {
-			err = s.apply(merged)
+			// The GRPCRoutes' rules in force go first; those that no
+			// longer validate with the new key are left out.
+			if merged, _, err = withKube(merged, s.kubeRules); err == nil {
+				err = s.apply(merged)
+			}
 		}
 	}
 	if err != nil {

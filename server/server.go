@@ -20,6 +20,7 @@ import (
 	"github.com/meshd/meshd/director"
 	"github.com/meshd/meshd/discovery"
 	"github.com/meshd/meshd/jwtauth"
+	"github.com/meshd/meshd/kuberoutes"
 	"github.com/meshd/meshd/policy"
 	"github.com/meshd/meshd/router"
 	"github.com/meshd/meshd/tap"
@@ -45,6 +46,7 @@ type Server struct {
 	snapshots chan snapshot
 	fileCfg   *config.Config                 // the file's config in force
 	kvData    []byte                         // the Consul config_key value in force, nil if none
+	kubeRules *kuberoutes.Rules              // the GRPCRoute translation in force, nil if none
 	buckets   map[string]*policy.TokenBucket // route rate limits by route name
 	oldStates []*director.State              // swapped-out States calls may still run on
 	retryBuf  *policy.ByteBudget             // process-wide retry buffer usage
@@ -60,6 +62,12 @@ type Server struct {
 	// providers builds a new Set and stops this one once swapped out.
 	jwt   *jwtauth.Set
 	jwtOf []config.JWTProvider
+	// kubeClients reach the API server of the kubernetes section (nil
+	// without one); kubeSrc is the GRPCRoute source, nil when none
+	// (kube.go).
+	kubeClients *kubeClients
+	kubeSrc     *kubeWatch
+	kubeOpts    kuberoutes.Options
 
 	listeners []*listener
 	admin     *admin.Server
@@ -188,14 +196,15 @@ func (s *Server) count(err error) error {
 // reloadFile applies a new file config, joined by the Consul rules in
 // force when it still names their key. It runs on the apply loop.
 func (s *Server) reloadFile(cfg *config.Config) error {
-	eff := cfg
-	if src, data := s.kvFor(cfg); data != nil {
-		f, err := config.ParseFragment(data, src)
-		if err == nil {
-			eff, err = config.Merge(cfg, f)
-		}
-		if err != nil {
-			return fmt.Errorf("server: config with the rules from %s: %w", src, err)
+	eff, err := s.withKV(cfg)
+	if err != nil {
+		return err
+	}
+	if s.kubeFor(cfg) {
+		// The GRPCRoutes' rules in force go first; those that no longer
+		// validate with the new file are left out until they change.
+		if eff, _, err = withKube(eff, s.kubeRules); err != nil {
+			return err
 		}
 	}
 	if err := s.apply(eff); err != nil {
@@ -203,6 +212,7 @@ func (s *Server) reloadFile(cfg *config.Config) error {
 	}
 	s.fileCfg = cfg
 	s.syncKV(cfg)
+	s.syncKube(cfg)
 	return nil
 }
 
@@ -223,7 +233,7 @@ func (s *Server) apply(cfg *config.Config) error {
 		return fmt.Errorf("server: %w", err)
 	}
 	s.mu.Lock()
-	runs, curConsul, curConsulOf := s.runs, s.consul, s.consulOf
+	runs, curConsul, curConsulOf, curKube := s.runs, s.consul, s.consulOf, s.kubeClients
 	s.mu.Unlock()
 	consul := curConsul
 	if needsConsul(cfg) && (consul == nil || curConsulOf.Address != cfg.Consul.Address || curConsulOf.Token != cfg.Consul.Token) {
@@ -232,6 +242,10 @@ func (s *Server) apply(cfg *config.Config) error {
 			return fmt.Errorf("server: %w", err)
 		}
 		consul = c
+	}
+	kube, err := s.kubeClientsFor(cfg)
+	if err != nil {
+		return fmt.Errorf("server: %w", err)
 	}
 	policies, buckets := s.policies()
 	table, err := router.New(cfg.Routes, router.WithPolicy(policies), router.WithJWTProviders(cfg.JWTProviders))
@@ -248,11 +262,11 @@ func (s *Server) apply(cfg *config.Config) error {
 	}
 	pc := poolConfig(cfg)
 	for _, c := range cfg.Clusters {
-		if r, ok := runs[c.Name]; ok && r.sameAs(c, cfg.MaxMessageSize) && (c.Consul == nil || consul == curConsul) {
+		if r, ok := runs[c.Name]; ok && r.sameAs(c, cfg.MaxMessageSize) && (c.Consul == nil || consul == curConsul) && (c.Kubernetes == nil || kube == curKube) {
 			next[c.Name] = r
 			continue
 		}
-		r, err := s.newClusterRun(c, cfg.MaxMessageSize, pc, consul)
+		r, err := s.newClusterRun(c, cfg.MaxMessageSize, pc, consul, kube)
 		if err != nil {
 			stopFresh()
 			return fmt.Errorf("server: %w", err)
@@ -311,6 +325,7 @@ func (s *Server) apply(cfg *config.Config) error {
 	}
 	s.jwt, s.jwtOf = jwtSet, cfg.JWTProviders
 	s.consul, s.consulOf = consul, cfg.Consul
+	s.kubeClients = kube
 	s.buckets = buckets
 	s.cfg.Store(cfg)
 	if old != nil {
@@ -466,11 +481,14 @@ func (s *Server) closeAll() {
 	default:
 	}
 	close(s.stopping)
-	adm, listeners, kv := s.admin, s.listeners, s.kv
+	adm, listeners, kv, kube := s.admin, s.listeners, s.kv, s.kubeSrc
 	s.mu.Unlock()
 	defer close(s.closed)
 	if kv != nil {
 		kv.cancel()
+	}
+	if kube != nil {
+		kube.cancel()
 	}
 	if adm != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -561,7 +579,10 @@ func (s *Server) Ready() error {
 	if err := jwt.Ready(); err != nil {
 		return err
 	}
-	return s.kvReady()
+	if err := s.kvReady(); err != nil {
+		return err
+	}
+	return s.kubeReady()
 }
 
 func (s *Server) discoveryNote(cluster string) string {
@@ -592,6 +613,14 @@ func (s *Server) ConfigDump() any {
 	if kv := s.kvStatus(); kv != nil {
 		out["consul_config_key"] = kv
 	}
+	if k := s.kubeStatus(); k != nil {
+		out["grpcroutes"] = k
+	}
+	sources := make(map[string]string, len(cfg.Routes))
+	for _, r := range cfg.Routes {
+		sources[r.Name] = routeSource(r)
+	}
+	out["route_sources"] = sources
 	if s.mesh != nil {
 		out["mesh_intentions"] = s.mesh.dump()
 	}
@@ -607,6 +636,7 @@ func (s *Server) Routes() any {
 	type routeView struct {
 		Name           string                   `json:"name"`
 		Listeners      []string                 `json:"listeners,omitempty"`
+		Source         string                   `json:"source"`
 		Match          config.Match             `json:"match"`
 		HeaderEdits    []string                 `json:"header_edits,omitempty"`
 		JWTProvider    string                   `json:"jwt_provider,omitempty"`
@@ -619,7 +649,7 @@ func (s *Server) Routes() any {
 	}
 	var out []routeView
 	for _, r := range st.Table.Routes() {
-		v := routeView{Name: r.Name, Listeners: r.Listeners, Match: r.Match, Clusters: r.Clusters, Retry: r.Retry,
+		v := routeView{Name: r.Name, Source: routeSource(config.Route{Source: r.Source}), Listeners: r.Listeners, Match: r.Match, Clusters: r.Clusters, Retry: r.Retry,
 			HeaderEdits: r.DescribeEdits(), JWTProvider: r.JWT}
 		if r.Timeout > 0 {
 			v.Timeout = r.Timeout.String()
@@ -683,4 +713,21 @@ func (s *Server) Clusters() any {
 		out[name] = v
 	}
 	return out
+}
+
+// routeSource names where a route came from: "file" when nothing else.
+func routeSource(r config.Route) string {
+	if r.Source == "" {
+		return "file"
+	}
+	return r.Source
+}
+
+// kubeFor reports whether the GRPCRoute rules in force still apply to cfg
+// (it keeps the same kubernetes section). It runs on the apply loop.
+func (s *Server) kubeFor(cfg *config.Config) bool {
+	s.mu.Lock()
+	w := s.kubeSrc
+	s.mu.Unlock()
+	return w != nil && cfg.Kubernetes != nil && cfg.Kubernetes.GRPCRoutes != nil && reflect.DeepEqual(w.of, *cfg.Kubernetes)
 }

@@ -169,7 +169,11 @@ func explain(w io.Writer, cfg *config.Config, table *router.Table, call router.C
 		fmt.Fprintln(w, "result: no route matches: meshd answers UNIMPLEMENTED")
 		return nil
 	}
-	fmt.Fprintf(w, "result: route %q\n", chosen.Name)
+	source := chosen.Source
+	if source == "" {
+		source = "file"
+	}
+	fmt.Fprintf(w, "result: route %q (source %s)\n", chosen.Name, source)
 	if len(chosen.Listeners) > 0 {
 		fmt.Fprintf(w, "  listeners: only %s\n", strings.Join(chosen.Listeners, ", "))
 	} else {
@@ -202,6 +206,9 @@ func explain(w io.Writer, cfg *config.Config, table *router.Table, call router.C
 		src := "static"
 		if cl.Consul != nil {
 			src = "consul service " + cl.Consul.Service
+		}
+		if k := cl.Kubernetes; k != nil {
+			src = fmt.Sprintf("kubernetes Service %s/%s port %s (EndpointSlices)", k.KubernetesNamespace(), k.Service, k.Port)
 		}
 		fmt.Fprintf(w, "  cluster %q (%d%%): lb %s, endpoints from %s\n", c.Name, c.Weight*100/total, cl.LB, src)
 		if cl.Authority != "" {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -17,6 +18,8 @@ import (
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
 	kjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
 
@@ -44,6 +47,12 @@ type manifests struct {
 	configMaps  map[string]*corev1.ConfigMap
 	pdbs        []*policyv1.PodDisruptionBudget
 	hpas        []*autoscalingv2.HorizontalPodAutoscaler
+	roles       []*rbacv1.ClusterRole
+	nsRoles     []*rbacv1.Role
+	bindings    []*rbacv1.ClusterRoleBinding
+	nsBindings  []*rbacv1.RoleBinding
+	accounts    []*corev1.ServiceAccount
+	grpcRoutes  []*gwv1.GRPCRoute
 }
 
 // load decodes every YAML document under dir into its k8s.io/api type with
@@ -97,6 +106,24 @@ func loadDir(dir string) (*manifests, int, error) {
 			case "autoscaling/v2 HorizontalPodAutoscaler":
 				h := &autoscalingv2.HorizontalPodAutoscaler{}
 				m.hpas, obj = append(m.hpas, h), h
+			case "v1 ServiceAccount":
+				a := &corev1.ServiceAccount{}
+				m.accounts, obj = append(m.accounts, a), a
+			case "rbac.authorization.k8s.io/v1 ClusterRole":
+				r := &rbacv1.ClusterRole{}
+				m.roles, obj = append(m.roles, r), r
+			case "rbac.authorization.k8s.io/v1 Role":
+				r := &rbacv1.Role{}
+				m.nsRoles, obj = append(m.nsRoles, r), r
+			case "rbac.authorization.k8s.io/v1 ClusterRoleBinding":
+				b := &rbacv1.ClusterRoleBinding{}
+				m.bindings, obj = append(m.bindings, b), b
+			case "rbac.authorization.k8s.io/v1 RoleBinding":
+				b := &rbacv1.RoleBinding{}
+				m.nsBindings, obj = append(m.nsBindings, b), b
+			case "gateway.networking.k8s.io/v1 GRPCRoute":
+				r := &gwv1.GRPCRoute{}
+				m.grpcRoutes, obj = append(m.grpcRoutes, r), r
 			default:
 				return fmt.Errorf("%s doc %d: no check for %s %s: add one to this test", path, i, tm.APIVersion, tm.Kind)
 			}
@@ -695,4 +722,55 @@ func (m *manifests) pdbFor(d *appsv1.Deployment) *policyv1.PodDisruptionBudget {
 		}
 	}
 	return nil
+}
+
+// meshd's RBAC grants the verbs it uses and no others: read GRPCRoutes,
+// Services and EndpointSlices, update GRPCRoute status, and its one Lease.
+func TestRBACLeastVerbs(t *testing.T) {
+	t.Parallel()
+	m := load(t, "gateway-api")
+	grants := map[string]string{}
+	add := func(rules []rbacv1.PolicyRule) {
+		for _, r := range rules {
+			for _, g := range r.APIGroups {
+				for _, res := range r.Resources {
+					key := g + "/" + res
+					if len(r.ResourceNames) > 0 {
+						key += "[" + strings.Join(r.ResourceNames, ",") + "]"
+					}
+					grants[key] = strings.Join(append([]string{grants[key]}, r.Verbs...), " ")
+				}
+			}
+		}
+	}
+	for _, r := range m.roles {
+		add(r.Rules)
+	}
+	for _, r := range m.nsRoles {
+		add(r.Rules)
+	}
+	want := map[string]string{
+		"gateway.networking.k8s.io/grpcroutes":        " get list watch",
+		"gateway.networking.k8s.io/grpcroutes/status": " update",
+		"/services":                                          " get list watch",
+		"discovery.k8s.io/endpointslices":                    " get list watch",
+		"coordination.k8s.io/leases":                         " create",
+		"coordination.k8s.io/leases[meshd-grpcroute-status]": " get update",
+	}
+	if !reflect.DeepEqual(grants, want) {
+		t.Errorf("RBAC grants\n got %v\nwant %v", grants, want)
+	}
+	for _, b := range m.bindings {
+		if b.RoleRef.Kind != "ClusterRole" || !slices.ContainsFunc(m.roles, func(r *rbacv1.ClusterRole) bool { return r.Name == b.RoleRef.Name }) {
+			t.Errorf("ClusterRoleBinding %s binds %s %s, not a ClusterRole here", b.Name, b.RoleRef.Kind, b.RoleRef.Name)
+		}
+	}
+	for _, b := range m.nsBindings {
+		if !slices.ContainsFunc(m.nsRoles, func(r *rbacv1.Role) bool { return r.Name == b.RoleRef.Name && r.Namespace == b.Namespace }) {
+			t.Errorf("RoleBinding %s/%s binds %s, not a Role of its namespace here", b.Namespace, b.Name, b.RoleRef.Name)
+		}
+	}
+	if len(m.grpcRoutes) < 2 {
+		t.Errorf("want the edge and mesh GRPCRoute examples, found %d", len(m.grpcRoutes))
+	}
 }

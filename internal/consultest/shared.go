@@ -28,16 +28,21 @@ func (s *Shared) Agent(t testing.TB) *Agent {
 	return s.agent
 }
 
-// Main is a TestMain: it runs the tests, closes the agent, then fails the
-// binary on leaked goroutines. The agent must be gone before goleak looks:
-// its clients' connections only close with it.
-func (s *Shared) Main(m *testing.M) {
+// Main is a TestMain: it runs the tests, closes the agent, runs the other
+// shared fixtures' stops (after), then fails the binary on leaked
+// goroutines. The agent must be gone before goleak looks: its clients'
+// connections only close with it. klog's flush daemon (client-go's
+// logger, started at init in packages that import it) is not a leak.
+func (s *Shared) Main(m *testing.M, after ...func()) {
 	code := m.Run()
 	if s.agent != nil {
 		s.agent.Close()
 	}
+	for _, f := range after {
+		f()
+	}
 	if code == 0 {
-		if err := goleak.Find(); err != nil {
+		if err := goleak.Find(goleak.IgnoreTopFunction("k8s.io/klog/v2.(*flushDaemon).run.func1")); err != nil {
 			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
 			code = 1
 		}

@@ -1,0 +1,26 @@
+// Package kuberoutes makes Gateway API GRPCRoutes a meshd config source.
+//
+// A [Source] follows GRPCRoutes and Services with client-go informers and
+// translates the routes attached to meshd ([Translate], pure and
+// table-tested) into meshd routes and clusters:
+//
+//   - edge mode: routes whose parentRefs name the configured Gateway,
+//     restricted by their hostnames to matching :authority values;
+//   - mesh (GAMMA) mode: routes whose parentRefs are Services, restricted
+//     to calls addressed to that Service (original destination equal to a
+//     cluster IP and port, or :authority one of its DNS names).
+//
+// Matches become method, service or :path-regex matches plus header
+// matches; backendRefs become weighted splits over clusters named
+// "kube:NS/SERVICE:PORT" with EndpointSlice discovery. A field meshd cannot
+// honour (filters, for now; session persistence; cross-namespace
+// backends) refuses its route with Accepted=False/UnsupportedValue rather
+// than serving it with the field ignored.
+//
+// The server (server/kube.go) applies each translation through the same
+// validate-then-swap apply loop as the file and the Consul key, routes
+// first; a GRPCRoute whose rules do not validate is refused alone. The
+// replica holding a Lease (client-go leaderelection) writes each route's
+// status.parents[] entry for controllerName meshd.io/gateway-controller,
+// and only when it changed.
+package kuberoutes
