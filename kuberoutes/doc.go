@@ -11,11 +11,17 @@
 //     cluster IP and port, or :authority one of its DNS names).
 //
 // Matches become method, service or :path-regex matches plus header
-// matches; backendRefs become weighted splits over clusters named
-// "kube:NS/SERVICE:PORT" with EndpointSlice discovery. A field meshd cannot
-// honour (filters, for now; session persistence; cross-namespace
-// backends) refuses its route with Accepted=False/UnsupportedValue rather
-// than serving it with the field ignored.
+// matches (an edge route's single hostname becomes match.authority,
+// several one :authority regex); backendRefs become weighted splits over
+// clusters named "kube:NS/SERVICE:PORT" with EndpointSlice discovery.
+// Rule filters (filters.go): RequestHeaderModifier and
+// ResponseHeaderModifier become the route's request_headers and
+// response_headers, RequestMirror its mirror to the Service's cluster
+// (percent or fraction, 100% by default). A field meshd cannot honour
+// (filters on a backendRef, ExtensionRef, a header meshd does not edit,
+// a second mirror; session persistence; cross-namespace backends)
+// refuses its route with Accepted=False/UnsupportedValue rather than
+// serving it with the field ignored.
 //
 // The server (server/kube.go) applies each translation through the same
 // validate-then-swap apply loop as the file and the Consul key, routes

@@ -153,6 +153,7 @@ func hasHeader(m config.Match, name string) bool {
 // pattern, or (mesh) the Service's addresses.
 type parentTarget struct {
 	label     string // route name part, "" for edge
+	host      string // match.authority (one hostname pattern), "" for none
 	authority string // regex on :authority, "" for none
 	dst       string // regex on :original-dst, "" for none
 }
@@ -177,17 +178,31 @@ func translateOne(mode Mode, gr *gwv1.GRPCRoute, svc Services) (*Verdict, []conf
 		v.Unsupported = msg
 		return v, nil, nil
 	}
+	fs := make([]ruleFilters, len(gr.Spec.Rules))
+	for i, rule := range gr.Spec.Rules {
+		var msg string
+		if fs[i], msg = filters(gr, i, rule, svc); msg != "" {
+			v.Unsupported = msg
+			return v, nil, nil
+		}
+	}
 	src := SourceName(gr.Namespace, gr.Name)
 	var routes []config.Route
 	var clusters []config.Cluster
 	for i, rule := range gr.Spec.Rules {
 		split, cls, reason, msg := backends(gr, rule, svc)
 		clusters = append(clusters, cls...)
+		if reason == "" {
+			reason, msg = fs[i].refsReason, fs[i].refsMessage
+		}
 		if reason != "" && v.RefsReason == "" {
 			v.RefsReason, v.RefsMessage = reason, msg
 		}
 		if len(split) == 0 {
 			continue // no backend with weight > 0: the rule takes no calls
+		}
+		if c := fs[i].cluster; c != nil {
+			clusters = append(clusters, *c)
 		}
 		matches := rule.Matches
 		if len(matches) == 0 {
@@ -202,6 +217,8 @@ func translateOne(mode Mode, gr *gwv1.GRPCRoute, svc Services) (*Verdict, []conf
 			for _, t := range targets {
 				r := config.Route{Name: fmt.Sprintf("%s/rules[%d]/matches[%d]%s", src, i, j, t.label), Source: src, Match: base}
 				r.Match.Headers = slices.Clone(base.Headers)
+				r.Match.Authority = t.host
+				fs[i].apply(&r)
 				if t.authority != "" {
 					re := t.authority
 					r.Match.Headers = append(r.Match.Headers, config.HeaderMatch{Name: router.AuthorityHeader, Regex: &re})
@@ -247,8 +264,15 @@ func parent(mode Mode, gr *gwv1.GRPCRoute, ref gwv1.ParentReference, svc Service
 			pv.Message = "meshd serves the whole Gateway: parentRefs[].sectionName and port are not supported"
 			return pv, nil, true
 		}
+		// One hostname is a match.authority rule (the router's host
+		// match, which route explain shows as such); several are one
+		// regular expression on :authority. Both ignore case and port.
 		t := parentTarget{}
-		if len(gr.Spec.Hostnames) > 0 {
+		switch len(gr.Spec.Hostnames) {
+		case 0:
+		case 1:
+			t.host = string(gr.Spec.Hostnames[0])
+		default:
 			t.authority = hostnamesRegex(gr.Spec.Hostnames)
 		}
 		return pv, []parentTarget{t}, true
@@ -287,9 +311,9 @@ func parent(mode Mode, gr *gwv1.GRPCRoute, ref gwv1.ParentReference, svc Service
 }
 
 // unsupported names the first field of gr meshd cannot honour ("" if
-// none): filters (header modifiers and mirroring are not wired to
-// GRPCRoute yet), session persistence, default gateways, and hostnames on
-// mesh routes (GAMMA routes are selected by their Service).
+// none): session persistence, default gateways, and hostnames on mesh
+// routes (GAMMA routes are selected by their Service). Filters are
+// checked by filters (filters.go).
 func unsupported(mode Mode, gr *gwv1.GRPCRoute) string {
 	if gr.Spec.UseDefaultGateways != "" {
 		return "spec.useDefaultGateways is not supported"
@@ -298,16 +322,8 @@ func unsupported(mode Mode, gr *gwv1.GRPCRoute) string {
 		return "spec.hostnames is not supported on mesh (Service-attached) routes"
 	}
 	for i, rule := range gr.Spec.Rules {
-		for _, f := range rule.Filters {
-			return fmt.Sprintf("rules[%d].filters: filter type %s is not supported by meshd yet", i, f.Type)
-		}
 		if rule.SessionPersistence != nil {
 			return fmt.Sprintf("rules[%d].sessionPersistence is not supported", i)
-		}
-		for j, b := range rule.BackendRefs {
-			for _, f := range b.Filters {
-				return fmt.Sprintf("rules[%d].backendRefs[%d].filters: filter type %s is not supported by meshd yet", i, j, f.Type)
-			}
 		}
 	}
 	return ""
@@ -324,48 +340,60 @@ func backends(gr *gwv1.GRPCRoute, rule gwv1.GRPCRouteRule, svc Services) (split 
 		}
 	}
 	for _, b := range rule.BackendRefs {
-		group, kind := "", "Service"
-		if b.Group != nil {
-			group = string(*b.Group)
+		cl, usable, r, m := resolveRef(gr, b.BackendObjectReference, svc)
+		if r != "" {
+			note(gwv1.RouteConditionReason(r), "%s", m)
 		}
-		if b.Kind != nil {
-			kind = string(*b.Kind)
-		}
-		ns := gr.Namespace
-		if b.Namespace != nil {
-			ns = string(*b.Namespace)
-		}
-		if (group != "" && group != "core") || kind != "Service" {
-			note(gwv1.RouteReasonInvalidKind, "backendRef %s: kind %s/%s is not supported (Services only)", b.Name, group, kind)
+		if !usable {
 			continue
-		}
-		if ns != gr.Namespace {
-			note(gwv1.RouteReasonRefNotPermitted, "backendRef %s/%s: cross-namespace references (ReferenceGrant) are not supported", ns, b.Name)
-			continue
-		}
-		if b.Port == nil {
-			note(gwv1.RouteReasonUnsupportedValue, "backendRef %s: port is required", b.Name)
-			continue
-		}
-		port := int32(*b.Port)
-		s := svc(ns, string(b.Name))
-		if s == nil {
-			note(gwv1.RouteReasonBackendNotFound, "Service %s/%s not found", ns, b.Name)
-		} else if _, ok := discovery.ServicePortName(s, strconv.Itoa(int(port))); !ok {
-			note(gwv1.RouteReasonBackendNotFound, "Service %s/%s has no port %d", ns, b.Name, port)
 		}
 		w := int32(1)
 		if b.Weight != nil {
 			w = *b.Weight
 		}
-		name := ClusterName(ns, string(b.Name), port)
-		clusters = append(clusters, config.Cluster{Name: name, Kubernetes: &config.KubernetesService{
-			Service: string(b.Name), Namespace: ns, Port: strconv.Itoa(int(port))}})
+		clusters = append(clusters, cl)
 		if w > 0 {
-			split = append(split, config.WeightedCluster{Name: name, Weight: uint32(w)})
+			split = append(split, config.WeightedCluster{Name: cl.Name, Weight: uint32(w)})
 		}
 	}
 	return split, clusters, reason, msg
+}
+
+// resolveRef resolves a backend reference to a Service port into its
+// cluster. reason and msg say why it did not resolve (a ResolvedRefs
+// reason); usable is whether the cluster can still be named (a Service
+// that does not exist yet has one, without endpoints until it appears).
+func resolveRef(gr *gwv1.GRPCRoute, b gwv1.BackendObjectReference, svc Services) (cl config.Cluster, usable bool, reason, msg string) {
+	group, kind := "", "Service"
+	if b.Group != nil {
+		group = string(*b.Group)
+	}
+	if b.Kind != nil {
+		kind = string(*b.Kind)
+	}
+	ns := gr.Namespace
+	if b.Namespace != nil {
+		ns = string(*b.Namespace)
+	}
+	if (group != "" && group != "core") || kind != "Service" {
+		return cl, false, string(gwv1.RouteReasonInvalidKind), fmt.Sprintf("backendRef %s: kind %s/%s is not supported (Services only)", b.Name, group, kind)
+	}
+	if ns != gr.Namespace {
+		return cl, false, string(gwv1.RouteReasonRefNotPermitted), fmt.Sprintf("backendRef %s/%s: cross-namespace references (ReferenceGrant) are not supported", ns, b.Name)
+	}
+	if b.Port == nil {
+		return cl, false, string(gwv1.RouteReasonUnsupportedValue), fmt.Sprintf("backendRef %s: port is required", b.Name)
+	}
+	port := int32(*b.Port)
+	s := svc(ns, string(b.Name))
+	if s == nil {
+		reason, msg = string(gwv1.RouteReasonBackendNotFound), fmt.Sprintf("Service %s/%s not found", ns, b.Name)
+	} else if _, ok := discovery.ServicePortName(s, strconv.Itoa(int(port))); !ok {
+		reason, msg = string(gwv1.RouteReasonBackendNotFound), fmt.Sprintf("Service %s/%s has no port %d", ns, b.Name, port)
+	}
+	cl = config.Cluster{Name: ClusterName(ns, string(b.Name), port), Kubernetes: &config.KubernetesService{
+		Service: string(b.Name), Namespace: ns, Port: strconv.Itoa(int(port))}}
+	return cl, true, reason, msg
 }
 
 // match translates one GRPCRouteMatch into a meshd match.

@@ -11,6 +11,7 @@ import (
 	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/meshd/meshd/config"
+	"github.com/meshd/meshd/router"
 )
 
 func ptr[T any](v T) *T { return &v }
@@ -191,17 +192,17 @@ func TestTranslateMesh(t *testing.T) {
 func TestTranslateRefusesUnsupported(t *testing.T) {
 	t.Parallel()
 	rule := gwv1.GRPCRouteRule{
-		Filters:     []gwv1.GRPCRouteFilter{{Type: gwv1.GRPCRouteFilterRequestMirror}},
+		Filters:     []gwv1.GRPCRouteFilter{{Type: gwv1.GRPCRouteFilterExtensionRef, ExtensionRef: &gwv1.LocalObjectReference{Group: "x.io", Kind: "F", Name: "f"}}},
 		BackendRefs: []gwv1.GRPCBackendRef{backend("users", 9000, nil)},
 	}
-	rules, verdicts := Translate(edge, []*gwv1.GRPCRoute{gwRoute("app", "mirror", 0, edgeRef, rule)}, svcs())
+	rules, verdicts := Translate(edge, []*gwv1.GRPCRoute{gwRoute("app", "ext", 0, edgeRef, rule)}, svcs())
 	if len(rules.Routes) != 0 {
 		t.Errorf("a route with an unsupported filter was served: %+v", rules.Routes)
 	}
-	if len(verdicts) != 1 || !strings.Contains(verdicts[0].Unsupported, "RequestMirror") {
-		t.Errorf("verdicts %+v, want the route refused naming RequestMirror", verdicts)
+	if len(verdicts) != 1 || !strings.Contains(verdicts[0].Unsupported, "ExtensionRef") {
+		t.Errorf("verdicts %+v, want the route refused naming ExtensionRef", verdicts)
 	}
-	st := desiredStatus(gwRoute("app", "mirror", 0, edgeRef), verdicts[0], "", metav1.Now())
+	st := desiredStatus(gwRoute("app", "ext", 0, edgeRef), verdicts[0], "", metav1.Now())
 	c := st.Parents[0].Conditions[0]
 	if st.Parents[0].ControllerName != ControllerName || c.Type != "Accepted" || c.Status != metav1.ConditionFalse || c.Reason != "UnsupportedValue" {
 		t.Errorf("status %+v", st)
@@ -221,5 +222,73 @@ func TestDesiredStatusStable(t *testing.T) {
 	v.RefsReason, v.RefsMessage = "BackendNotFound", "gone"
 	if statusEqual(first, desiredStatus(r, v, "", metav1.NewTime(time.Unix(200, 0)))) {
 		t.Error("a changed verdict left the status as it was")
+	}
+}
+
+// hdrs is call metadata for the router.
+type hdrs map[string][]string
+
+func (h hdrs) Get(k string) []string { return h[k] }
+
+// TestTranslateHostnames: one hostname becomes match.authority, several
+// an :authority regex; the router matches the same calls either way as
+// the regex form did for one hostname.
+func TestTranslateHostnames(t *testing.T) {
+	t.Parallel()
+	users := service("app", "users", "10.0.0.5", 9000)
+	for _, tc := range []struct {
+		name      string
+		hostnames []gwv1.Hostname
+		authority string // want match.authority ("": none)
+		regex     bool   // want an :authority regex
+		calls     map[string]bool
+	}{
+		{name: "none", calls: map[string]bool{"anything": true, "": true}},
+		{name: "exact", hostnames: []gwv1.Hostname{"api.example.com"}, authority: "api.example.com",
+			calls: map[string]bool{"api.example.com": true, "API.Example.com:443": true, "api.example.com:8443": true,
+				"example.com": false, "x.api.example.com": false, "api.example.com.evil": false, "": false}},
+		{name: "wildcard", hostnames: []gwv1.Hostname{"*.example.org"}, authority: "*.example.org",
+			calls: map[string]bool{"a.example.org": true, "a.b.example.org:9000": true, "A.EXAMPLE.ORG": true,
+				"example.org": false, ".example.org": false, "aexample.org": false, "example.org.evil": false}},
+		{name: "several", hostnames: []gwv1.Hostname{"api.example.com", "*.example.org"}, regex: true,
+			calls: map[string]bool{"api.example.com": true, "b.example.org:1": true, "example.org": false, "other.example.com": false}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			gr := gwRoute("app", "r", 0, edgeRef, gwv1.GRPCRouteRule{BackendRefs: []gwv1.GRPCBackendRef{backend("users", 9000, nil)}})
+			gr.Spec.Hostnames = tc.hostnames
+			rules, _ := Translate(edge, []*gwv1.GRPCRoute{gr}, svcs(users))
+			if len(rules.Routes) != 1 {
+				t.Fatalf("routes %+v", rules.Routes)
+			}
+			got := rules.Routes[0]
+			if got.Match.Authority != tc.authority || hasHeader(got.Match, ":authority") != tc.regex {
+				t.Fatalf("match %+v, want authority %q and :authority regex %v", got.Match, tc.authority, tc.regex)
+			}
+			forms := map[string]config.Route{"translated": got}
+			if len(tc.hostnames) == 1 {
+				// The form every route had before: the regex on :authority.
+				old := got
+				re := hostnamesRegex(tc.hostnames)
+				old.Match.Authority = ""
+				old.Match.Headers = []config.HeaderMatch{{Name: ":authority", Regex: &re}}
+				forms["regex"] = old
+			}
+			for form, r := range forms {
+				tab, err := router.New([]config.Route{r})
+				if err != nil {
+					t.Fatalf("%s: %v", form, err)
+				}
+				for auth, want := range tc.calls {
+					md := hdrs{}
+					if auth != "" {
+						md[":authority"] = []string{auth}
+					}
+					if matched := tab.Match("/a.B/C", auth, md) != nil; matched != want {
+						t.Errorf("%s form: :authority %q matched %v, want %v", form, auth, matched, want)
+					}
+				}
+			}
+		})
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/metadata"
@@ -263,8 +264,11 @@ func TestKubeGRPCRouteEdge(t *testing.T) {
 	rv := f.get("users").ResourceVersion
 	f.route(&gwv1.GRPCRoute{ObjectMeta: metav1.ObjectMeta{Name: "late"}, Spec: gwv1.GRPCRouteSpec{
 		CommonRouteSpec: gwv1.CommonRouteSpec{ParentRefs: []gwv1.ParentReference{edgeParent(f.ns, "meshd-edge")}},
-		Rules: []gwv1.GRPCRouteRule{{Matches: []gwv1.GRPCRouteMatch{methodMatch("late.Svc", "")}, BackendRefs: []gwv1.GRPCBackendRef{backendRef("other", 1)},
-			Filters: []gwv1.GRPCRouteFilter{{Type: gwv1.GRPCRouteFilterRequestHeaderModifier, RequestHeaderModifier: &gwv1.HTTPHeaderFilter{Remove: []string{"x"}}}}}},
+		Rules: []gwv1.GRPCRouteRule{{Matches: []gwv1.GRPCRouteMatch{methodMatch("late.Svc", "")}, BackendRefs: []gwv1.GRPCBackendRef{func() gwv1.GRPCBackendRef {
+			b := backendRef("other", 1) // filters on a backendRef: meshd supports them on the rule only
+			b.Filters = []gwv1.GRPCRouteFilter{{Type: gwv1.GRPCRouteFilterRequestHeaderModifier, RequestHeaderModifier: &gwv1.HTTPHeaderFilter{Remove: []string{"x"}}}}
+			return b
+		}()}}},
 	}})
 	testkit.WaitFor(t, 10*time.Second, "late refused as UnsupportedValue", func() bool {
 		a, reason, _ := f.condition("late", "Accepted")
@@ -276,6 +280,107 @@ func TestKubeGRPCRouteEdge(t *testing.T) {
 	_, body := adminGet(t, f.m.Admin, "/config_dump")
 	if !strings.Contains(body, `"grpcroute:`+f.ns+`/users"`) || !strings.Contains(body, `"file-fallback": "file"`) {
 		t.Errorf("/config_dump does not name the routes' sources:\n%.2000s", body)
+	}
+}
+
+// A GRPCRoute's rule filters reach the call: RequestHeaderModifier's
+// edits arrive at the backend, ResponseHeaderModifier's at the client,
+// and RequestMirror copies every call to its Service; a header meshd does
+// not edit refuses the route naming it.
+func TestKubeGRPCRouteFilters(t *testing.T) {
+	t.Parallel()
+	f := newKubeFix(t, sharedKube(t), "edge-filters", 2)
+	users := f.service("users", 1)[0]
+	shadow := f.service("shadow", 1)[0]
+	fallback := startBackends(t, "fallback", 1)
+	f.start(fallback[0])
+	f.route(&gwv1.GRPCRoute{ObjectMeta: metav1.ObjectMeta{Name: "filtered"}, Spec: gwv1.GRPCRouteSpec{
+		CommonRouteSpec: gwv1.CommonRouteSpec{ParentRefs: []gwv1.ParentReference{edgeParent(f.ns, "meshd-edge")}},
+		Rules: []gwv1.GRPCRouteRule{{
+			Matches:     []gwv1.GRPCRouteMatch{methodMatch(testSvc, "UnaryCall")},
+			BackendRefs: []gwv1.GRPCBackendRef{backendRef("users", 1)},
+			Filters: []gwv1.GRPCRouteFilter{
+				{Type: gwv1.GRPCRouteFilterRequestHeaderModifier, RequestHeaderModifier: &gwv1.HTTPHeaderFilter{
+					Set:    []gwv1.HTTPHeader{{Name: "X-Env", Value: "prod"}},
+					Add:    []gwv1.HTTPHeader{{Name: "x-via", Value: "meshd"}},
+					Remove: []string{"x-debug"}}},
+				{Type: gwv1.GRPCRouteFilterResponseHeaderModifier, ResponseHeaderModifier: &gwv1.HTTPHeaderFilter{
+					Set:    []gwv1.HTTPHeader{{Name: "x-served-by", Value: "meshd"}},
+					Remove: []string{"x-backend"}}},
+				{Type: gwv1.GRPCRouteFilterRequestMirror, RequestMirror: &gwv1.HTTPRequestMirrorFilter{
+					BackendRef: gwv1.BackendObjectReference{Name: "shadow", Port: ptr(gwv1.PortNumber(9000))}}},
+			},
+		}},
+	}})
+	f.route(&gwv1.GRPCRoute{ObjectMeta: metav1.ObjectMeta{Name: "reserved"}, Spec: gwv1.GRPCRouteSpec{
+		CommonRouteSpec: gwv1.CommonRouteSpec{ParentRefs: []gwv1.ParentReference{edgeParent(f.ns, "meshd-edge")}},
+		Rules: []gwv1.GRPCRouteRule{{
+			Matches:     []gwv1.GRPCRouteMatch{methodMatch(testSvc, "EmptyCall")},
+			BackendRefs: []gwv1.GRPCBackendRef{backendRef("users", 1)},
+			Filters: []gwv1.GRPCRouteFilter{{Type: gwv1.GRPCRouteFilterRequestHeaderModifier, RequestHeaderModifier: &gwv1.HTTPHeaderFilter{
+				Set: []gwv1.HTTPHeader{{Name: "grpc-timeout", Value: "1S"}}}}},
+		}},
+	}})
+	call := func() (metadata.MD, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		ctx = metadata.AppendToOutgoingContext(ctx, "x-env", "dev", "x-via", "client", "x-debug", "1")
+		var hdr metadata.MD
+		_, err := f.client.UnaryCall(ctx, &testpb.SimpleRequest{}, grpc.Header(&hdr))
+		return hdr, err
+	}
+	// The mirror's cluster finds its endpoint on its own schedule; copies
+	// made before that are dropped, so count from its first copy on.
+	testkit.WaitFor(t, 10*time.Second, "the filtered route to take UnaryCall and mirror it", func() bool {
+		_, err := call()
+		return err == nil && users.Calls() > 0 && shadow.Calls() > 0
+	})
+	base, baseShadow := users.Calls(), shadow.Calls()
+	const n = 20
+	for i := 0; i < n; i++ {
+		hdr, err := call()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := hdr.Get("x-served-by"); len(got) != 1 || got[0] != "meshd" || len(hdr.Get("x-backend")) != 0 {
+			t.Fatalf("response headers %v, want x-served-by: meshd and no x-backend", hdr)
+		}
+	}
+	md := users.LastMetadata()
+	if got := md.Get("x-env"); len(got) != 1 || got[0] != "prod" {
+		t.Errorf("backend saw x-env %q, want [prod] (set replaces)", got)
+	}
+	if got := md.Get("x-via"); len(got) != 2 || got[0] != "client" || got[1] != "meshd" {
+		t.Errorf("backend saw x-via %q, want [client meshd] (add appends)", got)
+	}
+	if got := md.Get("x-debug"); len(got) != 0 {
+		t.Errorf("backend saw x-debug %q, want it removed", got)
+	}
+	// Every call is mirrored (no percent: 100%); copies may still be on
+	// their way when the primary answers.
+	// Copies of calls made before base may land after it, so the mirror
+	// gets at least n more; never more copies than calls.
+	testkit.WaitFor(t, 10*time.Second, "a copy of every call at the mirror", func() bool { return shadow.Calls()-baseShadow >= n })
+	if got := users.Calls() - base; got != n {
+		t.Errorf("backend got %d calls, want %d", got, n)
+	}
+	if shadow.Calls() > users.Calls() {
+		t.Errorf("mirror got %d copies of %d calls", shadow.Calls(), users.Calls())
+	}
+	if got := shadow.LastMetadata().Get("x-env"); len(got) != 1 || got[0] != "prod" {
+		t.Errorf("mirror saw x-env %q, want the edited request [prod]", got)
+	}
+	t.Logf("backend got %d calls, mirror %d copies", users.Calls(), shadow.Calls())
+	testkit.WaitFor(t, 10*time.Second, "status on both routes", func() bool {
+		a, _, _ := f.condition("filtered", "Accepted")
+		r, _, _ := f.condition("filtered", "ResolvedRefs")
+		b, reason, msg := f.condition("reserved", "Accepted")
+		return a == "True" && r == "True" && b == "False" && reason == "UnsupportedValue" && strings.Contains(msg, `"grpc-timeout"`)
+	})
+	_, _, msg := f.condition("reserved", "Accepted")
+	t.Logf("reserved: %s", msg)
+	if err := f.call("EmptyCall"); err != nil || fallback[0].Calls() == 0 {
+		t.Errorf("EmptyCall (the refused route's) went elsewhere than the file's fallback: err %v, fallback calls %d", err, fallback[0].Calls())
 	}
 }
 
