@@ -19,11 +19,13 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
 	kjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
 
 	"github.com/meshd/meshd/config"
+	"github.com/meshd/meshd/kuberoutes"
 )
 
 func TestMain(m *testing.M) {
@@ -772,5 +774,75 @@ func TestRBACLeastVerbs(t *testing.T) {
 	}
 	if len(m.grpcRoutes) < 2 {
 		t.Errorf("want the edge and mesh GRPCRoute examples, found %d", len(m.grpcRoutes))
+	}
+}
+
+// A Deployment that names a ServiceAccount has it among the manifests in
+// its namespace (else the API server refuses its pods), and the meshd
+// ServiceAccount is what gateway-api/rbac.yaml binds: the GRPCRoute
+// ClusterRole and the status Lease Role of that namespace.
+func TestServiceAccounts(t *testing.T) {
+	t.Parallel()
+	m := load(t, ".")
+	named := 0
+	for _, d := range m.deployments {
+		sa := d.Spec.Template.Spec.ServiceAccountName
+		if sa == "" {
+			continue
+		}
+		named++
+		if !slices.ContainsFunc(m.accounts, func(a *corev1.ServiceAccount) bool { return a.Name == sa && a.Namespace == d.Namespace }) {
+			t.Errorf("Deployment %s/%s runs as ServiceAccount %q, not among the manifests in namespace %q", d.Namespace, d.Name, sa, d.Namespace)
+		}
+		if sa != "meshd" {
+			continue
+		}
+		subject := func(ss []rbacv1.Subject) bool {
+			return slices.ContainsFunc(ss, func(s rbacv1.Subject) bool {
+				return s.Kind == "ServiceAccount" && s.Name == sa && s.Namespace == d.Namespace
+			})
+		}
+		if !slices.ContainsFunc(m.bindings, func(b *rbacv1.ClusterRoleBinding) bool {
+			return b.RoleRef.Name == "meshd-grpcroutes" && subject(b.Subjects)
+		}) {
+			t.Errorf("Deployment %s/%s: ServiceAccount %s/%s is not bound to the ClusterRole meshd-grpcroutes", d.Namespace, d.Name, d.Namespace, sa)
+		}
+		if !slices.ContainsFunc(m.nsBindings, func(b *rbacv1.RoleBinding) bool {
+			return b.Namespace == d.Namespace && b.RoleRef.Name == "meshd-status-lease" && subject(b.Subjects)
+		}) {
+			t.Errorf("Deployment %s/%s: no RoleBinding meshd-status-lease in %s for its ServiceAccount (the status Lease)", d.Namespace, d.Name, d.Namespace)
+		}
+	}
+	if named == 0 {
+		t.Error("no Deployment names a ServiceAccount: the edge runs as meshd, the one gateway-api/rbac.yaml binds")
+	}
+}
+
+// The GRPCRoute examples are routes meshd accepts (filters included),
+// each in the mode its comment names.
+func TestGRPCRouteExamplesAccepted(t *testing.T) {
+	t.Parallel()
+	m := load(t, "gateway-api")
+	anyService := func(ns, name string) *corev1.Service {
+		return &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+			Spec: corev1.ServiceSpec{ClusterIP: "10.96.0.10", Ports: []corev1.ServicePort{{Port: 9000}}}}
+	}
+	modes := []kuberoutes.Mode{{Gateway: &config.GatewayRef{Name: "meshd-edge", Namespace: "edge"}}, {Mesh: true}}
+	for _, gr := range m.grpcRoutes {
+		served := false
+		for _, mode := range modes {
+			_, verdicts := kuberoutes.Translate(mode, []*gwv1.GRPCRoute{gr}, anyService)
+			for _, v := range verdicts {
+				if v.Unsupported != "" || v.RefsReason != "" {
+					t.Errorf("GRPCRoute %s/%s: refused (%s) or unresolved (%s %s)", gr.Namespace, gr.Name, v.Unsupported, v.RefsReason, v.RefsMessage)
+				}
+				for _, p := range v.Parents {
+					served = served || p.NotAccepted == ""
+				}
+			}
+		}
+		if !served {
+			t.Errorf("GRPCRoute %s/%s attaches to neither the meshd-edge Gateway nor a Service", gr.Namespace, gr.Name)
+		}
 	}
 }
