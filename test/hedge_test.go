@@ -159,8 +159,12 @@ func TestHedgeTailLatency(t *testing.T) {
 		t.Errorf("no hedged call started on the slow backend: round robin should send about half there")
 	}
 	mfs := scrapeMetrics(t, o.Admin)
-	t.Logf("hedged calls that met the slow backend: %d; meshd_upstream_retries_total{route=hedged} = %v",
-		hedgedSlowSeen, mfs.Value(t, "meshd_upstream_retries_total", map[string]string{"route": "hedged", "cluster": "c"}))
+	retries := mfs.Value(t, "meshd_upstream_retries_total", map[string]string{"route": "hedged", "cluster": "c"})
+	hedges := mfs.Value(t, "meshd_frame_hedged_attempts_total", map[string]string{"listener": "main"})
+	t.Logf("hedged calls that met the slow backend: %d; hedged attempts %v, meshd_upstream_retries_total{route=hedged} %v", hedgedSlowSeen, hedges, retries)
+	if hedges == 0 || hedges != retries {
+		t.Errorf("meshd_frame_hedged_attempts_total = %v, want > 0 and one retry of the budget each (%v)", hedges, retries)
+	}
 }
 
 // TestHedgeFatalStatus: a status the route does not retry (here
