@@ -1,6 +1,7 @@
 package director
 
 import (
+	"errors"
 	"strconv"
 	"time"
 
@@ -44,12 +45,15 @@ func (c *call) Hedge() (engine.Target, int, bool) {
 	if c.rec.Attempts >= rt.policy.Attempts {
 		return engine.Target{}, 0, false
 	}
-	ep, err := c.cl.Pick(&balancer.PickInfo{Method: c.rec.Method, Exclude: c.ep, Header: rt.hdr})
-	if err != nil {
+	// The budget before the pick (unlike a retry's): a pick cannot be
+	// given back without feeding the endpoint's load and outlier
+	// statistics, and a cluster with no endpoint, the pick's one error,
+	// has nothing for its budget to protect.
+	if !c.st.Budgets[c.rec.Cluster].Withdraw() {
 		return engine.Target{}, 0, false
 	}
-	if !c.st.Budgets[c.rec.Cluster].Withdraw() {
-		c.cl.Done(ep, time.Now(), 0, true) // picked, never used
+	ep, err := c.cl.Pick(&balancer.PickInfo{Method: c.rec.Method, Exclude: c.ep, Header: rt.hdr})
+	if err != nil {
 		return engine.Target{}, 0, false
 	}
 	n := c.rec.Attempts + 1
@@ -88,9 +92,13 @@ func (c *call) Ended(id int, r engine.Result) {
 	}
 }
 
+// endAttempt reports an attempt that does not carry the call. One that
+// lost (engine.ErrHedgeLost) is no failure of its endpoint, even if it
+// never reached it: outlier detection counts a not-reached attempt as a
+// connection failure.
 func (c *call) endAttempt(ep *balancer.Endpoint, start time.Time, span trace.Span, r engine.Result) {
 	if ep != nil {
-		c.cl.Done(ep, start, r.Code, r.NotReached)
+		c.cl.Done(ep, start, r.Code, r.NotReached && !errors.Is(r.Err, engine.ErrHedgeLost))
 	}
 	if span != nil {
 		tracing.EndSpan(span, r.Code, errText(r.Err))
