@@ -1,7 +1,10 @@
 package engine
 
 import (
+	"bytes"
 	"context"
+	"errors"
+	"io"
 	"slices"
 	"strings"
 	"sync"
@@ -318,5 +321,59 @@ func TestHedgeLosersCancelledUnderLoad(t *testing.T) {
 	wg.Wait()
 	if !testkit.Poll(2*time.Second, 0, func() bool { return seen.Load() == cancelled.Load() }) {
 		t.Errorf("slow backend saw %d attempts, %d cancelled", seen.Load(), cancelled.Load())
+	}
+}
+
+// TestHedgeClientStream: a client-streaming call is hedged once the client
+// half-closed, and the hedged attempt gets the whole request replayed,
+// byte for byte.
+func TestHedgeClientStream(t *testing.T) {
+	t.Parallel()
+	const msgs, size = 8, 20 << 10
+	recvAll := func(s testpb.TestService_StreamingInputCallServer) (int, error) {
+		for i := 0; ; i++ {
+			req, err := s.Recv()
+			if errors.Is(err, io.EOF) {
+				return i, nil
+			}
+			if err != nil {
+				return i, err
+			}
+			if !bytes.Equal(req.GetPayload().GetBody(), msgBody(i, size)) {
+				return i, status.Errorf(codes.DataLoss, "message %d differs", i)
+			}
+		}
+	}
+	slow := startBackend(t, &testBackend{streamIn: func(s testpb.TestService_StreamingInputCallServer) error {
+		if _, err := recvAll(s); err != nil {
+			return err
+		}
+		<-s.Context().Done()
+		return s.Context().Err()
+	}})
+	fast := startBackend(t, &testBackend{streamIn: func(s testpb.TestService_StreamingInputCallServer) error {
+		n, err := recvAll(s)
+		if err != nil {
+			return err
+		}
+		return s.SendAndClose(&testpb.StreamingInputCallResponse{AggregatedPayloadSize: int32(n)})
+	}})
+	h := &hedgeRecorder{next: []string{fast.addr}}
+	p, c := hedgeProxy(t, slow.addr, h, &retryRecorder{next: fast.addr}, 10*time.Millisecond, 2)
+	st, err := c.StreamingInputCall(ctxT(t, 10*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range msgs {
+		if err := st.Send(&testpb.StreamingInputCallRequest{Payload: &testpb.Payload{Body: msgBody(i, size)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	resp, err := st.CloseAndRecv()
+	if err != nil || resp.GetAggregatedPayloadSize() != msgs {
+		t.Fatalf("resp %v, err %v; want the hedged attempt's count of %d", resp, err, msgs)
+	}
+	if r := p.nextResult(t); r.Code != codes.OK || r.Attempt != 1 {
+		t.Errorf("Result = %+v, want OK from attempt 1", r)
 	}
 }
