@@ -286,7 +286,10 @@ func (cl *call) siblingHeadersLocked(up *hstream, cs *[]credit) bool {
 
 // promoteLocked makes sibling i the call's current attempt; the current
 // one takes its place among the siblings, still in flight. Called with
-// cl.mu held, while the call has not committed.
+// cl.mu held, while the call has not committed. cl.upData is left alone
+// here and in carryOnLocked: it matters to reroutes only, which a hedged
+// (retryable) call never takes, and it is guarded by its stream's
+// connection mutex, not cl.mu.
 func (cl *call) promoteLocked(i int) {
 	hg := cl.hg
 	sib := hg.sibs[i]
@@ -300,7 +303,6 @@ func (cl *call) promoteLocked(i int) {
 	cl.epoch, hg.hid = sib.epoch, sib.id
 	cl.addr, cl.upstream, cl.reqFields, cl.pending = sib.addr, sib.upstream, sib.fields, sib.pending
 	cl.up.Store(sib.up)
-	cl.upData = false
 	switch s := cl.stateLocked(); {
 	case sib.up != nil && s == callOpening:
 		cl.setStateLocked(callLinked)
@@ -343,7 +345,6 @@ func (cl *call) carryOnLocked(ev *event, a *after) bool {
 	cl.epoch, hg.hid = sib.epoch, sib.id
 	cl.addr, cl.upstream, cl.reqFields, cl.pending = sib.addr, sib.upstream, sib.fields, sib.pending
 	cl.up.Store(sib.up)
-	cl.upData = false
 	s := cl.stateLocked()
 	switch {
 	case sib.up != nil && s != callLinked:
