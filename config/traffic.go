@@ -58,9 +58,58 @@ type Mirror struct {
 	Percent float64 `yaml:"percent"`
 }
 
+// Hedge starts more attempts of a call that is slow to answer (gRFC A6's
+// hedging): when an attempt has no response headers Delay after it
+// started, another attempt goes to another endpoint, up to MaxAttempts in
+// flight at once, the first included. The first attempt whose response
+// commits (its first message, or its headers once the hold ends) wins;
+// the others are reset with CANCEL. A status in retry_on from one attempt
+// leaves the others carrying on; any other status (OK included) from any
+// attempt ends the call with it, every other attempt cancelled.
+//
+// For idempotent methods only: a backend may see a call more than once.
+//
+// With retry: retry.attempts bounds every attempt of a call, hedged ones
+// included (so max_attempts must not exceed it), retry.retry_on names the
+// statuses that let other attempts carry on, and a retry follows only
+// once no attempt is left; retry.per_try_timeout is not allowed (delay
+// plays its part). Without retry: as retry {attempts: max_attempts,
+// retry_on: [UNAVAILABLE]}. Either way each hedged attempt takes a retry
+// from the cluster's retry_budget, no attempt starts past the deadline,
+// and, as for retries, the request is kept for replay up to
+// retry.max_buffer_bytes: a call whose request outgrows it is not hedged.
+// A client-streaming call is hedged once its request has ended.
+type Hedge struct {
+	// Delay is how long an attempt waits for response headers before
+	// another starts (required, positive).
+	Delay Duration `yaml:"delay"`
+	// MaxAttempts bounds the attempts in flight at once, the first
+	// included: 2..5 (required).
+	MaxAttempts int `yaml:"max_attempts"`
+}
+
+// MaxHedgeAttempts bounds hedge.max_attempts (gRFC A6 caps attempts at 5).
+const MaxHedgeAttempts = 5
+
 // routeTraffic checks a route's traffic policies (fault, mirror);
 // clusters holds the config's cluster names.
 func (v *validator) routeTraffic(p string, r *Route, clusters map[string]bool) {
+	if h := r.Hedge; h != nil {
+		if h.Delay <= 0 {
+			v.add(p+".hedge.delay", "must be a positive duration, got %s", h.Delay.D())
+		}
+		if h.MaxAttempts < 2 || h.MaxAttempts > MaxHedgeAttempts {
+			v.add(p+".hedge.max_attempts", "must be between 2 and %d, got %d", MaxHedgeAttempts, h.MaxAttempts)
+		}
+		if rt := r.Retry; rt != nil {
+			if rt.Attempts < h.MaxAttempts {
+				v.add(p+".hedge.max_attempts", "%d is more than retry.attempts %d, which bounds every attempt of a call, hedged ones included", h.MaxAttempts, rt.Attempts)
+			}
+			if rt.PerTryTimeout > 0 {
+				v.add(p+".retry.per_try_timeout", "cannot be used with hedge (hedge.delay starts the next attempt)")
+			}
+		}
+	}
 	if m := r.Mirror; m != nil {
 		switch {
 		case m.Cluster == "":

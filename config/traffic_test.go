@@ -90,3 +90,42 @@ func TestFaultInvalid(t *testing.T) {
 		})
 	}
 }
+
+func TestHedgeKeys(t *testing.T) {
+	t.Parallel()
+	cfg, err := config.Parse(resDoc(`    hedge: {delay: 50ms, max_attempts: 2}`, "", ""), "test.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := cfg.Routes[0].Hedge; h.Delay.D() != 50*time.Millisecond || h.MaxAttempts != 2 {
+		t.Errorf("hedge %+v", *h)
+	}
+	if cfg.Routes[0].Retry != nil {
+		t.Errorf("hedge alone filled in retry %+v; the implicit retry is the policy's, not the config's", *cfg.Routes[0].Retry)
+	}
+	if _, err := config.Parse(resDoc("    retry: {attempts: 3}\n    hedge: {delay: 20ms, max_attempts: 3}", "", ""), "test.yaml"); err != nil {
+		t.Errorf("hedge with retry: %v", err)
+	}
+	for _, tc := range []struct{ name, route, field string }{
+		{"no delay", "    hedge: {max_attempts: 2}", "routes[0].hedge.delay"},
+		{"negative delay", "    hedge: {delay: -1ms, max_attempts: 2}", "routes[0].hedge.delay"},
+		{"one attempt", "    hedge: {delay: 10ms, max_attempts: 1}", "routes[0].hedge.max_attempts"},
+		{"too many attempts", "    hedge: {delay: 10ms, max_attempts: 6}", "routes[0].hedge.max_attempts"},
+		{"more than retry.attempts", "    retry: {attempts: 2}\n    hedge: {delay: 10ms, max_attempts: 3}", "routes[0].hedge.max_attempts"},
+		{"per_try_timeout", "    retry: {attempts: 3, per_try_timeout: 1s}\n    hedge: {delay: 10ms, max_attempts: 2}", "routes[0].retry.per_try_timeout"},
+		{"unknown key", "    hedge: {delay: 10ms, max_attempts: 2, on: [UNAVAILABLE]}", ""},
+	} {
+		_, err := config.Parse(resDoc(tc.route, "", ""), "test.yaml")
+		var es config.Errors
+		if !errors.As(err, &es) {
+			t.Fatalf("%s: err = %v, want config.Errors", tc.name, err)
+		}
+		found := false
+		for _, e := range es {
+			found = found || ((tc.field == "" || e.Field == tc.field) && e.Line > 0)
+		}
+		if !found {
+			t.Errorf("%s: no error on %q with a line among:\n%v", tc.name, tc.field, err)
+		}
+	}
+}

@@ -173,6 +173,10 @@ type Route struct {
 	// Mirror, when set, copies a share of the route's calls to another
 	// cluster, responses discarded (traffic.go).
 	Mirror *Mirror `yaml:"mirror"`
+	// Hedge, when set, starts another attempt of a call that has no
+	// response headers after a delay (traffic.go). For idempotent methods
+	// only.
+	Hedge *Hedge `yaml:"hedge"`
 }
 
 // Match is a route's selector. Exactly one of Method, Service and Prefix is

@@ -40,6 +40,12 @@ type call struct {
 	// rerouted counts the attempts that did not reach a backend and were
 	// sent elsewhere.
 	rerouted int
+	// A hedged call's attempts (hedge.go): cur is the id of the one ep,
+	// start and client hold (-1: none), hedges the others in flight,
+	// lastID the last id given out. Zero for calls that are not hedged.
+	cur    int
+	hedges []hedgeAttempt
+	lastID int
 }
 
 // startSpans starts the SERVER span and the first attempt's CLIENT span,
@@ -59,12 +65,17 @@ func (c *call) startSpans(ctx context.Context, req *engine.Request) fieldCarrier
 
 // done runs once when the engine finishes the stream.
 func (c *call) done(res engine.Result) {
-	c.cl.Done(c.ep, c.start, res.Code, res.NotReached)
+	c.use(res.Attempt)
+	if c.ep != nil {
+		c.cl.Done(c.ep, c.start, res.Code, res.NotReached)
+	}
 	c.lim.Release()
 	c.st.calls.Add(-1)
 	if c.sctx != nil {
 		msg := errText(res.Err)
-		tracing.EndSpan(c.client, res.Code, msg)
+		if c.client != nil {
+			tracing.EndSpan(c.client, res.Code, msg)
+		}
 		tracing.EndSpan(trace.SpanFromContext(c.sctx), res.Code, msg)
 	}
 	if len(c.d.observers) == 0 {

@@ -31,4 +31,11 @@
 //     (mirror.go here), the engine runs the copy as a shadow call
 //     (engine/mirror.go: engine.Target.Mirror), and its outcome reaches
 //     callrecord.MirrorObserver (meshd_mirror_requests_total).
+//   - hedging: config.Hedge (config/traffic.go, validated with retry)
+//     becomes policy.Hedge (policy/hedge.go: Fatal; server.policies adds
+//     the implicit retry of hedge alone); the call is the engine's
+//     Hedger (hedge.go here: picks, the retry budget, one CLIENT span per
+//     attempt marked meshd.hedge); the engine runs the sibling attempts
+//     (engine/hedge.go, state machine in engine/lifecycle.go); cmd/meshd's
+//     route explain prints it; README "Hedging".
 package director

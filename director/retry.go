@@ -35,6 +35,9 @@ func (c *call) resilience(t *engine.Target, pol *policy.Route, req *engine.Reque
 		t.PerTryTimeout, t.PerTryErr = r.PerTryTimeout, pol.PerTryErr()
 	}
 	rt.base = *t
+	if pol.Hedge != nil {
+		c.hedging(t, pol.Hedge) // hedge.go
+	}
 }
 
 // retryState is a retryable call's state across attempts.
@@ -51,10 +54,15 @@ type retryState struct {
 // grpc-previous-rpc-attempts and its own CLIENT span.
 func (c *call) retryAttempt(a engine.RetryInfo) (engine.Target, time.Duration, bool) {
 	rt := c.rt
+	c.use(a.Attempt)
 	f := c.failure(a.Result, a.Deadline)
 	f.PerTry, f.Took = a.PerTry, a.Took
 	if !a.NotReached {
 		rt.reached++
+		if c.lastID > 0 {
+			// Hedged: every attempt started counts (hedge.go).
+			rt.reached = max(rt.reached, c.rec.Attempts)
+		}
 		f.Reached, f.Wait = rt.reached, rt.policy.Backoff(rt.reached)
 	}
 	next, ok := c.next(policy.Decide(rt.policy, f), &a.Result)
@@ -71,6 +79,7 @@ func (c *call) retryAttempt(a engine.RetryInfo) (engine.Target, time.Duration, b
 // stream) goes to another endpoint, as policy.Decide rules. On a route
 // with retries the engine asks retryAttempt instead.
 func (c *call) Reroute(a engine.Result) (engine.Target, bool) {
+	c.use(a.Attempt)
 	return c.next(policy.Decide(nil, c.failure(a, time.Time{})), &a)
 }
 
@@ -110,7 +119,9 @@ func (c *call) next(v policy.Verdict, failed *engine.Result) (engine.Target, boo
 // and starts the next one on ep: it returns the header fields that attempt
 // sends, its traceparent and grpc-previous-rpc-attempts.
 func (c *call) moveTo(ep *balancer.Endpoint, a *engine.Result) fieldCarrier {
-	c.cl.Done(c.ep, c.start, a.Code, a.NotReached)
+	if c.ep != nil {
+		c.cl.Done(c.ep, c.start, a.Code, a.NotReached)
+	}
 	n := c.rec.Attempts + 1
 	c.ep, c.start = ep, time.Now()
 	c.rec.Attempts, c.rec.Endpoint = n, ep.Address()

@@ -161,6 +161,13 @@ type Target struct {
 	// none, and no cost.
 	FaultDelay time.Duration
 
+	// Hedge, if non-nil, hedges the call (hedge.go): after Hedge.Delay
+	// without response HEADERS another attempt starts elsewhere, and the
+	// first attempt whose response commits the call wins. It needs a
+	// retryable call (Retry, RetryBufferBytes): the attempts replay the
+	// request from its log. nil: no hedging, and no cost.
+	Hedge *Hedge
+
 	// The call's resilience settings (retry.go). Their zero values turn
 	// them off and cost nothing: no buffer, no timer, no lock.
 
@@ -287,6 +294,10 @@ type Result struct {
 	// client→backend and backend→client: DATA payload without the 5-byte
 	// message prefixes, as the grpc engine counts them.
 	BytesIn, BytesOut int64
+	// Attempt names the attempt the Result concerns on a hedged call
+	// (Hedger): 0 for the first attempt, the id Hedger.Hedge gave the
+	// others. Always 0 for calls that are not hedged.
+	Attempt int
 }
 
 // Errors reported in Result.Err.

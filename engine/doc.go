@@ -80,7 +80,9 @@
 // attempt on a timer (fault injection; the deadline runs meanwhile), and
 // Target.Mirror sends a copy of the request to another backend as a
 // shadow call whose response is discarded and which never affects the
-// call (mirror.go).
+// call (mirror.go). Target.Hedge runs more than one attempt of a
+// retryable call at once, replayed from the retry copy: the first whose
+// response commits wins and the others are reset (hedge.go).
 //
 // Strict at the edge of the protocol (closed.go, grpcwire.go): client
 // streams follow RFC 9113's states, and a frame that breaks them gets the

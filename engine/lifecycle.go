@@ -26,7 +26,9 @@ import (
 //	                                    done ◀── every state but done
 //
 //	(and opening ──▶ opening: a reroute of a stream that could not be opened;
-//	 starting ──▶ delayed ──▶ opening | done: an injected delay)
+//	 starting ──▶ delayed ──▶ opening | done: an injected delay;
+//	 held ──▶ linked | opening: a hedged call's held attempt failed and a
+//	 sibling attempt, linked or still opening, carries the call on)
 //
 //   - starting: the client reader checks the request HEADERS and asks the
 //     Director; nothing else knows the call yet.
@@ -54,6 +56,11 @@ import (
 //     commits the call. Calls that are not retryable never hold.
 //   - backoff: the attempt failed and Target.Retry asked for another, which
 //     the backoff timer opens.
+//   - a hedged call (hedge.go) has sibling attempts beside the current
+//     one, each with its own epoch and stream; the state is the current
+//     attempt's. A sibling that answers first becomes the current attempt
+//     (opening ⇄ linked as its stream is or is not open yet), and the
+//     commit cancels the siblings left.
 //   - committed: the response started (the current attempt's first
 //     response frame was forwarded; for a retryable call, its first message
 //     or the end of the hold): the call is never retried or rerouted
@@ -76,7 +83,7 @@ import (
 // transition left to do (after): answer the client, reset an upstream
 // stream, open the next attempt, call Target.Done. Timers only post: the
 // per-try, hold and backoff timers post the epoch they were armed for, the
-// deadline and idle timers an event for the call as a whole; none takes
+// deadline, idle and hedge timers an event for the call as a whole; none takes
 // a lock or checks anything itself.
 //
 // Lock order
@@ -150,7 +157,7 @@ var callTransitions = [numCallStates][]callState{
 	callDelayed:   {callOpening, callDone},
 	callOpening:   {callLinked, callOpening, callBackoff, callDone},
 	callLinked:    {callCommitted, callHeld, callOpening, callBackoff, callDone},
-	callHeld:      {callCommitted, callBackoff, callDone},
+	callHeld:      {callCommitted, callBackoff, callDone, callLinked, callOpening},
 	callBackoff:   {callOpening, callDone},
 	callCommitted: {callDone},
 	callDone:      nil,
@@ -196,6 +203,10 @@ type call struct {
 	// before the call is shared.
 	shadow *call
 	mirror *mirrorState
+	// hg is a hedged call's sibling attempts (hedge.go); nil unless the
+	// Target asks for hedging. Set before the call is shared, guarded by
+	// mu.
+	hg *hedgeState
 
 	// reqTrack is used only by the client connection's reader; respTrack
 	// only by the backend connection's reader. Neither follows an opaque
@@ -290,6 +301,9 @@ const (
 	// evDelay: Target.FaultDelay passed (state delayed): the first
 	// attempt opens.
 	evDelay
+	// evHedge: the hedge timer fired (hedge.go): another attempt may
+	// start.
+	evHedge
 )
 
 // event is what a goroutine posts to a call (post).
@@ -317,6 +331,8 @@ func (cl *call) currentLocked(k eventKind, epoch uint32, up *hstream) bool {
 		return s == callHeld && epoch == cl.epoch
 	case evDelay:
 		return s == callDelayed
+	case evHedge:
+		return s != callDone && s != callCommitted
 	case evOpenFailed, evOpenRefused, evLink:
 		return s == callOpening && epoch == cl.epoch
 	case evPerTry:
@@ -353,6 +369,9 @@ type after struct {
 
 	open bool    // open the next attempt
 	next attempt // open: where
+
+	hedge   bool    // open a hedged attempt (hedge.go)
+	hedgeAt attempt // hedge: where
 }
 
 // post delivers ev to the call: the one way the goroutines listed at the
@@ -371,7 +390,9 @@ func (cl *call) post(ev event) {
 // records in a what is left to do. Called with cl.mu held.
 func (cl *call) stepLocked(ev *event, a *after) {
 	if !cl.currentLocked(ev.kind, ev.epoch, ev.up) {
-		a.stale = true
+		if cl.hg == nil || !cl.siblingLocked(ev, a) {
+			a.stale = true
+		}
 		return
 	}
 	switch ev.kind {
@@ -390,7 +411,9 @@ func (cl *call) stepLocked(ev *event, a *after) {
 	case evHold:
 		// Neither a message nor the attempt's end came in time: the
 		// HEADERS go out, and the call is an ordinary one from here.
-		cl.commitLocked(nil)
+		cl.commitLocked(nil, &a.cs, &a.pending)
+	case evHedge:
+		cl.hedgeLocked(a)
 	case evStream, evOpenFailed, evPerTry:
 		cl.attemptEndedLocked(ev, a)
 	default:
@@ -423,6 +446,9 @@ func (cl *call) apply(ev *event, a *after) {
 	}
 	if a.open {
 		cl.sc.srv.poolFor(a.next.up).open(cl, a.next, nil)
+	}
+	if a.hedge {
+		cl.sc.srv.poolFor(a.hedgeAt.up).open(cl, a.hedgeAt, nil)
 	}
 }
 
@@ -491,6 +517,9 @@ func (cl *call) start(target Target, req *reqHeaders, fl *flusher) {
 		return
 	}
 	cl.newResilience()
+	if target.Hedge != nil {
+		cl.newHedge() // hedge.go
+	}
 	if target.Mirror != nil {
 		cl.startShadow(req, fl) // mirror.go
 	}
@@ -528,6 +557,9 @@ func (cl *call) start(target Target, req *reqHeaders, fl *flusher) {
 func (cl *call) openLocked() attempt {
 	cl.setStateLocked(callOpening)
 	cl.armPerTryLocked()
+	if cl.hg != nil {
+		cl.armHedgeLocked()
+	}
 	return attempt{epoch: cl.epoch, addr: cl.addr, up: cl.upstream}
 }
 
@@ -539,7 +571,7 @@ func (cl *call) openLocked() attempt {
 func (cl *call) leaveAttemptLocked() *hstream {
 	cur := cl.up.Load()
 	cl.up.Store(nil)
-	cl.epoch++
+	cl.epoch = cl.nextEpochLocked()
 	if rs := cl.rs; rs != nil {
 		if rs.perTry != nil {
 			rs.perTry.Stop()
@@ -565,6 +597,9 @@ func (cl *call) attemptEndedLocked(ev *event, a *after) {
 	if cl.stateLocked() != callCommitted {
 		if rs := cl.rs; rs != nil {
 			if rs.logging.Load() {
+				if hg := cl.hg; hg != nil && len(hg.sibs) > 0 && cl.carryOnLocked(ev, a) {
+					return // a sibling carries the call (hedge.go)
+				}
 				cl.retryLocked(ev, a)
 				return
 			}
@@ -619,6 +654,9 @@ func (cl *call) endLocked(e ending, decided bool, a *after) {
 	if ms := cl.mirror; ms != nil && ms.grace != nil {
 		ms.grace.Stop()
 	}
+	if cl.hg != nil {
+		cl.cancelSiblingsLocked(&a.cs, &a.pending)
+	}
 }
 
 // finish carries out the end of a call that endLocked made done: what the
@@ -662,6 +700,7 @@ func (cl *call) finish(a *after) {
 			Code:       e.code,
 			Err:        e.err,
 			NotReached: notReached,
+			Attempt:    cl.attemptID(),
 			Committed:  committed,
 			BytesIn:    cl.bytesIn.Load(),
 			BytesOut:   cl.bytesOut.Load(),
@@ -736,12 +775,25 @@ const (
 func (cl *call) link(uc *upConn, epoch uint32, fl *flusher) linkResult {
 	cl.mu.Lock()
 	defer cl.mu.Unlock()
+	var sib *sibling
 	if !cl.currentLocked(evLink, epoch, nil) {
 		// The call ended, or left the attempt (a connection dialled for
-		// it came too late).
-		return linkAborted
+		// it came too late), unless the attempt is a hedged call's
+		// sibling (hedge.go).
+		if cl.hg == nil {
+			return linkAborted
+		}
+		if s := cl.stateLocked(); s == callDone || s == callCommitted {
+			return linkAborted
+		}
+		if sib = cl.hg.openingLocked(epoch); sib == nil {
+			return linkAborted
+		}
 	}
-	fields := cl.reqFields
+	fields, pending := cl.reqFields, cl.pending
+	if sib != nil {
+		fields, pending = sib.fields, sib.pending
+	}
 	if !cl.deadline.IsZero() {
 		rem := time.Until(cl.deadline)
 		if rem <= 0 {
@@ -765,20 +817,30 @@ func (cl *call) link(uc *upConn, epoch uint32, fl *flusher) linkResult {
 	// never taken for another attempt's; the client reader, which
 	// forwards to cl.up without cl.mu, queues its frames behind the ones
 	// held so far, which are queued before c.mu is released.
-	cl.up.Store(st)
-	cl.setStateLocked(callLinked)
+	if sib == nil {
+		cl.up.Store(st)
+		cl.setStateLocked(callLinked)
+	} else {
+		sib.up = st
+	}
 	c.pushLocked(st, op{kind: opHeaders, fields: fields, end: cl.reqEnd}, fl)
-	cl.upData = len(cl.pending) > 0
+	if sib == nil {
+		cl.upData = len(pending) > 0
+	}
 	var rejected []op
-	for i := range cl.pending {
-		if !c.pushLocked(st, cl.pending[i], fl) {
-			rejected = append(rejected, cl.pending[i])
+	for i := range pending {
+		if !c.pushLocked(st, pending[i], fl) {
+			rejected = append(rejected, pending[i])
 		}
-		cl.pending[i] = op{}
+		pending[i] = op{}
 	}
 	c.mu.Unlock()
-	cl.pending = nil
-	cl.releasePendingLocked() // the wait, if any, ends with a stream
+	if sib != nil {
+		sib.pending = nil
+	} else {
+		cl.pending = nil
+		cl.releasePendingLocked() // the wait, if any, ends with a stream
+	}
 	if len(rejected) > 0 {
 		var cs []credit
 		for i := range rejected {
@@ -800,13 +862,26 @@ func (cl *call) admit(up *hstream, fl *flusher) bool {
 		return cl.up.Load() == up
 	}
 	cl.mu.Lock()
-	defer cl.mu.Unlock()
 	if !cl.currentLocked(evCommit, 0, up) {
 		// Committed meanwhile by another frame of up, or a frame of an
 		// attempt the call left (or the call ended).
-		return cl.stateLocked() == callCommitted && cl.up.Load() == up
+		ok := cl.stateLocked() == callCommitted && cl.up.Load() == up
+		cl.mu.Unlock()
+		return ok
 	}
-	cl.commitLocked(fl)
+	if cl.hg == nil {
+		cl.commitLocked(fl, nil, nil)
+		cl.mu.Unlock()
+		return true
+	}
+	var cs []credit
+	var drop []op
+	cl.commitLocked(fl, &cs, &drop)
+	cl.mu.Unlock()
+	for i := range drop {
+		cl.sc.sh.dropOp(&drop[i], &cs)
+	}
+	applyCredits(cs)
 	return true
 }
 
@@ -815,8 +890,13 @@ func (cl *call) admit(up *hstream, fl *flusher) bool {
 // queued first, and the state changes after: admit's fast path, which
 // forwards a frame without cl.mu once the call is committed, then cannot
 // overtake them. Called with cl.mu held (the client connection's mu is
-// taken under it, as the lock order allows).
-func (cl *call) commitLocked(fl *flusher) {
+// taken under it, as the lock order allows). A hedged call's siblings
+// lose: they are reset, cs collecting their credit and drop their request
+// frames not yet sent, for the caller to release without cl.mu.
+func (cl *call) commitLocked(fl *flusher, cs *[]credit, drop *[]op) {
+	if cl.hg != nil {
+		cl.cancelSiblingsLocked(cs, drop)
+	}
 	if rs := cl.rs; rs != nil {
 		if rs.perTry != nil {
 			rs.perTry.Stop() // it never cuts a response in progress
@@ -837,6 +917,14 @@ func (cl *call) commitLocked(fl *flusher) {
 		rs.dropLogLocked()
 	}
 	cl.setStateLocked(callCommitted)
+}
+
+// attemptID is Result.Attempt of the call's current attempt.
+func (cl *call) attemptID() int {
+	if cl.hg == nil {
+		return 0
+	}
+	return cl.hg.hid
 }
 
 // holdPending takes a slot of Target.Pending for attempt epoch, about to

@@ -99,6 +99,8 @@ func TestCallStateTransitions(t *testing.T) {
 		{callHeld, callCommitted}:   true, // the first message, or the hold ran out
 		{callHeld, callBackoff}:     true, // Retry: a status (or reset) after the held HEADERS
 		{callHeld, callDone}:        true,
+		{callHeld, callLinked}:      true, // hedging: the held attempt failed, a linked sibling carries on
+		{callHeld, callOpening}:     true, // hedging: the same, the sibling still opening
 		{callLinked, callOpening}:   true, // reroute of a refused stream
 		{callLinked, callBackoff}:   true, // Retry: the attempt failed
 		{callLinked, callDone}:      true,

@@ -182,7 +182,21 @@ func (cl *call) armPerTryLocked() {
 // for calls with a retry state (cl.rs), so other calls pay a nil check.
 func (cl *call) holdHeaders(up *hstream, fields []hpack.HeaderField) bool {
 	cl.mu.Lock()
+	if cl.hg != nil && up != cl.up.Load() {
+		// A hedged call's sibling answers (hedge.go): it becomes the
+		// current attempt, or loses.
+		var cs []credit
+		held := cl.siblingHeadersLocked(up, &cs) && cl.holdHeadersLocked(up, fields)
+		cl.mu.Unlock()
+		applyCredits(cs)
+		return held
+	}
 	defer cl.mu.Unlock()
+	return cl.holdHeadersLocked(up, fields)
+}
+
+// holdHeadersLocked is holdHeaders under cl.mu.
+func (cl *call) holdHeadersLocked(up *hstream, fields []hpack.HeaderField) bool {
 	rs := cl.rs
 	if cl.stateLocked() != callLinked || up != cl.up.Load() || !rs.logging.Load() {
 		// Not the current attempt (admit drops the frame), or the request
@@ -315,7 +329,7 @@ func (cl *call) retryLocked(ev *event, a *after) {
 	e.notReached = notReached
 	info := RetryInfo{
 		Result: Result{Code: e.code, Err: e.err, NotReached: notReached,
-			BytesIn: cl.bytesIn.Load(), BytesOut: cl.bytesOut.Load()},
+			BytesIn: cl.bytesIn.Load(), BytesOut: cl.bytesOut.Load(), Attempt: cl.attemptID()},
 		PerTry:   ev.kind == evPerTry,
 		Took:     time.Since(rs.start),
 		Deadline: cl.deadline,

@@ -101,7 +101,7 @@ type counters struct {
 	UpstreamConns, UpstreamStreams                  atomic.Int64
 	ProtocolErrors, StreamErrors, RefusedStreams    atomic.Int64
 	DeadlinesExceeded, MessagesTooLarge, DialErrors atomic.Int64
-	MidMessageResets, HeadersHeld                   atomic.Int64
+	MidMessageResets, HeadersHeld, HedgedAttempts   atomic.Int64
 }
 
 // Stats is a snapshot of a Server's counters, for /metrics. The backend
@@ -135,6 +135,9 @@ type Stats struct {
 	// HEADERS meshd held until the attempt's next frame (retry.go), so that
 	// a status after header metadata could be retried.
 	HeadersHeld int64
+	// HedgedAttempts counts the attempts hedged calls started beside
+	// their first (hedge.go).
+	HedgedAttempts int64
 	// BufferedBytes is the DATA payload queued in meshd right now, waiting
 	// to be written (typically for a peer's flow-control window); bounded
 	// by the windows meshd advertises. Summed over connections when Stats
@@ -212,6 +215,7 @@ func (s *Server) Stats() Stats {
 		DialErrors:        ps.DialErrors,
 		MidMessageResets:  c.MidMessageResets.Load(),
 		HeadersHeld:       c.HeadersHeld.Load(),
+		HedgedAttempts:    c.HedgedAttempts.Load(),
 		BufferedBytes:     s.bufferedBytes() + ps.BufferedBytes,
 	}
 }

@@ -42,6 +42,9 @@ var (
 	descFrameHeadersHeld = prometheus.NewDesc("meshd_frame_headers_held_total",
 		"Attempts of calls on routes with retry whose response HEADERS meshd held until the attempt's next frame, so that a status following them with no message could still be retried.",
 		[]string{"listener"}, nil)
+	descFrameHedged = prometheus.NewDesc("meshd_frame_hedged_attempts_total",
+		"Attempts that calls on routes with hedge started beside their first (each also takes a retry from the cluster's budget).",
+		[]string{"listener"}, nil)
 )
 
 var (
@@ -60,7 +63,7 @@ var (
 )
 
 var frameDescs = []*prometheus.Desc{descFrameStreams, descFrameBuffered,
-	descFrameProtocolErrors, descFrameStreamErrors, descFrameDeadlines, descFrameTooLarge, descFrameMidMessage, descFrameHeadersHeld,
+	descFrameProtocolErrors, descFrameStreamErrors, descFrameDeadlines, descFrameTooLarge, descFrameMidMessage, descFrameHeadersHeld, descFrameHedged,
 	descPoolConns, descPoolStreams, descPoolBuffered, descPoolDialErrors, descPoolProtocolErrors, descPoolStreamErrors}
 
 // frameCollector reads the engine counters of the state collector's
@@ -97,6 +100,7 @@ func (c frameCollector) Collect(ch chan<- prometheus.Metric) {
 			counter(descFrameTooLarge, st.MessagesTooLarge, name)
 			counter(descFrameMidMessage, st.MidMessageResets, name)
 			counter(descFrameHeadersHeld, st.HeadersHeld, name)
+			counter(descFrameHedged, st.HedgedAttempts, name)
 		}
 	}
 	if src, ok := ref.Source.(PoolSource); ok {

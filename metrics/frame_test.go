@@ -26,7 +26,7 @@ func TestFrameMetrics(t *testing.T) {
 	}
 	m.SetSource(frameSource{stats: map[string]engine.Stats{
 		"main": {ActiveStreams: 5, UpstreamConns: 2, UpstreamStreams: 4, BufferedBytes: 4096, ProtocolErrors: 1,
-			StreamErrors: 3, DeadlinesExceeded: 7, MessagesTooLarge: 8, DialErrors: 9, MidMessageResets: 6, HeadersHeld: 11},
+			StreamErrors: 3, DeadlinesExceeded: 7, MessagesTooLarge: 8, DialErrors: 9, MidMessageResets: 6, HeadersHeld: 11, HedgedAttempts: 12},
 		"edge": {},
 	}})
 	mfs := scrape(t, m)
@@ -43,6 +43,7 @@ func TestFrameMetrics(t *testing.T) {
 		{"meshd_frame_messages_too_large_total", 8},
 		{"meshd_frame_mid_message_resets_total", 6},
 		{"meshd_frame_headers_held_total", 11},
+		{"meshd_frame_hedged_attempts_total", 12},
 	} {
 		if got := mfs.Value(t, c.name, main); got != c.want {
 			t.Errorf("%s%v = %g, want %g", c.name, main, got, c.want)

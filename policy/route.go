@@ -26,6 +26,8 @@ type Route struct {
 	Fault *Fault
 	// Mirror is the route's mirroring (nil: none).
 	Mirror *Mirror
+	// Hedge is the route's hedging (nil: none); Retry is then set too.
+	Hedge *Hedge
 
 	timeoutErr, maxGRPCErr, idleErr, perTryErr, rateErr error
 }

@@ -56,6 +56,12 @@ func (s *Server) policies() (func(config.Route) *policy.Route, map[string]*polic
 	return func(r config.Route) *policy.Route {
 		pol := &policy.Route{Name: r.Name, Timeout: r.Timeout.D(), MaxGRPCTimeout: r.MaxGRPCTimeout.D(),
 			IdleTimeout: r.IdleTimeout.D(), Retry: retryPolicy(r.Retry), Fault: faultPolicy(r.Fault)}
+		if h := r.Hedge; h != nil {
+			pol.Hedge = &policy.Hedge{Delay: h.Delay.D(), MaxAttempts: h.MaxAttempts}
+			if pol.Retry == nil {
+				pol.Retry = implicitRetry(h)
+			}
+		}
 		if m := r.Mirror; m != nil && m.Percent > 0 {
 			pol.Mirror = &policy.Mirror{Cluster: m.Cluster, Percent: m.Percent}
 		}
@@ -102,6 +108,19 @@ func retryPolicy(r *config.Retry) *policy.Retry {
 		BackoffBase:    r.Backoff.BaseInterval.D(),
 		BackoffMax:     r.Backoff.MaxInterval.D(),
 		MaxBufferBytes: r.MaxBufferBytes,
+	}
+}
+
+// implicitRetry is the retry policy of a route with hedge and no retry
+// (config.Hedge): attempts max_attempts, retry_on [UNAVAILABLE], the
+// retry section's defaults otherwise.
+func implicitRetry(h *config.Hedge) *policy.Retry {
+	return &policy.Retry{
+		Attempts:       h.MaxAttempts,
+		RetryOn:        []codes.Code{codes.Unavailable},
+		BackoffBase:    config.DefaultBackoffBase,
+		BackoffMax:     config.DefaultBackoffMax,
+		MaxBufferBytes: config.DefaultRetryMaxBufferBytes,
 	}
 }
 

@@ -55,6 +55,17 @@ func SetPeer(ctx context.Context, id string) {
 	span.SetAttributes(PeerKey.String(id))
 }
 
+// HedgeKey marks the CLIENT span of a hedged attempt (one started
+// beside the call's first, not after its failure).
+const HedgeKey = attribute.Key("meshd.hedge")
+
+// SetHedge marks span as a hedged attempt's.
+func SetHedge(span trace.Span) {
+	if span.IsRecording() {
+		span.SetAttributes(HedgeKey.Bool(true))
+	}
+}
+
 // FaultKey is the SERVER span attribute naming the fault a route injected
 // into the call ("delay" or "abort"): a drill's failures are told apart
 // from real ones in traces too.

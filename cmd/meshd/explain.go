@@ -234,6 +234,8 @@ func explain(w io.Writer, cfg *config.Config, table *router.Table, call router.C
 			hold, why = d, "per_try_timeout"
 		}
 		fmt.Fprintf(w, "  retry: response headers held until the first message or the status, at most %s (%s)\n", hold, why)
+	} else if h := hedgeOf(cfg, chosen.Name); h != nil {
+		fmt.Fprintf(w, "  retry: none configured; hedge implies %d attempts on UNAVAILABLE (hedged attempts included)\n", h.MaxAttempts)
 	} else {
 		fmt.Fprintln(w, "  retry: none (calls that never reached a backend are still retried transparently)")
 	}
@@ -248,9 +250,31 @@ func explain(w io.Writer, cfg *config.Config, table *router.Table, call router.C
 	return nil
 }
 
-// explainTraffic prints the route's traffic policies: mirror, fault
-// injection.
+// hedgeOf is the hedge section of the route named name, nil if none.
+func hedgeOf(cfg *config.Config, name string) *config.Hedge {
+	for i := range cfg.Routes {
+		if cfg.Routes[i].Name == name {
+			return cfg.Routes[i].Hedge
+		}
+	}
+	return nil
+}
+
+// explainTraffic prints the route's traffic policies: hedging, mirror,
+// fault injection.
 func explainTraffic(w io.Writer, r *config.Route) {
+	if h := r.Hedge; h != nil {
+		fatal := "UNAVAILABLE"
+		if rt := r.Retry; rt != nil {
+			names := make([]string, len(rt.RetryOn))
+			for i, c := range rt.RetryOn {
+				names[i] = config.CodeName(c.C())
+			}
+			fatal = strings.Join(names, ",")
+		}
+		fmt.Fprintf(w, "  hedge: another attempt on another endpoint after %s without response headers, at most %d in flight (the first included); first to commit wins, the others cancelled\n", h.Delay.D(), h.MaxAttempts)
+		fmt.Fprintf(w, "  hedge: a status other than %s from any attempt ends the call (for idempotent methods only)\n", fatal)
+	}
 	if m := r.Mirror; m != nil {
 		fmt.Fprintf(w, "  mirror: %v%% of calls copied to cluster %q (:authority with -shadow; responses discarded, never retried or waited for)\n", m.Percent, m.Cluster)
 	}

@@ -31,6 +31,7 @@ routes:
     cluster: users
     fault: {delay: {fixed: 100ms, percent: 5}, abort: {code: UNAVAILABLE, percent: 1}, header: x-fault-drill}
     mirror: {cluster: users-canary, percent: 10}
+    hedge: {delay: 20ms, max_attempts: 2}
 clusters:
   - name: users
     endpoints: [127.0.0.1:9001]
@@ -77,7 +78,7 @@ func TestRouteExplain(t *testing.T) {
 				`timeout: none at meshd`,
 				`retry: none`,
 			},
-			absent: []string{"max_grpc_timeout", "fault:", "mirror:"},
+			absent: []string{"max_grpc_timeout", "fault:", "mirror:", "hedge:"},
 		},
 		{
 			name: "prefix route with present header",
@@ -87,6 +88,9 @@ func TestRouteExplain(t *testing.T) {
 				`- route 1 "users": service "orders.v1.Orders" is not "users.v1.Users"`,
 				`✔ route 2 "debug": matched`,
 				`result: route "debug"`,
+				`retry: none configured; hedge implies 2 attempts on UNAVAILABLE (hedged attempts included)`,
+				`hedge: another attempt on another endpoint after 20ms without response headers, at most 2 in flight (the first included); first to commit wins, the others cancelled`,
+				`hedge: a status other than UNAVAILABLE from any attempt ends the call (for idempotent methods only)`,
 				`mirror: 10% of calls copied to cluster "users-canary" (:authority with -shadow; responses discarded, never retried or waited for)`,
 				`fault: delay 100ms for 5% of calls carrying metadata "x-fault-drill" (before the first attempt; counts against the deadline)`,
 				`fault: abort with UNAVAILABLE for 1% of calls carrying metadata "x-fault-drill" ("meshd: fault injected by route debug"; never reaches a backend)`,

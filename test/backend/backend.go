@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"sort"
 	"strconv"
@@ -54,6 +55,9 @@ type Backend struct {
 	failEveryCode atomic.Int32
 	failCount     atomic.Int64
 	lastMD        atomic.Pointer[metadata.MD]
+	delay         atomic.Int64 // SetDelay, in nanoseconds
+	idMu          sync.Mutex
+	ids           map[string]int // calls per x-call-id value
 	stopOnce      sync.Once
 	testpb.UnimplementedTestServiceServer
 }
@@ -195,6 +199,19 @@ func (b *Backend) FailEvery(n int, code codes.Code) {
 	b.failEvery.Store(int64(max(n, 0)))
 }
 
+// SetDelay makes every call wait d before it answers (as x-delay does,
+// and added to it): a slow backend. 0 restores normal service.
+func (b *Backend) SetDelay(d time.Duration) { b.delay.Store(int64(d)) }
+
+// CallIDs counts the calls this backend started per value of their
+// x-call-id metadata (calls without it are not counted): how many
+// attempts of one call reached it.
+func (b *Backend) CallIDs() map[string]int {
+	b.idMu.Lock()
+	defer b.idMu.Unlock()
+	return maps.Clone(b.ids)
+}
+
 // Calls is the number of calls this backend has started.
 func (b *Backend) Calls() int64 { return b.calls.Load() }
 
@@ -218,6 +235,14 @@ func (b *Backend) begin(ctx context.Context, setHeader func(metadata.MD) error, 
 	md, _ := metadata.FromIncomingContext(ctx)
 	cp := md.Copy()
 	b.lastMD.Store(&cp)
+	if id := first(md, "x-call-id"); id != "" {
+		b.idMu.Lock()
+		if b.ids == nil {
+			b.ids = make(map[string]int)
+		}
+		b.ids[id]++
+		b.idMu.Unlock()
+	}
 
 	trailersOnly := first(md, "x-trailers-only") == "1"
 	if !trailersOnly {
@@ -247,6 +272,11 @@ func (b *Backend) begin(ctx context.Context, setHeader func(metadata.MD) error, 
 			}
 		}
 		if err := setHeader(hdr); err != nil {
+			if ctx.Err() != nil {
+				// Cancelled before the backend got this far: grpc-go
+				// refuses header metadata on a stream already reset.
+				b.cancelled.Add(1)
+			}
 			return err
 		}
 		setTrailer(tr)
@@ -256,11 +286,15 @@ func (b *Backend) begin(ctx context.Context, setHeader func(metadata.MD) error, 
 			}
 		}
 	}
+	dur := time.Duration(b.delay.Load())
 	if d := first(md, "x-delay"); d != "" {
-		dur, err := time.ParseDuration(d)
+		x, err := time.ParseDuration(d)
 		if err != nil {
 			return status.Errorf(codes.InvalidArgument, "bad x-delay %q", d)
 		}
+		dur += x
+	}
+	if dur > 0 {
 		t := time.NewTimer(dur)
 		defer t.Stop()
 		select {
