@@ -5,7 +5,6 @@ import (
 	"errors"
 	"net"
 	"sync"
-	"time"
 
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
@@ -74,43 +73,25 @@ func (a *odstAccept) serve(ln net.Listener) error {
 		a.mu.Unlock()
 		_ = ln.Close()
 	}()
-	var backoff time.Duration
-	for {
-		nc, err := ln.Accept()
-		if err != nil {
+	return acceptLoop(ln, acceptHooks{
+		stopped: func() bool {
 			a.mu.Lock()
-			stopped := a.stopped
-			a.mu.Unlock()
-			if stopped {
-				return engine.ErrServerClosed
+			defer a.mu.Unlock()
+			return a.stopped
+		},
+		admit: func(nc net.Conn) bool {
+			a.mu.Lock()
+			defer a.mu.Unlock()
+			if a.stopped {
+				return false
 			}
-			if errors.Is(err, net.ErrClosed) {
-				return err
-			}
-			// Resource exhaustion (EMFILE and the like): back off as the
-			// engine's own accept loop does instead of spinning.
-			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			t := time.NewTimer(backoff)
-			select {
-			case <-t.C:
-			case <-a.stopping:
-				t.Stop()
-				return engine.ErrServerClosed
-			}
-			continue
-		}
-		backoff = 0
-		a.mu.Lock()
-		if a.stopped {
-			a.mu.Unlock()
-			_ = nc.Close()
-			return engine.ErrServerClosed
-		}
-		a.shaking[nc] = struct{}{}
-		a.wg.Add(1)
-		a.mu.Unlock()
-		go a.serveConn(nc)
-	}
+			a.shaking[nc] = struct{}{}
+			a.wg.Add(1)
+			return true
+		},
+		serve:    a.serveConn,
+		stopping: a.stopping,
+	})
 }
 
 // serveConn runs the handshake, then serves a gRPC connection until it

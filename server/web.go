@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"log/slog"
 	"net"
 	"net/http"
@@ -210,43 +209,27 @@ func (a *webAccept) serve(ln net.Listener) error {
 		a.mu.Unlock()
 		_ = ln.Close()
 	}()
-	var backoff time.Duration
-	for {
-		nc, err := ln.Accept()
-		if err != nil {
+	return acceptLoop(ln, acceptHooks{
+		stopped: func() bool {
 			a.mu.Lock()
-			stopped := a.stopped
-			a.mu.Unlock()
-			if stopped {
-				return engine.ErrServerClosed
+			defer a.mu.Unlock()
+			return a.stopped
+		},
+		admit: func(net.Conn) bool {
+			a.mu.Lock()
+			defer a.mu.Unlock()
+			if a.stopped {
+				return false
 			}
-			if errors.Is(err, net.ErrClosed) {
-				return err
-			}
-			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			t := time.NewTimer(backoff)
-			select {
-			case <-t.C:
-			case <-a.h1.done:
-				t.Stop()
-				return engine.ErrServerClosed
-			}
-			continue
-		}
-		backoff = 0
-		a.mu.Lock()
-		if a.stopped {
-			a.mu.Unlock()
-			_ = nc.Close()
-			return engine.ErrServerClosed
-		}
-		a.wg.Add(1)
-		a.mu.Unlock()
-		go func() {
+			a.wg.Add(1)
+			return true
+		},
+		serve: func(nc net.Conn) {
 			defer a.wg.Done()
 			a.dispatch(nc)
-		}()
-	}
+		},
+		stopping: a.h1.done,
+	})
 }
 
 // dispatch sniffs nc and hands it to the engine or the HTTP/1.1 server.
