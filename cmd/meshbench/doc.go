@@ -21,6 +21,18 @@
 //	              certificate → api (ssl_verify_client on) → backend: meshd-mtls's
 //	              chain with nginx, on the same kind of CA and leaves
 //
+//	meshd-grpcweb meshd with grpc_web: {allow_origins: ["*"]} on its listener,
+//	              called with gRPC-Web (application/grpc-web+proto) over HTTP/1.1
+//	              keep-alive from net/http (grpcweb.go): the native unary phase's
+//	              echo as one data frame, the response's data frame and trailer
+//	              frame (flag 0x80, grpc-status 0) checked; as many connections
+//	              and callers as the native phase (HTTP/1.1 carries one call at a
+//	              time per connection, so callers queue). Only the unary
+//	              throughput phase measures it (calls/s, CPU per call, peak RSS);
+//	              the other phases skip it and say why. The report prints
+//	              meshd-grpcweb/meshd, what a gRPC-Web call costs against a
+//	              native one (issue 17); not in the default -targets
+//
 // The two chains (chain.go, not in the default -targets; ask for them)
 // measure what mesh mTLS costs: they differ only in the hop between the
 // sidecars. For meshd-mtls the harness issues, at start and into its temp

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net/http"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -28,6 +29,7 @@ const maxLatencySamples = 1 << 20
 // let a multi-process proxy (nginx's workers) use all its processes.
 type client struct {
 	conns []*grpc.ClientConn
+	webs  []*http.Transport // meshd-grpcweb's HTTP/1.1 connections (grpcweb.go)
 	stubs []testpb.TestServiceClient
 }
 
@@ -52,6 +54,9 @@ func dialClient(addr string, n int) (*client, error) {
 func (c *client) Close() {
 	for _, cc := range c.conns {
 		cc.Close()
+	}
+	for _, tr := range c.webs {
+		tr.CloseIdleConnections()
 	}
 }
 

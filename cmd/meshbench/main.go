@@ -123,7 +123,10 @@ type target struct {
 	unavailable string
 	// idleSkip, if set, is why the idle-streams phase skips this target.
 	idleSkip string
-	cl       *client
+	// unaryOnly, if set, is why only the unary throughput phase (calls/s,
+	// CPU per call, peak RSS) measures this target: meshd-grpcweb.
+	unaryOnly string
+	cl        *client
 	// stopTap ends meshd-tap's tapper (tap.go); nil for other targets.
 	stopTap func()
 }
@@ -333,7 +336,7 @@ func (h *harness) startTarget(ctx context.Context, t *target, dir, backendAddr, 
 		t.addr, t.version = backendAddr, "grpc-go "+backendVersion()
 	case t.name == meshd || t.name == meshdTap:
 		var c *child
-		c, t.addr, t.admin, err = startMeshd(ctx, meshdBin, dir, t.name, backendAddr)
+		c, t.addr, t.admin, err = startMeshd(ctx, meshdBin, dir, t.name, backendAddr, "")
 		if c != nil {
 			t.procs = []*child{c}
 		}
@@ -342,6 +345,14 @@ func (h *harness) startTarget(ctx context.Context, t *target, dir, backendAddr, 
 			t.stopTap = startTapper(ctx, t.admin)
 			t.version += ", tapped"
 		}
+	case t.name == meshdGRPCWeb:
+		var c *child
+		c, t.addr, t.admin, err = startMeshd(ctx, meshdBin, dir, t.name, backendAddr, grpcWebListener)
+		if c != nil {
+			t.procs = []*child{c}
+		}
+		t.version = meshdVersion(meshdBin) + ", called with gRPC-Web (application/grpc-web+proto, HTTP/1.1 keep-alive)"
+		t.idleSkip, t.unaryOnly = grpcWebOnlyUnary, grpcWebOnlyUnary
 	case isChain(t.name):
 		err = startChain(ctx, t, meshdBin, dir, backendAddr)
 		t.version = meshdVersion(meshdBin) + " ×2 (" + chainShape(t.name) + ")"
@@ -375,7 +386,9 @@ func (h *harness) startTarget(ctx context.Context, t *target, dir, backendAddr, 
 	if err != nil {
 		return err
 	}
-	if t.cl, err = dialClient(t.addr, h.p.Conns); err != nil {
+	if t.name == meshdGRPCWeb {
+		t.cl = dialGRPCWebClient(t.addr, h.p.Conns)
+	} else if t.cl, err = dialClient(t.addr, h.p.Conns); err != nil {
 		return err
 	}
 	if err := probe(ctx, t.cl, h.unary, 20*time.Second); err != nil {
@@ -498,7 +511,9 @@ func (h *harness) printReport(stdout io.Writer, rep runReport) {
 		} else if n := h.errs[t.name]; n > 0 {
 			state += fmt.Sprintf("; %d FAILED calls, first: %v", n, h.firstErr[t.name])
 		}
-		if t.unavailable == "" && t.idleSkip != "" && h.p.IdleStreams > 0 {
+		if t.unavailable == "" && t.unaryOnly != "" {
+			state += "; only unary throughput and CPU per call: " + t.unaryOnly
+		} else if t.unavailable == "" && t.idleSkip != "" && h.p.IdleStreams > 0 {
 			state += "; no idle-streams figure: " + t.idleSkip
 		}
 		fmt.Fprintf(stdout, "  %-12s %s\n", t.name, state)
@@ -543,6 +558,9 @@ func (h *harness) verify(avail []*target) error {
 			bad = append(bad, fmt.Sprintf("%s: %d failed calls or streams (first: %v)", t.name, n, h.firstErr[t.name]))
 		}
 		keys := []string{"unary_calls_per_s", "p50_ms", "stream_msgs_per_s"}
+		if t.unaryOnly != "" {
+			keys = keys[:1]
+		}
 		if t.isProxy() && h.p.IdleStreams > 0 && t.idleSkip == "" {
 			keys = append(keys, "idle_rss_mib")
 		}
@@ -550,7 +568,9 @@ func (h *harness) verify(avail []*target) error {
 			keys = append(keys, "hop_conns_per_s")
 		}
 		for _, rate := range h.p.Rates {
-			keys = append(keys, rateKey("p99_ms", rate))
+			if t.unaryOnly == "" {
+				keys = append(keys, rateKey("p99_ms", rate))
+			}
 		}
 		for _, k := range keys {
 			if s := summarize(h.res.get(t.name, k)); s.n == 0 || s.max <= 0 {
@@ -616,6 +636,10 @@ func (h *harness) measureRound(ctx context.Context, t *target, r int) error {
 	}
 	if ctx.Err() != nil {
 		return ctx.Err()
+	}
+	if t.unaryOnly != "" {
+		h.progress("%s; other phases skipped: %s", line, t.unaryOnly)
+		return nil
 	}
 
 	lr := openLoop(ctx, stubs, p.Rate, p.LatencyDur, p.MaxInflight, h.unary)

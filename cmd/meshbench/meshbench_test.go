@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	testpb "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/meshd/meshd/config"
 	"github.com/meshd/meshd/identity"
@@ -189,9 +191,16 @@ func TestParseRates(t *testing.T) {
 // meshd's strict config schema.
 func TestMeshdConfigIsValid(t *testing.T) {
 	t.Parallel()
-	y := meshdConfig("127.0.0.1:15000", "127.0.0.1:15001", "127.0.0.1:9001")
-	if _, err := config.Parse([]byte(y), "meshbench.yaml"); err != nil {
-		t.Errorf("%v\n%s", err, y)
+	for _, extra := range []string{"", grpcWebListener} {
+		y := meshdConfig("127.0.0.1:15000", "127.0.0.1:15001", "127.0.0.1:9001", extra)
+		c, err := config.Parse([]byte(y), "meshbench.yaml")
+		if err != nil {
+			t.Errorf("%v\n%s", err, y)
+			continue
+		}
+		if web := c.Listeners[0].GRPCWeb != nil; web != (extra != "") {
+			t.Errorf("grpc_web on the listener: %v, want %v\n%s", web, extra != "", y)
+		}
 	}
 }
 
@@ -380,7 +389,10 @@ func TestChainConfigsAreValid(t *testing.T) {
 // target must answer (the harness fails otherwise), the chains' churn phase
 // must count connections, the rates phase must record a p99 and a CPU
 // figure, and the report must carry the mTLS-against-plaintext and
-// meshd-against-nginx chain ratios. No timing is asserted.
+// meshd-against-nginx chain ratios. meshd-grpcweb runs beside meshd: its
+// gRPC-Web calls must succeed in the unary throughput phase, the other
+// phases must skip it with the stated reason, and the report must carry
+// the meshd-grpcweb/meshd ratio. No timing is asserted.
 func TestSmokeChains(t *testing.T) {
 	t.Parallel()
 	if testing.Short() {
@@ -392,7 +404,7 @@ func TestSmokeChains(t *testing.T) {
 	}
 	jsonFile := filepath.Join(t.TempDir(), "load.json")
 	var stdout, stderr strings.Builder
-	err := run([]string{"-mode", "smoke", "-meshd", bin, "-targets", "direct,meshd-2hop,meshd-mtls,grpc-proxy,nginx-mtls",
+	err := run([]string{"-mode", "smoke", "-meshd", bin, "-targets", "direct,meshd-2hop,meshd-mtls,grpc-proxy,nginx-mtls,meshd,meshd-grpcweb",
 		"-rates", "300,max", "-json", jsonFile},
 		strings.NewReader(""), &stdout, &stderr)
 	if err != nil {
@@ -406,6 +418,7 @@ func TestSmokeChains(t *testing.T) {
 		"-rates: proxy CPU-seconds per 10k calls", "CPU @300/s", "CPU @max", "+p99 @300/s",
 		"mwitkow/grpc-proxy v0.0.0-20250813121105-2866842de9a5", grpcProxyIdleSkip,
 		"meshd-mtls   mTLS chain throughput ≥ 1.3× nginx-mtls",
+		"meshd-grpcweb / meshd: a gRPC-Web call (HTTP/1.1) against a native one", grpcWebOnlyUnary,
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("report lacks %q:\n%s", want, out)
@@ -465,12 +478,64 @@ func TestSmokeChains(t *testing.T) {
 			}
 		}
 	}
+	if !strings.Contains(stderr.String(), "other phases skipped: "+grpcWebOnlyUnary) {
+		t.Errorf("progress lacks meshd-grpcweb's skipped phases:\n%s", stderr.String())
+	}
+	for k, want := range map[string]bool{"unary_calls_per_s": true, "cpu_s_per_10k": true, "p50_ms": false, "stream_msgs_per_s": false, "p99_ms_at_300": false, "idle_rss_mib": false} {
+		m := rep.Metrics[meshdGRPCWeb][k].Median
+		if got := m != nil; got != want {
+			t.Errorf("meshd-grpcweb %s = %v, want measured: %v", k, m, want)
+		}
+		if m != nil && (*m < 0 || k == "unary_calls_per_s" && *m == 0) {
+			t.Errorf("meshd-grpcweb %s = %v", k, *m)
+		}
+	}
+	if m := rep.Pairs[meshdGRPCWeb+"/"+meshd]["unary_calls_per_s"].Median; m == nil || *m <= 0 {
+		t.Errorf("pair meshd-grpcweb/meshd unary_calls_per_s = %v, want > 0", m)
+	}
 	if m := rep.Pairs[meshdMTLS+"/"+meshd2Hop]["unary_calls_per_s"].Median; m == nil || *m <= 0 {
 		t.Errorf("pair ratio unary_calls_per_s = %v, want > 0", m)
 	}
 	for _, c := range rep.Checks {
+		if c.Target == meshdGRPCWeb {
+			t.Errorf("meshd-grpcweb judged against a native proxy's target: %+v", c)
+		}
 		if isChain(c.Target) && !strings.Contains(c.Name, nginxMTLS) {
 			t.Errorf("chain %s judged against a single proxy's target: %+v", c.Target, c)
+		}
+	}
+}
+
+// TestParseGRPCWebResponse reads gRPC-Web unary response bodies: a data
+// frame and a trailer frame with grpc-status 0, and what must fail.
+func TestParseGRPCWebResponse(t *testing.T) {
+	t.Parallel()
+	frame := func(flag byte, b []byte) []byte {
+		f := []byte{flag, 0, 0, 0, 0}
+		binary.BigEndian.PutUint32(f[1:], uint32(len(b)))
+		return append(f, b...)
+	}
+	msg, err := proto.Marshal(&testpb.SimpleResponse{Payload: &testpb.Payload{Body: make([]byte, 1024)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ok := frame(0x80, []byte("grpc-status: 0\r\ngrpc-message: \r\n"))
+	resp, err := parseGRPCWebResponse(append(frame(0, msg), ok...))
+	if err != nil || len(resp.GetPayload().GetBody()) != 1024 {
+		t.Fatalf("parse = %v, %v", resp, err)
+	}
+	for name, body := range map[string][]byte{
+		"status 13":       append(frame(0, msg), frame(0x80, []byte("Grpc-Status: 13\r\ngrpc-message: boom"))...),
+		"no trailers":     frame(0, msg),
+		"no data":         ok,
+		"two data frames": append(append(frame(0, msg), frame(0, msg)...), ok...),
+		"compressed":      append(frame(1, msg), ok...),
+		"truncated":       append(frame(0, msg), ok...)[:100],
+		"after trailers":  append(append(frame(0, msg), ok...), 0),
+		"no status":       append(frame(0, msg), frame(0x80, []byte("grpc-message: x\r\n"))...),
+	} {
+		if _, err := parseGRPCWebResponse(body); err == nil {
+			t.Errorf("%s: parsed without an error", name)
 		}
 	}
 }

@@ -201,11 +201,12 @@ func freeAddr() (string, error) {
 	return l.Addr().String(), nil
 }
 
-// meshdConfig routes every call to the one backend.
-func meshdConfig(admin, listen, backendAddr string) string {
+// meshdConfig routes every call to the one backend. listenerExtra is
+// appended to the listener's flow mapping (meshd-grpcweb's grpc_web).
+func meshdConfig(admin, listen, backendAddr, listenerExtra string) string {
 	return fmt.Sprintf(`# written by meshbench
 admin: {address: %s}
-listeners: [{name: main, address: %s}]
+listeners: [{name: main, address: %s%s}]
 drain_timeout: 2s
 routes:
   - name: all
@@ -214,7 +215,7 @@ routes:
 clusters:
   - name: backend
     endpoints: [%s]
-`, admin, listen, backendAddr)
+`, admin, listen, listenerExtra, backendAddr)
 }
 
 // errUnavailable marks a target this machine or binary cannot run; it is
@@ -223,7 +224,7 @@ var errUnavailable = errors.New("unavailable")
 
 // startMeshd validates and runs bin/meshd; a config the binary rejects
 // makes the target unavailable, anything else that fails is an error.
-func startMeshd(ctx context.Context, bin, dir, name, backendAddr string) (*child, string, string, error) {
+func startMeshd(ctx context.Context, bin, dir, name, backendAddr, listenerExtra string) (*child, string, string, error) {
 	admin, err := freeAddr()
 	if err != nil {
 		return nil, "", "", err
@@ -232,7 +233,7 @@ func startMeshd(ctx context.Context, bin, dir, name, backendAddr string) (*child
 	if err != nil {
 		return nil, "", "", err
 	}
-	c, err := runMeshd(ctx, bin, name, dir+"/"+name+".yaml", admin, meshdConfig(admin, listen, backendAddr))
+	c, err := runMeshd(ctx, bin, name, dir+"/"+name+".yaml", admin, meshdConfig(admin, listen, backendAddr, listenerExtra))
 	if err != nil {
 		return nil, "", "", err
 	}

@@ -21,10 +21,13 @@ const (
 	grpcProxy = "grpc-proxy" // mwitkow/grpc-proxy's TransparentHandler (internal/grpcproxy)
 	nginxMTLS = "nginx-mtls" // client → nginx → grpcs:// with client certificates → nginx → backend
 	meshdTap  = "meshd-tap"  // meshd with a live tap (admin GET /tap) attached for the whole run
+	// meshdGRPCWeb is meshd with grpc_web on its listener, called with
+	// gRPC-Web over HTTP/1.1 (grpcweb.go), unary throughput phase only.
+	meshdGRPCWeb = "meshd-grpcweb"
 )
 
 // targetNames are the targets -targets accepts.
-var targetNames = []string{direct, meshd, meshd2Hop, meshdMTLS, nginx, grpcProxy, nginxMTLS, meshdTap}
+var targetNames = []string{direct, meshd, meshd2Hop, meshdMTLS, nginx, grpcProxy, nginxMTLS, meshdTap, meshdGRPCWeb}
 
 // results holds every measured value: target → metric → one value per
 // round (NaN where a round measured nothing).
@@ -160,6 +163,7 @@ var pairs = []struct{ a, b, what string }{
 	{meshdMTLS, nginxMTLS, "meshd's mTLS chain against nginx's TLS chain (grpc_pass grpcs:// with client certificates)"},
 	{meshd, grpcProxy, "meshd against mwitkow/grpc-proxy's handler, which it replaces"},
 	{meshdTap, meshd, "a live tap attached (GET /tap at its highest rate) against none"},
+	{meshdGRPCWeb, meshd, "a gRPC-Web call (HTTP/1.1) against a native one"},
 }
 
 // check is one of the targets, judged on one meshd target.
@@ -214,7 +218,7 @@ func checks(r *results, p plan, targets []string, haveNginx bool) []check {
 			fmt.Sprintf("%+.3f ms vs nginx %+.3f ms (medians); per-round difference %s ms", pm.median, pn.median, spread("", pd, 3)))
 	}
 	for _, t := range targets {
-		if !strings.HasPrefix(t, meshd) || isChain(t) || t == meshdTap {
+		if !strings.HasPrefix(t, meshd) || isChain(t) || t == meshdTap || t == meshdGRPCWeb {
 			continue
 		}
 		tn := summarize(perRound(r.get(t, "unary_calls_per_s"), r.get(nginx, "unary_calls_per_s"), ratio))
