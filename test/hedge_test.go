@@ -54,12 +54,14 @@ func p99(ds []time.Duration) time.Duration {
 }
 
 // TestHedgeTailLatency: of two backends one answers after 500ms, the other
-// at once. With hedge.delay 20ms the client's p99 over 500 calls stays far
-// below 500ms (asserted generously: < 400ms, and 1.5× below the unhedged
-// p99), measured interleaved with 500 calls on a route without hedging
-// (whose p99 is the slow backend's); no call of either fails; at
-// most max_attempts (2) attempts of a call reach the backends (counted per
-// x-call-id); the attempts that lost are cancelled at the slow backend.
+// at once. With hedge.delay 20ms a call whose first attempt went to the
+// slow backend is answered by the fast one (the hedged attempt wins); the
+// client's p99 over 500 calls, measured interleaved with 500 calls on a
+// route without hedging (whose p99 is the slow backend's), is the figure
+// this logs, not an assertion: speed goals are not timed tests on a shared
+// machine. No call of either route fails; at most max_attempts (2)
+// attempts of a call reach the backends (counted per x-call-id); the
+// attempts that lost are cancelled at the slow backend.
 func TestHedgeTailLatency(t *testing.T) {
 	t.Parallel()
 	bs := startBackends(t, "hedge", 2)
@@ -77,6 +79,7 @@ func TestHedgeTailLatency(t *testing.T) {
 		wg             sync.WaitGroup
 		hedgedIDs      []string
 		hedgedTook     = map[string]time.Duration{}
+		hedgedBy       = map[string]string{} // call id → the backend that answered
 		hedgedSlowSeen int
 		slowWon        int
 	)
@@ -91,7 +94,7 @@ func TestHedgeTailLatency(t *testing.T) {
 					ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 					ctx = metadata.AppendToOutgoingContext(ctx, "x-hedge", h, "x-call-id", id)
 					start := time.Now()
-					_, err := client.UnaryCall(ctx, &testpb.SimpleRequest{Payload: &testpb.Payload{Body: []byte("hedge me")}})
+					resp, err := client.UnaryCall(ctx, &testpb.SimpleRequest{Payload: &testpb.Payload{Body: []byte("hedge me")}})
 					took := time.Since(start)
 					cancel()
 					mu.Lock()
@@ -105,6 +108,7 @@ func TestHedgeTailLatency(t *testing.T) {
 						hedged = append(hedged, took)
 						hedgedIDs = append(hedgedIDs, id)
 						hedgedTook[id] = took
+						hedgedBy[id] = resp.GetServerId()
 					} else {
 						plain = append(plain, took)
 					}
@@ -119,14 +123,6 @@ func TestHedgeTailLatency(t *testing.T) {
 	}
 	hp, pp := p99(hedged), p99(plain)
 	t.Logf("client p99 over %d calls each, interleaved: hedged (delay 20ms) %v, without hedging %v (%.1fx)", calls, hp, pp, float64(pp)/float64(hp))
-	// Generous bounds, so that a saturated machine (the race detector,
-	// parallel packages) does not fail the test: without hedging the p99
-	// is at least the slow backend's 500ms; with it, typically 30-130ms
-	// here (the figure is the log line above).
-	if hp >= 400*time.Millisecond || float64(pp) < 1.5*float64(hp) {
-		t.Errorf("hedged p99 %v (without hedging %v), want far below the slow backend's 500ms: < 400ms and under 1/1.5 of the unhedged p99", hp, pp)
-	}
-
 	slowIDs, fastIDs := slow.CallIDs(), fast.CallIDs()
 	for _, id := range hedgedIDs {
 		n := slowIDs[id] + fastIDs[id]
@@ -135,7 +131,7 @@ func TestHedgeTailLatency(t *testing.T) {
 		}
 		if slowIDs[id] > 0 {
 			hedgedSlowSeen++
-			if hedgedTook[id] >= 500*time.Millisecond {
+			if hedgedBy[id] == slow.Name {
 				slowWon++ // the fast attempt was slower still (a very busy machine)
 			}
 		}
@@ -152,8 +148,12 @@ func TestHedgeTailLatency(t *testing.T) {
 		}
 		t.Errorf("the slow backend saw %d hedged calls (%d of them took 500ms or more) but cancelled %d; calls: %v", hedgedSlowSeen, slowWon, slow.Cancelled(), notCancelled)
 	}
-	if slowWon > 0 {
-		t.Logf("%d hedged calls took 500ms or more: the slow attempt may have won them", slowWon)
+	// The slow attempt has a 480ms head start to lose; only a machine
+	// stalled for about that long lets it win, and rarely.
+	if slowWon*10 > hedgedSlowSeen {
+		t.Errorf("the slow backend answered %d of the %d hedged calls that started there, want the hedged attempt on the fast one to win nearly all", slowWon, hedgedSlowSeen)
+	} else if slowWon > 0 {
+		t.Logf("%d hedged calls were answered by the slow backend (a stalled machine)", slowWon)
 	}
 	if hedgedSlowSeen == 0 {
 		t.Errorf("no hedged call started on the slow backend: round robin should send about half there")
