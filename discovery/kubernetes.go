@@ -13,10 +13,11 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/meshd/meshd/internal/kubeobj"
 )
 
 // KubernetesQuery selects the endpoints of one Service port.
@@ -30,15 +31,15 @@ type KubernetesQuery struct {
 }
 
 // Kubernetes is a Resolver over a Service's EndpointSlices, followed with
-// client-go informers (list, then watch, relisting after a broken watch):
-// the ready endpoints of one port. Create it with [NewKubernetes]. Watch
+// client-go informers over the dynamic client (list, then watch, relisting
+// after a broken watch): the ready endpoints of one port. Create it with [NewKubernetes]. Watch
 // must not be called concurrently on the same Kubernetes; Status may be
 // called from any goroutine.
 //
 // While the API server is unreachable the informers keep their caches, so
 // the last snapshot stays in force, as with Consul.
 type Kubernetes struct {
-	client kubernetes.Interface
+	client dynamic.Interface
 	q      KubernetesQuery
 	log    *slog.Logger
 
@@ -60,8 +61,15 @@ func WithKubernetesLogger(l *slog.Logger) KubernetesOption {
 	}
 }
 
+// The resources the resolver watches, read through the dynamic client and
+// converted into the k8s.io/api types.
+var (
+	servicesResource       = schema.GroupVersionResource{Version: "v1", Resource: "services"}
+	endpointSlicesResource = schema.GroupVersionResource{Group: "discovery.k8s.io", Version: "v1", Resource: "endpointslices"}
+)
+
 // NewKubernetes returns a resolver for q's endpoints through client.
-func NewKubernetes(client kubernetes.Interface, q KubernetesQuery, opts ...KubernetesOption) *Kubernetes {
+func NewKubernetes(client dynamic.Interface, q KubernetesQuery, opts ...KubernetesOption) *Kubernetes {
 	k := &Kubernetes{client: client, q: q, log: slog.New(slog.DiscardHandler)}
 	for _, o := range opts {
 		o(k)
@@ -86,41 +94,39 @@ func (k *Kubernetes) Watch(ctx context.Context, update func([]Endpoint)) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	slices := informers.NewSharedInformerFactoryWithOptions(k.client, 0, informers.WithNamespace(k.q.Namespace),
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
-			o.LabelSelector = discoveryv1.LabelServiceName + "=" + k.q.Service
-		}))
-	services := informers.NewSharedInformerFactoryWithOptions(k.client, 0, informers.WithNamespace(k.q.Namespace),
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
-			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", k.q.Service).String()
-		}))
-	// Both factories stop and are waited for however Watch returns.
-	defer services.Shutdown()
-	defer slices.Shutdown()
+	sInf := kubeobj.NewInformer(k.client, endpointSlicesResource, k.q.Namespace, func(o *metav1.ListOptions) {
+		o.LabelSelector = discoveryv1.LabelServiceName + "=" + k.q.Service
+	})
+	vInf := kubeobj.NewInformer(k.client, servicesResource, k.q.Namespace, func(o *metav1.ListOptions) {
+		o.FieldSelector = fields.OneTermEqualSelector("metadata.name", k.q.Service).String()
+	})
 	changed := make(chan struct{}, 1)
 	poke := cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { signal(changed) },
 		UpdateFunc: func(any, any) { signal(changed) },
 		DeleteFunc: func(any) { signal(changed) },
 	}
-	sInf := slices.Discovery().V1().EndpointSlices()
-	vInf := services.Core().V1().Services()
-	if _, err := sInf.Informer().AddEventHandler(poke); err != nil {
-		return fmt.Errorf("discovery: kubernetes %s/%s: %w", k.q.Namespace, k.q.Service, err)
+	for _, inf := range []cache.SharedIndexInformer{sInf, vInf} {
+		if _, err := inf.AddEventHandler(poke); err != nil {
+			return fmt.Errorf("discovery: kubernetes %s/%s: %w", k.q.Namespace, k.q.Service, err)
+		}
 	}
-	if _, err := vInf.Informer().AddEventHandler(poke); err != nil {
-		return fmt.Errorf("discovery: kubernetes %s/%s: %w", k.q.Namespace, k.q.Service, err)
-	}
-	slices.Start(ctx.Done())
-	services.Start(ctx.Done())
-	if !cache.WaitForCacheSync(ctx.Done(), sInf.Informer().HasSynced, vInf.Informer().HasSynced) {
+	// The informers stop and are waited for however Watch returns.
+	defer kubeobj.Run(ctx, sInf, vInf)()
+	if !cache.WaitForCacheSync(ctx.Done(), sInf.HasSynced, vInf.HasSynced) {
 		return ctx.Err()
 	}
 	var last []Endpoint
 	sent := false
 	for {
-		svc, _ := vInf.Lister().Services(k.q.Namespace).Get(k.q.Service)
-		all, _ := sInf.Lister().EndpointSlices(k.q.Namespace).List(labels.Everything())
+		svc, err := kubeobj.Get[corev1.Service](vInf, k.q.Namespace, k.q.Service)
+		if err != nil {
+			k.log.Warn("service unreadable", "err", err)
+		}
+		all, err := kubeobj.List[discoveryv1.EndpointSlice](sInf)
+		if err != nil {
+			k.log.Warn("EndpointSlices unreadable", "err", err)
+		}
 		eps := endpointsOf(svc, all, k.q.Port)
 		if !sent || !equalEndpoints(eps, last) {
 			if svc == nil {

@@ -31,7 +31,7 @@ func TestKubernetesEndpointSlices(t *testing.T) {
 	for _, port := range []string{"9000", "grpc"} { // by number and by name
 		t.Run("port "+port, func(t *testing.T) {
 			svc := "users-" + map[string]string{"9000": "num", "grpc": "name"}[port]
-			w := startWatch(t, discovery.NewKubernetes(env.Kube, discovery.KubernetesQuery{Namespace: ns, Service: svc, Port: port}))
+			w := startWatch(t, discovery.NewKubernetes(env.Dynamic, discovery.KubernetesQuery{Namespace: ns, Service: svc, Port: port}))
 			w.expect(10*time.Second, eps()) // no Service yet: a real, empty answer
 			env.Service(t, ns, svc, 9000)
 			env.ApplySlice(t, kubetest.Slice(ns, svc+"-a", svc, map[string]bool{"10.1.0.1:8080": true, "10.1.0.2:8080": false}))
@@ -66,9 +66,9 @@ func TestKubernetesOtherPortsAndServices(t *testing.T) {
 	ns := env.Namespace(t, "disc-other")
 	env.Service(t, ns, "a", 9000)
 	env.ApplySlice(t, kubetest.Slice(ns, "b-1", "b", map[string]bool{"10.2.0.1:8080": true}))
-	w := startWatch(t, discovery.NewKubernetes(env.Kube, discovery.KubernetesQuery{Namespace: ns, Service: "a", Port: "9000"}))
+	w := startWatch(t, discovery.NewKubernetes(env.Dynamic, discovery.KubernetesQuery{Namespace: ns, Service: "a", Port: "9000"}))
 	w.expect(10*time.Second, eps())
-	wrong := startWatch(t, discovery.NewKubernetes(env.Kube, discovery.KubernetesQuery{Namespace: ns, Service: "a", Port: "9999"}))
+	wrong := startWatch(t, discovery.NewKubernetes(env.Dynamic, discovery.KubernetesQuery{Namespace: ns, Service: "a", Port: "9999"}))
 	wrong.expect(10*time.Second, eps())
 	s := kubetest.Slice(ns, "a-1", "a", map[string]bool{"10.2.0.2:8080": true})
 	s.AddressType = discoveryv1.AddressTypeIPv4

@@ -1,8 +1,9 @@
 // Package kuberoutes makes Gateway API GRPCRoutes a meshd config source.
 //
-// A [Source] follows GRPCRoutes and Services with client-go informers and
-// translates the routes attached to meshd ([Translate], pure and
-// table-tested) into meshd routes and clusters:
+// A [Source] follows GRPCRoutes and Services with client-go informers over
+// the dynamic client (no typed clientset is linked) and translates the
+// routes attached to meshd ([Translate], pure and table-tested) into meshd
+// routes and clusters:
 //
 //   - edge mode: routes whose parentRefs name the configured Gateway,
 //     restricted by their hostnames to matching :authority values;
@@ -26,7 +27,8 @@
 // The server (server/kube.go) applies each translation through the same
 // validate-then-swap apply loop as the file and the Consul key, routes
 // first; a GRPCRoute whose rules do not validate is refused alone. The
-// replica holding a Lease (client-go leaderelection) writes each route's
+// replica holding a Lease (an election of its own with client-go
+// leaderelection's rules, lease.go) writes each route's
 // status.parents[] entry for controllerName meshd.io/gateway-controller,
 // and only when it changed.
 package kuberoutes

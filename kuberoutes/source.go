@@ -13,17 +13,20 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
-	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/tools/leaderelection"
-	"k8s.io/client-go/tools/leaderelection/resourcelock"
 	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
-	gwclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
-	gwinformers "sigs.k8s.io/gateway-api/pkg/client/informers/externalversions"
-	gwlisters "sigs.k8s.io/gateway-api/pkg/client/listers/apis/v1"
+
+	"github.com/meshd/meshd/internal/kubeobj"
+)
+
+// The resources the source reads, through the dynamic client, converted
+// into the k8s.io/api and Gateway API types.
+var (
+	grpcRoutesResource = gwv1.SchemeGroupVersion.WithResource("grpcroutes")
+	servicesResource   = schema.GroupVersionResource{Version: "v1", Resource: "services"}
+	leasesResource     = schema.GroupVersionResource{Group: "coordination.k8s.io", Version: "v1", Resource: "leases"}
 )
 
 // Apply hands meshd a new translation. It returns, by route source
@@ -70,12 +73,11 @@ type Status struct {
 }
 
 // Source follows the GRPCRoutes attached to meshd with client-go
-// informers, translates them (Translate) and hands each new translation
-// to Apply; the elected replica writes each route's status. Create it
+// informers over the dynamic client, translates them (Translate) and
+// hands each new translation to Apply; the elected replica writes each route's status. Create it
 // with New and run it with Run (once).
 type Source struct {
-	kube  kubernetes.Interface
-	gw    gwclient.Interface
+	dyn   dynamic.Interface
 	apply Apply
 	o     Options
 	log   *slog.Logger
@@ -89,8 +91,9 @@ type Source struct {
 	once   sync.Once
 }
 
-// New returns a Source reading through kube and gw, applying through apply.
-func New(kube kubernetes.Interface, gw gwclient.Interface, apply Apply, o Options) *Source {
+// New returns a Source reading (and writing status and the Lease) through
+// the dynamic client dyn, applying through apply.
+func New(dyn dynamic.Interface, apply Apply, o Options) *Source {
 	if o.LeaseNamespace == "" {
 		o.LeaseNamespace = os.Getenv("POD_NAMESPACE")
 	}
@@ -120,7 +123,7 @@ func New(kube kubernetes.Interface, gw gwclient.Interface, apply Apply, o Option
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Source{kube: kube, gw: gw, apply: apply, o: o, log: log.With("component", "grpcroutes"),
+	return &Source{dyn: dyn, apply: apply, o: o, log: log.With("component", "grpcroutes"),
 		changed: make(chan struct{}, 1), leader: make(chan bool, 1), first: make(chan struct{})}
 }
 
@@ -160,32 +163,23 @@ func (s *Source) Run(ctx context.Context) error {
 		UpdateFunc: func(any, any) { s.poke() },
 		DeleteFunc: func(any) { s.poke() },
 	}
-	var routeListers []gwlisters.GRPCRouteLister
-	var svcListers []corelisters.ServiceLister
+	var routeInfs, svcInfs, all []cache.SharedIndexInformer
 	var synced []cache.InformerSynced
-	var stops []func()
-	defer func() {
-		for _, stop := range stops {
-			stop()
-		}
-	}()
 	for _, ns := range namespaces {
-		gf := gwinformers.NewSharedInformerFactoryWithOptions(s.gw, 0, gwinformers.WithNamespace(ns))
-		kf := informers.NewSharedInformerFactoryWithOptions(s.kube, 0, informers.WithNamespace(ns))
-		ri := gf.Gateway().V1().GRPCRoutes()
-		si := kf.Core().V1().Services()
-		for _, inf := range []cache.SharedIndexInformer{ri.Informer(), si.Informer()} {
+		ri := kubeobj.NewInformer(s.dyn, grpcRoutesResource, ns, nil)
+		si := kubeobj.NewInformer(s.dyn, servicesResource, ns, nil)
+		for _, inf := range []cache.SharedIndexInformer{ri, si} {
 			if _, err := inf.AddEventHandler(handler); err != nil {
 				return fmt.Errorf("kuberoutes: %w", err)
 			}
 			synced = append(synced, inf.HasSynced)
 		}
-		routeListers = append(routeListers, ri.Lister())
-		svcListers = append(svcListers, si.Lister())
-		gf.Start(ctx.Done())
-		kf.Start(ctx.Done())
-		stops = append(stops, gf.Shutdown, kf.Shutdown)
+		routeInfs = append(routeInfs, ri)
+		svcInfs = append(svcInfs, si)
+		all = append(all, ri, si)
 	}
+	// The informers stop and are waited for however Run returns.
+	defer kubeobj.Run(ctx, all...)()
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	lctx, stopLeading := context.WithCancel(ctx)
@@ -199,8 +193,12 @@ func (s *Source) Run(ctx context.Context) error {
 		return ctx.Err()
 	}
 	services := func(ns, name string) *corev1.Service {
-		for _, l := range svcListers {
-			if svc, err := l.Services(ns).Get(name); err == nil {
+		for _, inf := range svcInfs {
+			svc, err := kubeobj.Get[corev1.Service](inf, ns, name)
+			if err != nil {
+				s.log.Warn("Service unreadable", "err", err)
+			}
+			if svc != nil {
 				return svc
 			}
 		}
@@ -214,8 +212,11 @@ func (s *Source) Run(ctx context.Context) error {
 	)
 	for {
 		var routes []*gwv1.GRPCRoute
-		for _, l := range routeListers {
-			rs, _ := l.List(labels.Everything())
+		for _, inf := range routeInfs {
+			rs, err := kubeobj.List[gwv1.GRPCRoute](inf)
+			if err != nil {
+				s.log.Warn("GRPCRoutes unreadable", "err", err)
+			}
 			routes = append(routes, rs...)
 		}
 		rules, verdicts := Translate(s.o.Mode, routes, services)
@@ -315,7 +316,10 @@ func (s *Source) writeStatuses(ctx context.Context, routes []*gwv1.GRPCRoute, ve
 		}
 		up := gr.DeepCopy()
 		up.Status.RouteStatus = want
-		_, err := s.gw.GatewayV1().GRPCRoutes(gr.Namespace).UpdateStatus(ctx, up, metav1.UpdateOptions{})
+		u, err := kubeobj.To(up, gwv1.SchemeGroupVersion.String(), "GRPCRoute")
+		if err == nil {
+			_, err = s.dyn.Resource(grpcRoutesResource).Namespace(gr.Namespace).UpdateStatus(ctx, u, metav1.UpdateOptions{})
+		}
 		switch {
 		case err == nil:
 			s.mu.Lock()
@@ -334,11 +338,6 @@ func (s *Source) writeStatuses(ctx context.Context, routes []*gwv1.GRPCRoute, ve
 // elect runs the leader election until ctx is done, telling Run about
 // each change; a replica that lost the Lease stands again.
 func (s *Source) elect(ctx context.Context) {
-	lock := &resourcelock.LeaseLock{
-		LeaseMeta:  metav1.ObjectMeta{Namespace: s.o.LeaseNamespace, Name: s.o.LeaseName},
-		Client:     s.kube.CoordinationV1(),
-		LockConfig: resourcelock.ResourceLockConfig{Identity: s.o.Identity},
-	}
 	tell := func(v bool) {
 		select {
 		case <-s.leader:
@@ -346,26 +345,20 @@ func (s *Source) elect(ctx context.Context) {
 		}
 		s.leader <- v
 	}
+	e := &elector{
+		leases:        s.dyn.Resource(leasesResource).Namespace(s.o.LeaseNamespace),
+		name:          s.o.LeaseName,
+		identity:      s.o.Identity,
+		leaseDuration: s.o.LeaseDuration,
+		renewDeadline: s.o.RenewDeadline,
+		retryPeriod:   s.o.RetryPeriod,
+		log:           s.log,
+	}
 	for ctx.Err() == nil {
-		le, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
-			Lock:            lock,
-			LeaseDuration:   s.o.LeaseDuration,
-			RenewDeadline:   s.o.RenewDeadline,
-			RetryPeriod:     s.o.RetryPeriod,
-			ReleaseOnCancel: true,
-			Name:            "meshd-grpcroute-status",
-			Callbacks: leaderelection.LeaderCallbacks{
-				OnStartedLeading: func(context.Context) {
-					s.log.Info("elected to write GRPCRoute status", "identity", s.o.Identity)
-					tell(true)
-				},
-				OnStoppedLeading: func() { tell(false) },
-			},
+		e.run(ctx, func() {
+			s.log.Info("elected to write GRPCRoute status", "identity", s.o.Identity)
+			tell(true)
 		})
-		if err != nil {
-			s.log.Error("leader election misconfigured; this replica writes no status", "err", err)
-			return
-		}
-		le.Run(ctx)
+		tell(false)
 	}
 }

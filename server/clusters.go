@@ -257,7 +257,7 @@ func (s *Server) newClusterRun(c config.Cluster, maxMsg int, pc engine.PoolConfi
 			return nil, fmt.Errorf("cluster %q: no kubernetes client", c.Name)
 		}
 		k := c.Kubernetes
-		res = discovery.NewKubernetes(kube.kube, discovery.KubernetesQuery{Namespace: k.KubernetesNamespace(), Service: k.Service, Port: k.Port},
+		res = discovery.NewKubernetes(kube.dyn, discovery.KubernetesQuery{Namespace: k.KubernetesNamespace(), Service: k.Service, Port: k.Port},
 			discovery.WithKubernetesLogger(s.log.With("cluster", c.Name)))
 	} else {
 		eps := make([]discovery.Endpoint, len(c.Endpoints))

@@ -6,10 +6,9 @@ import (
 	"reflect"
 	"slices"
 
-	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
-	gwclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 
 	"github.com/meshd/meshd/config"
 	"github.com/meshd/meshd/kuberoutes"
@@ -25,11 +24,12 @@ import (
 // are validated on their own first, so one bad route is refused (and its
 // status says why) without holding back the others.
 
-// kubeClients are the API clients of one kubernetes section.
+// kubeClients are the API clients of one kubernetes section. meshd uses
+// only the dynamic client (objects are converted into the k8s.io/api and
+// Gateway API types): the typed clientsets would link every API group.
 type kubeClients struct {
-	of   config.Kubernetes // kubeconfig the clients were built from
-	kube kubernetes.Interface
-	gw   gwclient.Interface
+	of  config.Kubernetes // kubeconfig the clients were built from
+	dyn dynamic.Interface
 }
 
 // newKubeClients builds clients from k.Kubeconfig, or the in-cluster
@@ -50,10 +50,7 @@ func newKubeClients(k *config.Kubernetes) (*kubeClients, error) {
 	rc.QPS, rc.Burst = 50, 100
 	rc.UserAgent = "meshd"
 	c := &kubeClients{of: config.Kubernetes{Kubeconfig: k.Kubeconfig}}
-	if c.kube, err = kubernetes.NewForConfig(rc); err != nil {
-		return nil, fmt.Errorf("kubernetes: %w", err)
-	}
-	if c.gw, err = gwclient.NewForConfig(rc); err != nil {
+	if c.dyn, err = dynamic.NewForConfig(rc); err != nil {
 		return nil, fmt.Errorf("kubernetes: %w", err)
 	}
 	return c, nil
@@ -126,7 +123,7 @@ func (s *Server) syncKube(cfg *config.Config) {
 	opts.Namespaces = want.Namespaces
 	opts.LeaseNamespace, opts.LeaseName = want.LeaseNamespace, want.LeaseName
 	opts.Logger = s.log
-	w.src = kuberoutes.New(w.clients.kube, w.clients.gw, func(ctx context.Context, rules kuberoutes.Rules) (map[string]error, error) {
+	w.src = kuberoutes.New(w.clients.dyn, func(ctx context.Context, rules kuberoutes.Rules) (map[string]error, error) {
 		ks := &kubeSnapshot{w: w, rules: rules}
 		err := s.submit(ctx, snapshot{kubeRules: ks})
 		return ks.rejected, err

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -73,9 +74,11 @@ type Env struct {
 	env *envtest.Environment
 	// Config reaches the API server as its administrator.
 	Config *rest.Config
-	// Kube and Gateway are clients on Config.
+	// Kube and Gateway are typed clients on Config (for the tests' own
+	// writes), Dynamic the dynamic client meshd's code takes.
 	Kube    kubernetes.Interface
 	Gateway gwclient.Interface
+	Dynamic dynamic.Interface
 	// Kubeconfig is a kubeconfig file for Config (what meshd's
 	// kubernetes.kubeconfig names).
 	Kubeconfig string
@@ -121,6 +124,9 @@ func Launch(assets string) (*Env, error) {
 	e := &Env{env: env, Config: cfg}
 	if e.Kube, err = kubernetes.NewForConfig(cfg); err == nil {
 		e.Gateway, err = gwclient.NewForConfig(cfg)
+	}
+	if err == nil {
+		e.Dynamic, err = dynamic.NewForConfig(cfg)
 	}
 	if err == nil {
 		e.Kubeconfig, err = writeKubeconfig(cfg, certs)
