@@ -1,11 +1,9 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,24 +14,6 @@ import (
 	"github.com/meshd/meshd/internal/testkit"
 	"github.com/meshd/meshd/test/backend"
 )
-
-// syncBuffer is a bytes.Buffer the tap command writes while the test reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestTapCommand: `meshd tap` against a meshd built as `meshd run` builds
 // it prints the calls that match its filter as table rows, and stops
@@ -61,7 +41,7 @@ clusters: [{name: users, endpoints: [%s]}]
 	defer conn.Close()
 	client := testpb.NewTestServiceClient(conn)
 
-	var out, errOut syncBuffer
+	var out, errOut lockedBuffer
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	done := make(chan error, 1)
