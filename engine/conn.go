@@ -220,6 +220,7 @@ type conn struct {
 	nc   net.Conn
 	isUp bool // backend connection (meshd is the HTTP/2 client)
 
+	src io.Reader // the socket: a rawReader over raw when there is one (rawio.go)
 	br  *bufio.Reader
 	rfr *http2.Framer // reader goroutine only
 	fl  flusher       // reader goroutine only
@@ -289,13 +290,15 @@ func (c *conn) init(sh *shared, nc net.Conn, isUp bool) {
 	c.sh = sh
 	c.nc = nc
 	c.isUp = isUp
-	c.br = bufio.NewReaderSize(nc, bufioSize)
+	c.src = nc
 	if sc, ok := nc.(syscall.Conn); ok {
 		if raw, err := sc.SyscallConn(); err == nil {
 			c.raw = raw
 			c.nbFn = c.nbWrite
+			c.src = newRawReader(raw)
 		}
 	}
+	c.br = bufio.NewReaderSize(c.src, bufioSize)
 	c.rfr = http2.NewFramer(nil, c.br)
 	c.rfr.SetReuseFrames()
 	c.rfr.SetMaxReadFrameSize(cfg.MaxFrameSize)
@@ -1057,8 +1060,12 @@ func (c *conn) writeNonBlocking(b []byte) (int, error) {
 // (c.nbFn) so a write allocates nothing. It never asks to wait.
 func (c *conn) nbWrite(fd uintptr) bool {
 	for {
-		c.nbN, c.nbErr = syscall.Write(int(fd), c.nbBuf)
-		if c.nbErr != syscall.EINTR {
+		n, errno := rawWrite(fd, c.nbBuf)
+		if errno != syscall.EINTR {
+			c.nbN = n
+			if errno != 0 {
+				c.nbErr = errno
+			}
 			return true
 		}
 	}

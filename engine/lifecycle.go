@@ -244,9 +244,11 @@ type call struct {
 	pending   []op // request frames received while no upstream stream takes them
 	// pendHeld: the call holds a slot of Target.Pending (it waits in a
 	// backend's waiters); releasePendingLocked frees it.
-	pendHeld  bool
-	deadlineT *time.Timer
-	delayT    *time.Timer // state delayed: posts evDelay
+	pendHeld bool
+	// dlIndex is the call's place in its Server's deadline queue, -1 when
+	// it is not queued (deadlines.go); guarded by that queue's lock.
+	dlIndex int
+	delayT  *time.Timer // state delayed: posts evDelay
 
 	bytesIn, bytesOut atomic.Int64
 }
@@ -539,7 +541,7 @@ func (cl *call) start(target Target, req *reqHeaders, fl *flusher) {
 	// first attempt's per-try timeout covers opening its stream, as every
 	// later attempt's does, and the idle timeout a dial that never ends.
 	if !deadline.IsZero() {
-		cl.deadlineT = time.AfterFunc(deadline.Sub(req.now), cl.onDeadline)
+		cl.sc.sh.deadlines.add(cl)
 	}
 	if it := cl.idle; it != nil {
 		it.t = time.AfterFunc(it.d, it.fire)
@@ -638,8 +640,8 @@ func (cl *call) endLocked(e ending, decided bool, a *after) {
 		a.pending = append(a.pending, cl.pending...)
 	}
 	cl.pending = nil
-	if cl.deadlineT != nil {
-		cl.deadlineT.Stop()
+	if !cl.deadline.IsZero() {
+		cl.sc.sh.deadlines.remove(cl)
 	}
 	if cl.delayT != nil {
 		cl.delayT.Stop()

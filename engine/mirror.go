@@ -130,7 +130,7 @@ func (cl *call) startShadow(req *reqHeaders, fl *flusher) {
 	if auth == "" {
 		auth = ShadowAuthority(req.authority)
 	}
-	s := &call{sc: cl.sc, down: &hstream{removed: true}, mirror: ms}
+	s := &call{sc: cl.sc, down: &hstream{removed: true}, mirror: ms, dlIndex: -1}
 	s.target = Target{Addr: m.Addr, Upstream: m.Upstream}
 	s.deadline = cl.deadline
 	// The copy is the request as the primary sends it: the route's header

@@ -27,6 +27,8 @@ type shared struct {
 	log   *slog.Logger
 	bufs  bufPool
 	stats counters
+	// deadlines fires the deadlines of the Server's calls (deadlines.go).
+	deadlines deadlineQueue
 }
 
 func (sh *shared) getBuf(n int) *[]byte { return sh.bufs.get(n) }
@@ -406,5 +408,8 @@ func (s *Server) Close() error {
 	}
 	s.wg.Wait()
 	s.pool.close()
+	// The calls ended with their connections; a timer armed for one of
+	// their deadlines would still fire, for nothing.
+	s.sh.deadlines.stop()
 	return nil
 }

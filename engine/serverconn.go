@@ -113,7 +113,7 @@ func (sc *serverConn) handshake() (early error, ok bool) {
 	}
 	_ = sc.nc.SetWriteDeadline(time.Time{})
 	// Nothing was read yet, so the reader can be put under the buffer.
-	sc.ab.init(sc.nc, ctr, &sc.sh.cfg)
+	sc.ab.init(sc.src, ctr, &sc.sh.cfg)
 	sc.br.Reset(&sc.ab)
 	var pre [len(http2.ClientPreface)]byte
 	n, err := io.ReadFull(sc.br, pre[:])
@@ -491,7 +491,7 @@ func (sc *serverConn) onHeaders(f *http2.MetaHeadersFrame) error {
 	}
 	st := &hstream{c: &sc.conn, id: id, inWin: sc.ourInitWin, outWin: sc.peerInitWin, gotHeaders: true}
 	st.q = st.qbuf[:0]
-	cl := &call{sc: sc, down: st}
+	cl := &call{sc: sc, down: st, dlIndex: -1}
 	st.call = cl
 	if end {
 		st.recvDone, st.endRecv = true, true

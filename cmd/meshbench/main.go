@@ -71,6 +71,9 @@ type plan struct {
 	Rates    []int         `json:"rates,omitempty"`
 	RatesMax bool          `json:"rates_max,omitempty"`
 	RateDur  time.Duration `json:"rate_window_ns"`
+	// Syscalls counts the proxies' system calls and context switches per
+	// call in each -rates phase with `perf stat` (syscalls.go).
+	Syscalls bool `json:"syscalls,omitempty"`
 }
 
 // planFor is a mode's plan. The load shape (concurrency 50, 1 KiB echo,
@@ -165,6 +168,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	mode := fs.String("mode", "quick", "smoke (~10 s, CI), quick (< 2 min) or full (< 10 min)")
 	meshdBin := fs.String("meshd", "bin/meshd", "the meshd binary (make build)")
 	nginxBin := fs.String("nginx", "/usr/sbin/nginx", "the nginx binary; the nginx target is skipped if it does not exist")
+	baseBin := fs.String("baseline", "", "the meshd-base target's binary: another meshd build (e.g. the commit before a change), run like meshd")
 	grpcProxyBin := fs.String("grpc-proxy", "", "the grpc-proxy target's binary (go build "+grpcProxyPkg+"); empty: the harness builds it into its temp dir")
 	install := fs.Bool("install-nginx", false, "run `apt-get install -y nginx-light` if the nginx binary is missing")
 	targetList := fs.String("targets", "direct,meshd,nginx", "comma-separated: "+strings.Join(targetNames, ", "))
@@ -178,6 +182,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	conc := fs.Int("c", 0, "override the concurrency (calls or streams in flight)")
 	conns := fs.Int("conns", 0, "override the number of client HTTP/2 connections per target")
 	idle := fs.Int("idle", -1, "override the number of idle streams (0 skips the phase)")
+	syscalls := fs.Bool("syscalls", false, "in each -rates phase, count the proxy's system calls and context switches per call with `perf stat` (needs perf and root)")
 	serve := fs.Bool("serve-backend", false, "internal: serve the test backend (the harness starts itself this way)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -209,6 +214,14 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if *rateWin > 0 {
 		p.RateDur = *rateWin
 	}
+	if p.Syscalls = *syscalls; p.Syscalls {
+		if len(p.Rates) == 0 {
+			return errors.New("meshbench: -syscalls counts in the -rates phases: give -rates too")
+		}
+		if err := checkPerf(context.Background()); err != nil {
+			return err
+		}
+	}
 	if *idle >= 0 {
 		p.IdleStreams = *idle
 	}
@@ -217,6 +230,9 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		if n = strings.TrimSpace(n); n != "" && !slices.Contains(names, n) {
 			names = append(names, n)
 		}
+	}
+	if slices.Contains(names, meshdBase) != (*baseBin != "") {
+		return errors.New("meshbench: the meshd-base target and -baseline go together")
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -236,6 +252,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	for range p.StreamMsgs {
 		h.stream.ResponseParameters = append(h.stream.ResponseParameters, &testpb.ResponseParameters{Size: int32(p.Payload)})
 	}
+	h.baseBin = *baseBin
 	err = h.run(ctx, names, *meshdBin, *nginxBin, *grpcProxyBin, *install, *pprofPrefix, *jsonOut, stdout)
 	if ctx.Err() != nil {
 		return fmt.Errorf("meshbench: interrupted; every process it started has been stopped")
@@ -252,6 +269,7 @@ type harness struct {
 	unary    *testpb.SimpleRequest
 	stream   *testpb.StreamingOutputCallRequest
 	log      io.Writer // progress, so stdout holds only the report
+	baseBin  string    // the meshd-base target's binary
 }
 
 func (h *harness) failed(t string, n int64, err error) {
@@ -345,6 +363,13 @@ func (h *harness) startTarget(ctx context.Context, t *target, dir, backendAddr, 
 			t.stopTap = startTapper(ctx, t.admin)
 			t.version += ", tapped"
 		}
+	case t.name == meshdBase:
+		var c *child
+		c, t.addr, t.admin, err = startMeshd(ctx, h.baseBin, dir, t.name, backendAddr, "")
+		if c != nil {
+			t.procs = []*child{c}
+		}
+		t.version = meshdVersion(h.baseBin) + " (-baseline)"
 	case t.name == meshdGRPCWeb:
 		var c *child
 		c, t.addr, t.admin, err = startMeshd(ctx, meshdBin, dir, t.name, backendAddr, grpcWebListener)
@@ -717,8 +742,26 @@ func (h *harness) measureRate(ctx context.Context, t *target, r, rate int) (stri
 			return "", fmt.Errorf("meshbench: %s: %w%s", t.name, err, procLog(t))
 		}
 	}
+	var ps *perfStat
+	if p.Syscalls && len(pids) > 0 {
+		var err error
+		if ps, err = startPerfStat(pids); err != nil {
+			return "", err
+		}
+	}
 	lr := openLoop(ctx, t.cl.stubs, rate, p.RateDur, p.MaxInflight, h.unary)
 	h.failed(t.name, lr.errs, lr.firstErr)
+	if ps != nil {
+		sums, err := ps.stop()
+		if err != nil {
+			return "", err
+		}
+		if ok := lr.sent - lr.errs; ok > 0 {
+			for i, c := range sysCounters {
+				h.res.set(t.name, rateKey(c.key, rate), r, sums[i]/float64(ok))
+			}
+		}
+	}
 	ms := func(d time.Duration) float64 { return float64(d) / 1e6 }
 	h.res.set(t.name, rateKey("p99_ms", rate), r, ms(lr.p99))
 	h.res.set(t.name, rateKey("achieved_rate", rate), r, lr.achieved)

@@ -24,10 +24,14 @@ const (
 	// meshdGRPCWeb is meshd with grpc_web on its listener, called with
 	// gRPC-Web over HTTP/1.1 (grpcweb.go), unary throughput phase only.
 	meshdGRPCWeb = "meshd-grpcweb"
+	// meshdBase is another meshd binary (-baseline), run like meshd: an
+	// engine change measured against the build before it, interleaved in
+	// one run on the same machine.
+	meshdBase = "meshd-base"
 )
 
 // targetNames are the targets -targets accepts.
-var targetNames = []string{direct, meshd, meshd2Hop, meshdMTLS, nginx, grpcProxy, nginxMTLS, meshdTap, meshdGRPCWeb}
+var targetNames = []string{direct, meshd, meshd2Hop, meshdMTLS, nginx, grpcProxy, nginxMTLS, meshdTap, meshdGRPCWeb, meshdBase}
 
 // results holds every measured value: target → metric → one value per
 // round (NaN where a round measured nothing).
@@ -164,6 +168,7 @@ var pairs = []struct{ a, b, what string }{
 	{meshd, grpcProxy, "meshd against mwitkow/grpc-proxy's handler, which it replaces"},
 	{meshdTap, meshd, "a live tap attached (GET /tap at its highest rate) against none"},
 	{meshdGRPCWeb, meshd, "a gRPC-Web call (HTTP/1.1) against a native one"},
+	{meshd, meshdBase, "this meshd against the -baseline build"},
 }
 
 // check is one of the targets, judged on one meshd target.
@@ -304,6 +309,7 @@ func printTable(w io.Writer, r *results, p plan, targets []string, cks []check) 
 		}
 	}
 	printRates(w, r, p, targets)
+	printSyscalls(w, r, p, targets)
 	printPairs(w, r, p, targets)
 	if len(cks) == 0 {
 		return
@@ -476,4 +482,29 @@ func writeJSON(w io.Writer, rep jsonReport) error {
 		return fmt.Errorf("meshbench: json: %w", err)
 	}
 	return nil
+}
+
+// printSyscalls writes the -syscalls summary: per target and fixed rate,
+// the medians of each counter per call.
+func printSyscalls(w io.Writer, r *results, p plan, targets []string) {
+	if !p.Syscalls {
+		return
+	}
+	fmt.Fprintf(w, "\n-syscalls: per call at each fixed rate (perf stat on the proxy's processes; medians of the rounds)\n  %-12s %-8s", "target", "rate")
+	for _, c := range sysCounters {
+		fmt.Fprintf(w, " %12s", c.head)
+	}
+	fmt.Fprintln(w)
+	for _, t := range targets {
+		for _, rate := range p.Rates {
+			if s := summarize(r.get(t, rateKey(sysCounters[0].key, rate))); s.n == 0 {
+				continue
+			}
+			fmt.Fprintf(w, "  %-12s %-8s", t, fmt.Sprintf("@%d/s", rate))
+			for _, c := range sysCounters {
+				fmt.Fprintf(w, " %12.2f", summarize(r.get(t, rateKey(c.key, rate))).median)
+			}
+			fmt.Fprintln(w)
+		}
+	}
 }
