@@ -122,6 +122,7 @@ tracing:
   sample_ratio: 0.25
 drain_timeout: 30s
 max_message_size: 1024
+workers: 3
 `
 	src = strings.NewReplacer("CRT", crt, "KEY", key, "CA", ca).Replace(src)
 	cfg, err := config.Parse(doc(src), "full.yaml")
@@ -208,6 +209,7 @@ max_message_size: 1024
 		{"tracing.sample_ratio", *cfg.Tracing.SampleRatio, 0.25},
 		{"drain_timeout", cfg.DrainTimeout, d(30 * time.Second)},
 		{"max_message_size", cfg.MaxMessageSize, 1024},
+		{"workers", cfg.Workers, config.Workers(3)},
 		{"file", cfg.File, "full.yaml"},
 	} {
 		if !reflect.DeepEqual(f.got, f.want) {
@@ -255,6 +257,7 @@ clusters:
 	}{
 		{"drain_timeout", cfg.DrainTimeout.D(), 10 * time.Second},
 		{"max_message_size", cfg.MaxMessageSize, 16 << 20},
+		{"workers (auto)", cfg.Workers, config.Workers(0)},
 		// Unset, so OTEL_TRACES_SAMPLER can apply.
 		{"tracing.sample_ratio", cfg.Tracing.SampleRatio, (*float64)(nil)},
 		{"listeners[0].max_concurrent_streams", cfg.Listeners[0].MaxConcurrentStreams, uint32(1000)},
@@ -671,6 +674,8 @@ clusters: [{name: backends, endpoints: [127.0.0.1:9001]}]
 listeners: {name: main, address: 127.0.0.1:15001}
 `, 1, "listeners", `cannot unmarshal !!map into []config.Listener`},
 		{"string where a number belongs", base + "max_message_size: big\n", 11, "max_message_size", `cannot unmarshal !!str`},
+		{"workers neither auto nor a count", base + "workers: many\n", 11, "workers", `workers must be auto or a number of threads from 1 to 1024, got "many"`},
+		{"workers above the limit", base + "workers: 5000\n", 11, "workers", `from 1 to 1024, got "5000"`},
 		{"wrong type inside a flow mapping", `
 listeners: [{name: main, address: 127.0.0.1:15001}]
 routes:

@@ -299,6 +299,38 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 // MarshalYAML writes the duration back in Go syntax (for /config_dump).
 func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
 
+// Workers is the workers key: 0 for auto, else a fixed thread count.
+type Workers int
+
+// maxWorkers bounds a fixed workers count: far above any machine meshd
+// runs on, low enough that a typo is caught.
+const maxWorkers = 1024
+
+// UnmarshalYAML decodes auto or a count from 1 to maxWorkers.
+func (w *Workers) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode {
+		return lineErr(n, "workers must be auto or a number of threads")
+	}
+	if n.Value == "auto" {
+		*w = 0
+		return nil
+	}
+	v, err := strconv.Atoi(n.Value)
+	if err != nil || v < 0 || v > maxWorkers {
+		return lineErr(n, fmt.Sprintf("workers must be auto or a number of threads from 1 to %d, got %q", maxWorkers, n.Value))
+	}
+	*w = Workers(v)
+	return nil
+}
+
+// MarshalYAML writes auto for 0 (for /config_dump).
+func (w Workers) MarshalYAML() (any, error) {
+	if w == 0 {
+		return "auto", nil
+	}
+	return int(w), nil
+}
+
 // UnmarshalYAML decodes a status code name such as UNAVAILABLE.
 func (c *Code) UnmarshalYAML(n *yaml.Node) error {
 	if n.Kind != yaml.ScalarNode {

@@ -48,6 +48,12 @@ type Config struct {
 	// direction, in bytes. Default 16 MiB. Larger messages are answered with
 	// RESOURCE_EXHAUSTED.
 	MaxMessageSize int `yaml:"max_message_size"`
+	// Workers is how many threads run meshd at once (Go's GOMAXPROCS):
+	// auto (the default, also written 0) starts with one and adds one
+	// while those it has are saturated and the machine has an idle CPU,
+	// up to the CPUs meshd may use; a number fixes the count. Reloads
+	// apply it. See package workers.
+	Workers Workers `yaml:"workers"`
 	// MaxRetryBufferBytes caps, across every call of the process, the
 	// request bytes held so that uncommitted calls can be retried (each
 	// route's retry.max_buffer_bytes caps one call). A call that would go

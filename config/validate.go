@@ -57,6 +57,9 @@ func (c *Config) Validate() error {
 	if c.MaxMessageSize < 0 {
 		v.add("max_message_size", "must not be negative")
 	}
+	if c.Workers < 0 || c.Workers > maxWorkers {
+		v.add("workers", "must be auto or a number of threads from 1 to %d, got %d", maxWorkers, c.Workers)
+	}
 	if c.Tracing.OTLPEndpoint != "" {
 		v.hostPort("tracing.otlp_endpoint", c.Tracing.OTLPEndpoint)
 	}

@@ -1,6 +1,7 @@
 package metrics
 
 import (
+	"runtime"
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -57,6 +58,8 @@ var (
 		"Consecutive failed Consul queries for the cluster (0 after a success).", []string{"cluster"}, nil)
 	descConsulLastSuccess = prometheus.NewDesc("meshd_consul_watch_last_success_timestamp_seconds",
 		"When the cluster's Consul query last succeeded, Unix seconds (0: never).", []string{"cluster"}, nil)
+	descWorkers = prometheus.NewDesc("meshd_workers",
+		"Threads running meshd at once (GOMAXPROCS): the config's workers count, or what workers: auto chose for the load.", nil, nil)
 	descReloads = prometheus.NewDesc("meshd_config_reloads_total",
 		"Config reloads (file change or SIGHUP) by result: ok, or failed (the old config kept serving).", []string{"result"}, nil)
 )
@@ -85,7 +88,7 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descEndpointState, descOutstanding, descEjections, descWeight,
 		descClusterEndpoints, descClusterHealthy, descClusterReady,
 		descClusterPanic, descClusterPanics, descClusterPanicPicks,
-		descConsulHealthy, descConsulFailures, descConsulLastSuccess, descReloads,
+		descConsulHealthy, descConsulFailures, descConsulLastSuccess, descReloads, descWorkers,
 		descMeshReady, descLeafExpiry, descMeshRoots, descHandshakeFailures, descOpaqueDenied} {
 		ch <- d
 	}
@@ -102,6 +105,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descReloads, prometheus.CounterValue, float64(ok), "ok")
 	ch <- prometheus.MustNewConstMetric(descReloads, prometheus.CounterValue, float64(failed), "failed")
 	collectMesh(src, ch)
+	ch <- prometheus.MustNewConstMetric(descWorkers, prometheus.GaugeValue, float64(runtime.GOMAXPROCS(0)))
 
 	for _, cs := range src.ClusterStatuses() {
 		ch <- prometheus.MustNewConstMetric(descClusterEndpoints, prometheus.GaugeValue, float64(cs.Total), cs.Name)

@@ -25,6 +25,7 @@ import (
 	"github.com/meshd/meshd/router"
 	"github.com/meshd/meshd/tap"
 	"github.com/meshd/meshd/tracing"
+	"github.com/meshd/meshd/workers"
 )
 
 // Server is a running meshd. Create it with New, start it with Run.
@@ -36,8 +37,9 @@ type Server struct {
 	dests     *destinations // transparent interception (origdst.go)
 	mesh      *meshRun      // mesh identity and authorization (mesh.go); nil without a mesh section
 	observers []callrecord.Observer
-	taps      *tap.Hub // GET /tap on the admin port; installed always (one atomic load per call while nobody taps)
-	reusePort bool     // bind with SO_REUSEPORT (reuseport_linux.go)
+	taps      *tap.Hub            // GET /tap on the admin port; installed always (one atomic load per call while nobody taps)
+	reusePort bool                // bind with SO_REUSEPORT (reuseport_linux.go)
+	workers   *workers.Controller // GOMAXPROCS from the config's workers key; nil: left alone
 
 	// snapshots feeds the apply loop (apply.go), which owns the four
 	// fields after it: no other goroutine touches them. mu is not held
@@ -115,6 +117,11 @@ func WithAdminOptions(opts ...admin.Option) Option {
 // start while this one serves, for a zero-downtime upgrade. On by
 // default; false binds exclusively, and a second meshd fails to start.
 func WithReusePort(on bool) Option { return func(s *Server) { s.reusePort = on } }
+
+// WithWorkers lets the server drive c with the config's workers key: Run
+// runs c's loop, and every config applied sets it. Without it the server
+// leaves GOMAXPROCS alone (tests run many servers in one process).
+func WithWorkers(c *workers.Controller) Option { return func(s *Server) { s.workers = c } }
 
 // WithObservers adds call observers (metrics, access log) to the data path;
 // each is told about every call when it ends.
@@ -328,6 +335,9 @@ func (s *Server) apply(cfg *config.Config) error {
 	s.kubeClients = kube
 	s.buckets = buckets
 	s.cfg.Store(cfg)
+	if s.workers != nil {
+		s.workers.Set(int(cfg.Workers))
+	}
 	if old != nil {
 		s.log.Info("config reloaded", "summary", cfg.Summary(), "new_clusters", len(fresh))
 	}
@@ -361,6 +371,13 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	errc := make(chan error, len(s.listeners)+1)
 	var serving sync.WaitGroup
+	if s.workers != nil {
+		wctx, stopWorkers := context.WithCancel(context.Background())
+		wdone := make(chan struct{})
+		go func() { defer close(wdone); s.workers.Run(wctx) }()
+		// After the drain: the last calls keep the workers they had.
+		defer func() { stopWorkers(); <-wdone }()
+	}
 	if s.admin != nil {
 		serving.Add(1)
 		go func() {

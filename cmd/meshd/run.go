@@ -8,6 +8,7 @@ import (
 
 	"github.com/meshd/meshd/config"
 	"github.com/meshd/meshd/server"
+	"github.com/meshd/meshd/workers"
 )
 
 func cmdRun(args []string, stderr io.Writer) error {
@@ -41,7 +42,8 @@ func cmdRun(args []string, stderr io.Writer) error {
 	ctx, stop := signalContext()
 	defer stop()
 
-	srv, tel, err := newServer(ctx, cfg, log, server.WithReusePort(*reusePort))
+	srv, tel, err := newServer(ctx, cfg, log, server.WithReusePort(*reusePort),
+		server.WithWorkers(workers.New(workers.WithLogger(log))))
 	if err != nil {
 		return fmt.Errorf("meshd: %w", err)
 	}
