@@ -265,6 +265,12 @@ func (cl *call) setStateLocked(next callState) {
 		panic(fmt.Sprintf("engine: invariant: call state %v cannot become %v", cur, next))
 	}
 	cl.state.Store(uint32(next))
+	if next == callCommitted {
+		// No attempt follows a committed one (no retry, hedge or
+		// reroute): the request HEADERS it would have sent go, which for
+		// a long-lived stream is a third of what the call holds.
+		cl.reqFields = nil
+	}
 }
 
 // eventKind says what happened to a call, and so which attempt it
