@@ -539,3 +539,33 @@ func TestParseGRPCWebResponse(t *testing.T) {
 		}
 	}
 }
+
+// TestParsePerfCSV reads perf stat -x, output as -syscalls gets it: one
+// line per -e in order, several events summed into one counter, a
+// "<not counted>" event as 0, messages and blank lines skipped, and a
+// count of lines that does not match the events asked for refused.
+func TestParsePerfCSV(t *testing.T) {
+	t.Parallel()
+	index := []int{0, 1, 1, 2}
+	good := "\n" +
+		"1200,,raw_syscalls:sys_enter,3000000000,100.00,,\n" +
+		"300,,syscalls:sys_enter_read,3000000000,100.00,,\n" +
+		"<not counted>,,syscalls:sys_enter_readv,0,0.00,,\n" +
+		"90,,context-switches,3000000000,100.00,,\n"
+	got, err := parsePerfCSV(good, index, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(got, []float64{1200, 300, 90}) {
+		t.Errorf("sums %v, want [1200 300 90]", got)
+	}
+	for _, bad := range []string{
+		"1200,,raw_syscalls:sys_enter,1,100.00,,\n",
+		good + "5,,syscalls:sys_enter_write,1,100.00,,\n",
+		"",
+	} {
+		if _, err := parsePerfCSV(bad, index, 3); err == nil {
+			t.Errorf("parsePerfCSV(%q): no error", bad)
+		}
+	}
+}
