@@ -295,7 +295,9 @@ func (c *conn) init(sh *shared, nc net.Conn, isUp bool) {
 		if raw, err := sc.SyscallConn(); err == nil {
 			c.raw = raw
 			c.nbFn = c.nbWrite
-			c.src = newRawReader(raw)
+			if readsSocket(nc) {
+				c.src = newRawReader(raw)
+			}
 		}
 	}
 	c.br = bufio.NewReaderSize(c.src, bufioSize)

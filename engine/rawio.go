@@ -25,6 +25,27 @@ import (
 // readiness protocol (the poller is armed before the read that may return
 // EAGAIN, and the goroutine parks only after it) and deadlines.
 
+// SocketReader is implemented by a net.Conn wrapper that also implements
+// syscall.Conn, to say whether its Read reads its socket and nothing else.
+// The engine writes through any syscall.Conn, but reads under a
+// connection's Read only when it is a *net.TCPConn or *net.UnixConn, or a
+// SocketReader that says so: a wrapper that replays bytes it sniffed
+// before handing the connection over must not be read under.
+type SocketReader interface {
+	ReadsSocket() bool
+}
+
+// readsSocket reports whether the engine may read nc's socket directly.
+func readsSocket(nc net.Conn) bool {
+	switch c := nc.(type) {
+	case *net.TCPConn, *net.UnixConn:
+		return true
+	case SocketReader:
+		return c.ReadsSocket()
+	}
+	return false
+}
+
 // rawReader is an io.Reader over a connection's RawConn. It is used by the
 // connection's reader goroutine only.
 type rawReader struct {

@@ -1,7 +1,11 @@
 package server
 
 import (
+	"errors"
 	"net"
+	"syscall"
+
+	"github.com/meshd/meshd/engine"
 	"sync"
 	"sync/atomic"
 )
@@ -58,3 +62,27 @@ func (c *limitConn) Close() error {
 // NetConn returns the accepted connection, so that origdst can read its
 // socket options.
 func (c *limitConn) NetConn() net.Conn { return c.Conn }
+
+// SyscallConn exposes the accepted socket, so the engine reads and writes
+// it without entering the scheduler (engine/rawio.go) under a connection
+// limit too.
+func (c *limitConn) SyscallConn() (syscall.RawConn, error) {
+	sc, ok := c.Conn.(syscall.Conn)
+	if !ok {
+		return nil, errors.New("server: connection has no socket")
+	}
+	return sc.SyscallConn()
+}
+
+// ReadsSocket tells the engine that Read is the socket's: limitConn adds
+// nothing to the bytes.
+func (c *limitConn) ReadsSocket() bool {
+	if sr, ok := c.Conn.(engine.SocketReader); ok {
+		return sr.ReadsSocket()
+	}
+	switch c.Conn.(type) {
+	case *net.TCPConn, *net.UnixConn:
+		return true
+	}
+	return false
+}
