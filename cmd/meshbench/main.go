@@ -174,6 +174,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	targetList := fs.String("targets", "direct,meshd,nginx", "comma-separated: "+strings.Join(targetNames, ", "))
 	jsonOut := fs.String("json", "", "also write every value as JSON to this file")
 	pprofPrefix := fs.String("meshd-pprof", "", "fetch CPU and heap profiles from meshd's admin /debug/pprof/ (if it serves them) into PREFIX-TARGET-{cpu,heap}.pprof")
+	pprofDur := fs.Duration("pprof-seconds", 0, "with -meshd-pprof: the length of each CPU profile (default: the mode's throughput phase)")
 	rounds := fs.Int("rounds", 0, "override the mode's number of rounds")
 	dur := fs.Duration("duration", 0, "override the mode's throughput and latency phase length")
 	rate := fs.Int("rate", 0, "override the fixed rate of the latency phase, calls/s")
@@ -253,6 +254,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		h.stream.ResponseParameters = append(h.stream.ResponseParameters, &testpb.ResponseParameters{Size: int32(p.Payload)})
 	}
 	h.baseBin = *baseBin
+	h.pprof = *pprofPrefix != ""
+	h.pprofDur = *pprofDur
 	err = h.run(ctx, names, *meshdBin, *nginxBin, *grpcProxyBin, *install, *pprofPrefix, *jsonOut, stdout)
 	if ctx.Err() != nil {
 		return fmt.Errorf("meshbench: interrupted; every process it started has been stopped")
@@ -270,6 +273,11 @@ type harness struct {
 	stream   *testpb.StreamingOutputCallRequest
 	log      io.Writer // progress, so stdout holds only the report
 	baseBin  string    // the meshd-base target's binary
+	// pprof: -meshd-pprof was given, so the meshd targets serve
+	// /debug/pprof/ on their admin port.
+	pprof bool
+	// pprofDur is the length of each CPU profile (-pprof-seconds).
+	pprofDur time.Duration
 }
 
 func (h *harness) failed(t string, n int64, err error) {
@@ -354,7 +362,7 @@ func (h *harness) startTarget(ctx context.Context, t *target, dir, backendAddr, 
 		t.addr, t.version = backendAddr, "grpc-go "+backendVersion()
 	case t.name == meshd || t.name == meshdTap:
 		var c *child
-		c, t.addr, t.admin, err = startMeshd(ctx, meshdBin, dir, t.name, backendAddr, "")
+		c, t.addr, t.admin, err = startMeshd(ctx, meshdBin, dir, t.name, backendAddr, "", h.pprof)
 		if c != nil {
 			t.procs = []*child{c}
 		}
@@ -365,14 +373,14 @@ func (h *harness) startTarget(ctx context.Context, t *target, dir, backendAddr, 
 		}
 	case t.name == meshdBase:
 		var c *child
-		c, t.addr, t.admin, err = startMeshd(ctx, h.baseBin, dir, t.name, backendAddr, "")
+		c, t.addr, t.admin, err = startMeshd(ctx, h.baseBin, dir, t.name, backendAddr, "", h.pprof)
 		if c != nil {
 			t.procs = []*child{c}
 		}
 		t.version = meshdVersion(h.baseBin) + " (-baseline)"
 	case t.name == meshdGRPCWeb:
 		var c *child
-		c, t.addr, t.admin, err = startMeshd(ctx, meshdBin, dir, t.name, backendAddr, grpcWebListener)
+		c, t.addr, t.admin, err = startMeshd(ctx, meshdBin, dir, t.name, backendAddr, grpcWebListener, h.pprof)
 		if c != nil {
 			t.procs = []*child{c}
 		}
@@ -826,25 +834,46 @@ func (h *harness) measureIdle(ctx context.Context, t *target, r int, pprofPrefix
 	return nil
 }
 
-// cpuProfile takes a CPU profile of meshd under the throughput load, in an
-// extra phase that is not part of the figures (profiling costs CPU).
+// cpuProfile takes CPU profiles of meshd in extra phases that are not part
+// of the figures (profiling costs CPU): one under the throughput load
+// (PREFIX-TARGET-cpu.pprof) and one at each -rates fixed rate
+// (PREFIX-TARGET-cpu-RATE.pprof), where a sidecar spends most of its time.
 func (h *harness) cpuProfile(ctx context.Context, t *target, prefix string) {
 	if err := fetchPprof(ctx, t.admin, "", "", 5*time.Second); err != nil {
 		h.progress("%s: no CPU profile: %v", t.name, err)
 		return
 	}
-	secs := max(int(math.Ceil(h.p.ThroughputDur.Seconds())), 1)
-	file := fmt.Sprintf("%s-%s-cpu.pprof", prefix, t.name)
+	dur := h.pprofDur
+	if dur <= 0 {
+		dur = h.p.ThroughputDur
+	}
+	secs := max(int(math.Ceil(dur.Seconds())), 1)
+	load := time.Duration(secs)*time.Second + 500*time.Millisecond
+	h.profileUnder(ctx, t, fmt.Sprintf("%s-%s-cpu.pprof", prefix, t.name), secs, "under load", func() {
+		closedLoop(ctx, t.cl.stubs, h.p.Concurrency, load, h.p.ThroughputMaxCalls, unaryOp(h.unary))
+	})
+	for _, rate := range h.p.Rates {
+		if ctx.Err() != nil {
+			return
+		}
+		h.profileUnder(ctx, t, fmt.Sprintf("%s-%s-cpu-%d.pprof", prefix, t.name, rate), secs, fmt.Sprintf("at %d calls/s", rate), func() {
+			openLoop(ctx, t.cl.stubs, rate, load, h.p.MaxInflight, h.unary)
+		})
+	}
+}
+
+// profileUnder fetches a secs-long CPU profile of t into file while load runs.
+func (h *harness) profileUnder(ctx context.Context, t *target, file string, secs int, what string, load func()) {
 	done := make(chan error, 1)
 	go func() {
 		done <- fetchPprof(ctx, t.admin, fmt.Sprintf("profile?seconds=%d", secs), file, time.Duration(secs)*time.Second+30*time.Second)
 	}()
-	closedLoop(ctx, t.cl.stubs, h.p.Concurrency, time.Duration(secs)*time.Second+500*time.Millisecond, h.p.ThroughputMaxCalls, unaryOp(h.unary))
+	load()
 	if err := <-done; err != nil {
-		h.progress("%s: no CPU profile: %v", t.name, err)
+		h.progress("%s: no CPU profile %s: %v", t.name, what, err)
 		return
 	}
-	h.progress("%s: CPU profile under load in %s", t.name, file)
+	h.progress("%s: CPU profile %s in %s", t.name, what, file)
 }
 
 // errNoPprof: the admin server does not serve /debug/pprof/.

@@ -192,7 +192,18 @@ func TestParseRates(t *testing.T) {
 func TestMeshdConfigIsValid(t *testing.T) {
 	t.Parallel()
 	for _, extra := range []string{"", grpcWebListener} {
-		y := meshdConfig("127.0.0.1:15000", "127.0.0.1:15001", "127.0.0.1:9001", extra)
+		for _, pprof := range []bool{false, true} {
+			y := meshdConfig("127.0.0.1:15000", "127.0.0.1:15001", "127.0.0.1:9001", extra, pprof)
+			c, err := config.Parse([]byte(y), "meshbench.yaml")
+			if err != nil {
+				t.Errorf("%v\n%s", err, y)
+				continue
+			}
+			if c.Admin.Pprof != pprof {
+				t.Errorf("admin.pprof: %v, want %v\n%s", c.Admin.Pprof, pprof, y)
+			}
+		}
+		y := meshdConfig("127.0.0.1:15000", "127.0.0.1:15001", "127.0.0.1:9001", extra, false)
 		c, err := config.Parse([]byte(y), "meshbench.yaml")
 		if err != nil {
 			t.Errorf("%v\n%s", err, y)

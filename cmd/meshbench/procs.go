@@ -203,9 +203,15 @@ func freeAddr() (string, error) {
 
 // meshdConfig routes every call to the one backend. listenerExtra is
 // appended to the listener's flow mapping (meshd-grpcweb's grpc_web).
-func meshdConfig(admin, listen, backendAddr, listenerExtra string) string {
+// pprof serves /debug/pprof/ on the admin port (admin.pprof), for
+// -meshd-pprof only: off, the config is meshd's default.
+func meshdConfig(admin, listen, backendAddr, listenerExtra string, pprof bool) string {
+	adminExtra := ""
+	if pprof {
+		adminExtra = ", pprof: true"
+	}
 	return fmt.Sprintf(`# written by meshbench
-admin: {address: %s}
+admin: {address: %s%s}
 listeners: [{name: main, address: %s%s}]
 drain_timeout: 2s
 routes:
@@ -215,7 +221,7 @@ routes:
 clusters:
   - name: backend
     endpoints: [%s]
-`, admin, listen, listenerExtra, backendAddr)
+`, admin, adminExtra, listen, listenerExtra, backendAddr)
 }
 
 // errUnavailable marks a target this machine or binary cannot run; it is
@@ -224,7 +230,8 @@ var errUnavailable = errors.New("unavailable")
 
 // startMeshd validates and runs bin/meshd; a config the binary rejects
 // makes the target unavailable, anything else that fails is an error.
-func startMeshd(ctx context.Context, bin, dir, name, backendAddr, listenerExtra string) (*child, string, string, error) {
+// pprof: see meshdConfig.
+func startMeshd(ctx context.Context, bin, dir, name, backendAddr, listenerExtra string, pprof bool) (*child, string, string, error) {
 	admin, err := freeAddr()
 	if err != nil {
 		return nil, "", "", err
@@ -233,7 +240,7 @@ func startMeshd(ctx context.Context, bin, dir, name, backendAddr, listenerExtra 
 	if err != nil {
 		return nil, "", "", err
 	}
-	c, err := runMeshd(ctx, bin, name, dir+"/"+name+".yaml", admin, meshdConfig(admin, listen, backendAddr, listenerExtra))
+	c, err := runMeshd(ctx, bin, name, dir+"/"+name+".yaml", admin, meshdConfig(admin, listen, backendAddr, listenerExtra, pprof))
 	if err != nil {
 		return nil, "", "", err
 	}
