@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -391,6 +392,20 @@ func (f *flusher) flush() {
 		f.dirty[i] = nil
 	}
 	f.dirty = f.dirty[:0]
+}
+
+// flushBeforeBlock is called by the reader when it is about to wait for
+// input. It first lets the goroutines that are ready run
+// (runtime.Gosched): under load several connections' readers wake
+// together, and the frames they queue on one backend or client connection
+// are then written by whichever flushes last, in one write, instead of one
+// write each (the others find nothing left to write). With nothing else
+// ready, Gosched returns at once. Measured against flushing at once (one
+// interleaved meshbench -baseline run): CPU per call 0.88x at full load,
+// throughput 1.06x, no change at 500 and 2,000 calls/s.
+func (f *flusher) flushBeforeBlock() {
+	runtime.Gosched()
+	f.flush()
 }
 
 // wakeLocked records that ops are queued. If nobody is writing, either the

@@ -165,7 +165,7 @@ func (sc *serverConn) readLoop() error {
 		// activity is stamped once per read that may block, not per frame.
 		mayBlock := (sc.ka.track || len(sc.fl.dirty) > 0) && !sc.frameBuffered()
 		if mayBlock && len(sc.fl.dirty) > 0 {
-			sc.fl.flush() // about to block: write what this input produced
+			sc.fl.flushBeforeBlock()
 		}
 		f, err := sc.rfr.ReadFrame()
 		if mayBlock {

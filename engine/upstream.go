@@ -472,7 +472,7 @@ func (p *Pool) removeConn(uc *upConn) {
 func (uc *upConn) readLoop() error {
 	for {
 		if len(uc.fl.dirty) > 0 && !uc.frameBuffered() {
-			uc.fl.flush() // about to block: write what this input produced
+			uc.fl.flushBeforeBlock()
 		}
 		f, err := uc.rfr.ReadFrame()
 		if err != nil {
