@@ -14,6 +14,8 @@ import (
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/meshd/meshd/internal/rawsock"
 )
 
 // The connection core below is shared by client-facing connections
@@ -221,7 +223,7 @@ type conn struct {
 	nc   net.Conn
 	isUp bool // backend connection (meshd is the HTTP/2 client)
 
-	src io.Reader // the socket: a rawReader over raw when there is one (rawio.go)
+	src io.Reader // the socket: a rawsock.Reader over raw when its Read is the socket's
 	br  *bufio.Reader
 	rfr *http2.Framer // reader goroutine only
 	fl  flusher       // reader goroutine only
@@ -296,8 +298,11 @@ func (c *conn) init(sh *shared, nc net.Conn, isUp bool) {
 		if raw, err := sc.SyscallConn(); err == nil {
 			c.raw = raw
 			c.nbFn = c.nbWrite
-			if readsSocket(nc) {
-				c.src = newRawReader(raw)
+			// Reads and writes skip entersyscall (package rawsock says
+			// why); a connection that replays sniffed bytes is still read
+			// through its Read.
+			if rawsock.ReadsSocket(nc) {
+				c.src = rawsock.NewReader(raw)
 			}
 		}
 	}
@@ -1076,16 +1081,12 @@ func (c *conn) writeNonBlocking(b []byte) (int, error) {
 // nbWrite is the RawConn.Write callback of writeNonBlocking; bound once
 // (c.nbFn) so a write allocates nothing. It never asks to wait.
 func (c *conn) nbWrite(fd uintptr) bool {
-	for {
-		n, errno := rawWrite(fd, c.nbBuf)
-		if errno != syscall.EINTR {
-			c.nbN = n
-			if errno != 0 {
-				c.nbErr = errno
-			}
-			return true
-		}
+	n, errno := rawsock.Write(fd, c.nbBuf)
+	c.nbN = n
+	if errno != 0 {
+		c.nbErr = errno
 	}
+	return true
 }
 
 // appendDataHeader appends the 9-byte header of a DATA frame (RFC 9113

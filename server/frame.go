@@ -154,7 +154,7 @@ func (s *Server) frameListener(cfg *config.Config, lc config.Listener, lis net.L
 		if err != nil {
 			return frameServer{}, nil, fmt.Errorf("tls: %w", err)
 		}
-		lis = tls.NewListener(lis, tc)
+		lis = tls.NewListener(rawListener{lis}, tc)
 	}
 	var dir engine.Director = s.dir
 	var refl *localReflection

@@ -5,7 +5,7 @@ import (
 	"net"
 	"syscall"
 
-	"github.com/meshd/meshd/engine"
+	"github.com/meshd/meshd/internal/rawsock"
 	"sync"
 	"sync/atomic"
 )
@@ -77,12 +77,5 @@ func (c *limitConn) SyscallConn() (syscall.RawConn, error) {
 // ReadsSocket tells the engine that Read is the socket's: limitConn adds
 // nothing to the bytes.
 func (c *limitConn) ReadsSocket() bool {
-	if sr, ok := c.Conn.(engine.SocketReader); ok {
-		return sr.ReadsSocket()
-	}
-	switch c.Conn.(type) {
-	case *net.TCPConn, *net.UnixConn:
-		return true
-	}
-	return false
+	return rawsock.ReadsSocket(c.Conn)
 }

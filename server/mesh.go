@@ -22,6 +22,7 @@ import (
 	"github.com/meshd/meshd/discovery"
 	"github.com/meshd/meshd/engine"
 	"github.com/meshd/meshd/identity"
+	"github.com/meshd/meshd/internal/rawsock"
 	"github.com/meshd/meshd/metrics"
 	"github.com/meshd/meshd/policy"
 	"github.com/meshd/meshd/router"
@@ -183,8 +184,7 @@ func (m *meshRun) clientTLS(service string) *tls.Config { return m.id.ClientConf
 func (m *meshRun) upstream(cluster, service string) (credentials.TransportCredentials, *engine.Upstream) {
 	creds := credentials.NewTLS(m.clientTLS(service))
 	up := &engine.Upstream{Name: cluster, Dial: func(ctx context.Context, addr string) (net.Conn, error) {
-		d := tls.Dialer{Config: m.clientTLS(service)}
-		return d.DialContext(ctx, "tcp", addr)
+		return dialTLS(ctx, addr, m.clientTLS(service))
 	}}
 	return creds, up
 }
@@ -228,6 +228,7 @@ func (l *meshListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
+	nc = rawsock.Wrap(nc) // crypto/tls reads and writes it: no entersyscall
 	var c net.Conn
 	if l.permissive {
 		c = identity.Sniff(nc, l.cfg)

@@ -18,6 +18,7 @@ import (
 
 	"github.com/meshd/meshd/config"
 	"github.com/meshd/meshd/engine"
+	"github.com/meshd/meshd/internal/rawsock"
 )
 
 // certCheckInterval is how often, at most, a handshake looks at whether the
@@ -228,9 +229,46 @@ func (u *upstreamTLS) creds() credentials.TransportCredentials {
 // endpoint's host, as grpc-go's authority does; the engine requires ALPN h2.
 func (u *upstreamTLS) upstream(cluster string) *engine.Upstream {
 	return &engine.Upstream{Name: cluster, Dial: func(ctx context.Context, addr string) (net.Conn, error) {
-		d := tls.Dialer{Config: u.r.get().tc}
-		return d.DialContext(ctx, "tcp", addr)
+		return dialTLS(ctx, addr, u.r.get().tc)
 	}}
+}
+
+// dialTLS is tls.Dialer's DialContext over a socket that crypto/tls reads
+// and writes with raw system calls (package rawsock): a TCP dial, then the
+// handshake bounded by ctx. As tls.Dialer does, an empty ServerName
+// becomes addr's host.
+func dialTLS(ctx context.Context, addr string, cfg *tls.Config) (*tls.Conn, error) {
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.ServerName == "" {
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
+			host = addr
+		}
+		cfg = cfg.Clone()
+		cfg.ServerName = host
+	}
+	tc := tls.Client(rawsock.Wrap(nc), cfg)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		_ = nc.Close()
+		return nil, err
+	}
+	return tc, nil
+}
+
+// rawListener wraps its connections with rawsock before a TLS listener
+// gets them.
+type rawListener struct{ net.Listener }
+
+func (l rawListener) Accept() (net.Conn, error) {
+	nc, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return rawsock.Wrap(nc), nil
 }
 
 // reloadingCreds hands each client handshake to the TLS credentials built

@@ -38,11 +38,13 @@ import (
 // meshTrustDomain is the trust domain of the leaves the harness issues.
 const meshTrustDomain = "meshbench.local"
 
-func isChain(name string) bool { return name == meshd2Hop || name == meshdMTLS }
+func isChain(name string) bool {
+	return name == meshd2Hop || name == meshdMTLS || name == meshdMTLSBase
+}
 
 // chainShape describes a chain target for the report.
 func chainShape(name string) string {
-	if name == meshdMTLS {
+	if name == meshdMTLS || name == meshdMTLSBase {
 		return "web → mesh mTLS → api"
 	}
 	return "web → h2c → api"
@@ -219,7 +221,7 @@ func startChain(ctx context.Context, t *target, bin, dir, backendAddr string) er
 	}
 	var files map[string]meshFiles
 	creds := insecure.NewCredentials()
-	if t.name == meshdMTLS {
+	if t.name == meshdMTLS || t.name == meshdMTLSBase {
 		var err error
 		if files, err = writeMeshIdentity(filepath.Join(dir, "certs"), "web", "api"); err != nil {
 			return err

@@ -232,8 +232,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 			names = append(names, n)
 		}
 	}
-	if slices.Contains(names, meshdBase) != (*baseBin != "") {
-		return errors.New("meshbench: the meshd-base target and -baseline go together")
+	if (slices.Contains(names, meshdBase) || slices.Contains(names, meshdMTLSBase)) != (*baseBin != "") {
+		return errors.New("meshbench: the meshd-base and meshd-mtls-base targets and -baseline go together")
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -387,8 +387,12 @@ func (h *harness) startTarget(ctx context.Context, t *target, dir, backendAddr, 
 		t.version = meshdVersion(meshdBin) + ", called with gRPC-Web (application/grpc-web+proto, HTTP/1.1 keep-alive)"
 		t.idleSkip, t.unaryOnly = grpcWebOnlyUnary, grpcWebOnlyUnary
 	case isChain(t.name):
-		err = startChain(ctx, t, meshdBin, dir, backendAddr)
-		t.version = meshdVersion(meshdBin) + " ×2 (" + chainShape(t.name) + ")"
+		bin := meshdBin
+		if t.name == meshdMTLSBase {
+			bin = h.baseBin
+		}
+		err = startChain(ctx, t, bin, dir, backendAddr)
+		t.version = meshdVersion(bin) + " ×2 (" + chainShape(t.name) + ")"
 	case t.name == grpcProxy:
 		var c *child
 		c, t.addr, t.version, err = startGRPCProxy(ctx, grpcProxyBin, dir, backendAddr)

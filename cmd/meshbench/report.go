@@ -28,10 +28,12 @@ const (
 	// engine change measured against the build before it, interleaved in
 	// one run on the same machine.
 	meshdBase = "meshd-base"
+	// meshdMTLSBase is meshd-mtls with the -baseline binary.
+	meshdMTLSBase = "meshd-mtls-base"
 )
 
 // targetNames are the targets -targets accepts.
-var targetNames = []string{direct, meshd, meshd2Hop, meshdMTLS, nginx, grpcProxy, nginxMTLS, meshdTap, meshdGRPCWeb, meshdBase}
+var targetNames = []string{direct, meshd, meshd2Hop, meshdMTLS, nginx, grpcProxy, nginxMTLS, meshdTap, meshdGRPCWeb, meshdBase, meshdMTLSBase}
 
 // results holds every measured value: target → metric → one value per
 // round (NaN where a round measured nothing).
@@ -169,6 +171,7 @@ var pairs = []struct{ a, b, what string }{
 	{meshdTap, meshd, "a live tap attached (GET /tap at its highest rate) against none"},
 	{meshdGRPCWeb, meshd, "a gRPC-Web call (HTTP/1.1) against a native one"},
 	{meshd, meshdBase, "this meshd against the -baseline build"},
+	{meshdMTLS, meshdMTLSBase, "this meshd's mTLS chain against the -baseline build's"},
 }
 
 // check is one of the targets, judged on one meshd target.

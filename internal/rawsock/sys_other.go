@@ -1,21 +1,21 @@
 //go:build !linux
 
-package engine
+package rawsock
 
 import (
 	"errors"
 	"syscall"
 )
 
-// rawRead is read(2) through the scheduler-aware wrapper where the engine
+// read is read(2) through the scheduler-aware wrapper where the engine
 // has no raw system call for it.
-func rawRead(fd uintptr, p []byte) (int, syscall.Errno) {
+func read(fd uintptr, p []byte) (int, syscall.Errno) {
 	n, err := syscall.Read(int(fd), p)
 	return max(n, 0), errnoOf(err)
 }
 
-// rawWrite is write(2) through the scheduler-aware wrapper.
-func rawWrite(fd uintptr, p []byte) (int, syscall.Errno) {
+// write is write(2) through the scheduler-aware wrapper.
+func write(fd uintptr, p []byte) (int, syscall.Errno) {
 	n, err := syscall.Write(int(fd), p)
 	return max(n, 0), errnoOf(err)
 }

@@ -1,13 +1,13 @@
-package engine
+package rawsock
 
 import (
 	"syscall"
 	"unsafe"
 )
 
-// rawRead is read(2) without entersyscall (rawio.go says why). fd must be
+// read is read(2) without entersyscall (doc.go says why). fd must be
 // non-blocking and p non-empty.
-func rawRead(fd uintptr, p []byte) (int, syscall.Errno) {
+func read(fd uintptr, p []byte) (int, syscall.Errno) {
 	n, _, errno := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
 	if errno != 0 {
 		return 0, errno
@@ -15,9 +15,9 @@ func rawRead(fd uintptr, p []byte) (int, syscall.Errno) {
 	return int(n), 0
 }
 
-// rawWrite is write(2) without entersyscall. fd must be non-blocking and p
+// write is write(2) without entersyscall. fd must be non-blocking and p
 // non-empty.
-func rawWrite(fd uintptr, p []byte) (int, syscall.Errno) {
+func write(fd uintptr, p []byte) (int, syscall.Errno) {
 	n, _, errno := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
 	if errno != 0 {
 		return 0, errno
