@@ -27,12 +27,39 @@ import (
 // buildMeshd builds bin/meshd into a temp dir and returns its path.
 func buildMeshd(t *testing.T) string {
 	t.Helper()
-	out := filepath.Join(t.TempDir(), "meshd")
-	cmd := exec.Command("go", "build", "-o", out, "github.com/meshd/meshd/cmd/meshd")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./cmd/meshd: %v\n%s", err, b)
+	meshdBinary.once.Do(func() {
+		dir, err := os.MkdirTemp("", "meshd-bin-")
+		if err != nil {
+			meshdBinary.err = err
+			return
+		}
+		meshdBinary.dir = dir
+		// Readable by the unprivileged users the netns tests run it as.
+		if err := os.Chmod(dir, 0o755); err != nil {
+			meshdBinary.err = err
+			return
+		}
+		out := filepath.Join(dir, "meshd")
+		if b, err := exec.Command("go", "build", "-o", out, "github.com/meshd/meshd/cmd/meshd").CombinedOutput(); err != nil {
+			meshdBinary.err = fmt.Errorf("go build ./cmd/meshd: %w\n%s", err, b)
+			return
+		}
+		meshdBinary.path = out
+	})
+	if meshdBinary.err != nil {
+		t.Fatal(meshdBinary.err)
 	}
-	return out
+	return meshdBinary.path
+}
+
+// meshdBinary is cmd/meshd built once for the whole test binary: every
+// test that runs meshd as a process shares it (each link of the 40 MB
+// binary was seconds of CPU on two cores). TestMain removes it.
+var meshdBinary struct {
+	once sync.Once
+	dir  string
+	path string
+	err  error
 }
 
 // meshdProc is a running meshd binary.

@@ -24,6 +24,9 @@ import (
 
 func TestMain(m *testing.M) {
 	code := m.Run()
+	if meshdBinary.dir != "" {
+		os.RemoveAll(meshdBinary.dir)
+	}
 	// The shared API server must be gone before goleak looks.
 	if kubeShared.env != nil {
 		kubeShared.env.Stop()

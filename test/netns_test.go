@@ -343,12 +343,7 @@ func newNetnsBase(t *testing.T) *netnsEnv {
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	e.dir, e.bin = dir, filepath.Join(dir, "meshd")
-	build := exec.Command("go", "build", "-o", e.bin, "./cmd/meshd")
-	build.Dir = ".."
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build meshd: %v\n%s", err, out)
-	}
+	e.dir, e.bin = dir, buildMeshd(t)
 	return e
 }
 
