@@ -25,23 +25,26 @@ func TestWorkers(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	write("3")
+	write("2")
 	p := startBinary(t, buildMeshd(t), file, "-watch-interval", "0")
 	workers := func() float64 { return scrapeMetrics(t, p.admin).Value(t, "meshd_workers", nil) }
-	if got := workers(); got != 3 {
-		t.Fatalf("workers: 3 gave meshd_workers %v", got)
+	if got := workers(); got != 2 {
+		t.Fatalf("workers: 2 gave meshd_workers %v", got)
 	}
 	for _, step := range []struct {
 		workers string
 		want    float64
+		within  time.Duration
 	}{
-		{"auto", 1}, // idle: one worker
-		{"2", 2},
+		// Idle: auto gives the second worker back after five quiet
+		// seconds (workers/workers.go), one worker at a time.
+		{"auto", 1, 20 * time.Second},
+		{"3", 3, 10 * time.Second},
 	} {
 		write(step.workers)
 		if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 			t.Fatal(err)
 		}
-		testkit.WaitFor(t, 10*time.Second, "workers: "+step.workers+" to apply", func() bool { return workers() == step.want })
+		testkit.WaitFor(t, step.within, "workers: "+step.workers+" to apply", func() bool { return workers() == step.want })
 	}
 }
