@@ -3,8 +3,8 @@ package rawsock
 import (
 	"errors"
 	"io"
-	"os"
 	"net"
+	"os"
 	"syscall"
 	"testing"
 	"time"
